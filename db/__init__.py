@@ -1,0 +1,1 @@
+"""Job database: SQLAlchemy models, sessions, migrations and queries."""

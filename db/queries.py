@@ -1,0 +1,629 @@
+"""Every read and write of the job database, as keyword-only functions.
+
+The listener, the completion watcher, the job runner, the CLI and (later) the
+REST API all go through here; none of them builds SQL of its own.
+
+Re-run policy for instances that arrive late (documented in the README):
+
+* the study's newest job is still ``received``: the instance joins it and the
+  quiet timer restarts;
+* it is ``queued`` but not started: it goes back to ``received`` so the whole,
+  grown study is analysed once;
+* it is running or finished: a new job version is created for the study; the
+  old job keeps its result, the newest version is the current one.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, cast
+
+from sqlalchemy import CursorResult, Select, func, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, selectinload
+
+from db.models import (
+    TERMINAL_STATES,
+    Event,
+    EventLevel,
+    Instance,
+    Job,
+    JobState,
+    Patient,
+    Study,
+    utcnow,
+)
+
+
+class JobNotFoundError(LookupError):
+    """No job with that id."""
+
+
+class JobStateError(ValueError):
+    """The job is not in a state that allows the action."""
+
+
+# --- events -----------------------------------------------------------------
+
+
+def record_event(
+    session: Session,
+    *,
+    kind: str,
+    message: str,
+    level: EventLevel = EventLevel.INFO,
+    job_id: int | None = None,
+    study_id: int | None = None,
+    detail: dict[str, Any] | None = None,
+) -> Event:
+    """Append an entry to the audit trail."""
+    event = Event(
+        kind=kind, message=message, level=level, job_fk=job_id, study_fk=study_id, detail=detail
+    )
+    session.add(event)
+    session.flush()
+    return event
+
+
+# --- ingest -----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class NewInstance:
+    """What the listener knows about an instance it has just placed in the spool."""
+
+    sop_instance_uid: str
+    sop_class_uid: str
+    series_instance_uid: str
+    study_instance_uid: str
+    transfer_syntax_uid: str
+    modality: str
+    patient_id: str
+    issuer_of_patient_id: str
+    accession_number: str
+    study_date: str
+    path: str
+    size_bytes: int
+    sha256: str
+    calling_ae: str
+
+
+@dataclass(frozen=True)
+class RegisteredInstance:
+    """Where a new instance landed in the database."""
+
+    instance_id: int
+    study_id: int
+    job_id: int
+    job_version: int
+
+
+def find_instance(session: Session, *, sop_instance_uid: str) -> Instance | None:
+    """The stored instance with this SOP Instance UID, if any."""
+    return session.scalars(
+        select(Instance).where(Instance.sop_instance_uid == sop_instance_uid)
+    ).one_or_none()
+
+
+def note_duplicate(session: Session, *, instance: Instance, sha256: str, calling_ae: str) -> None:
+    """Count a resend of a stored instance; warn when its bytes differ."""
+    instance.duplicates_received += 1
+    if sha256 != instance.sha256:
+        record_event(
+            session,
+            kind="instance.duplicate_differs",
+            level=EventLevel.WARNING,
+            study_id=instance.study_fk,
+            message=(
+                f"{calling_ae} resent SOP instance {instance.sop_instance_uid} with different "
+                "content; the first copy is kept"
+            ),
+            detail={"stored_sha256": instance.sha256, "resent_sha256": sha256},
+        )
+
+
+def _get_or_create(session: Session, query: Select[Any], make: Any) -> Any:
+    """Fetch the row ``query`` selects or insert ``make()``; safe against a racing insert."""
+    row = session.scalars(query).one_or_none()
+    if row is not None:
+        return row
+    try:
+        with session.begin_nested():
+            row = make()
+            session.add(row)
+    except IntegrityError:
+        row = session.scalars(query).one()
+    return row
+
+
+def _new_pseudonym() -> str:
+    return "P-" + secrets.token_hex(5).upper()
+
+
+def register_instance(
+    session: Session, *, new: NewInstance, now: datetime | None = None
+) -> RegisteredInstance:
+    """Insert an instance, creating its patient, study and job as needed.
+
+    Applies the module's re-run policy when the study already has a job.
+    """
+    now = now or utcnow()
+    patient = _get_or_create(
+        session,
+        select(Patient).where(
+            Patient.patient_id == new.patient_id, Patient.issuer == new.issuer_of_patient_id
+        ),
+        lambda: Patient(
+            patient_id=new.patient_id, issuer=new.issuer_of_patient_id, pseudonym=_new_pseudonym()
+        ),
+    )
+    study: Study = _get_or_create(
+        session,
+        select(Study).where(Study.study_instance_uid == new.study_instance_uid),
+        lambda: Study(
+            study_instance_uid=new.study_instance_uid,
+            patient_fk=patient.id,
+            accession_number=new.accession_number,
+            study_date=new.study_date,
+            calling_ae=new.calling_ae,
+            first_received_at=now,
+            last_received_at=now,
+        ),
+    )
+    # Serialise registrations per study (PostgreSQL row lock; SQLite's write lock already does).
+    study = session.scalars(
+        select(Study)
+        .where(Study.id == study.id)
+        .with_for_update()
+        .execution_options(populate_existing=True)
+    ).one()
+    instance = Instance(
+        study_fk=study.id,
+        sop_instance_uid=new.sop_instance_uid,
+        sop_class_uid=new.sop_class_uid,
+        series_instance_uid=new.series_instance_uid,
+        transfer_syntax_uid=new.transfer_syntax_uid,
+        modality=new.modality,
+        path=new.path,
+        size_bytes=new.size_bytes,
+        sha256=new.sha256,
+        calling_ae=new.calling_ae,
+        received_at=now,
+    )
+    session.add(instance)
+    study.last_received_at = now
+    study.instance_count += 1
+    job = _job_for_new_instance(session, study=study, now=now)
+    session.flush()
+    return RegisteredInstance(
+        instance_id=instance.id, study_id=study.id, job_id=job.id, job_version=job.version
+    )
+
+
+def _job_for_new_instance(session: Session, *, study: Study, now: datetime) -> Job:
+    latest = session.scalars(
+        select(Job).where(Job.study_fk == study.id).order_by(Job.version.desc()).limit(1)
+    ).one_or_none()
+    if latest is not None and latest.state == JobState.RECEIVED:
+        return latest
+    if latest is not None and latest.state == JobState.QUEUED and latest.started_at is None:
+        latest.state = JobState.RECEIVED
+        latest.queued_at = None
+        latest.dispatched_at = None
+        record_event(
+            session,
+            kind="job.reopened",
+            job_id=latest.id,
+            study_id=study.id,
+            message="more instances arrived before the job started; waiting for the study again",
+        )
+        return latest
+    version = 1 if latest is None else latest.version + 1
+    job = Job(study_fk=study.id, version=version, state=JobState.RECEIVED, created_at=now)
+    session.add(job)
+    session.flush()
+    message = (
+        "study received; job created"
+        if latest is None
+        else f"instances arrived after job v{latest.version} started; created v{version}"
+    )
+    record_event(session, kind="job.created", job_id=job.id, study_id=study.id, message=message)
+    return job
+
+
+# --- completion and dispatch --------------------------------------------------
+
+
+def queue_settled_jobs(session: Session, *, settled_before: datetime) -> list[int]:
+    """Move ``received`` jobs whose study has been quiet since ``settled_before`` to ``queued``."""
+    jobs = session.scalars(
+        select(Job)
+        .join(Study)
+        .where(Job.state == JobState.RECEIVED, Study.last_received_at <= settled_before)
+        .order_by(Job.id)
+    ).all()
+    now = utcnow()
+    for job in jobs:
+        job.state = JobState.QUEUED
+        job.queued_at = now
+        record_event(
+            session,
+            kind="job.queued",
+            job_id=job.id,
+            study_id=job.study_fk,
+            message="study complete (quiet period over); job queued",
+        )
+    return [job.id for job in jobs]
+
+
+def take_dispatchable_jobs(session: Session, *, now: datetime | None = None) -> list[int]:
+    """Queued jobs not yet handed to an executor (and due); marks them dispatched."""
+    now = now or utcnow()
+    jobs = session.scalars(
+        select(Job)
+        .where(
+            Job.state == JobState.QUEUED,
+            Job.dispatched_at.is_(None),
+            (Job.not_before.is_(None)) | (Job.not_before <= now),
+        )
+        .order_by(Job.id)
+    ).all()
+    for job in jobs:
+        job.dispatched_at = now
+    return [job.id for job in jobs]
+
+
+def recover_interrupted_jobs(session: Session) -> list[int]:
+    """At start: running jobs go back to the queue; every queued job is re-dispatched."""
+    running = session.scalars(select(Job).where(Job.state == JobState.RUNNING)).all()
+    for job in running:
+        job.state = JobState.QUEUED
+        job.stage = None
+        record_event(
+            session,
+            kind="job.recovered",
+            level=EventLevel.WARNING,
+            job_id=job.id,
+            study_id=job.study_fk,
+            message="the node stopped while this job ran; it is queued again",
+        )
+    session.execute(update(Job).where(Job.state == JobState.QUEUED).values(dispatched_at=None))
+    return [job.id for job in running]
+
+
+# --- job lifecycle -------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ClaimedJob:
+    """A job a worker now owns, with what its first stage needs."""
+
+    job_id: int
+    study_id: int
+    attempt: int
+    study_instance_uid: str
+    instances: tuple[tuple[str, str, str, str], ...]  # (sop uid, sop class, series uid, path)
+
+
+def claim_job(session: Session, *, job_id: int) -> ClaimedJob | None:
+    """Atomically take a queued job; ``None`` if someone else did or it is not queued."""
+    now = utcnow()
+    taken = cast(
+        CursorResult[Any],
+        session.execute(
+            update(Job)
+            .where(Job.id == job_id, Job.state == JobState.QUEUED)
+            .values(
+                state=JobState.RUNNING,
+                attempts=Job.attempts + 1,
+                started_at=func.coalesce(Job.started_at, now),
+                updated_at=now,
+                error=None,
+            )
+        ),
+    ).rowcount
+    if not taken:
+        return None
+    job = session.get_one(Job, job_id)
+    session.refresh(job)
+    study = job.study
+    return ClaimedJob(
+        job_id=job.id,
+        study_id=study.id,
+        attempt=job.attempts,
+        study_instance_uid=study.study_instance_uid,
+        instances=tuple(
+            (i.sop_instance_uid, i.sop_class_uid, i.series_instance_uid, i.path)
+            for i in study.instances
+        ),
+    )
+
+
+def enter_stage(session: Session, *, job_id: int, stage: str) -> None:
+    """Record that a running job started ``stage``."""
+    job = session.get_one(Job, job_id)
+    job.stage = stage
+    record_event(
+        session,
+        kind="stage.started",
+        job_id=job_id,
+        study_id=job.study_fk,
+        message=f"{stage} started",
+        detail={"stage": stage, "attempt": job.attempts},
+    )
+
+
+def complete_stage(
+    session: Session, *, job_id: int, stage: str, seconds: float, summary: dict[str, Any]
+) -> None:
+    """Record a finished stage with its duration and output summary."""
+    job = session.get_one(Job, job_id)
+    record_event(
+        session,
+        kind="stage.done",
+        job_id=job_id,
+        study_id=job.study_fk,
+        message=f"{stage} done in {seconds:.2f} s",
+        detail={"stage": stage, "seconds": round(seconds, 4), "summary": summary},
+    )
+
+
+def finish_job(session: Session, *, job_id: int) -> None:
+    """Mark a job done."""
+    job = session.get_one(Job, job_id)
+    job.state = JobState.DONE
+    job.stage = None
+    job.finished_at = utcnow()
+    record_event(session, kind="job.done", job_id=job_id, study_id=job.study_fk, message="job done")
+
+
+def fail_job(
+    session: Session, *, job_id: int, stage: str, error: str, max_attempts: int, backoff_s: float
+) -> JobState:
+    """Record a stage failure.
+
+    ``max_attempts == 0`` marks a permanent failure (bad input): ``failed``.
+    Otherwise the job is queued again after an exponential backoff, or
+    ``dead`` once it used up ``max_attempts``.
+    """
+    job = session.get_one(Job, job_id)
+    job.error = f"{stage}: {error}"
+    if max_attempts == 0:
+        job.state = JobState.FAILED
+    elif job.attempts >= max_attempts:
+        job.state = JobState.DEAD
+    else:
+        job.state = JobState.QUEUED
+        job.dispatched_at = None
+        job.not_before = utcnow() + timedelta(seconds=backoff_s * 2 ** (job.attempts - 1))
+    if job.state != JobState.QUEUED:
+        job.finished_at = utcnow()
+    retry = (
+        f"; retry {job.attempts + 1}/{max_attempts} queued" if job.state == JobState.QUEUED else ""
+    )
+    record_event(
+        session,
+        kind=f"job.{job.state.value}" if job.state != JobState.QUEUED else "job.retry_scheduled",
+        level=EventLevel.ERROR,
+        job_id=job_id,
+        study_id=job.study_fk,
+        message=f"{stage} failed: {error}{retry}",
+        detail={"stage": stage, "attempt": job.attempts},
+    )
+    return job.state
+
+
+def retry_job(session: Session, *, job_id: int, requested_by: str) -> Job:
+    """Queue a failed or dead job again (admin action, audited)."""
+    job = session.get(Job, job_id)
+    if job is None:
+        raise JobNotFoundError(f"no job {job_id}")
+    if job.state not in (JobState.FAILED, JobState.DEAD):
+        raise JobStateError(f"job {job_id} is {job.state.value}; only failed or dead jobs retry")
+    job.state = JobState.QUEUED
+    job.attempts = 0
+    job.error = None
+    job.stage = None
+    job.finished_at = None
+    job.dispatched_at = None
+    job.not_before = None
+    job.queued_at = utcnow()
+    record_event(
+        session,
+        kind="job.retry_requested",
+        job_id=job_id,
+        study_id=job.study_fk,
+        message=f"retry requested by {requested_by}",
+        detail={"actor": requested_by},
+    )
+    return job
+
+
+# --- admin queries ------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StudyRow:
+    """A study as the admin lists it (no patient identifiers, only the pseudonym)."""
+
+    id: int
+    patient_pseudonym: str
+    calling_ae: str
+    study_date: str
+    instance_count: int
+    first_received_at: datetime
+    last_received_at: datetime
+    latest_job_id: int | None
+    latest_job_state: str | None
+
+
+@dataclass(frozen=True)
+class JobRow:
+    """A job as the admin lists it."""
+
+    id: int
+    study_id: int
+    version: int
+    state: str
+    stage: str | None
+    attempts: int
+    patient_pseudonym: str
+    calling_ae: str
+    created_at: datetime
+    updated_at: datetime
+    error: str | None
+
+
+@dataclass(frozen=True)
+class EventRow:
+    """One audit-trail entry."""
+
+    id: int
+    created_at: datetime
+    level: str
+    kind: str
+    message: str
+    detail: dict[str, Any] | None
+
+
+@dataclass(frozen=True)
+class JobDetail:
+    """A job with its whole audit trail."""
+
+    job: JobRow
+    study_instance_uid: str
+    events: tuple[EventRow, ...]
+
+
+def _job_row(job: Job) -> JobRow:
+    return JobRow(
+        id=job.id,
+        study_id=job.study_fk,
+        version=job.version,
+        state=job.state.value,
+        stage=job.stage,
+        attempts=job.attempts,
+        patient_pseudonym=job.study.patient.pseudonym,
+        calling_ae=job.study.calling_ae,
+        created_at=job.created_at,
+        updated_at=job.updated_at,
+        error=job.error,
+    )
+
+
+def list_jobs(
+    session: Session,
+    *,
+    states: Sequence[JobState] = (),
+    since: datetime | None = None,
+    until: datetime | None = None,
+    calling_ae: str | None = None,
+    patient_pseudonym: str | None = None,
+    limit: int = 100,
+    offset: int = 0,
+) -> list[JobRow]:
+    """Jobs, newest first, filtered by state, creation time, sending AE and pseudonym."""
+    query = (
+        select(Job)
+        .join(Study)
+        .join(Patient)
+        .options(selectinload(Job.study).selectinload(Study.patient))
+        .order_by(Job.id.desc())
+        .limit(limit)
+        .offset(offset)
+    )
+    if states:
+        query = query.where(Job.state.in_(list(states)))
+    if since is not None:
+        query = query.where(Job.created_at >= since)
+    if until is not None:
+        query = query.where(Job.created_at < until)
+    if calling_ae:
+        query = query.where(Study.calling_ae == calling_ae)
+    if patient_pseudonym:
+        query = query.where(Patient.pseudonym == patient_pseudonym)
+    return [_job_row(job) for job in session.scalars(query)]
+
+
+def job_detail(session: Session, *, job_id: int) -> JobDetail:
+    """One job and its events, oldest first."""
+    job = session.get(Job, job_id)
+    if job is None:
+        raise JobNotFoundError(f"no job {job_id}")
+    events = tuple(
+        EventRow(
+            id=e.id,
+            created_at=e.created_at,
+            level=e.level.value,
+            kind=e.kind,
+            message=e.message,
+            detail=e.detail,
+        )
+        for e in job.events
+    )
+    return JobDetail(
+        job=_job_row(job), study_instance_uid=job.study.study_instance_uid, events=events
+    )
+
+
+def list_studies(
+    session: Session,
+    *,
+    job_states: Sequence[JobState] = (),
+    since: datetime | None = None,
+    until: datetime | None = None,
+    calling_ae: str | None = None,
+    patient_pseudonym: str | None = None,
+    limit: int = 100,
+    offset: int = 0,
+) -> list[StudyRow]:
+    """Studies, most recently received first, with the state of their newest job."""
+    latest_version = (
+        select(Job.study_fk, func.max(Job.version).label("version"))
+        .group_by(Job.study_fk)
+        .subquery()
+    )
+    query = (
+        select(Study, Patient.pseudonym, Job.id, Job.state)
+        .join(Patient)
+        .outerjoin(latest_version, latest_version.c.study_fk == Study.id)
+        .outerjoin(Job, (Job.study_fk == Study.id) & (Job.version == latest_version.c.version))
+        .order_by(Study.last_received_at.desc(), Study.id.desc())
+        .limit(limit)
+        .offset(offset)
+    )
+    if job_states:
+        query = query.where(Job.state.in_(list(job_states)))
+    if since is not None:
+        query = query.where(Study.last_received_at >= since)
+    if until is not None:
+        query = query.where(Study.first_received_at < until)
+    if calling_ae:
+        query = query.where(Study.calling_ae == calling_ae)
+    if patient_pseudonym:
+        query = query.where(Patient.pseudonym == patient_pseudonym)
+    return [
+        StudyRow(
+            id=study.id,
+            patient_pseudonym=pseudonym,
+            calling_ae=study.calling_ae,
+            study_date=study.study_date,
+            instance_count=study.instance_count,
+            first_received_at=study.first_received_at,
+            last_received_at=study.last_received_at,
+            latest_job_id=job_id,
+            latest_job_state=state.value if state is not None else None,
+        )
+        for study, pseudonym, job_id, state in session.execute(query)
+    ]
+
+
+def unfinished_job_count(session: Session) -> int:
+    """Jobs not yet in a terminal state."""
+    return (
+        session.scalar(select(func.count(Job.id)).where(Job.state.not_in(list(TERMINAL_STATES))))
+        or 0
+    )

@@ -1,0 +1,1 @@
+"""DICOM networking: storage SCP, echo, export SCU, TLS, AE policy, CLI."""

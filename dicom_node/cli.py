@@ -1,0 +1,344 @@
+"""``llnm-node``: the command line for admins. Each command is a shim over importable code."""
+
+from __future__ import annotations
+
+import dataclasses
+import getpass
+import json
+import logging
+import signal
+import socket
+import sys
+import threading
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from pydantic import ValidationError
+from rich.console import Console
+from rich.table import Table
+
+from db import queries
+from db.migrate import upgrade
+from db.models import JobState
+from db.session import Database
+from dicom_node import scu
+from dicom_node.settings import Settings, load_settings
+
+app = typer.Typer(
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+    help="LLNM node: thyroid ultrasound LLNM prediction.",
+)
+jobs_app = typer.Typer(no_args_is_help=True, help="Inspect and retry jobs.")
+studies_app = typer.Typer(no_args_is_help=True, help="Inspect received studies.")
+db_app = typer.Typer(no_args_is_help=True, help="Job database maintenance.")
+app.add_typer(jobs_app, name="jobs")
+app.add_typer(studies_app, name="studies")
+app.add_typer(db_app, name="db")
+
+# Wide when piped, so ids and pseudonyms are never cut; the terminal's width otherwise.
+console = Console(width=None if sys.stdout.isatty() else 200)
+err_console = Console(stderr=True)
+
+ConfigOption = Annotated[
+    Path | None,
+    typer.Option("--config", "-c", help="TOML settings file (default: $LLNM_CONFIG)."),
+]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+
+
+def _settings(config: Path | None) -> Settings:
+    try:
+        return load_settings(config)
+    except (FileNotFoundError, ValidationError) as exc:
+        err_console.print(f"[red]configuration error:[/red] {exc}")
+        raise typer.Exit(2) from exc
+
+
+def _database(config: Path | None) -> Database:
+    return Database(_settings(config).resolved_database_url)
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level,
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    if level != "DEBUG":
+        logging.getLogger("pynetdicom").setLevel(logging.WARNING)
+
+
+def _parse_time(value: str | None) -> datetime | None:
+    if value is None:
+        return None
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError as exc:
+        raise typer.BadParameter(f"{value!r} is not an ISO date or date-time") from exc
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+def _print_json(value: Any) -> None:
+    def default(obj: Any) -> Any:
+        if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+            return dataclasses.asdict(obj)
+        if isinstance(obj, datetime):
+            return obj.isoformat()
+        return str(obj)
+
+    typer.echo(json.dumps(value, default=default, indent=2))
+
+
+def _fmt(value: datetime) -> str:
+    return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+# --- serve ----------------------------------------------------------------------
+
+
+@app.command()
+def serve(config: ConfigOption = None) -> None:
+    """Run the node: DICOM listener, completion watcher and job workers, until SIGTERM."""
+    from dicom_node.node import Node
+
+    settings = _settings(config)
+    _setup_logging(settings.log_level)
+    node = Node(settings)
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    try:
+        node.start()
+    except OSError as exc:
+        err_console.print(f"[red]cannot start:[/red] {exc}")
+        node.stop()
+        raise typer.Exit(1) from exc
+    stop.wait()
+    logging.getLogger(__name__).info("stop requested; shutting down")
+    node.stop()
+
+
+# --- SCU helpers ------------------------------------------------------------------
+
+
+def _peer(host: str, port: int, called_ae: str, calling_ae: str, tls_ca: Path | None) -> scu.Peer:
+    from dicom_node.tls import client_context
+
+    tls = client_context(ca_file=tls_ca) if tls_ca is not None else None
+    return scu.Peer(host=host, port=port, called_ae=called_ae, calling_ae=calling_ae, tls=tls)
+
+
+CalledAe = Annotated[str, typer.Option("--aec", help="Called AE title.")]
+CallingAe = Annotated[str, typer.Option("--aet", help="Our (calling) AE title.")]
+TlsCa = Annotated[
+    Path | None, typer.Option("--tls-ca", help="Use TLS; verify the peer with this CA.")
+]
+
+
+@app.command()
+def echo(
+    host: str,
+    port: int,
+    called_ae: CalledAe = "LLNM_NODE",
+    calling_ae: CallingAe = "LLNM_SCU",
+    tls_ca: TlsCa = None,
+) -> None:
+    """C-ECHO a DICOM peer."""
+    try:
+        status = scu.echo(_peer(host, port, called_ae, calling_ae, tls_ca))
+    except scu.AssociationError as exc:
+        err_console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(1) from exc
+    console.print(f"C-ECHO status 0x{status:04X}")
+    if status != 0:
+        raise typer.Exit(1)
+
+
+@app.command()
+def send(
+    host: str,
+    port: int,
+    paths: Annotated[list[Path], typer.Argument(help="DICOM files or folders.")],
+    called_ae: CalledAe = "LLNM_NODE",
+    calling_ae: CallingAe = "LLNM_SCU",
+    tls_ca: TlsCa = None,
+    as_json: JsonOption = False,
+) -> None:
+    """C-STORE files (folders recursively) to a DICOM peer, bytes as stored."""
+    outcomes = scu.send_files(_peer(host, port, called_ae, calling_ae, tls_ca), paths)
+    failed = [o for o in outcomes if not o.ok]
+    if as_json:
+        _print_json(outcomes)
+    else:
+        for outcome in failed:
+            status = "-" if outcome.status is None else f"0x{outcome.status:04X}"
+            err_console.print(f"[red]{outcome.path}[/red]: {status} {outcome.error or ''}")
+        console.print(f"sent {len(outcomes) - len(failed)} of {len(outcomes)} file(s)")
+    if failed:
+        raise typer.Exit(1)
+
+
+# --- jobs and studies ---------------------------------------------------------------
+
+StateOption = Annotated[
+    list[JobState] | None, typer.Option("--state", help="Job state (repeatable).")
+]
+SinceOption = Annotated[str | None, typer.Option(help="From this ISO date/time (UTC).")]
+UntilOption = Annotated[str | None, typer.Option(help="Before this ISO date/time (UTC).")]
+AeOption = Annotated[str | None, typer.Option("--ae", help="Sending (calling) AE title.")]
+PatientOption = Annotated[str | None, typer.Option("--patient", help="Patient pseudonym.")]
+LimitOption = Annotated[int, typer.Option(min=1, max=10_000)]
+
+
+@jobs_app.command("list")
+def jobs_list(
+    config: ConfigOption = None,
+    state: StateOption = None,
+    since: SinceOption = None,
+    until: UntilOption = None,
+    ae: AeOption = None,
+    patient: PatientOption = None,
+    limit: LimitOption = 50,
+    as_json: JsonOption = False,
+) -> None:
+    """List jobs, newest first."""
+    with _database(config).session() as session:
+        rows = queries.list_jobs(
+            session,
+            states=state or (),
+            since=_parse_time(since),
+            until=_parse_time(until),
+            calling_ae=ae,
+            patient_pseudonym=patient,
+            limit=limit,
+        )
+    if as_json:
+        _print_json(rows)
+        return
+    table = Table(
+        "job", "study", "ver", "state", "stage", "tries", "patient", "AE", "updated", "error"
+    )
+    for r in rows:
+        table.add_row(
+            str(r.id),
+            str(r.study_id),
+            str(r.version),
+            r.state,
+            r.stage or "",
+            str(r.attempts),
+            r.patient_pseudonym,
+            r.calling_ae,
+            _fmt(r.updated_at),
+            (r.error or "")[:60],
+        )
+    console.print(table)
+
+
+@jobs_app.command("show")
+def jobs_show(job_id: int, config: ConfigOption = None, as_json: JsonOption = False) -> None:
+    """Show one job and its event timeline."""
+    try:
+        with _database(config).session() as session:
+            detail = queries.job_detail(session, job_id=job_id)
+    except queries.JobNotFoundError as exc:
+        err_console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(1) from exc
+    if as_json:
+        _print_json(detail)
+        return
+    job = detail.job
+    console.print(
+        f"job {job.id} v{job.version}  state [bold]{job.state}[/bold]"
+        f"{' (' + job.stage + ')' if job.stage else ''}  attempts {job.attempts}  "
+        f"patient {job.patient_pseudonym}  from {job.calling_ae}"
+    )
+    if job.error:
+        console.print(f"[red]error:[/red] {job.error}")
+    table = Table("time", "level", "event", "message")
+    for e in detail.events:
+        table.add_row(_fmt(e.created_at), e.level, e.kind, e.message)
+    console.print(table)
+
+
+@jobs_app.command("retry")
+def jobs_retry(job_id: int, config: ConfigOption = None) -> None:
+    """Queue a failed or dead job again (a running node picks it up)."""
+    actor = f"{getpass.getuser()}@{socket.gethostname()} (cli)"
+    try:
+        with _database(config).session() as session:
+            queries.retry_job(session, job_id=job_id, requested_by=actor)
+    except (queries.JobNotFoundError, queries.JobStateError) as exc:
+        err_console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(1) from exc
+    console.print(f"job {job_id} queued again")
+
+
+@studies_app.command("list")
+def studies_list(
+    config: ConfigOption = None,
+    state: StateOption = None,
+    since: SinceOption = None,
+    until: UntilOption = None,
+    ae: AeOption = None,
+    patient: PatientOption = None,
+    limit: LimitOption = 50,
+    as_json: JsonOption = False,
+) -> None:
+    """List received studies, most recent first, with their newest job."""
+    with _database(config).session() as session:
+        rows = queries.list_studies(
+            session,
+            job_states=state or (),
+            since=_parse_time(since),
+            until=_parse_time(until),
+            calling_ae=ae,
+            patient_pseudonym=patient,
+            limit=limit,
+        )
+    if as_json:
+        _print_json(rows)
+        return
+    table = Table("study", "patient", "AE", "date", "instances", "last received", "job", "state")
+    for r in rows:
+        table.add_row(
+            str(r.id),
+            r.patient_pseudonym,
+            r.calling_ae,
+            r.study_date,
+            str(r.instance_count),
+            _fmt(r.last_received_at),
+            str(r.latest_job_id or ""),
+            r.latest_job_state or "",
+        )
+    console.print(table)
+
+
+@db_app.command("upgrade")
+def db_upgrade(config: ConfigOption = None) -> None:
+    """Create or migrate the job database schema to the newest revision."""
+    settings = _settings(config)
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    upgrade(Database(settings.resolved_database_url))
+    console.print("database is at the newest schema revision")
+
+
+@app.command()
+def demo(
+    data_dir: Annotated[
+        Path | None, typer.Option(help="Keep the demo's data here (default: a temporary folder).")
+    ] = None,
+) -> None:
+    """Start a node on the embedded default, send it sample ultrasound studies, show the jobs."""
+    from dicom_node.demo import run_demo
+
+    _setup_logging("WARNING")
+    raise typer.Exit(run_demo(console, data_dir))
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Console-script entry point."""
+    app(args=list(argv) if argv is not None else None, prog_name="llnm-node")

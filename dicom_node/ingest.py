@@ -1,0 +1,251 @@
+"""Accepting one received instance: check, store durably, record, and pick the status.
+
+The C-STORE handler hands over the file pynetdicom wrote while receiving;
+nothing here decodes or re-encodes it. ``SUCCESS`` is returned only after the
+bytes are fsynced in the spool and the database row is committed.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+from pydicom import Dataset
+from sqlalchemy.exc import SQLAlchemyError
+
+from db import queries
+from db.models import EventLevel
+from db.session import Database
+from dicom_node.sop_classes import ACCEPTED_STORAGE_CLASSES, SECONDARY_CAPTURE_MODALITIES
+from dicom_node.spool import Spool, StoredFile, sha256_of
+from dicom_node.statuses import StoreStatus
+from pipeline.dicom_files import UnreadableDicomError, read_header
+from pipeline.sop_classes import SECONDARY_CAPTURE_CLASS
+
+log = logging.getLogger(__name__)
+
+_LOCK_STRIPES = 64
+
+
+@dataclass(frozen=True)
+class StoreRequest:
+    """A received C-STORE: where its bytes are and what the request said about them."""
+
+    path: Path
+    sop_class_uid: str
+    sop_instance_uid: str
+    calling_ae: str
+    peer_address: str
+
+
+class RefusedInstance(Exception):
+    """An instance the node will not store; carries the status to answer with."""
+
+    def __init__(self, status: StoreStatus, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+
+
+def _text(dataset: Dataset, keyword: str) -> str:
+    return str(dataset.get(keyword, "") or "").strip()
+
+
+def check_instance(request: StoreRequest) -> tuple[Dataset, str]:
+    """Parse the received header and check it against the request.
+
+    Returns the header dataset and its transfer syntax UID.
+
+    Raises
+    ------
+    RefusedInstance
+        With the C-STORE status and a reason an admin can act on.
+    """
+    try:
+        header = read_header(request.path)
+    except (UnreadableDicomError, zlib.error) as exc:
+        raise RefusedInstance(StoreStatus.CANNOT_UNDERSTAND, str(exc)) from exc
+    dataset = header.dataset
+    sop_class = _text(dataset, "SOPClassUID")
+    sop_instance = _text(dataset, "SOPInstanceUID")
+    if not sop_class or not sop_instance:
+        raise RefusedInstance(
+            StoreStatus.CANNOT_UNDERSTAND, "the data set has no SOP Class or SOP Instance UID"
+        )
+    if sop_class != request.sop_class_uid or sop_instance != request.sop_instance_uid:
+        raise RefusedInstance(
+            StoreStatus.DATASET_DOES_NOT_MATCH_SOP_CLASS,
+            f"data set SOP class/instance ({sop_class}, {sop_instance}) differ from the request",
+        )
+    for keyword in ("StudyInstanceUID", "SeriesInstanceUID"):
+        if not _text(dataset, keyword):
+            raise RefusedInstance(
+                StoreStatus.DATASET_DOES_NOT_MATCH_SOP_CLASS, f"{keyword} is missing"
+            )
+    modality = _text(dataset, "Modality")
+    if sop_class == SECONDARY_CAPTURE_CLASS and modality not in SECONDARY_CAPTURE_MODALITIES:
+        raise RefusedInstance(
+            StoreStatus.SOP_CLASS_NOT_SUPPORTED,
+            f"secondary capture of modality {modality or 'unknown'} is not ultrasound",
+        )
+    return dataset, str(header.transfer_syntax_uid)
+
+
+class Ingestor:
+    """Stores received instances in the spool and the database."""
+
+    def __init__(self, *, spool: Spool, database: Database, min_free_bytes: int) -> None:
+        self._spool = spool
+        self._database = database
+        self._min_free_bytes = min_free_bytes
+        self._locks = tuple(threading.Lock() for _ in range(_LOCK_STRIPES))
+
+    def has_room(self) -> bool:
+        """Whether the spool has more free space than the configured minimum."""
+        try:
+            return self._spool.free_bytes() > self._min_free_bytes
+        except OSError:
+            return False
+
+    def accept(self, request: StoreRequest) -> StoreStatus:
+        """Handle one C-STORE; never raises."""
+        if not self.has_room():
+            return self._out_of_resources(
+                request, f"less than {self._min_free_bytes} bytes free in the spool"
+            )
+        if request.sop_class_uid not in ACCEPTED_STORAGE_CLASSES:
+            self._refused(
+                request,
+                StoreStatus.SOP_CLASS_NOT_SUPPORTED,
+                "not an ultrasound, secondary capture or structured report SOP class",
+                quarantine=False,
+            )
+            return StoreStatus.SOP_CLASS_NOT_SUPPORTED
+        try:
+            dataset, transfer_syntax = check_instance(request)
+        except RefusedInstance as refusal:
+            self._refused(request, refusal.status, refusal.reason, quarantine=True)
+            return refusal.status
+        lock = self._locks[hash(request.sop_instance_uid) % _LOCK_STRIPES]
+        with lock:
+            return self._store(request, dataset, transfer_syntax)
+
+    def _store(self, request: StoreRequest, dataset: Dataset, transfer_syntax: str) -> StoreStatus:
+        try:
+            with self._database.session() as session:
+                existing = queries.find_instance(session, sop_instance_uid=request.sop_instance_uid)
+                if existing is not None:
+                    queries.note_duplicate(
+                        session,
+                        instance=existing,
+                        sha256=sha256_of(request.path),
+                        calling_ae=request.calling_ae,
+                    )
+                    log.info(
+                        "duplicate instance from %s ignored (instance #%d)",
+                        request.calling_ae,
+                        existing.id,
+                    )
+                    return StoreStatus.SUCCESS
+        except SQLAlchemyError as exc:
+            return self._out_of_resources(request, f"database unavailable: {exc}")
+        except OSError as exc:
+            return self._out_of_resources(request, f"cannot read received file: {exc}")
+        study_uid = _text(dataset, "StudyInstanceUID")
+        try:
+            stored = self._spool.store(
+                request.path, study_uid=study_uid, sop_uid=request.sop_instance_uid
+            )
+        except OSError as exc:
+            return self._out_of_resources(request, f"cannot write to the spool: {exc}")
+        try:
+            with self._database.session() as session:
+                registered = queries.register_instance(
+                    session, new=self._new_instance(request, dataset, transfer_syntax, stored)
+                )
+        except SQLAlchemyError as exc:
+            self._spool.discard(stored)
+            return self._out_of_resources(request, f"database unavailable: {exc}")
+        log.debug(
+            "stored instance #%d (study #%d, job #%d) from %s",
+            registered.instance_id,
+            registered.study_id,
+            registered.job_id,
+            request.calling_ae,
+        )
+        return StoreStatus.SUCCESS
+
+    @staticmethod
+    def _new_instance(
+        request: StoreRequest, dataset: Dataset, transfer_syntax: str, stored: StoredFile
+    ) -> queries.NewInstance:
+        return queries.NewInstance(
+            sop_instance_uid=request.sop_instance_uid,
+            sop_class_uid=request.sop_class_uid,
+            series_instance_uid=_text(dataset, "SeriesInstanceUID"),
+            study_instance_uid=_text(dataset, "StudyInstanceUID"),
+            transfer_syntax_uid=transfer_syntax,
+            modality=_text(dataset, "Modality")[:16],
+            patient_id=_text(dataset, "PatientID")[:64],
+            issuer_of_patient_id=_text(dataset, "IssuerOfPatientID")[:64],
+            accession_number=_text(dataset, "AccessionNumber")[:16],
+            study_date=_text(dataset, "StudyDate")[:8],
+            path=stored.relative_path,
+            size_bytes=stored.size_bytes,
+            sha256=stored.sha256,
+            calling_ae=request.calling_ae,
+        )
+
+    def _out_of_resources(self, request: StoreRequest, reason: str) -> StoreStatus:
+        log.error("instance from %s not stored: %s", request.calling_ae, reason)
+        self.record_listener_event(
+            kind="instance.not_stored",
+            level=EventLevel.ERROR,
+            message=f"instance from {request.calling_ae} not stored (answered 0xA700): {reason}",
+            detail={"sop_instance_uid": request.sop_instance_uid},
+        )
+        return StoreStatus.OUT_OF_RESOURCES
+
+    def _refused(
+        self, request: StoreRequest, status: StoreStatus, reason: str, *, quarantine: bool
+    ) -> None:
+        kept = None
+        if quarantine:
+            try:
+                kept = self._spool.quarantine(request.path, reason=reason)
+            except OSError as exc:
+                log.error("could not quarantine a refused instance: %s", exc)
+        log.warning("instance from %s refused with 0x%04X: %s", request.calling_ae, status, reason)
+        self.record_listener_event(
+            kind="instance.refused",
+            level=EventLevel.WARNING,
+            message=f"instance from {request.calling_ae} refused with 0x{status:04X}: {reason}",
+            detail={
+                "status": int(status),
+                "sop_class_uid": request.sop_class_uid,
+                "sop_instance_uid": request.sop_instance_uid,
+                "calling_ae": request.calling_ae,
+                "peer_address": request.peer_address,
+                "quarantined_as": kept,
+            },
+        )
+
+    def record_listener_event(
+        self,
+        *,
+        kind: str,
+        message: str,
+        level: EventLevel,
+        detail: dict[str, object] | None = None,
+    ) -> None:
+        """Record an event of the listener; a database outage only costs the record."""
+        try:
+            with self._database.session() as session:
+                queries.record_event(
+                    session, kind=kind, message=message, level=level, detail=dict(detail or {})
+                )
+        except SQLAlchemyError as exc:
+            log.error("event %s not recorded (database unavailable): %s", kind, exc)

@@ -1,0 +1,226 @@
+"""The node's one settings object: TOML file, then ``LLNM_*`` environment variables.
+
+Precedence (highest first): keyword arguments, environment variables
+(``LLNM_DICOM__PORT=11112``; nested fields joined by ``__``), the TOML file,
+the defaults below. The TOML file is the ``--config`` option of the CLI or the
+``LLNM_CONFIG`` environment variable.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from pathlib import Path
+from typing import Any, Self
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+CONFIG_ENV_VAR = "LLNM_CONFIG"
+_AE_TITLE_CHARS = set("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789 _-.")
+
+
+def _check_ae_title(value: str) -> str:
+    value = value.strip()
+    if not 1 <= len(value) <= 16 or not set(value) <= _AE_TITLE_CHARS:
+        raise ValueError(f"AE title {value!r} must be 1-16 characters of A-Z, 0-9, space, _ - .")
+    return value
+
+
+class _Section(BaseModel):
+    """A settings table; unknown keys are errors, so typos never pass silently."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class AllowedCaller(_Section):
+    """A calling AE that may associate, optionally only from given hosts."""
+
+    ae_title: str
+    hosts: list[str] = Field(
+        default_factory=list,
+        description="IP addresses or CIDR networks; empty means any host.",
+    )
+
+    _check_ae = field_validator("ae_title")(_check_ae_title)
+
+    @field_validator("hosts")
+    @classmethod
+    def _check_hosts(cls, hosts: list[str]) -> list[str]:
+        for host in hosts:
+            ipaddress.ip_network(host, strict=False)  # raises ValueError on garbage
+        return hosts
+
+    def admits(self, ae_title: str, address: str) -> bool:
+        """Whether this entry lets ``ae_title`` associate from ``address``."""
+        if ae_title.strip() != self.ae_title:
+            return False
+        if not self.hosts:
+            return True
+        try:
+            peer = ipaddress.ip_address(address)
+        except ValueError:
+            return False
+        return any(peer in ipaddress.ip_network(host, strict=False) for host in self.hosts)
+
+
+class TLSSettings(_Section):
+    """Optional TLS on the listener (DICOM PS3.15 Annex B secure transport)."""
+
+    enabled: bool = False
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    # CA bundle that signs client certificates; set it to require mutual TLS.
+    ca_file: Path | None = None
+
+    @model_validator(mode="after")
+    def _files_present(self) -> Self:
+        if not self.enabled:
+            return self
+        if self.cert_file is None or self.key_file is None:
+            raise ValueError("tls.enabled needs tls.cert_file and tls.key_file")
+        for path in (self.cert_file, self.key_file, self.ca_file):
+            if path is not None and not path.is_file():
+                raise ValueError(f"TLS file not found: {path}")
+        return self
+
+
+class DicomSettings(_Section):
+    """The DICOM listener."""
+
+    ae_title: str = "LLNM_NODE"
+    host: str = "127.0.0.1"
+    # 0 picks a free port (tests, demo).
+    port: int = Field(11112, ge=0, le=65535)
+    # Calling AEs allowed to associate. Empty: any caller, which is only allowed on a
+    # loopback address unless accept_any_caller is set.
+    allowed_callers: list[AllowedCaller] = Field(default_factory=list)
+    accept_any_caller: bool = False
+    # Reject associations whose called AE title is not ae_title.
+    require_called_ae: bool = True
+    max_associations: int = Field(16, ge=1)
+    # Largest PDU we accept, bytes; 0 means no limit.
+    max_pdu: int = Field(262_144, ge=0)
+    acse_timeout_s: float = Field(30.0, gt=0)
+    dimse_timeout_s: float = Field(60.0, gt=0)
+    network_timeout_s: float = Field(60.0, gt=0)
+    tls: TLSSettings = Field(default_factory=TLSSettings)
+
+    _check_ae = field_validator("ae_title")(_check_ae_title)
+
+    @model_validator(mode="after")
+    def _refuse_open_listener(self) -> Self:
+        is_loopback = self.host in ("localhost",) or _is_loopback(self.host)
+        if not is_loopback and not self.allowed_callers and not self.accept_any_caller:
+            raise ValueError(
+                f"listening on {self.host} with an empty dicom.allowed_callers would accept "
+                "any caller; list the calling AEs (or set dicom.accept_any_caller = true)"
+            )
+        return self
+
+    def admits(self, ae_title: str, address: str) -> bool:
+        """Whether a calling AE at ``address`` may associate."""
+        if self.accept_any_caller or not self.allowed_callers:
+            return True
+        return any(entry.admits(ae_title, address) for entry in self.allowed_callers)
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class CompletionSettings(_Section):
+    """When a study counts as complete."""
+
+    # A study becomes a job once no instance arrived for this long.
+    quiet_seconds: float = Field(30.0, ge=0)
+    # How often the watcher looks for settled studies.
+    poll_seconds: float = Field(1.0, gt=0)
+
+
+class ExecutorSettings(_Section):
+    """The in-process worker pool of the embedded default."""
+
+    workers: int = Field(1, ge=1)
+    # Attempts for a stage that fails with an unexpected (possibly transient) error.
+    max_attempts: int = Field(3, ge=1)
+    # Wait before retry n is retry_backoff_s * 2 ** (n - 1).
+    retry_backoff_s: float = Field(5.0, ge=0)
+
+
+class Settings(BaseSettings):
+    """Everything the node reads from its configuration."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="LLNM_",
+        env_nested_delimiter="__",
+        extra="forbid",
+    )
+
+    # Root of the node's own files: spool, quarantine, work folders.
+    data_dir: Path = Path("llnm-data")
+    # SQLAlchemy URL; empty means SQLite at <data_dir>/llnm.db.
+    database_url: str = ""
+    # Below this much free space on the spool's file system, new associations are
+    # turned away and instances answered with 0xA700 (keep it above the largest instance).
+    min_free_disk_mb: float = Field(500.0, ge=0)
+    log_level: str = "INFO"
+    dicom: DicomSettings = Field(default_factory=DicomSettings)
+    completion: CompletionSettings = Field(default_factory=CompletionSettings)
+    executor: ExecutorSettings = Field(default_factory=ExecutorSettings)
+
+    @field_validator("log_level")
+    @classmethod
+    def _check_level(cls, value: str) -> str:
+        value = value.upper()
+        if value not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+            raise ValueError("log_level must be DEBUG, INFO, WARNING or ERROR")
+        return value
+
+    @property
+    def resolved_database_url(self) -> str:
+        """The database URL, defaulting to the SQLite file in the data folder."""
+        return self.database_url or f"sqlite:///{self.data_dir.resolve() / 'llnm.db'}"
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Keyword arguments, then environment, then the TOML file."""
+        return (init_settings, env_settings, TomlConfigSettingsSource(settings_cls))
+
+
+def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
+    """Read settings from ``config_file`` (or ``$LLNM_CONFIG``) and the environment.
+
+    Raises
+    ------
+    FileNotFoundError
+        If a configuration file is named but does not exist.
+    pydantic.ValidationError
+        If a value is invalid or a setting is insecure.
+    """
+    if config_file is None and os.environ.get(CONFIG_ENV_VAR):
+        config_file = Path(os.environ[CONFIG_ENV_VAR])
+    if config_file is None:
+        return Settings(**overrides)
+    if not config_file.is_file():
+        raise FileNotFoundError(f"configuration file not found: {config_file}")
+
+    class FileSettings(Settings):
+        model_config = SettingsConfigDict(toml_file=config_file)
+
+    return FileSettings(**overrides)

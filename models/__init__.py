@@ -1,0 +1,1 @@
+"""LLNM-Net, segmenters, model bundles and training."""

@@ -1,0 +1,1 @@
+"""Pipeline stages, their typed contracts, and the executors that run them."""

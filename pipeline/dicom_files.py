@@ -1,0 +1,116 @@
+"""Reading DICOM files without loading their pixels, and checking they are whole."""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+from pydicom import Dataset, dcmread
+from pydicom.errors import InvalidDicomError
+from pydicom.uid import UID, DeflatedExplicitVRLittleEndian, ImplicitVRLittleEndian
+
+PIXEL_DATA_TAG = (0x7FE0, 0x0010)
+_UNDEFINED_LENGTH = 0xFFFFFFFF
+_LONG_LENGTH_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR"}
+_LONG_LENGTH_VRS |= {b"UT", b"UV"}
+
+
+class UnreadableDicomError(ValueError):
+    """The bytes are not a DICOM file this node can use; the message says why."""
+
+
+@dataclass(frozen=True)
+class PixelDataExtent:
+    """Where the Pixel Data element sits in a file."""
+
+    offset: int  # of the element's tag
+    encapsulated: bool
+    length: int | None  # value length; None when encapsulated (undefined length)
+
+
+@dataclass(frozen=True)
+class FileHeader:
+    """A file's attributes up to (not including) the pixels, and its pixel extent."""
+
+    dataset: Dataset
+    transfer_syntax_uid: UID
+    pixel_data: PixelDataExtent | None
+
+
+def _read_pixel_extent(
+    raw: bytes, *, offset: int, implicit: bool, little: bool
+) -> tuple[tuple[int, int], int, int]:
+    """Decode an element header: ((group, element), value length, header size)."""
+    endian = "<" if little else ">"
+    if len(raw) < 8:
+        raise UnreadableDicomError(f"element header at byte {offset} is cut short")
+    group, element = struct.unpack(f"{endian}HH", raw[:4])
+    if implicit:
+        (length,) = struct.unpack(f"{endian}L", raw[4:8])
+        return (group, element), length, 8
+    vr = raw[4:6]
+    if vr in _LONG_LENGTH_VRS:
+        if len(raw) < 12:
+            raise UnreadableDicomError(f"element header at byte {offset} is cut short")
+        (length,) = struct.unpack(f"{endian}L", raw[8:12])
+        return (group, element), length, 12
+    (short_length,) = struct.unpack(f"{endian}H", raw[6:8])
+    return (group, element), short_length, 8
+
+
+def read_header(path: Path) -> FileHeader:
+    """Read everything before the pixels and check the pixel element is complete.
+
+    Only the header is decoded; pixel bytes are never read into memory except
+    for the last eight bytes of an encapsulated stream, whose sequence
+    delimiter proves the stream arrived whole.
+
+    Raises
+    ------
+    UnreadableDicomError
+        If the file is not DICOM Part 10, its header cannot be parsed, or the
+        Pixel Data element is cut short.
+    """
+    size = path.stat().st_size
+    with path.open("rb") as fp:
+        try:
+            dataset = dcmread(fp, stop_before_pixels=True)
+        except (InvalidDicomError, EOFError, ValueError, KeyError, struct.error) as exc:
+            raise UnreadableDicomError(f"header cannot be parsed: {exc}") from exc
+        meta = dataset.file_meta
+        ts = UID(meta.get("TransferSyntaxUID", ""))
+        if not ts:
+            raise UnreadableDicomError("file meta has no Transfer Syntax UID")
+        if ts == DeflatedExplicitVRLittleEndian:
+            # The deflated stream was inflated completely to parse it; nothing left to check.
+            return FileHeader(dataset=dataset, transfer_syntax_uid=ts, pixel_data=None)
+        offset = fp.tell()
+        head = fp.read(12)
+    if not head:
+        return FileHeader(dataset=dataset, transfer_syntax_uid=ts, pixel_data=None)
+    implicit = ts == ImplicitVRLittleEndian
+    little = ts.is_little_endian if ts.is_transfer_syntax else True
+    tag, length, header_size = _read_pixel_extent(
+        head, offset=offset, implicit=implicit, little=little
+    )
+    if tag != PIXEL_DATA_TAG:
+        return FileHeader(dataset=dataset, transfer_syntax_uid=ts, pixel_data=None)
+    if length == _UNDEFINED_LENGTH:
+        with path.open("rb") as fp:
+            fp.seek(max(size - 8, 0))
+            tail = fp.read(8)
+        delimiter = struct.pack("<HHL" if little else ">HHL", 0xFFFE, 0xE0DD, 0)
+        if tail != delimiter:
+            raise UnreadableDicomError(
+                "encapsulated Pixel Data has no sequence delimiter: the stream is cut short"
+            )
+        extent = PixelDataExtent(offset=offset, encapsulated=True, length=None)
+    else:
+        end = offset + header_size + length
+        if end > size:
+            raise UnreadableDicomError(
+                f"Pixel Data declares {length} bytes but the file ends {end - size} bytes early"
+            )
+        extent = PixelDataExtent(offset=offset, encapsulated=False, length=length)
+    return FileHeader(dataset=dataset, transfer_syntax_uid=ts, pixel_data=extent)

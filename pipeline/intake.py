@@ -1,0 +1,186 @@
+"""Study intake: the first stage; what arrived, what is usable, and the report text."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any
+
+from pydicom import Dataset
+from pydicom.uid import UID
+
+from pipeline.contracts import InstanceRef, StudyInput
+from pipeline.dicom_files import UnreadableDicomError, read_header
+from pipeline.sop_classes import SECONDARY_CAPTURE_CLASS, SR_CLASSES, ULTRASOUND_IMAGE_CLASSES
+from pipeline.stage import Stage, StageError
+
+
+@dataclass(frozen=True)
+class UltrasoundImage:
+    """A usable ultrasound image (or cine) of the study."""
+
+    ref: InstanceRef
+    rows: int
+    columns: int
+    frames: int
+    photometric_interpretation: str
+    bits_allocated: int
+    transfer_syntax_uid: str
+    has_ultrasound_regions: bool
+
+
+@dataclass(frozen=True)
+class ReportDocument:
+    """Radiology report text found in a structured report of the study."""
+
+    ref: InstanceRef
+    text: str
+
+
+@dataclass(frozen=True)
+class SkippedInstance:
+    """An instance intake will not pass on, and why."""
+
+    sop_instance_uid: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class SeriesCount:
+    """How many instances a series contributed."""
+
+    series_instance_uid: str
+    modality: str
+    instances: int
+
+
+@dataclass(frozen=True)
+class IntakeReport:
+    """What the study holds, for the stages after intake."""
+
+    study: StudyInput
+    images: tuple[UltrasoundImage, ...]
+    reports: tuple[ReportDocument, ...]
+    series: tuple[SeriesCount, ...]
+    skipped: tuple[SkippedInstance, ...]
+
+
+def summarize_intake(report: IntakeReport) -> dict[str, Any]:
+    """Counts for the audit trail (no report text, no identifiers beyond UIDs)."""
+    return {
+        "instances": len(report.study.instances),
+        "series": len(report.series),
+        "ultrasound_images": len(report.images),
+        "frames": sum(image.frames for image in report.images),
+        "with_ultrasound_regions": sum(image.has_ultrasound_regions for image in report.images),
+        "report_found": bool(report.reports),
+        "report_characters": sum(len(r.text) for r in report.reports),
+        "skipped": [
+            {"sop_instance_uid": s.sop_instance_uid, "reason": s.reason} for s in report.skipped
+        ],
+    }
+
+
+def _report_text(dataset: Dataset) -> str:
+    """TEXT content items of an SR, depth first, as ``Concept: value`` lines."""
+    lines: list[str] = []
+
+    def walk(items: Any) -> None:
+        for item in items:
+            if item.get("ValueType") == "TEXT" and item.get("TextValue"):
+                concept = item.get("ConceptNameCodeSequence")
+                name = concept[0].get("CodeMeaning", "") if concept else ""
+                value = str(item.TextValue).strip()
+                lines.append(f"{name}: {value}" if name else value)
+            if "ContentSequence" in item:
+                walk(item.ContentSequence)
+
+    if "ContentSequence" in dataset:
+        walk(dataset.ContentSequence)
+    return "\n".join(lines)
+
+
+def _image_problem(sop_class: str, dataset: Dataset, has_pixels: bool) -> str | None:
+    if sop_class == SECONDARY_CAPTURE_CLASS and dataset.get("Modality") != "US":
+        return f"secondary capture of modality {dataset.get('Modality', 'unknown')}, not ultrasound"
+    if not has_pixels:
+        return "no Pixel Data"
+    if int(dataset.get("Rows", 0)) <= 0 or int(dataset.get("Columns", 0)) <= 0:
+        return "zero image size"
+    return None
+
+
+def intake(study: StudyInput) -> IntakeReport:
+    """Read every instance's header and sort the study into images, reports and the rest.
+
+    Raises
+    ------
+    StageError
+        If the study holds no usable ultrasound image.
+    """
+    images: list[UltrasoundImage] = []
+    reports: list[ReportDocument] = []
+    skipped: list[SkippedInstance] = []
+    series: Counter[tuple[str, str]] = Counter()
+    for ref in study.instances:
+        try:
+            header = read_header(ref.path)
+        except (UnreadableDicomError, OSError) as exc:
+            skipped.append(SkippedInstance(ref.sop_instance_uid, f"unreadable: {exc}"))
+            continue
+        dataset = header.dataset
+        series[(ref.series_instance_uid, str(dataset.get("Modality", "")))] += 1
+        if ref.sop_class_uid in SR_CLASSES:
+            text = _report_text(dataset)
+            if text:
+                reports.append(ReportDocument(ref=ref, text=text))
+            else:
+                skipped.append(
+                    SkippedInstance(ref.sop_instance_uid, "structured report without text")
+                )
+            continue
+        if (
+            ref.sop_class_uid not in ULTRASOUND_IMAGE_CLASSES
+            and ref.sop_class_uid != SECONDARY_CAPTURE_CLASS
+        ):
+            skipped.append(
+                SkippedInstance(ref.sop_instance_uid, f"SOP class {UID(ref.sop_class_uid).name}")
+            )
+            continue
+        problem = _image_problem(ref.sop_class_uid, dataset, header.pixel_data is not None)
+        if problem:
+            skipped.append(SkippedInstance(ref.sop_instance_uid, problem))
+            continue
+        images.append(
+            UltrasoundImage(
+                ref=ref,
+                rows=int(dataset.Rows),
+                columns=int(dataset.Columns),
+                frames=int(dataset.get("NumberOfFrames", 1) or 1),
+                photometric_interpretation=str(dataset.get("PhotometricInterpretation", "")),
+                bits_allocated=int(dataset.get("BitsAllocated", 8)),
+                transfer_syntax_uid=str(header.transfer_syntax_uid),
+                has_ultrasound_regions="SequenceOfUltrasoundRegions" in dataset,
+            )
+        )
+    if not images:
+        found = "; ".join(f"{s.sop_instance_uid}: {s.reason}" for s in skipped)
+        if reports:
+            found = "; ".join(filter(None, [f"{len(reports)} report(s)", found]))
+        raise StageError(
+            f"no usable ultrasound image among {len(study.instances)} instance(s)"
+            + (f" ({found})" if found else "")
+        )
+    return IntakeReport(
+        study=study,
+        images=tuple(images),
+        reports=tuple(reports),
+        series=tuple(
+            SeriesCount(series_instance_uid=uid, modality=modality, instances=n)
+            for (uid, modality), n in series.items()
+        ),
+        skipped=tuple(skipped),
+    )
+
+
+INTAKE = Stage[StudyInput, IntakeReport](name="intake", run=intake, summarize=summarize_intake)

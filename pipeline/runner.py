@@ -1,0 +1,104 @@
+"""Runs one job's stages in order and keeps the database's account of it."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from db import queries
+from db.session import Database
+from pipeline.contracts import InstanceRef, StudyInput
+from pipeline.stage import Stage, StageError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How unexpected (possibly transient) stage errors are retried."""
+
+    max_attempts: int = 3
+    backoff_s: float = 5.0
+
+
+class JobRunner:
+    """Claims a queued job, feeds each stage the previous stage's output, records it all."""
+
+    def __init__(
+        self,
+        *,
+        database: Database,
+        spool_root: Path,
+        stages: Sequence[Stage[Any, Any]],
+        retry: RetryPolicy,
+    ) -> None:
+        self._database = database
+        self._spool_root = spool_root
+        self._stages = tuple(stages)
+        self._retry = retry
+
+    def run(self, job_id: int) -> None:
+        """Run job ``job_id`` if it is still queued; every outcome ends up in the database."""
+        with self._database.session() as session:
+            claimed = queries.claim_job(session, job_id=job_id)
+        if claimed is None:
+            log.info("job %d is no longer queued; skipped", job_id)
+            return
+        work_dir = self._spool_root / "work" / f"job-{job_id}"
+        work_dir.mkdir(parents=True, exist_ok=True)
+        value: Any = StudyInput(
+            job_id=job_id,
+            study_instance_uid=claimed.study_instance_uid,
+            instances=tuple(
+                InstanceRef(
+                    sop_instance_uid=sop_uid,
+                    sop_class_uid=sop_class,
+                    series_instance_uid=series_uid,
+                    path=self._spool_root / path,
+                )
+                for sop_uid, sop_class, series_uid, path in claimed.instances
+            ),
+            work_dir=work_dir,
+        )
+        log.info("job %d attempt %d started", job_id, claimed.attempt)
+        for stage in self._stages:
+            with self._database.session() as session:
+                queries.enter_stage(session, job_id=job_id, stage=stage.name)
+            started = time.perf_counter()
+            try:
+                value = stage.run(value)
+            except StageError as exc:
+                self._fail(job_id, stage.name, str(exc), permanent=True)
+                return
+            except Exception as exc:  # boundary: any stage bug or outage becomes a job event
+                log.exception("job %d: stage %s raised", job_id, stage.name)
+                self._fail(job_id, stage.name, f"{type(exc).__name__}: {exc}", permanent=False)
+                return
+            seconds = time.perf_counter() - started
+            with self._database.session() as session:
+                queries.complete_stage(
+                    session,
+                    job_id=job_id,
+                    stage=stage.name,
+                    seconds=seconds,
+                    summary=stage.summarize(value),
+                )
+        with self._database.session() as session:
+            queries.finish_job(session, job_id=job_id)
+        log.info("job %d done", job_id)
+
+    def _fail(self, job_id: int, stage: str, error: str, *, permanent: bool) -> None:
+        with self._database.session() as session:
+            state = queries.fail_job(
+                session,
+                job_id=job_id,
+                stage=stage,
+                error=error,
+                max_attempts=0 if permanent else self._retry.max_attempts,
+                backoff_s=self._retry.backoff_s,
+            )
+        log.warning("job %d: %s failed (%s); job is now %s", job_id, stage, error, state.value)

@@ -1,0 +1,27 @@
+"""The stage contract: a named, typed function plus the queue it runs on."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Generic, Literal, TypeVar
+
+In = TypeVar("In")
+Out = TypeVar("Out")
+
+Queue = Literal["cpu", "gpu"]
+
+
+class StageError(Exception):
+    """The input cannot be analysed (bad or missing data); retrying will not help."""
+
+
+@dataclass(frozen=True)
+class Stage(Generic[In, Out]):
+    """One step of a job: ``run`` maps the previous stage's output to this stage's output."""
+
+    name: str
+    run: Callable[[In], Out]
+    # What the audit trail keeps of the output (small, JSON-serialisable, no pixels).
+    summarize: Callable[[Out], dict[str, Any]]
+    queue: Queue = "cpu"

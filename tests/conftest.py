@@ -1,0 +1,95 @@
+"""Shared fixtures: real databases (SQLite and PostgreSQL), nodes on free ports, sample files."""
+
+from __future__ import annotations
+
+import socket
+import sys
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+from db.migrate import upgrade
+from db.session import Database
+from dicom_node.node import Node
+from dicom_node.settings import Settings
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+POSTGRES_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def vendor_dir() -> Path:
+    """Real vendor files from the pydicom-data package."""
+    import data_store  # type: ignore[import-untyped]
+
+    return Path(data_store.__file__).parent / "data"
+
+
+@pytest.fixture
+def postgres_url() -> Iterator[str]:
+    """A fresh, empty PostgreSQL database on the local server, dropped afterwards."""
+    name = f"llnm_test_{uuid.uuid4().hex[:12]}"
+    try:
+        admin = psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True, connect_timeout=5)
+    except psycopg.OperationalError as exc:
+        pytest.fail(f"PostgreSQL is not reachable at 127.0.0.1:5432: {exc}")
+    with admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
+    with psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True) as admin:
+        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """Each test using it runs once on a SQLite file and once on PostgreSQL."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'jobs.db'}"
+    return str(request.getfixturevalue("postgres_url"))
+
+
+@pytest.fixture
+def database(database_url: str) -> Iterator[Database]:
+    """A migrated job database."""
+    db = Database(database_url)
+    upgrade(db)
+    yield db
+    db.dispose()
+
+
+@pytest.fixture
+def node_factory(tmp_path: Path) -> Iterator[Callable[..., Node]]:
+    """Start in-process nodes on free ports; all are stopped at teardown."""
+    started: list[Node] = []
+
+    def make(database_url: str = "", **overrides: Any) -> Node:
+        dicom = {"host": "127.0.0.1", "port": 0, **overrides.pop("dicom", {})}
+        completion = {"quiet_seconds": 0.5, "poll_seconds": 0.1, **overrides.pop("completion", {})}
+        overrides.setdefault("min_free_disk_mb", 5)  # CI disks can be nearly full
+        settings = Settings(
+            data_dir=overrides.pop("data_dir", tmp_path / f"node{len(started)}"),
+            database_url=database_url,
+            dicom=dicom,
+            completion=completion,
+            **overrides,
+        )
+        node = Node(settings)
+        node.start()
+        started.append(node)
+        return node
+
+    yield make
+    for node in started:
+        node.stop()

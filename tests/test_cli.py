@@ -1,0 +1,115 @@
+"""The admin CLI, run in-process against a real node and database."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+import dicom_factory
+from db.models import Job, JobState
+from db.session import Database
+from dicom_node.cli import app
+from dicom_node.node import Node
+
+runner = CliRunner()
+
+
+def write_config(tmp_path: Path, database_url: str) -> Path:
+    config = tmp_path / "node.toml"
+    config.write_text(f'data_dir = "{tmp_path / "data"}"\ndatabase_url = "{database_url}"\n')
+    return config
+
+
+def invoke(*args: str) -> tuple[int, str]:
+    result = runner.invoke(app, list(args))
+    return result.exit_code, result.output
+
+
+def test_db_upgrade_then_empty_lists(tmp_path: Path, database_url: str) -> None:
+    config = str(write_config(tmp_path, database_url))
+    assert invoke("db", "upgrade", "--config", config)[0] == 0
+    assert invoke("db", "upgrade", "--config", config)[0] == 0  # idempotent
+    code, out = invoke("jobs", "list", "--config", config, "--json")
+    assert code == 0 and json.loads(out) == []
+
+
+def test_send_list_show_retry(tmp_path: Path, database_url: str, node_factory) -> None:  # type: ignore[no-untyped-def]
+    node: Node = node_factory(database_url, completion={"quiet_seconds": 0.2})
+    config = str(write_config(tmp_path, database_url))
+    dicom_factory.write(
+        dicom_factory.text_report(study_uid="1.2.3.4", text="no images"), tmp_path / "in" / "r.dcm"
+    )
+    dicom_factory.write(dicom_factory.ultrasound(patient_id="P9"), tmp_path / "in" / "u.dcm")
+    (tmp_path / "in" / "notes.txt").write_text("not dicom")
+    code, out = invoke(
+        "send", "127.0.0.1", str(node.port), str(tmp_path / "in"), "--aet", "MY_PACS"
+    )
+    assert code == 1  # the text file could not be sent
+    assert "sent 2 of 3" in out
+    assert invoke("echo", "127.0.0.1", str(node.port))[0] == 0
+    assert invoke("echo", "127.0.0.1", str(node.port), "--aec", "WRONG")[0] == 1
+
+    deadline = time.monotonic() + 15
+    while True:
+        code, out = invoke("jobs", "list", "--config", config, "--json")
+        jobs = json.loads(out)
+        if len(jobs) == 2 and all(j["state"] in ("done", "failed") for j in jobs):
+            break
+        assert time.monotonic() < deadline, jobs
+        time.sleep(0.2)
+    failed = next(j for j in jobs if j["state"] == "failed")
+    done = next(j for j in jobs if j["state"] == "done")
+    assert failed["calling_ae"] == "MY_PACS" and "no usable ultrasound image" in failed["error"]
+
+    code, out = invoke("jobs", "list", "--config", config, "--state", "failed", "--json")
+    assert [j["id"] for j in json.loads(out)] == [failed["id"]]
+    code, out = invoke("jobs", "list", "--config", config, "--patient", done["patient_pseudonym"])
+    assert code == 0 and done["patient_pseudonym"] in out and "P9" not in out
+    code, out = invoke("studies", "list", "--config", config, "--ae", "MY_PACS", "--json")
+    assert len(json.loads(out)) == 2
+    code, out = invoke("studies", "list", "--config", config, "--since", "2999-01-01", "--json")
+    assert json.loads(out) == []
+
+    code, out = invoke("jobs", "show", str(failed["id"]), "--config", config)
+    assert code == 0 and "intake started" in out and "failed" in out
+    code, out = invoke("jobs", "show", str(failed["id"]), "--config", config, "--json")
+    assert json.loads(out)["job"]["state"] == "failed"
+
+    assert invoke("jobs", "retry", str(done["id"]), "--config", config)[0] == 1  # not failed
+    assert invoke("jobs", "retry", "999999", "--config", config)[0] == 1
+    code, out = invoke("jobs", "retry", str(failed["id"]), "--config", config)
+    assert code == 0
+    database = Database(database_url)
+    deadline = time.monotonic() + 15
+    while True:  # the running node picks the retried job up and runs it again
+        with database.session() as session:
+            retried = session.get_one(Job, failed["id"])
+            if retried.state == JobState.FAILED and retried.attempts == 1:
+                events = [e.kind for e in retried.events]
+                if events.count("stage.started") == 2:
+                    break
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    assert "job.retry_requested" in events
+    database.dispose()
+
+
+@pytest.mark.parametrize(
+    "args", [["jobs", "list", "--since", "yesterday"], ["jobs", "list", "--state", "exploded"]]
+)
+def test_bad_arguments_are_usage_errors(tmp_path: Path, args: list[str]) -> None:
+    config = str(write_config(tmp_path, f"sqlite:///{tmp_path / 'x.db'}"))
+    assert invoke(*args, "--config", config)[0] == 2
+
+
+def test_bad_config_is_a_clear_error(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[dicom]\nhost = "0.0.0.0"\n')
+    code, out = invoke("jobs", "list", "--config", str(bad))
+    assert code == 2 and "allowed_callers" in out
+    code, out = invoke("jobs", "list", "--config", str(tmp_path / "missing.toml"))
+    assert code == 2 and "not found" in out

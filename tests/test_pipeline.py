@@ -1,0 +1,167 @@
+"""Intake on real files, and the runner's bookkeeping on both databases."""
+
+from __future__ import annotations
+
+import itertools
+import shutil
+from pathlib import Path
+
+import pytest
+from pydicom.uid import SecondaryCaptureImageStorage, generate_uid
+
+import dicom_factory
+from db import queries
+from db.models import Job, JobState
+from db.session import Database
+from pipeline.contracts import InstanceRef, StudyInput
+from pipeline.intake import INTAKE, intake
+from pipeline.runner import JobRunner, RetryPolicy
+from pipeline.stage import Stage, StageError
+
+_n = itertools.count()
+
+
+def ref(path: Path) -> InstanceRef:
+    from pydicom import dcmread
+
+    ds = dcmread(path, stop_before_pixels=True)
+    return InstanceRef(str(ds.SOPInstanceUID), str(ds.SOPClassUID), str(ds.SeriesInstanceUID), path)
+
+
+def study(*paths: Path, work: Path) -> StudyInput:
+    return StudyInput(
+        job_id=1, study_instance_uid="1.2", instances=tuple(ref(p) for p in paths), work_dir=work
+    )
+
+
+def test_intake_sorts_vendor_images_reports_and_rejects(vendor_dir: Path, tmp_path: Path) -> None:
+    uid = generate_uid()
+    sr = dicom_factory.write(
+        dicom_factory.text_report(study_uid=uid, text="Left lobe, 8 mm hypoechoic nodule."),
+        tmp_path / "sr.dcm",
+    )
+    sc_ct = dicom_factory.write(
+        dicom_factory.ultrasound(sop_class=SecondaryCaptureImageStorage, modality="CT"),
+        tmp_path / "sc.dcm",
+    )
+    broken = tmp_path / "broken.dcm"
+    shutil.copy(vendor_dir / "US1_J2KR.dcm", broken)
+    broken.write_bytes(broken.read_bytes()[:-100])
+    report = intake(
+        study(
+            vendor_dir / "gdcm-US-ALOKA-16.dcm",
+            vendor_dir / "color3d_jpeg_baseline.dcm",
+            vendor_dir / "color-pl.dcm",
+            sr,
+            sc_ct,
+            broken,
+            work=tmp_path,
+        )
+    )
+    assert [i.ref.path.name for i in report.images] == [
+        "gdcm-US-ALOKA-16.dcm",
+        "color3d_jpeg_baseline.dcm",
+        "color-pl.dcm",
+    ]
+    aloka, cine, _ = report.images
+    assert aloka.has_ultrasound_regions and aloka.photometric_interpretation == "PALETTE COLOR"
+    assert cine.frames == 120 and cine.transfer_syntax_uid == "1.2.840.10008.1.2.4.50"
+    assert report.reports[0].text == "Findings: Left lobe, 8 mm hypoechoic nodule."
+    reasons = {s.sop_instance_uid: s.reason for s in report.skipped}
+    assert "not ultrasound" in reasons[ref(sc_ct).sop_instance_uid]
+    assert any("unreadable" in r for r in reasons.values())
+    summary = INTAKE.summarize(report)
+    assert summary["ultrasound_images"] == 3 and summary["frames"] == 122
+    assert "Left lobe" not in str(summary)  # report text stays out of the audit trail
+
+
+def test_intake_without_images_is_a_stage_error(tmp_path: Path) -> None:
+    sr = dicom_factory.write(
+        dicom_factory.text_report(study_uid="1.2", text="x"), tmp_path / "r.dcm"
+    )
+    with pytest.raises(StageError, match="no usable ultrasound image"):
+        intake(study(sr, work=tmp_path))
+
+
+def queued_job(database: Database, tmp_path: Path) -> int:
+    path = dicom_factory.write(dicom_factory.ultrasound(), tmp_path / f"spool/{next(_n)}.dcm")
+    r = ref(path)
+    with database.session() as session:
+        registered = queries.register_instance(
+            session,
+            new=queries.NewInstance(
+                sop_instance_uid=r.sop_instance_uid,
+                sop_class_uid=r.sop_class_uid,
+                series_instance_uid=r.series_instance_uid,
+                study_instance_uid=generate_uid(),
+                transfer_syntax_uid="1.2.840.10008.1.2.1",
+                modality="US",
+                patient_id="P",
+                issuer_of_patient_id="",
+                accession_number="",
+                study_date="",
+                path=path.name,
+                size_bytes=1,
+                sha256="0" * 64,
+                calling_ae="T",
+            ),
+        )
+        session.get_one(Job, registered.job_id).state = JobState.QUEUED
+    return registered.job_id
+
+
+def job(database: Database, job_id: int) -> queries.JobDetail:
+    with database.session() as session:
+        return queries.job_detail(session, job_id=job_id)
+
+
+def runner(database: Database, tmp_path: Path, *stages: Stage[object, object]) -> JobRunner:
+    return JobRunner(
+        database=database,
+        spool_root=tmp_path / "spool",
+        stages=stages,
+        retry=RetryPolicy(max_attempts=2, backoff_s=0),
+    )
+
+
+def test_runner_runs_intake_and_records_each_stage(database: Database, tmp_path: Path) -> None:
+    job_id = queued_job(database, tmp_path)
+    runner(database, tmp_path, INTAKE).run(job_id)  # type: ignore[arg-type]
+    detail = job(database, job_id)
+    assert detail.job.state == "done" and detail.job.attempts == 1
+    kinds = [e.kind for e in detail.events]
+    assert kinds[-3:] == ["stage.started", "stage.done", "job.done"]
+    assert detail.events[-2].detail["summary"]["ultrasound_images"] == 1  # type: ignore[index]
+    assert (tmp_path / "spool" / "work" / f"job-{job_id}").is_dir()
+    runner(database, tmp_path, INTAKE).run(job_id)  # type: ignore[arg-type]
+    assert job(database, job_id).job.attempts == 1  # not queued any more: not run twice
+
+
+def test_bad_input_fails_at_once(database: Database, tmp_path: Path) -> None:
+    def reject(_: object) -> object:
+        raise StageError("no pixel data")
+
+    job_id = queued_job(database, tmp_path)
+    runner(database, tmp_path, Stage("check", reject, lambda _: {})).run(job_id)
+    detail = job(database, job_id)
+    assert detail.job.state == "failed" and detail.job.error == "check: no pixel data"
+
+
+def test_unexpected_errors_are_retried_then_dead(database: Database, tmp_path: Path) -> None:
+    calls = []
+
+    def flaky(_: object) -> object:
+        calls.append(1)
+        raise ConnectionError("GPU host unreachable")
+
+    job_id = queued_job(database, tmp_path)
+    run = runner(database, tmp_path, Stage("segment", flaky, lambda _: {}, queue="gpu"))
+    run.run(job_id)
+    assert job(database, job_id).job.state == "queued"  # retry scheduled
+    with database.session() as session:
+        assert queries.take_dispatchable_jobs(session) == [job_id]
+    run.run(job_id)
+    detail = job(database, job_id)
+    assert len(calls) == 2
+    assert detail.job.state == "dead" and "GPU host unreachable" in (detail.job.error or "")
+    assert [e.kind for e in detail.events].count("job.retry_scheduled") == 1

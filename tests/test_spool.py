@@ -1,0 +1,71 @@
+from pathlib import Path
+
+from dicom_node.spool import Spool, sha256_of
+
+
+def test_store_moves_file_durably_and_hashes(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "spool")
+    spool.prepare()
+    received = spool.tmp / "rx.dcm"
+    received.write_bytes(b"DICM" * 1000)
+    digest = sha256_of(received)
+    stored = spool.store(received, study_uid="1.2.3", sop_uid="1.2.3.4")
+    assert stored.relative_path == "incoming/1.2.3/1.2.3.4.dcm"
+    assert not received.exists()
+    assert spool.path_of(stored.relative_path).read_bytes() == b"DICM" * 1000
+    assert stored.sha256 == digest and stored.size_bytes == 4000
+
+
+def test_store_from_another_folder_copies(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "spool")
+    spool.prepare()
+    outside = tmp_path / "elsewhere.dcm"
+    outside.write_bytes(b"abc")
+    stored = spool.store(outside, study_uid="1.2", sop_uid="1.2.9")
+    assert spool.path_of(stored.relative_path).read_bytes() == b"abc"
+
+
+def test_hostile_uids_cannot_escape_the_spool(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "spool")
+    spool.prepare()
+    received = spool.tmp / "rx"
+    received.write_bytes(b"x")
+    stored = spool.store(received, study_uid="../../etc", sop_uid="../passwd")
+    path = spool.path_of(stored.relative_path).resolve()
+    assert path.is_relative_to(spool.incoming)
+
+
+def test_leftover_of_a_crash_is_replaced(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "spool")
+    spool.prepare()
+    target = spool.path_of(spool.relative_path_for(study_uid="1.2", sop_uid="1.2.5"))
+    target.parent.mkdir(parents=True)
+    target.write_bytes(b"half")
+    received = spool.tmp / "rx"
+    received.write_bytes(b"whole")
+    spool.store(received, study_uid="1.2", sop_uid="1.2.5")
+    assert target.read_bytes() == b"whole"
+
+
+def test_prepare_empties_tmp_and_quarantine_keeps_reason(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "spool")
+    spool.prepare()
+    (spool.tmp / "partial").write_bytes(b"x")
+    spool.prepare()
+    assert list(spool.tmp.iterdir()) == []
+    bad = tmp_path / "bad.dcm"
+    bad.write_bytes(b"garbage")
+    kept = spool.quarantine(bad, reason="cannot parse")
+    assert spool.path_of(kept).read_bytes() == b"garbage"
+    assert spool.path_of(kept).with_suffix(".txt").read_text().strip() == "cannot parse"
+    assert bad.exists()  # quarantine copies; the caller's file is untouched
+
+
+def test_discard_removes_file(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "spool")
+    spool.prepare()
+    received = spool.tmp / "rx"
+    received.write_bytes(b"x")
+    stored = spool.store(received, study_uid="1", sop_uid="2")
+    spool.discard(stored)
+    assert not spool.path_of(stored.relative_path).exists()

@@ -1,0 +1,445 @@
+"""The listener in-process, over real loopback sockets, with pynetdicom as the peer."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+from pydicom import dcmread
+from pydicom.uid import SecondaryCaptureImageStorage, generate_uid
+from pynetdicom import AE
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+from sqlalchemy import func, select
+
+import dicom_factory
+from db.models import Event, Instance, Job, JobState, Study
+from dicom_node import scu
+from dicom_node.node import Node
+from dicom_node.statuses import StoreStatus
+from dicom_node.tls import client_context
+
+Factory = Callable[..., Node]
+
+
+def peer(node: Node, calling_ae: str = "TEST_SCU", **kwargs: object) -> scu.Peer:
+    return scu.Peer(
+        host="127.0.0.1",
+        port=node.port,
+        called_ae=node.settings.dicom.ae_title,
+        calling_ae=calling_ae,
+        **kwargs,
+    )  # type: ignore[arg-type]
+
+
+def dataset_bytes(path: Path) -> bytes:
+    """The bytes after the file meta group: what travels over the network."""
+    with path.open("rb") as fh:
+        ds = dcmread(fh, stop_before_pixels=True)
+        start = 132 + 12 + int(ds.file_meta.FileMetaInformationGroupLength)
+    return path.read_bytes()[start:]
+
+
+def events(node: Node, kind: str) -> list[Event]:
+    with node.database.session() as session:
+        return list(session.scalars(select(Event).where(Event.kind == kind)))
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached in time")
+        time.sleep(0.05)
+
+
+def job_states(node: Node) -> list[JobState]:
+    with node.database.session() as session:
+        return list(session.scalars(select(Job.state).order_by(Job.id)))
+
+
+VENDOR = [
+    "US1_J2KR.dcm",
+    "gdcm-US-ALOKA-16_big.dcm",
+    "OBXXXX1A_rle.dcm",
+    "color3d_jpeg_baseline.dcm",
+    "color-pl.dcm",
+]
+
+
+def test_vendor_files_stored_byte_for_byte_and_analysed(
+    database_url: str, node_factory: Factory, vendor_dir: Path
+) -> None:
+    node = node_factory(database_url)
+    files = [vendor_dir / name for name in VENDOR]
+    outcomes = scu.send_files(peer(node), files)
+    assert [o.status for o in outcomes] == [0] * len(files)
+    with node.database.session() as session:
+        stored = {i.sop_instance_uid: i for i in session.scalars(select(Instance))}
+    assert len(stored) == len(files)
+    for path in files:
+        uid = dcmread(path, stop_before_pixels=True).SOPInstanceUID
+        spool_file = node.spool.path_of(stored[uid].path)
+        assert dataset_bytes(spool_file) == dataset_bytes(path), path.name
+        assert dcmread(spool_file).file_meta.TransferSyntaxUID == stored[uid].transfer_syntax_uid
+    wait_for(lambda: job_states(node) == [JobState.DONE] * len(files))  # one study each
+
+
+def test_resend_is_deduplicated(node_factory: Factory, tmp_path: Path, vendor_dir: Path) -> None:
+    node = node_factory(completion={"quiet_seconds": 3600})
+    study = generate_uid()
+    files = [
+        dicom_factory.write(
+            dicom_factory.ultrasound(study_uid=study, seed=i), tmp_path / f"{i}.dcm"
+        )
+        for i in range(3)
+    ]
+    assert all(o.ok for o in scu.send_files(peer(node), files))
+    assert all(o.ok for o in scu.send_files(peer(node), files))  # same bytes again
+    # the Aloka pair shares a SOP Instance UID with different bytes: first copy kept, warned
+    aloka = [vendor_dir / "gdcm-US-ALOKA-16.dcm", vendor_dir / "gdcm-US-ALOKA-16_big.dcm"]
+    assert all(o.ok for o in scu.send_files(peer(node), aloka))
+    with node.database.session() as session:
+        assert session.scalar(select(func.count(Instance.id))) == 4
+        assert session.scalar(select(func.count(Job.id))) == 2
+        assert sum(session.scalars(select(Instance.duplicates_received))) == 4
+    assert len(events(node, "instance.duplicate_differs")) == 1
+
+
+def test_study_over_several_associations_is_one_job_and_late_instance_a_new_version(
+    node_factory: Factory, tmp_path: Path
+) -> None:
+    node = node_factory(completion={"quiet_seconds": 0.5})
+    study = generate_uid()
+    for i in range(3):  # three associations
+        path = dicom_factory.write(
+            dicom_factory.ultrasound(study_uid=study, seed=i), tmp_path / f"{i}.dcm"
+        )
+        assert scu.send_files(peer(node), [path])[0].ok
+    wait_for(lambda: job_states(node) == [JobState.DONE])
+    late = dicom_factory.write(
+        dicom_factory.ultrasound(study_uid=study, seed=9), tmp_path / "l.dcm"
+    )
+    assert scu.send_files(peer(node), [late])[0].ok
+    wait_for(lambda: job_states(node) == [JobState.DONE, JobState.DONE])
+    with node.database.session() as session:
+        versions = list(session.scalars(select(Job.version).order_by(Job.id)))
+        assert versions == [1, 2]
+        assert session.scalars(select(Study)).one().instance_count == 4
+
+
+def test_report_sr_is_found_by_intake(node_factory: Factory, tmp_path: Path) -> None:
+    node = node_factory()
+    study = generate_uid()
+    image = dicom_factory.write(dicom_factory.ultrasound(study_uid=study), tmp_path / "i.dcm")
+    report = dicom_factory.write(
+        dicom_factory.text_report(study_uid=study, text="Right lobe nodule, TI-RADS 5."),
+        tmp_path / "r.dcm",
+    )
+    assert all(o.ok for o in scu.send_files(peer(node), [image, report]))
+    wait_for(lambda: job_states(node) == [JobState.DONE])
+    done = [e for e in events(node, "stage.done") if e.detail and e.detail["stage"] == "intake"]
+    summary = done[0].detail["summary"]  # type: ignore[index]
+    assert summary["report_found"] is True
+    assert summary["ultrasound_images"] == 1
+    assert summary["report_characters"] > len("Right lobe nodule")
+
+
+def test_study_without_usable_images_fails_with_reason(
+    node_factory: Factory, tmp_path: Path
+) -> None:
+    node = node_factory()
+    report = dicom_factory.write(
+        dicom_factory.text_report(study_uid=generate_uid(), text="report only"), tmp_path / "r.dcm"
+    )
+    assert scu.send_files(peer(node), [report])[0].ok
+    wait_for(lambda: job_states(node) == [JobState.FAILED])
+    with node.database.session() as session:
+        error = session.scalars(select(Job.error)).one()
+    assert error is not None and "no usable ultrasound image" in error
+
+
+@pytest.mark.parametrize(
+    ("make", "status"),
+    [
+        (lambda: dicom_factory.ct(), StoreStatus.SOP_CLASS_NOT_SUPPORTED),
+        (
+            lambda: dicom_factory.ultrasound(sop_class=SecondaryCaptureImageStorage, modality="CT"),
+            StoreStatus.SOP_CLASS_NOT_SUPPORTED,
+        ),
+    ],
+)
+def test_non_ultrasound_is_refused_and_recorded(
+    node_factory: Factory, tmp_path: Path, make: Callable[[], object], status: StoreStatus
+) -> None:
+    node = node_factory()
+    path = dicom_factory.write(make(), tmp_path / "x.dcm")  # type: ignore[arg-type]
+    assert scu.send_files(peer(node), [path])[0].status == status
+    refused = events(node, "instance.refused")
+    assert len(refused) == 1 and refused[0].detail["status"] == status  # type: ignore[index]
+    assert scu.echo(peer(node)) == 0  # still alive
+
+
+def _corrupt(tmp_path: Path, how: str) -> Path:
+    good = dicom_factory.write(dicom_factory.ultrasound(rows=128, columns=128), tmp_path / "g.dcm")
+    data = good.read_bytes()
+    ds = dcmread(good, stop_before_pixels=True)
+    meta_end = 132 + 12 + int(ds.file_meta.FileMetaInformationGroupLength)
+    bad = tmp_path / f"{how}.dcm"
+    if how == "garbage":
+        bad.write_bytes(data[:meta_end] + b"\xff\xee" * 500)
+    elif how == "truncated":
+        bad.write_bytes(data[:-4000])
+    else:  # the file meta (and so the request) names another SOP instance than the data set
+        other = dcmread(good)
+        other.SOPInstanceUID = generate_uid()
+        renamed = dicom_factory.write(other, tmp_path / "renamed.dcm")
+        bad.write_bytes(data[:meta_end] + dataset_bytes(renamed))
+    return bad
+
+
+@pytest.mark.parametrize(
+    ("how", "status"),
+    [
+        ("garbage", StoreStatus.CANNOT_UNDERSTAND),
+        ("truncated", StoreStatus.CANNOT_UNDERSTAND),
+        ("mismatch", StoreStatus.DATASET_DOES_NOT_MATCH_SOP_CLASS),
+    ],
+)
+def test_malformed_instances_are_quarantined(
+    node_factory: Factory, tmp_path: Path, how: str, status: StoreStatus
+) -> None:
+    node = node_factory()
+    bad = _corrupt(tmp_path, how)
+    assert scu.send_files(peer(node), [bad])[0].status == status
+    quarantined = sorted(node.spool.quarantine_dir.glob("*.dcm"))
+    assert len(quarantined) == 1
+    assert quarantined[0].with_suffix(".txt").read_text().strip()
+    assert (
+        dataset_bytes(quarantined[0])
+        == bad.read_bytes()[len(bad.read_bytes()) - len(dataset_bytes(quarantined[0])) :]
+    )
+    assert list(node.spool.incoming.rglob("*.dcm")) == []
+    assert scu.echo(peer(node)) == 0
+
+
+def _associates(node: Node, calling_ae: str, called_ae: str) -> bool:
+    """Whether an association is accepted (it is released again at once)."""
+    ae = AE(ae_title=calling_ae)
+    ae.add_requested_context(Verification)
+    assoc = ae.associate("127.0.0.1", node.port, ae_title=called_ae)
+    established = bool(assoc.is_established)
+    if established:
+        assoc.release()
+    else:
+        assert assoc.is_rejected
+    return established
+
+
+def test_association_policy(node_factory: Factory) -> None:
+    node = node_factory(
+        dicom={
+            "allowed_callers": [
+                {"ae_title": "PACS"},
+                {"ae_title": "REMOTE", "hosts": ["10.0.0.0/8"]},
+            ],
+            "max_associations": 2,
+        }
+    )
+    assert _associates(node, "PACS", "LLNM_NODE")
+    for calling, called in [("STRANGER", "LLNM_NODE"), ("REMOTE", "LLNM_NODE"), ("PACS", "WRONG")]:
+        assert not _associates(node, calling, called), (calling, called)
+    reasons = [e.detail["reason"] for e in events(node, "association.rejected")]  # type: ignore[index]
+    assert reasons == [
+        "CALLING_AE_NOT_RECOGNISED",
+        "CALLING_AE_NOT_RECOGNISED",
+        "CALLED_AE_NOT_RECOGNISED",
+    ]
+    # association limit: two open ones are fine, the third is turned away
+    ae = AE(ae_title="PACS")
+    ae.add_requested_context(Verification)
+    held = [ae.associate("127.0.0.1", node.port, ae_title="LLNM_NODE") for _ in range(2)]
+    assert all(a.is_established for a in held)
+    third = ae.associate("127.0.0.1", node.port, ae_title="LLNM_NODE")
+    assert third.is_rejected
+    for assoc in held:
+        assoc.release()
+    assert _associates(node, "PACS", "LLNM_NODE")
+
+
+@pytest.fixture(scope="module")
+def certificates(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A CA, a server certificate and a client certificate made with openssl."""
+    d = tmp_path_factory.mktemp("pki")
+
+    def run(*args: str) -> None:
+        subprocess.run(["openssl", *args], check=True, capture_output=True, cwd=d)
+
+    run(
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=test-ca",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+    )
+    for name in ("server", "client"):
+        run(
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-subj",
+            f"/CN={name}",
+            "-keyout",
+            f"{name}.key",
+            "-out",
+            f"{name}.csr",
+        )
+        run(
+            "x509",
+            "-req",
+            "-in",
+            f"{name}.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-out",
+            f"{name}.pem",
+        )
+    return {
+        name: d / name
+        for name in ("ca.pem", "server.pem", "server.key", "client.pem", "client.key")
+    }
+
+
+def test_tls_listener_with_mutual_authentication(
+    node_factory: Factory, certificates: dict[str, Path], tmp_path: Path
+) -> None:
+    node = node_factory(
+        dicom={
+            "tls": {
+                "enabled": True,
+                "cert_file": certificates["server.pem"],
+                "key_file": certificates["server.key"],
+                "ca_file": certificates["ca.pem"],
+            }
+        }
+    )
+    trusted = client_context(
+        ca_file=certificates["ca.pem"],
+        cert_file=certificates["client.pem"],
+        key_file=certificates["client.key"],
+    )
+    assert scu.echo(peer(node, tls=trusted)) == 0
+    path = dicom_factory.write(dicom_factory.ultrasound(), tmp_path / "u.dcm")
+    assert scu.send_files(peer(node, tls=trusted), [path])[0].ok
+    with pytest.raises(scu.AssociationError):
+        scu.echo(peer(node))  # plain TCP to a TLS port
+    anonymous = client_context(ca_file=certificates["ca.pem"])
+    with pytest.raises(scu.AssociationError):
+        scu.echo(peer(node, tls=anonymous))  # no client certificate
+
+
+@pytest.fixture
+def tiny_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 4 MiB tmpfs, so the spool can really run out of space."""
+    mount = tmp_path / "tiny"
+    mount.mkdir()
+    result = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount)],
+        capture_output=True,
+        text=True,
+    )
+    if result.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {result.stderr.strip()}")
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_disk_full_answers_out_of_resources_and_keeps_nothing_half_written(
+    node_factory: Factory, tmp_path: Path, tiny_disk: Path
+) -> None:
+    filler = tiny_disk / "filler"
+    filler.write_bytes(b"\0" * 1024 * 1024)
+    node = node_factory(
+        data_dir=tiny_disk / "data",
+        database_url=f"sqlite:///{tmp_path / 'jobs.db'}",
+        completion={"quiet_seconds": 3600},
+        min_free_disk_mb=1,
+    )
+    study = generate_uid()
+    files = [
+        dicom_factory.write(
+            dicom_factory.ultrasound(study_uid=study, rows=480, columns=640, seed=i),
+            tmp_path / f"{i}.dcm",
+        )
+        for i in range(12)
+    ]  # 12 x 300 kB > the 2 MiB left above the 1 MiB minimum
+    outcomes = scu.send_files(peer(node), files)
+    statuses = [o.status for o in outcomes]
+    accepted = [o for o in outcomes if o.status == 0]
+    refused = [o for o in outcomes if o.status == StoreStatus.OUT_OF_RESOURCES]
+    assert accepted and refused and len(accepted) + len(refused) == len(files), statuses
+    with node.database.session() as session:
+        rows = {i.sop_instance_uid: i for i in session.scalars(select(Instance))}
+    assert set(rows) == {o.sop_instance_uid for o in accepted}
+    sent = {o.sop_instance_uid: o.path for o in accepted}
+    for uid, row in rows.items():
+        assert dataset_bytes(node.spool.path_of(row.path)) == dataset_bytes(sent[uid])
+    assert len(list(node.spool.incoming.rglob("*.dcm"))) == len(rows)
+    assert list(node.spool.tmp.iterdir()) == []
+    assert events(node, "instance.not_stored")
+    (tiny_disk / "filler2").write_bytes(b"\0" * (node.spool.free_bytes() - 512 * 1024))
+    with pytest.raises(scu.AssociationError):  # full: new associations are turned away
+        scu.echo(peer(node))
+    assert any(
+        e.detail and e.detail["reason"] == "TEMPORARY_CONGESTION"
+        for e in events(node, "association.rejected")
+    )
+    filler.unlink()  # space freed: the refused instances can be sent again
+    (tiny_disk / "filler2").unlink()
+    assert scu.echo(peer(node)) == 0
+    again = scu.send_files(peer(node), [o.path for o in refused[:2]])
+    assert [o.status for o in again] == [0, 0]
+
+
+@pytest.mark.postgres
+def test_database_down_answers_out_of_resources_then_recovers(
+    postgres_url: str, node_factory: Factory, tmp_path: Path
+) -> None:
+    node = node_factory(postgres_url, completion={"quiet_seconds": 3600})
+    name = postgres_url.rsplit("/", 1)[1]
+    path = dicom_factory.write(dicom_factory.ultrasound(), tmp_path / "u.dcm")
+    admin = "postgresql://postgres@127.0.0.1:5432/postgres"
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false')
+        conn.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (name,)
+        )
+    try:
+        outcome = scu.send_files(peer(node), [path])[0]
+        assert outcome.status == StoreStatus.OUT_OF_RESOURCES
+        assert list(node.spool.incoming.rglob("*.dcm")) == []  # nothing half-written
+        assert scu.echo(peer(node)) == 0
+    finally:
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
+    assert scu.send_files(peer(node), [path])[0].status == 0
+    with node.database.session() as session:
+        assert session.scalar(select(func.count(Instance.id))) == 1
+    assert len(list(node.spool.incoming.rglob("*.dcm"))) == 1

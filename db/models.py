@@ -155,7 +155,6 @@ class Instance(Base):
     # Relative to the spool folder.
     path: Mapped[str] = mapped_column(String(512))
     size_bytes: Mapped[int] = mapped_column(BigInteger)
-    sha256: Mapped[str] = mapped_column(String(64))
     calling_ae: Mapped[str] = mapped_column(String(16))
     received_at: Mapped[datetime] = mapped_column(default=utcnow)
     # How often the same SOP Instance UID was sent again (and not stored again).

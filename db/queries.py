@@ -21,7 +21,18 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import CursorResult, Select, func, select, update
+from sqlalchemy import (
+    Connection,
+    CursorResult,
+    Insert,
+    Select,
+    Table,
+    bindparam,
+    func,
+    insert,
+    select,
+    update,
+)
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload
 
@@ -46,11 +57,18 @@ class JobStateError(ValueError):
     """The job is not in a state that allows the action."""
 
 
+_PATIENTS = cast(Table, Patient.__table__)
+_STUDIES = cast(Table, Study.__table__)
+_INSTANCES = cast(Table, Instance.__table__)
+_JOBS = cast(Table, Job.__table__)
+_EVENTS = cast(Table, Event.__table__)
+
+
 # --- events -----------------------------------------------------------------
 
 
 def record_event(
-    session: Session,
+    db: Session | Connection,
     *,
     kind: str,
     message: str,
@@ -58,14 +76,20 @@ def record_event(
     job_id: int | None = None,
     study_id: int | None = None,
     detail: dict[str, Any] | None = None,
-) -> Event:
-    """Append an entry to the audit trail."""
-    event = Event(
-        kind=kind, message=message, level=level, job_fk=job_id, study_fk=study_id, detail=detail
+) -> None:
+    """Append an entry to the audit trail (in the caller's transaction)."""
+    connection = db.connection() if isinstance(db, Session) else db
+    connection.execute(
+        insert(_EVENTS).values(
+            created_at=utcnow(),
+            kind=kind,
+            message=message,
+            level=level,
+            job_fk=job_id,
+            study_fk=study_id,
+            detail=detail,
+        )
     )
-    session.add(event)
-    session.flush()
-    return event
 
 
 # --- ingest -----------------------------------------------------------------
@@ -87,7 +111,6 @@ class NewInstance:
     study_date: str
     path: str
     size_bytes: int
-    sha256: str
     calling_ae: str
 
 
@@ -108,10 +131,12 @@ def find_instance(session: Session, *, sop_instance_uid: str) -> Instance | None
     ).one_or_none()
 
 
-def note_duplicate(session: Session, *, instance: Instance, sha256: str, calling_ae: str) -> None:
+def note_duplicate(
+    session: Session, *, instance: Instance, same_bytes: bool, size_bytes: int, calling_ae: str
+) -> None:
     """Count a resend of a stored instance; warn when its bytes differ."""
     instance.duplicates_received += 1
-    if sha256 != instance.sha256:
+    if not same_bytes:
         record_event(
             session,
             kind="instance.duplicate_differs",
@@ -121,117 +146,156 @@ def note_duplicate(session: Session, *, instance: Instance, sha256: str, calling
                 f"{calling_ae} resent SOP instance {instance.sop_instance_uid} with different "
                 "content; the first copy is kept"
             ),
-            detail={"stored_sha256": instance.sha256, "resent_sha256": sha256},
+            detail={"stored_size_bytes": instance.size_bytes, "resent_size_bytes": size_bytes},
         )
-
-
-def _get_or_create(session: Session, query: Select[Any], make: Any) -> Any:
-    """Fetch the row ``query`` selects or insert ``make()``; safe against a racing insert."""
-    row = session.scalars(query).one_or_none()
-    if row is not None:
-        return row
-    try:
-        with session.begin_nested():
-            row = make()
-            session.add(row)
-    except IntegrityError:
-        row = session.scalars(query).one()
-    return row
 
 
 def _new_pseudonym() -> str:
     return "P-" + secrets.token_hex(5).upper()
 
 
+def _inserted_id(result: CursorResult[Any]) -> int:
+    key = result.inserted_primary_key
+    assert key is not None, "an INSERT of a single row has a primary key"
+    return int(key[0])
+
+
+def _insert_or_select(connection: Connection, insert_stmt: Insert, query: Select[Any]) -> int:
+    """Insert a row and return its id; the id of the row a racing writer inserted first."""
+    try:
+        with connection.begin_nested():
+            return _inserted_id(connection.execute(insert_stmt))
+    except IntegrityError:
+        return int(connection.execute(query).scalar_one())
+
+
+# The hot path's statements, built once: SQLAlchemy then only binds parameters.
+_TOUCH_STUDY = (
+    update(_STUDIES)
+    .where(_STUDIES.c.study_instance_uid == bindparam("study_uid"))
+    .values(last_received_at=bindparam("now"), instance_count=_STUDIES.c.instance_count + 1)
+    .returning(_STUDIES.c.id)
+)
+_INSERT_INSTANCE = insert(_INSTANCES)
+_LATEST_JOB = (
+    select(_JOBS.c.id, _JOBS.c.version, _JOBS.c.state, _JOBS.c.started_at)
+    .where(_JOBS.c.study_fk == bindparam("study_id"))
+    .order_by(_JOBS.c.version.desc())
+    .limit(1)
+)
+
+
 def register_instance(
-    session: Session, *, new: NewInstance, now: datetime | None = None
+    connection: Connection, *, new: NewInstance, now: datetime | None = None
 ) -> RegisteredInstance:
     """Insert an instance, creating its patient, study and job as needed.
 
-    Applies the module's re-run policy when the study already has a job.
+    Applies the module's re-run policy when the study already has a job. This
+    is the listener's hot path (once per C-STORE), so it takes a bare
+    connection and uses Core statements: three or four per instance, no ORM.
+
+    Raises
+    ------
+    sqlalchemy.exc.IntegrityError
+        If the SOP Instance UID is already registered (under another study).
     """
     now = now or utcnow()
-    patient = _get_or_create(
-        session,
-        select(Patient).where(
-            Patient.patient_id == new.patient_id, Patient.issuer == new.issuer_of_patient_id
-        ),
-        lambda: Patient(
-            patient_id=new.patient_id, issuer=new.issuer_of_patient_id, pseudonym=_new_pseudonym()
-        ),
+    # Touching the study first serialises registrations per study: PostgreSQL holds
+    # the row lock until commit (SQLite's write lock, taken at BEGIN, already does).
+    touch = {"study_uid": new.study_instance_uid, "now": now}
+    study_id = connection.execute(_TOUCH_STUDY, touch).scalar_one_or_none()
+    if study_id is None:
+        _new_study(connection, new=new, now=now)
+        study_id = connection.execute(_TOUCH_STUDY, touch).scalar_one()
+    instance = {
+        "study_fk": study_id,
+        "sop_instance_uid": new.sop_instance_uid,
+        "sop_class_uid": new.sop_class_uid,
+        "series_instance_uid": new.series_instance_uid,
+        "transfer_syntax_uid": new.transfer_syntax_uid,
+        "modality": new.modality,
+        "path": new.path,
+        "size_bytes": new.size_bytes,
+        "calling_ae": new.calling_ae,
+        "received_at": now,
+        "duplicates_received": 0,
+    }
+    instance_id = _inserted_id(connection.execute(_INSERT_INSTANCE, instance))
+    job_id, job_version = _job_for_new_instance(connection, study_id=study_id, now=now)
+    return RegisteredInstance(
+        instance_id=instance_id, study_id=study_id, job_id=job_id, job_version=job_version
     )
-    study: Study = _get_or_create(
-        session,
-        select(Study).where(Study.study_instance_uid == new.study_instance_uid),
-        lambda: Study(
+
+
+def _new_study(connection: Connection, *, new: NewInstance, now: datetime) -> None:
+    """Create the empty study (and its patient on first sight) unless a racing writer did."""
+    patient_query = select(_PATIENTS.c.id).where(
+        _PATIENTS.c.patient_id == new.patient_id, _PATIENTS.c.issuer == new.issuer_of_patient_id
+    )
+    patient_id = connection.execute(patient_query).scalar_one_or_none()
+    if patient_id is None:
+        patient_id = _insert_or_select(
+            connection,
+            insert(_PATIENTS).values(
+                patient_id=new.patient_id,
+                issuer=new.issuer_of_patient_id,
+                pseudonym=_new_pseudonym(),
+                created_at=now,
+            ),
+            patient_query,
+        )
+    _insert_or_select(
+        connection,
+        insert(_STUDIES).values(
             study_instance_uid=new.study_instance_uid,
-            patient_fk=patient.id,
+            patient_fk=patient_id,
             accession_number=new.accession_number,
             study_date=new.study_date,
             calling_ae=new.calling_ae,
             first_received_at=now,
             last_received_at=now,
+            instance_count=0,
         ),
-    )
-    # Serialise registrations per study (PostgreSQL row lock; SQLite's write lock already does).
-    study = session.scalars(
-        select(Study)
-        .where(Study.id == study.id)
-        .with_for_update()
-        .execution_options(populate_existing=True)
-    ).one()
-    instance = Instance(
-        study_fk=study.id,
-        sop_instance_uid=new.sop_instance_uid,
-        sop_class_uid=new.sop_class_uid,
-        series_instance_uid=new.series_instance_uid,
-        transfer_syntax_uid=new.transfer_syntax_uid,
-        modality=new.modality,
-        path=new.path,
-        size_bytes=new.size_bytes,
-        sha256=new.sha256,
-        calling_ae=new.calling_ae,
-        received_at=now,
-    )
-    session.add(instance)
-    study.last_received_at = now
-    study.instance_count += 1
-    job = _job_for_new_instance(session, study=study, now=now)
-    session.flush()
-    return RegisteredInstance(
-        instance_id=instance.id, study_id=study.id, job_id=job.id, job_version=job.version
+        select(_STUDIES.c.id).where(_STUDIES.c.study_instance_uid == new.study_instance_uid),
     )
 
 
-def _job_for_new_instance(session: Session, *, study: Study, now: datetime) -> Job:
-    latest = session.scalars(
-        select(Job).where(Job.study_fk == study.id).order_by(Job.version.desc()).limit(1)
-    ).one_or_none()
+def _job_for_new_instance(
+    connection: Connection, *, study_id: int, now: datetime
+) -> tuple[int, int]:
+    """Apply the re-run policy; returns the (id, version) of the job the instance belongs to."""
+    latest = connection.execute(_LATEST_JOB, {"study_id": study_id}).one_or_none()
     if latest is not None and latest.state == JobState.RECEIVED:
-        return latest
+        return int(latest.id), int(latest.version)
     if latest is not None and latest.state == JobState.QUEUED and latest.started_at is None:
-        latest.state = JobState.RECEIVED
-        latest.queued_at = None
-        latest.dispatched_at = None
+        connection.execute(
+            update(_JOBS)
+            .where(_JOBS.c.id == latest.id)
+            .values(state=JobState.RECEIVED, queued_at=None, dispatched_at=None)
+        )
         record_event(
-            session,
+            connection,
             kind="job.reopened",
             job_id=latest.id,
-            study_id=study.id,
+            study_id=study_id,
             message="more instances arrived before the job started; waiting for the study again",
         )
-        return latest
-    version = 1 if latest is None else latest.version + 1
-    job = Job(study_fk=study.id, version=version, state=JobState.RECEIVED, created_at=now)
-    session.add(job)
-    session.flush()
+        return int(latest.id), int(latest.version)
+    version = 1 if latest is None else int(latest.version) + 1
+    job_id = _inserted_id(
+        connection.execute(
+            insert(_JOBS).values(
+                study_fk=study_id, version=version, state=JobState.RECEIVED, created_at=now
+            )
+        )
+    )
     message = (
         "study received; job created"
         if latest is None
         else f"instances arrived after job v{latest.version} started; created v{version}"
     )
-    record_event(session, kind="job.created", job_id=job.id, study_id=study.id, message=message)
-    return job
+    record_event(connection, kind="job.created", job_id=job_id, study_id=study_id, message=message)
+    return job_id, version
 
 
 # --- completion and dispatch --------------------------------------------------

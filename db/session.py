@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
 # A writer waits this long for SQLite's lock before the statement fails.
@@ -48,12 +49,24 @@ class Database:
         else:
             self.engine = create_engine(url, echo=echo, pool_pre_ping=True)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        # SQLite has one writer at a time and every transaction here writes (BEGIN
+        # IMMEDIATE). Queueing this process's transactions on a lock keeps threads from
+        # colliding in SQLite, whose busy handler backs off by sleeping up to 100 ms.
+        self._turn: AbstractContextManager[object] = (
+            threading.RLock() if url.startswith("sqlite") else nullcontext()
+        )
 
     @contextmanager
     def session(self) -> Iterator[Session]:
         """A session whose transaction commits on success and rolls back on error."""
-        with self._sessions() as session, session.begin():
+        with self._turn, self._sessions() as session, session.begin():
             yield session
+
+    @contextmanager
+    def connection(self) -> Iterator[Connection]:
+        """A bare connection in a transaction, for Core-only hot paths (no ORM session)."""
+        with self._turn, self.engine.begin() as connection:
+            yield connection
 
     def dispose(self) -> None:
         """Close every pooled connection."""

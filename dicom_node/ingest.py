@@ -7,20 +7,22 @@ bytes are fsynced in the spool and the database row is committed.
 
 from __future__ import annotations
 
+import filecmp
 import logging
 import threading
 import zlib
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 
 from pydicom import Dataset
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from db import queries
 from db.models import EventLevel
 from db.session import Database
 from dicom_node.sop_classes import ACCEPTED_STORAGE_CLASSES, SECONDARY_CAPTURE_MODALITIES
-from dicom_node.spool import Spool, StoredFile, sha256_of
+from dicom_node.spool import Spool, StoredFile
 from dicom_node.statuses import StoreStatus
 from pipeline.dicom_files import UnreadableDicomError, read_header
 from pipeline.sop_classes import SECONDARY_CAPTURE_CLASS
@@ -124,6 +126,7 @@ class Ingestor:
                 quarantine=False,
             )
             return StoreStatus.SOP_CLASS_NOT_SUPPORTED
+        synced = self._spool.start_sync(request.path)
         try:
             dataset, transfer_syntax = check_instance(request)
         except RefusedInstance as refusal:
@@ -131,41 +134,40 @@ class Ingestor:
             return refusal.status
         lock = self._locks[hash(request.sop_instance_uid) % _LOCK_STRIPES]
         with lock:
-            return self._store(request, dataset, transfer_syntax)
+            return self._store(request, dataset, transfer_syntax, synced)
 
-    def _store(self, request: StoreRequest, dataset: Dataset, transfer_syntax: str) -> StoreStatus:
-        try:
-            with self._database.session() as session:
-                existing = queries.find_instance(session, sop_instance_uid=request.sop_instance_uid)
-                if existing is not None:
-                    queries.note_duplicate(
-                        session,
-                        instance=existing,
-                        sha256=sha256_of(request.path),
-                        calling_ae=request.calling_ae,
-                    )
-                    log.info(
-                        "duplicate instance from %s ignored (instance #%d)",
-                        request.calling_ae,
-                        existing.id,
-                    )
-                    return StoreStatus.SUCCESS
-        except SQLAlchemyError as exc:
-            return self._out_of_resources(request, f"database unavailable: {exc}")
-        except OSError as exc:
-            return self._out_of_resources(request, f"cannot read received file: {exc}")
-        study_uid = _text(dataset, "StudyInstanceUID")
+    def _store(
+        self, request: StoreRequest, dataset: Dataset, transfer_syntax: str, synced: Future[None]
+    ) -> StoreStatus:
+        """Place the file, then register it; the common path is one fsync and one commit."""
         try:
             stored = self._spool.store(
-                request.path, study_uid=study_uid, sop_uid=request.sop_instance_uid
+                request.path,
+                study_uid=_text(dataset, "StudyInstanceUID"),
+                sop_uid=request.sop_instance_uid,
+                synced=synced,
             )
+        except FileExistsError:
+            return self._already_placed(request, dataset, transfer_syntax)
         except OSError as exc:
             return self._out_of_resources(request, f"cannot write to the spool: {exc}")
+        return self._register(request, dataset, transfer_syntax, stored)
+
+    def _register(
+        self, request: StoreRequest, dataset: Dataset, transfer_syntax: str, stored: StoredFile
+    ) -> StoreStatus:
         try:
-            with self._database.session() as session:
+            with self._database.connection() as connection:
                 registered = queries.register_instance(
-                    session, new=self._new_instance(request, dataset, transfer_syntax, stored)
+                    connection, new=self._new_instance(request, dataset, transfer_syntax, stored)
                 )
+        except IntegrityError as exc:
+            # Registered before under another study: keep the first copy, count the resend.
+            self._spool.discard(stored)
+            duplicate = self._duplicate(request)
+            if duplicate is None:
+                return self._out_of_resources(request, f"database refused the instance: {exc}")
+            return duplicate
         except SQLAlchemyError as exc:
             self._spool.discard(stored)
             return self._out_of_resources(request, f"database unavailable: {exc}")
@@ -176,6 +178,47 @@ class Ingestor:
             registered.job_id,
             request.calling_ae,
         )
+        return StoreStatus.SUCCESS
+
+    def _already_placed(
+        self, request: StoreRequest, dataset: Dataset, transfer_syntax: str
+    ) -> StoreStatus:
+        """A file is at the target: a resend, or what a crash before acknowledgement left."""
+        duplicate = self._duplicate(request)
+        if duplicate is not None:
+            return duplicate
+        try:
+            stored = self._spool.store(
+                request.path,
+                study_uid=_text(dataset, "StudyInstanceUID"),
+                sop_uid=request.sop_instance_uid,
+                replace=True,
+            )
+        except OSError as exc:
+            return self._out_of_resources(request, f"cannot write to the spool: {exc}")
+        return self._register(request, dataset, transfer_syntax, stored)
+
+    def _duplicate(self, request: StoreRequest) -> StoreStatus | None:
+        """Count a resend of a registered instance; None if the instance is not registered."""
+        try:
+            with self._database.session() as session:
+                existing = queries.find_instance(session, sop_instance_uid=request.sop_instance_uid)
+                if existing is None:
+                    return None
+                queries.note_duplicate(
+                    session,
+                    instance=existing,
+                    same_bytes=filecmp.cmp(
+                        request.path, self._spool.path_of(existing.path), shallow=False
+                    ),
+                    size_bytes=request.path.stat().st_size,
+                    calling_ae=request.calling_ae,
+                )
+        except SQLAlchemyError as exc:
+            return self._out_of_resources(request, f"database unavailable: {exc}")
+        except OSError as exc:
+            return self._out_of_resources(request, f"cannot read received file: {exc}")
+        log.info("duplicate from %s ignored (instance #%d)", request.calling_ae, existing.id)
         return StoreStatus.SUCCESS
 
     @staticmethod
@@ -195,7 +238,6 @@ class Ingestor:
             study_date=_text(dataset, "StudyDate")[:8],
             path=stored.relative_path,
             size_bytes=stored.size_bytes,
-            sha256=stored.sha256,
             calling_ae=request.calling_ae,
         )
 

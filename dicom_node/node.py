@@ -77,5 +77,6 @@ class Node:
         self.listener.stop()
         self.watcher.stop()
         self.executor.shutdown(wait=True)
+        self.spool.close()
         self.database.dispose()
         log.info("node stopped")

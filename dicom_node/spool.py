@@ -7,9 +7,9 @@ Layout under the spool root::
     quarantine/<id>.dcm + .txt   refused instances kept for inspection, with the reason
     work/job-<id>/               stage outputs of a job
 
-A file is placed only after its bytes are fsynced, by an atomic rename
-followed by an fsync of the folder, so after a crash a stored file is either
-complete or absent.
+A file is placed by an atomic hard link, then it and its folder are fsynced
+before the database row is written: a crash in between leaves at most an
+unregistered file at the target, which the resend of that instance replaces.
 """
 
 from __future__ import annotations
@@ -19,11 +19,11 @@ import os
 import re
 import shutil
 import uuid
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 _UID_RE = re.compile(r"^[0-9]+(\.[0-9]+)*$")
-_CHUNK = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -32,7 +32,14 @@ class StoredFile:
 
     relative_path: str
     size_bytes: int
-    sha256: str
+
+
+def _fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _fsync_dir(path: Path) -> None:
@@ -50,20 +57,12 @@ def _name_for_uid(uid: str) -> str:
     return "x" + hashlib.sha1(uid.encode("utf-8", "replace")).hexdigest()
 
 
-def sha256_of(path: Path) -> str:
-    """Hex SHA-256 of a file, read in chunks."""
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        while chunk := fh.read(_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 class Spool:
     """Durable file storage rooted at one folder."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, *, sync_threads: int = 8) -> None:
         self.root = root.resolve()
+        self._syncer = ThreadPoolExecutor(sync_threads, thread_name_prefix="spool-fsync")
         self.tmp = self.root / "tmp"
         self.incoming = self.root / "incoming"
         self.quarantine_dir = self.root / "quarantine"
@@ -85,51 +84,71 @@ class Spool:
         """Where an instance is stored, relative to the root."""
         return f"incoming/{_name_for_uid(study_uid)}/{_name_for_uid(sop_uid)}.dcm"
 
-    def _durable_local_copy(self, received: Path) -> Path:
-        """Return ``received`` fsynced and on the spool's file system (copying if needed)."""
+    def _local(self, received: Path) -> Path:
+        """``received`` itself when on the spool's file system, else a copy in ``tmp/``."""
         if received.stat().st_dev == self.tmp.stat().st_dev:
-            fd = os.open(received, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
             return received
         copy = self.tmp / f"{uuid.uuid4().hex}.part"
-        with received.open("rb") as src, copy.open("wb") as dst:
-            shutil.copyfileobj(src, dst, _CHUNK)
-            dst.flush()
-            os.fsync(dst.fileno())
+        shutil.copyfile(received, copy)
         return copy
 
-    def store(self, received: Path, *, study_uid: str, sop_uid: str) -> StoredFile:
-        """Move a received file into ``incoming/`` durably.
+    def start_sync(self, received: Path) -> Future[None]:
+        """Start writing a received file's bytes to disk (fsync) in the background.
 
-        ``received`` is consumed (renamed away). A file already at the target
-        path is replaced: callers only store an instance the database does not
-        hold, so such a file is a leftover of a crash before acknowledgement.
+        The listener starts this first and checks the header meanwhile; ``store``
+        then only waits for what is left of the fsync.
+        """
+        return self._syncer.submit(_fsync_file, received)
+
+    def store(
+        self,
+        received: Path,
+        *,
+        study_uid: str,
+        sop_uid: str,
+        replace: bool = False,
+        synced: Future[None] | None = None,
+    ) -> StoredFile:
+        """Place a received file in ``incoming/`` durably; ``received`` itself stays.
+
+        The file gets a second name (a hard link) at its target, so an existing
+        file there is never overwritten by accident: that raises
+        ``FileExistsError`` unless ``replace`` is set, which callers use only
+        for a file the database does not hold (a crash before acknowledgement).
+        ``synced`` is the ``start_sync`` of ``received``, if one was started.
 
         Raises
         ------
+        FileExistsError
+            If a file is already at the target and ``replace`` is false.
         OSError
             If the disk is full or not writable; nothing is left at the target.
         """
         relative = self.relative_path_for(study_uid=study_uid, sop_uid=sop_uid)
         target = self.root / relative
-        local = self._durable_local_copy(received)
+        local = self._local(received)
         try:
             size = local.stat().st_size
-            digest = sha256_of(local)
             study_dir = target.parent
             if not study_dir.is_dir():
                 study_dir.mkdir(parents=True, exist_ok=True)
                 _fsync_dir(self.incoming)
-            local.rename(target)
-            _fsync_dir(study_dir)
-        except OSError:
+            if replace:
+                target.unlink(missing_ok=True)
+            os.link(local, target)
+            try:
+                if synced is not None and local == received:
+                    synced.result()
+                else:
+                    _fsync_file(target)
+                _fsync_dir(study_dir)
+            except OSError:
+                target.unlink(missing_ok=True)
+                raise
+        finally:
             if local != received:
                 local.unlink(missing_ok=True)
-            raise
-        return StoredFile(relative_path=relative, size_bytes=size, sha256=digest)
+        return StoredFile(relative_path=relative, size_bytes=size)
 
     def discard(self, stored: StoredFile) -> None:
         """Remove a stored file whose database row could not be written."""
@@ -144,6 +163,10 @@ class Spool:
         shutil.copyfile(received, target)
         (self.quarantine_dir / f"{name}.txt").write_text(reason + "\n", encoding="utf-8")
         return f"quarantine/{name}.dcm"
+
+    def close(self) -> None:
+        """Finish pending fsyncs and stop their threads."""
+        self._syncer.shutdown(wait=True)
 
     def free_bytes(self) -> int:
         """Free space on the spool's file system, for unprivileged writers."""

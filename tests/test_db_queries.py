@@ -35,14 +35,13 @@ def new_instance(
         study_date="20261120",
         path=f"incoming/{study}/{n}.dcm",
         size_bytes=100,
-        sha256="0" * 64,
         calling_ae=ae,
     )
 
 
 def register(database: Database, new: queries.NewInstance) -> queries.RegisteredInstance:
-    with database.session() as session:
-        return queries.register_instance(session, new=new)
+    with database.connection() as connection:
+        return queries.register_instance(connection, new=new)
 
 
 def set_state(database: Database, job_id: int, state: JobState, **values: object) -> None:

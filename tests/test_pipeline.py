@@ -86,9 +86,9 @@ def test_intake_without_images_is_a_stage_error(tmp_path: Path) -> None:
 def queued_job(database: Database, tmp_path: Path) -> int:
     path = dicom_factory.write(dicom_factory.ultrasound(), tmp_path / f"spool/{next(_n)}.dcm")
     r = ref(path)
-    with database.session() as session:
+    with database.connection() as connection:
         registered = queries.register_instance(
-            session,
+            connection,
             new=queries.NewInstance(
                 sop_instance_uid=r.sop_instance_uid,
                 sop_class_uid=r.sop_class_uid,
@@ -102,10 +102,10 @@ def queued_job(database: Database, tmp_path: Path) -> int:
                 study_date="",
                 path=path.name,
                 size_bytes=1,
-                sha256="0" * 64,
                 calling_ae="T",
             ),
         )
+    with database.session() as session:
         session.get_one(Job, registered.job_id).state = JobState.QUEUED
     return registered.job_id
 

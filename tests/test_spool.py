@@ -1,19 +1,20 @@
 from pathlib import Path
 
-from dicom_node.spool import Spool, sha256_of
+import pytest
+
+from dicom_node.spool import Spool
 
 
-def test_store_moves_file_durably_and_hashes(tmp_path: Path) -> None:
+def test_store_places_file_under_study_and_sop(tmp_path: Path) -> None:
     spool = Spool(tmp_path / "spool")
     spool.prepare()
     received = spool.tmp / "rx.dcm"
     received.write_bytes(b"DICM" * 1000)
-    digest = sha256_of(received)
     stored = spool.store(received, study_uid="1.2.3", sop_uid="1.2.3.4")
     assert stored.relative_path == "incoming/1.2.3/1.2.3.4.dcm"
-    assert not received.exists()
+    assert stored.size_bytes == 4000
     assert spool.path_of(stored.relative_path).read_bytes() == b"DICM" * 1000
-    assert stored.sha256 == digest and stored.size_bytes == 4000
+    assert received.exists()  # a second name: pynetdicom removes its temporary file itself
 
 
 def test_store_from_another_folder_copies(tmp_path: Path) -> None:
@@ -43,7 +44,10 @@ def test_leftover_of_a_crash_is_replaced(tmp_path: Path) -> None:
     target.write_bytes(b"half")
     received = spool.tmp / "rx"
     received.write_bytes(b"whole")
-    spool.store(received, study_uid="1.2", sop_uid="1.2.5")
+    with pytest.raises(FileExistsError):
+        spool.store(received, study_uid="1.2", sop_uid="1.2.5")
+    assert target.read_bytes() == b"half"
+    spool.store(received, study_uid="1.2", sop_uid="1.2.5", replace=True)
     assert target.read_bytes() == b"whole"
 
 

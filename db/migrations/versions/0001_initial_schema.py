@@ -71,7 +71,6 @@ def upgrade() -> None:
         sa.Column("modality", sa.String(length=16), nullable=False),
         sa.Column("path", sa.String(length=512), nullable=False),
         sa.Column("size_bytes", sa.BigInteger(), nullable=False),
-        sa.Column("sha256", sa.String(length=64), nullable=False),
         sa.Column("calling_ae", sa.String(length=16), nullable=False),
         sa.Column("received_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("duplicates_received", sa.Integer(), nullable=False),

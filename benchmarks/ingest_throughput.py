@@ -371,7 +371,7 @@ def _ultrasound_dataset(
 ) -> Any:
     from pydicom import Dataset, FileMetaDataset
     from pydicom.sequence import Sequence as DicomSequence
-    from pydicom.uid import ExplicitVRLittleEndian, UltrasoundImageStorage
+    from pydicom.uid import UID, ExplicitVRLittleEndian, UltrasoundImageStorage
 
     study_uid = _uid(seed, "study", study)
     series_uid = _uid(seed, "series", study)
@@ -381,7 +381,7 @@ def _ultrasound_dataset(
 
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = UltrasoundImageStorage
-    meta.MediaStorageSOPInstanceUID = sop_uid
+    meta.MediaStorageSOPInstanceUID = UID(sop_uid)
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
 
     ds = Dataset()

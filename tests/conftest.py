@@ -32,7 +32,7 @@ def free_port() -> int:
 @pytest.fixture(scope="session")
 def vendor_dir() -> Path:
     """Real vendor files from the pydicom-data package."""
-    import data_store  # type: ignore[import-untyped]
+    import data_store
 
     return Path(data_store.__file__).parent / "data"
 

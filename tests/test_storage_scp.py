@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ssl
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -25,14 +26,14 @@ from dicom_node.tls import client_context
 Factory = Callable[..., Node]
 
 
-def peer(node: Node, calling_ae: str = "TEST_SCU", **kwargs: object) -> scu.Peer:
+def peer(node: Node, calling_ae: str = "TEST_SCU", tls: ssl.SSLContext | None = None) -> scu.Peer:
     return scu.Peer(
         host="127.0.0.1",
         port=node.port,
         called_ae=node.settings.dicom.ae_title,
         calling_ae=calling_ae,
-        **kwargs,
-    )  # type: ignore[arg-type]
+        tls=tls,
+    )
 
 
 def dataset_bytes(path: Path) -> bytes:
@@ -107,6 +108,44 @@ def test_resend_is_deduplicated(node_factory: Factory, tmp_path: Path, vendor_di
         assert session.scalar(select(func.count(Job.id))) == 2
         assert sum(session.scalars(select(Instance.duplicates_received))) == 4
     assert len(events(node, "instance.duplicate_differs")) == 1
+
+
+def test_resend_under_another_study_keeps_the_first_copy(
+    node_factory: Factory, tmp_path: Path
+) -> None:
+    node = node_factory(completion={"quiet_seconds": 3600})
+    sop = generate_uid()
+    first, second = (
+        dicom_factory.write(
+            dicom_factory.ultrasound(sop_uid=sop, seed=i), tmp_path / f"{i}.dcm"
+        )  # each gets a new Study Instance UID
+        for i in range(2)
+    )
+    assert [o.status for o in scu.send_files(peer(node), [first, second])] == [0, 0]
+    with node.database.session() as session:
+        (instance,) = session.scalars(select(Instance))
+        assert instance.duplicates_received == 1
+    assert dataset_bytes(node.spool.path_of(instance.path)) == dataset_bytes(first)
+    assert len(list(node.spool.incoming.glob("*/*.dcm"))) == 1  # the second copy was dropped
+    assert len(events(node, "instance.duplicate_differs")) == 1
+
+
+def test_file_left_by_a_crash_before_registration_is_replaced(
+    node_factory: Factory, tmp_path: Path
+) -> None:
+    node = node_factory(completion={"quiet_seconds": 3600})
+    ds = dicom_factory.ultrasound()
+    path = dicom_factory.write(ds, tmp_path / "x.dcm")
+    target = node.spool.path_of(
+        node.spool.relative_path_for(study_uid=ds.StudyInstanceUID, sop_uid=ds.SOPInstanceUID)
+    )
+    target.parent.mkdir(parents=True)
+    target.write_bytes(path.read_bytes()[:1000])  # half a file, never acknowledged
+    assert scu.send_files(peer(node), [path])[0].status == StoreStatus.SUCCESS
+    with node.database.session() as session:
+        (instance,) = session.scalars(select(Instance))
+        assert instance.duplicates_received == 0
+    assert dataset_bytes(target) == dataset_bytes(path)
 
 
 def test_study_over_several_associations_is_one_job_and_late_instance_a_new_version(

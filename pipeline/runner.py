@@ -87,6 +87,8 @@ class JobRunner:
                     seconds=seconds,
                     summary=stage.summarize(value),
                 )
+                if stage.store is not None:
+                    value = stage.store(session, job_id, value)
         with self._database.session() as session:
             queries.finish_job(session, job_id=job_id)
         log.info("job %d done", job_id)

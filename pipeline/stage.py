@@ -6,6 +6,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Generic, Literal, TypeVar
 
+from sqlalchemy.orm import Session
+
 In = TypeVar("In")
 Out = TypeVar("Out")
 
@@ -22,6 +24,9 @@ class Stage(Generic[In, Out]):
 
     name: str
     run: Callable[[In], Out]
-    # What the audit trail keeps of the output (small, JSON-serialisable, no pixels).
+    # What the audit trail keeps of the output (small, JSON-serialisable, no pixels, no PHI).
     summarize: Callable[[Out], dict[str, Any]]
     queue: Queue = "cpu"
+    # Writes what must stay in the job database (e.g. the pseudonym map) in the
+    # transaction that records the stage, and returns what the next stage receives.
+    store: Callable[[Session, int, Out], Any] | None = None

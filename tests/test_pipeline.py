@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from pydicom.uid import SecondaryCaptureImageStorage, generate_uid
+from sqlalchemy.orm import Session
 
 import dicom_factory
 from db import queries
@@ -165,3 +166,28 @@ def test_unexpected_errors_are_retried_then_dead(database: Database, tmp_path: P
     assert len(calls) == 2
     assert detail.job.state == "dead" and "GPU host unreachable" in (detail.job.error or "")
     assert [e.kind for e in detail.events].count("job.retry_scheduled") == 1
+
+
+def test_store_keeps_data_in_the_database_and_hands_on_its_return(
+    database: Database, tmp_path: Path
+) -> None:
+    """A stage's ``store`` writes in the stage's transaction; the next stage gets its return."""
+    received: list[object] = []
+
+    def keep_secret(session: Session, job_id: int, value: dict[str, str]) -> str:
+        queries.record_event(session, kind="test.kept", job_id=job_id, message=value["secret"])
+        return value["public"]
+
+    first: Stage[object, dict[str, str]] = Stage(
+        "split",
+        lambda _: {"secret": "s3cret", "public": "ok"},
+        lambda _: {},
+        store=keep_secret,
+    )
+    second = Stage("next", received.append, lambda _: {})
+    job_id = queued_job(database, tmp_path)
+    runner(database, tmp_path, first, second).run(job_id)  # type: ignore[arg-type]
+    detail = job(database, job_id)
+    assert detail.job.state == "done"
+    assert received == ["ok"]
+    assert [e.message for e in detail.events if e.kind == "test.kept"] == ["s3cret"]

@@ -112,6 +112,22 @@ class Ingestor:
         except OSError:
             return False
 
+    def sweep_abandoned(self, *, idle_s: float) -> None:
+        """Drop partial receptions of aborted associations and record that it happened."""
+        try:
+            removed = self._spool.sweep_tmp(idle_s=idle_s)
+        except OSError as exc:
+            log.error("cannot sweep the spool's tmp folder: %s", exc)
+            return
+        if removed:
+            log.warning("removed %d partial reception(s) of aborted associations", removed)
+            self.record_listener_event(
+                kind="spool.partial_removed",
+                level=EventLevel.WARNING,
+                message=f"removed {removed} partial reception(s) left by aborted associations",
+                detail={"files": removed, "idle_s": idle_s},
+            )
+
     def accept(self, request: StoreRequest) -> StoreStatus:
         """Handle one C-STORE; never raises."""
         if not self.has_room():

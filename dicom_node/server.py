@@ -67,6 +67,7 @@ class DicomListener:
             (evt.EVT_REQUESTED, handle_requested, [self._settings, self._ingestor]),
             (evt.EVT_C_STORE, handle_store, [self._ingestor]),
             (evt.EVT_C_ECHO, handle_echo),
+            (evt.EVT_CONN_CLOSE, self._after_connection),
         ]
         ssl_context = server_context(self._settings.tls) if self._settings.tls.enabled else None
         self._server = ae.start_server(
@@ -82,6 +83,15 @@ class DicomListener:
             self.port,
             " (TLS)" if ssl_context else "",
         )
+
+    def _after_connection(self, _event: Any) -> None:
+        """EVT_CONN_CLOSE: sweep partial files that no live association can still be writing.
+
+        A reception idle for longer than the network plus DIMSE timeouts has been
+        aborted by pynetdicom; twice that is the margin.
+        """
+        idle_s = 2 * (self._settings.network_timeout_s + self._settings.dimse_timeout_s)
+        self._ingestor.sweep_abandoned(idle_s=idle_s)
 
     @property
     def port(self) -> int:

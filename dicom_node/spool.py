@@ -18,6 +18,7 @@ import hashlib
 import os
 import re
 import shutil
+import time
 import uuid
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -75,6 +76,23 @@ class Spool:
         for leftover in self.tmp.iterdir():
             if leftover.is_file():
                 leftover.unlink()
+
+    def sweep_tmp(self, *, idle_s: float) -> int:
+        """Remove receptions nobody has written to for ``idle_s`` seconds; returns how many.
+
+        pynetdicom leaves the partial file of an aborted association behind;
+        a file still being received is rewritten with every fragment.
+        """
+        cutoff = time.time() - idle_s
+        removed = 0
+        for leftover in self.tmp.iterdir():
+            try:
+                if leftover.is_file() and leftover.stat().st_mtime < cutoff:
+                    leftover.unlink()
+                    removed += 1
+            except FileNotFoundError:  # finished (and removed) meanwhile
+                continue
+        return removed
 
     def path_of(self, relative_path: str) -> Path:
         """Absolute path of a stored file."""

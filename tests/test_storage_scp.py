@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import ssl
 import subprocess
 import time
@@ -482,3 +483,17 @@ def test_database_down_answers_out_of_resources_then_recovers(
     with node.database.session() as session:
         assert session.scalar(select(func.count(Instance.id))) == 1
     assert len(list(node.spool.incoming.rglob("*.dcm"))) == 1
+
+
+def test_partial_receptions_of_aborted_associations_are_swept(node_factory: Factory) -> None:
+    node = node_factory()
+    abandoned, live = node.spool.tmp / "abandoned.dcm", node.spool.tmp / "live.dcm"
+    abandoned.write_bytes(b"\0" * 1000)
+    live.write_bytes(b"\0" * 1000)
+    day_ago = time.time() - 86_400
+    os.utime(abandoned, (day_ago, day_ago))
+    scu.echo(peer(node))  # the sweep runs when an association's connection closes
+    wait_for(lambda: not abandoned.exists())
+    assert live.exists()
+    (event,) = events(node, "spool.partial_removed")
+    assert event.detail == {"files": 1, "idle_s": 240.0}

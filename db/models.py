@@ -2,8 +2,9 @@
 
 A patient has studies; a study has instances (the files in the spool) and jobs
 (one per analysis run, numbered by ``version``); a job has events (its audit
-trail), at most one result and its export attempts. Events with no job record
-what happened at the listener (refusals, quarantines).
+trail), at most one result, its export attempts and the pseudonym map of its
+de-identified copy. Events with no job record what happened at the listener
+(refusals, quarantines).
 """
 
 from __future__ import annotations
@@ -78,6 +79,16 @@ class EventLevel(enum.StrEnum):
     INFO = "info"
     WARNING = "warning"
     ERROR = "error"
+
+
+class PseudonymKind(enum.StrEnum):
+    """What an entry of a job's pseudonym map replaces."""
+
+    UID = "uid"
+    PATIENT_ID = "patient_id"
+    ACCESSION_NUMBER = "accession_number"
+    # Original: the patient ID; pseudonym: the shift in days applied to the patient's dates.
+    DATE_OFFSET = "date_offset"
 
 
 class ExportState(enum.StrEnum):
@@ -262,3 +273,23 @@ class ExportAttempt(Base):
     next_attempt_at: Mapped[datetime | None] = mapped_column(default=None)
 
     job: Mapped[Job] = relationship(back_populates="exports")
+
+
+class Pseudonym(Base):
+    """One entry of a job's pseudonym map: an original identifier and its replacement.
+
+    The map exists only here; the de-identified working copy and everything
+    downstream carry the pseudonyms alone.
+    """
+
+    __tablename__ = "pseudonyms"
+    __table_args__ = (
+        UniqueConstraint("job_fk", "kind", "original", name="uq_pseudonyms_job_kind_original"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    job_fk: Mapped[int] = mapped_column(ForeignKey("jobs.id"))
+    kind: Mapped[PseudonymKind] = mapped_column(_enum(PseudonymKind))
+    original: Mapped[str] = mapped_column(String(128))
+    pseudonym: Mapped[str] = mapped_column(String(128))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)

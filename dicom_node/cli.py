@@ -339,6 +339,31 @@ def demo(
     raise typer.Exit(run_demo(console, data_dir))
 
 
+@app.command()
+def phantom(
+    out: Annotated[Path, typer.Option(help="Write dicom/ and dataset/ under this folder.")],
+    n: Annotated[int, typer.Option(min=1, help="Number of cases (studies).")] = 200,
+    seed: Annotated[int, typer.Option(min=0, help="Seed of the run; same seed, same files.")] = 0,
+    rgb: Annotated[bool, typer.Option("--rgb", help="RGB images instead of MONOCHROME2.")] = False,
+    regions: Annotated[
+        bool, typer.Option("--regions/--no-regions", help="Sequence of Ultrasound Regions.")
+    ] = True,
+    rows: Annotated[int, typer.Option(min=120)] = 480,
+    columns: Annotated[int, typer.Option(min=160)] = 640,
+) -> None:
+    """Write synthetic thyroid ultrasound studies and a training data set (NOT FOR CLINICAL USE)."""
+    from pipeline.phantom import PhantomOptions, export_phantoms
+
+    options = PhantomOptions(rgb=rgb, with_regions=regions, rows=rows, columns=columns)
+    summary = export_phantoms(out, n=n, seed=seed, options=options, progress=True)
+    auc = summary.best_achievable_auc
+    console.print(
+        f"{summary.cases} studies in {summary.dicom_dir}, data set in {summary.dataset_dir}; "
+        f"{summary.positives} LLNM-positive, {summary.reports} with a report; "
+        f"best achievable AUC {'n/a' if auc is None else f'{auc:.3f}'}"
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """Console-script entry point."""
     app(args=list(argv) if argv is not None else None, prog_name="llnm-node")

@@ -1,10 +1,11 @@
-"""``llnm-node demo``: the whole node on the embedded default, fed real vendor ultrasound files."""
+"""``llnm-node demo``: the whole node on the embedded default, fed phantoms and vendor files."""
 
 from __future__ import annotations
 
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from pydicom.data import get_testdata_file
 from rich.console import Console
@@ -15,6 +16,7 @@ from db.models import TERMINAL_STATES, JobState
 from dicom_node import scu
 from dicom_node.node import Node
 from dicom_node.settings import CompletionSettings, DicomSettings, Settings
+from pipeline.phantom import PhantomOptions, make_case
 
 # Real vendor files shipped by the PyPI package pydicom-data: GE (JPEG 2000 and
 # uncompressed RGB with the same SOP Instance UID, so one is a duplicate), Aloka
@@ -46,6 +48,27 @@ def _sample_paths() -> list[Path]:
     return paths
 
 
+# Synthetic thyroid studies (two views + report SR each): grey with regions, RGB, and one
+# without a Sequence of Ultrasound Regions (cropped by the detector, uncalibrated).
+PHANTOMS = (
+    PhantomOptions(),
+    PhantomOptions(rgb=True),
+    PhantomOptions(with_regions=False),
+)
+
+
+def _phantom_paths(folder: Path) -> list[Path]:
+    paths = []
+    for seed, options in enumerate(PHANTOMS, start=1):
+        case = make_case(seed, options)
+        datasets = [*case.datasets, *([case.report_dataset] if case.report_dataset else [])]
+        for n, dataset in enumerate(datasets):
+            path = folder / f"phantom{seed}_{n}.dcm"
+            dataset.save_as(path, enforce_file_format=True)
+            paths.append(path)
+    return paths
+
+
 def run_demo(console: Console, data_dir: Path | None) -> int:
     """Run the demo; returns the process exit code (0 when every job finished)."""
     with tempfile.TemporaryDirectory(prefix="llnm-demo-") as scratch:
@@ -74,7 +97,9 @@ def _exercise(console: Console, node: Node, settings: Settings) -> int:
     )
     console.print(f"C-ECHO: 0x{scu.echo(peer):04X}")
     sent = Table("file", "status", title="C-STORE to the node")
-    for outcome in scu.send_files(peer, _sample_paths()):
+    outbox = settings.data_dir / "demo-outbox"
+    outbox.mkdir(parents=True, exist_ok=True)
+    for outcome in scu.send_files(peer, _phantom_paths(outbox) + _sample_paths()):
         status = "-" if outcome.status is None else f"0x{outcome.status:04X}"
         sent.add_row(outcome.path.name, status + (f" {outcome.error}" if outcome.error else ""))
     console.print(sent)
@@ -96,24 +121,42 @@ def _exercise(console: Console, node: Node, settings: Settings) -> int:
         "patient",
         "state",
         "images",
-        "frames",
         "report",
-        "skipped",
-        title="Jobs (intake stage)",
+        "de-identified",
+        "cropped",
+        "mm/pixel",
+        "error",
+        title="Jobs (intake, deidentify, crop)",
     )
     with node.database.session() as session:
         for job in jobs:
             detail = queries.job_detail(session, job_id=job.id)
-            summary = next((e.detail or {} for e in detail.events if e.kind == "stage.done"), {})
-            intake = summary.get("summary", {})
+            done = {
+                (e.detail or {}).get("stage"): (e.detail or {}).get("summary", {})
+                for e in detail.events
+                if e.kind == "stage.done"
+            }
+            intake, deid, crop = (done.get(n, {}) for n in ("intake", "deidentify", "crop"))
+            spacing = sorted(
+                {f"{c['mm_per_pixel'][0]:.3f}" for c in crop.get("crops", []) if c["mm_per_pixel"]}
+            )
             results.add_row(
                 str(job.id),
                 job.patient_pseudonym,
                 job.state,
                 str(intake.get("ultrasound_images", "-")),
-                str(intake.get("frames", "-")),
                 "yes" if intake.get("report_found") else "no",
-                str(len(intake.get("skipped", []))),
+                str(deid.get("images_written", "-")),
+                _crop_cell(crop),
+                ", ".join(spacing) or "-",
+                (job.error or "")[:60],
             )
     console.print(results)
     return 0 if all(j.state == JobState.DONE for j in jobs) else 1
+
+
+def _crop_cell(crop: dict[str, Any]) -> str:
+    if not crop:
+        return "-"
+    cell = f"{crop['images']} ({crop['calibrated']} calibrated)"
+    return cell + (f", {len(crop['skipped'])} skipped" if crop["skipped"] else "")

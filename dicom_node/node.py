@@ -14,6 +14,7 @@ from dicom_node.ingest import Ingestor
 from dicom_node.server import DicomListener, configure_reception
 from dicom_node.settings import Settings
 from dicom_node.spool import Spool
+from pipeline.dicom_files import keep_header_values_out_of_logs
 from pipeline.executors import InProcessExecutor
 from pipeline.graph import default_stages
 from pipeline.runner import JobRunner, RetryPolicy
@@ -56,6 +57,7 @@ class Node:
 
     def start(self) -> None:
         """Migrate the database, recover interrupted jobs, then listen and work."""
+        keep_header_values_out_of_logs()
         self.settings.data_dir.mkdir(parents=True, exist_ok=True)
         self.spool.prepare()
         upgrade(self.database)

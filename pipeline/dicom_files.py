@@ -6,7 +6,7 @@ import struct
 from dataclasses import dataclass
 from pathlib import Path
 
-from pydicom import Dataset, dcmread
+from pydicom import Dataset, config, dcmread
 from pydicom.errors import InvalidDicomError
 from pydicom.uid import UID, DeflatedExplicitVRLittleEndian, ImplicitVRLittleEndian
 
@@ -57,6 +57,18 @@ def _read_pixel_extent(
         return (group, element), length, 12
     (short_length,) = struct.unpack(f"{endian}H", raw[6:8])
     return (group, element), short_length, 8
+
+
+def keep_header_values_out_of_logs() -> None:
+    """Stop pydicom from quoting header values (possibly identifying) in warnings and logs.
+
+    pydicom validates values as they are read and set and warns with the offending
+    value, e.g. a patient name or an institution; the node reads and de-identifies
+    files from many vendors and must not copy their PHI into its logs. Values are
+    still kept exactly as the vendor wrote them. Process-wide, as pydicom's config is.
+    """
+    config.settings.reading_validation_mode = config.IGNORE
+    config.settings.writing_validation_mode = config.IGNORE
 
 
 def read_header(path: Path) -> FileHeader:

@@ -1,8 +1,14 @@
+import warnings
 from pathlib import Path
 
 import pytest
 
-from pipeline.dicom_files import UnreadableDicomError, read_header
+import dicom_factory
+from pipeline.dicom_files import (
+    UnreadableDicomError,
+    keep_header_values_out_of_logs,
+    read_header,
+)
 
 VENDOR_FILES = [
     "US1_J2KR.dcm",
@@ -41,3 +47,14 @@ def test_garbage_is_not_dicom(tmp_path: Path) -> None:
 def test_known_short_jpeg2000_stream(vendor_dir: Path) -> None:
     with pytest.raises(UnreadableDicomError):
         read_header(vendor_dir / "emri_small_jpeg_2k_lossless_too_short.dcm")
+
+
+def test_header_values_stay_out_of_warnings(tmp_path: Path) -> None:
+    path = dicom_factory.write(dicom_factory.ultrasound(), tmp_path / "x.dcm")
+    keep_header_values_out_of_logs()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        dataset = read_header(path).dataset
+        dataset.BodyPartExamined = "ABDOM/RAD"  # invalid CS, as a vendor wrote it
+        dataset.PatientName = "DOE^JANE" * 10  # too long for PN: would be quoted
+        assert dataset.BodyPartExamined == "ABDOM/RAD"

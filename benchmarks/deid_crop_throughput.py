@@ -9,9 +9,6 @@ runner chains them. The process is pinned to one core and every thread pool
 The first ``--warmup`` studies are not counted. The target is 50 instances/s
 through de-identification and crop together.
 
-When ``pipeline.deidentify`` cannot be imported, crop alone is measured on the
-phantom files as written, and the output says so.
-
 Run::
 
     .venv/bin/python benchmarks/deid_crop_throughput.py [--studies 100] [--out benchmarks/out]
@@ -31,7 +28,6 @@ for _variable in (
     os.environ[_variable] = "1"
 
 import argparse  # noqa: E402
-import importlib  # noqa: E402
 import json  # noqa: E402
 import platform  # noqa: E402
 import shutil  # noqa: E402
@@ -39,8 +35,7 @@ import statistics  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
-from collections.abc import Callable, Sequence  # noqa: E402
-from dataclasses import dataclass  # noqa: E402
+from collections.abc import Sequence  # noqa: E402
 from datetime import UTC, datetime  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
@@ -51,29 +46,14 @@ from rich.table import Table  # noqa: E402
 
 from pipeline.contracts import InstanceRef, StudyInput  # noqa: E402
 from pipeline.crop import crop  # noqa: E402
-from pipeline.intake import IntakeReport, intake  # noqa: E402
+from pipeline.deidentify import deidentify  # noqa: E402
+from pipeline.intake import intake  # noqa: E402
 from pipeline.phantom import PhantomOptions, make_case  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 ROWS, COLUMNS = 480, 640
 TARGET_PER_S = 50.0
 console = Console()
-
-
-@dataclass(frozen=True)
-class _Image:
-    path: Path
-    sop_instance_uid: str
-
-
-@dataclass(frozen=True)
-class _CropOnlyStudy:
-    """Stand-in for the de-identified study when there is no de-identification stage."""
-
-    job_id: int
-    work_dir: Path
-    images: tuple[_Image, ...]
-    inputs: None
 
 
 def _pin_to_one_core() -> int | None:
@@ -86,15 +66,6 @@ def _pin_to_one_core() -> int | None:
     cpu = min(os.sched_getaffinity(0))
     os.sched_setaffinity(0, {cpu})
     return cpu
-
-
-def _load_deidentify() -> Callable[[IntakeReport], Any] | None:
-    try:
-        module = importlib.import_module("pipeline.deidentify")
-    except ImportError:
-        return None
-    function: Callable[[IntakeReport], Any] | None = getattr(module, "deidentify", None)
-    return function
 
 
 def _write_corpus(root: Path, studies: int, seed: int, regions: bool) -> list[StudyInput]:
@@ -126,9 +97,7 @@ def _write_corpus(root: Path, studies: int, seed: int, regions: bool) -> list[St
     return inputs
 
 
-def _measure(
-    studies: list[StudyInput], deidentify: Callable[[IntakeReport], Any] | None, warmup: int
-) -> dict[str, Any]:
+def _measure(studies: list[StudyInput], warmup: int) -> dict[str, Any]:
     timings: dict[str, list[float]] = {"intake": [], "deidentify": [], "crop": []}
     counted = 0
     cpu_start = time.process_time()
@@ -137,11 +106,7 @@ def _measure(
         t0 = time.perf_counter()
         report = intake(study)
         t1 = time.perf_counter()
-        if deidentify is not None:
-            source = deidentify(report).study
-        else:
-            images = tuple(_Image(i.ref.path, i.ref.sop_instance_uid) for i in report.images)
-            source = _CropOnlyStudy(study.job_id, study.work_dir, images, None)
+        source = deidentify(report).study
         t2 = time.perf_counter()
         cropped = crop(source)
         t3 = time.perf_counter()
@@ -185,27 +150,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--studies must exceed --warmup")
 
     cpu = _pin_to_one_core()
-    deidentify = _load_deidentify()
-    measured = "deidentify + crop" if deidentify is not None else "crop ONLY"
-    if deidentify is None:
-        console.print(
-            "[bold yellow]pipeline.deidentify is not available: measuring crop ALONE on the "
-            "phantom files (no de-identification); the number is NOT deidentify + crop.[/]"
-        )
     root = Path(tempfile.mkdtemp(prefix="llnm-deid-crop-bench-"))
     try:
         studies = _write_corpus(root, args.studies, args.seed, not args.no_regions)
-        result = _measure(studies, deidentify, args.warmup)
+        result = _measure(studies, args.warmup)
     finally:
         shutil.rmtree(root, ignore_errors=True)
 
-    table = Table(title=f"{measured}, one core, {COLUMNS}x{ROWS} phantoms")
+    table = Table(title=f"deidentify + crop, one core, {COLUMNS}x{ROWS} phantoms")
     table.add_column("stage")
     table.add_column("ms / instance", justify="right")
     table.add_column("median ms / study", justify="right")
     for stage in ("intake", "deidentify", "crop"):
-        if stage == "deidentify" and deidentify is None:
-            continue
         table.add_row(
             stage,
             f"{result['per_instance_ms'][stage]:.2f}",
@@ -216,7 +172,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ok = rate >= TARGET_PER_S
     colour = "green" if ok else "red"
     console.print(
-        f"[{colour}]{measured}: {rate:.1f} instances/s[/] (target {TARGET_PER_S:.0f}/s; "
+        f"[{colour}]deidentify + crop: {rate:.1f} instances/s[/] (target {TARGET_PER_S:.0f}/s; "
         f"{result['instances_per_s_with_intake']:.1f}/s with intake) over "
         f"{result['instances']} instances, CPU {cpu}, "
         f"{result['cpu_seconds_per_wall_second']:.2f} CPU s per wall s"
@@ -224,8 +180,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     report = {
         "benchmark": "deid_crop_throughput",
-        "measured": measured,
-        "deidentify_available": deidentify is not None,
         "at": datetime.now(UTC).isoformat(timespec="seconds"),
         "rows": ROWS,
         "columns": COLUMNS,

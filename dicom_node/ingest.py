@@ -80,7 +80,9 @@ def check_instance(request: StoreRequest) -> tuple[Dataset, str]:
     if sop_class != request.sop_class_uid or sop_instance != request.sop_instance_uid:
         raise RefusedInstance(
             StoreStatus.DATASET_DOES_NOT_MATCH_SOP_CLASS,
-            f"data set SOP class/instance ({sop_class}, {sop_instance}) differ from the request",
+            # No UIDs in the text (it is logged; UIDs identify): the event and the
+            # quarantined file hold them.
+            "the data set's SOP Class/Instance UIDs differ from the C-STORE request's",
         )
     for keyword in ("StudyInstanceUID", "SeriesInstanceUID"):
         if not _text(dataset, keyword):

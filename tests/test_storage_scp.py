@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import ssl
 import subprocess
@@ -12,7 +13,7 @@ from pathlib import Path
 import psycopg
 import pytest
 from pydicom import dcmread
-from pydicom.uid import SecondaryCaptureImageStorage, generate_uid
+from pydicom.uid import PYDICOM_ROOT_UID, SecondaryCaptureImageStorage, generate_uid
 from pynetdicom import AE
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from sqlalchemy import func, select
@@ -250,11 +251,18 @@ def _corrupt(tmp_path: Path, how: str) -> Path:
     ],
 )
 def test_malformed_instances_are_quarantined(
-    node_factory: Factory, tmp_path: Path, how: str, status: StoreStatus
+    node_factory: Factory,
+    tmp_path: Path,
+    how: str,
+    status: StoreStatus,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     node = node_factory()
     bad = _corrupt(tmp_path, how)
-    assert scu.send_files(peer(node), [bad])[0].status == status
+    with caplog.at_level(logging.INFO):
+        assert scu.send_files(peer(node), [bad])[0].status == status
+    assert "refused with" in caplog.text
+    assert PYDICOM_ROOT_UID not in caplog.text  # UIDs identify: never in the logs
     quarantined = sorted(node.spool.quarantine_dir.glob("*.dcm"))
     assert len(quarantined) == 1
     assert quarantined[0].with_suffix(".txt").read_text().strip()

@@ -229,3 +229,10 @@ def test_cli_writes_studies_and_dataset(tmp_path: Path) -> None:
     assert csv_lines[0].startswith("case_id,seed,") and len(csv_lines) >= 4
     manifest = json.loads((out / "dataset" / "manifest.json").read_text())
     assert manifest["cases"] == 3 and manifest["options"]["with_regions"] is False
+
+
+def test_every_phantom_object_says_it_is_synthetic() -> None:
+    case = make_case(5)
+    objects = [*case.datasets, *([case.report_dataset] if case.report_dataset else [])]
+    for dataset in objects:
+        assert "NOT FOR CLINICAL USE" in dataset.StudyDescription

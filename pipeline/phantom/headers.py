@@ -94,7 +94,7 @@ def _common(enc: Encounter, ids: StudyIds, sop_class: UID, sop_instance: UID) ->
     ds.InstitutionAddress = enc.institution_address
     ds.ReferringPhysicianName = enc.referring_physician.dicom
     ds.StationName = enc.station_name
-    ds.StudyDescription = "US THYROID"
+    ds.StudyDescription = "US THYROID - SYNTHETIC PHANTOM, NOT FOR CLINICAL USE"
     ds.PatientName = enc.patient.dicom
     ds.PatientID = enc.patient_id
     ds.IssuerOfPatientID = enc.issuer

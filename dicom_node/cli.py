@@ -12,6 +12,7 @@ import sys
 import threading
 from collections.abc import Sequence
 from datetime import UTC, datetime
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -361,6 +362,51 @@ def phantom(
         f"{summary.cases} studies in {summary.dicom_dir}, data set in {summary.dataset_dir}; "
         f"{summary.positives} LLNM-positive, {summary.reports} with a report; "
         f"best achievable AUC {'n/a' if auc is None else f'{auc:.3f}'}"
+    )
+
+
+class SegTarget(StrEnum):
+    """What ``train-seg`` can train; the nodule comes with the YOLOv8 model."""
+
+    thyroid = "thyroid"
+
+
+@app.command("train-seg")
+def train_seg(
+    target: Annotated[SegTarget, typer.Argument(help="What to segment (nodule: YOLOv8, later).")],
+    data: Annotated[Path, typer.Option(help="Data set folder holding cases.jsonl (or dataset/).")],
+    out: Annotated[Path, typer.Option(help="Write weights, metrics, curve, checkpoint here.")],
+    epochs: Annotated[int, typer.Option(min=1, help="Total epochs (also when resuming).")] = 30,
+    batch_size: Annotated[int, typer.Option(min=1)] = 8,
+    seed: Annotated[int, typer.Option(min=0, help="Seeds the split, init and augmentation.")] = 0,
+    val_fraction: Annotated[float, typer.Option(min=0.01, max=0.99)] = 0.2,
+    patience: Annotated[int, typer.Option(min=1, help="Stop after N epochs without gain.")] = 6,
+    height: Annotated[int, typer.Option(min=32, help="Input height, multiple of 32.")] = 256,
+    width: Annotated[int, typer.Option(min=32, help="Input width, multiple of 32.")] = 320,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue from OUT/checkpoint.")] = False,
+) -> None:
+    """Train a segmenter (UNet++, CPU or CUDA) on a data set folder; NOT FOR CLINICAL USE as is."""
+    from models.segmentation.config import SegmenterConfig
+    from models.segmentation.training import TrainOptions, train_segmenter
+
+    try:
+        config = SegmenterConfig(target=target.value, input_height=height, input_width=width)
+        options = TrainOptions(
+            epochs=epochs,
+            batch_size=batch_size,
+            seed=seed,
+            val_fraction=val_fraction,
+            patience=patience,
+            resume=resume,
+        )
+        result = train_segmenter(data, out, config, options)
+    except (FileNotFoundError, ValueError) as exc:
+        err_console.print(f"[red]cannot train:[/red] {exc}")
+        raise typer.Exit(1) from exc
+    console.print(
+        f"best validation Dice {result.best_val_dice:.4f} at epoch {result.best_epoch} "
+        f"of {result.epochs_run}{' (stopped early)' if result.stopped_early else ''}; "
+        f"weights in {result.out}"
     )
 
 

@@ -78,14 +78,7 @@ def _write_corpus(root: Path, studies: int, seed: int, regions: bool) -> list[St
             path = root / "spool" / f"{number:05d}" / f"{ds.SOPInstanceUID}.dcm"
             path.parent.mkdir(parents=True, exist_ok=True)
             ds.save_as(path, enforce_file_format=True)
-            refs.append(
-                InstanceRef(
-                    sop_instance_uid=str(ds.SOPInstanceUID),
-                    sop_class_uid=str(ds.SOPClassUID),
-                    series_instance_uid=str(ds.SeriesInstanceUID),
-                    path=path,
-                )
-            )
+            refs.append(InstanceRef.of(ds, path))
         inputs.append(
             StudyInput(
                 job_id=number + 1,

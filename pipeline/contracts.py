@@ -6,6 +6,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from pydicom import Dataset
+
 
 @dataclass(frozen=True)
 class InstanceRef:
@@ -15,6 +17,16 @@ class InstanceRef:
     sop_class_uid: str
     series_instance_uid: str
     path: Path
+
+    @classmethod
+    def of(cls, dataset: Dataset, path: Path) -> InstanceRef:
+        """The reference to ``path``, a file holding ``dataset``."""
+        return cls(
+            sop_instance_uid=str(dataset.SOPInstanceUID),
+            sop_class_uid=str(dataset.SOPClassUID),
+            series_instance_uid=str(dataset.SeriesInstanceUID),
+            path=path,
+        )
 
 
 @dataclass(frozen=True)

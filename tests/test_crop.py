@@ -525,12 +525,7 @@ def test_crop_stage_saves_pngs_and_skips_unusable_images(tmp_path: Path) -> None
 def test_crop_after_deidentification(tmp_path: Path, regions: bool) -> None:
     case = make_case(31, PhantomOptions(with_regions=regions))
     refs = tuple(
-        InstanceRef(
-            sop_instance_uid=str(ds.SOPInstanceUID),
-            sop_class_uid=str(ds.SOPClassUID),
-            series_instance_uid=str(ds.SeriesInstanceUID),
-            path=dicom_factory.write(ds, tmp_path / "spool" / f"{ds.SOPInstanceUID}.dcm"),
-        )
+        InstanceRef.of(ds, dicom_factory.write(ds, tmp_path / "spool" / f"{ds.SOPInstanceUID}.dcm"))
         for ds in case.datasets
     )
     study_input = StudyInput(5, str(case.datasets[0].StudyInstanceUID), refs, tmp_path / "job")

@@ -45,14 +45,7 @@ def _intake(tmp_path: Path, datasets: list[Dataset]) -> IntakeReport:
     refs = []
     for n, ds in enumerate(datasets):
         path = write(ds, tmp_path / "spool" / f"{n}.dcm")
-        refs.append(
-            InstanceRef(
-                sop_instance_uid=str(ds.SOPInstanceUID),
-                sop_class_uid=str(ds.SOPClassUID),
-                series_instance_uid=str(ds.SeriesInstanceUID),
-                path=path,
-            )
-        )
+        refs.append(InstanceRef.of(ds, path))
     study = StudyInput(
         job_id=7,
         study_instance_uid=str(datasets[0].StudyInstanceUID),
@@ -399,9 +392,7 @@ def test_vendor_files_are_cleaned(tmp_path: Path, vendor_dir: Path, name: str) -
     copy = tmp_path / "src" / name
     copy.parent.mkdir()
     shutil.copyfile(vendor_dir / name, copy)
-    ref = InstanceRef(
-        str(source.SOPInstanceUID), str(source.SOPClassUID), str(source.SeriesInstanceUID), copy
-    )
+    ref = InstanceRef.of(source, copy)
     report = intake(StudyInput(3, str(source.StudyInstanceUID), (ref,), tmp_path / "work"))
     result = deidentify(report)
 

@@ -25,8 +25,7 @@ _n = itertools.count()
 def ref(path: Path) -> InstanceRef:
     from pydicom import dcmread
 
-    ds = dcmread(path, stop_before_pixels=True)
-    return InstanceRef(str(ds.SOPInstanceUID), str(ds.SOPClassUID), str(ds.SeriesInstanceUID), path)
+    return InstanceRef.of(dcmread(path, stop_before_pixels=True), path)
 
 
 def study(*paths: Path, work: Path) -> StudyInput:

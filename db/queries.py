@@ -47,6 +47,7 @@ from db.models import (
     Patient,
     Pseudonym,
     PseudonymKind,
+    Result,
     Study,
     utcnow,
 )
@@ -438,13 +439,34 @@ def complete_stage(
     )
 
 
-def finish_job(session: Session, *, job_id: int) -> None:
-    """Mark a job done."""
+def finish_job(session: Session, *, job_id: int, outcome: str | None = None) -> None:
+    """Mark a job done; ``outcome`` names an early conclusion such as no nodule found."""
     job = session.get_one(Job, job_id)
     job.state = JobState.DONE
     job.stage = None
     job.finished_at = utcnow()
-    record_event(session, kind="job.done", job_id=job_id, study_id=job.study_fk, message="job done")
+    record_event(
+        session,
+        kind="job.done",
+        job_id=job_id,
+        study_id=job.study_fk,
+        message="job done" if outcome is None else f"job done: {outcome}",
+        detail=None if outcome is None else {"outcome": outcome},
+    )
+
+
+def save_result(
+    session: Session, *, job_id: int, outcome: str, detail: dict[str, Any] | None = None
+) -> Result:
+    """Record the job's result, replacing the one an earlier attempt may have left."""
+    existing = session.scalar(select(Result).where(Result.job_fk == job_id))
+    if existing is not None:
+        session.delete(existing)
+        session.flush()
+    result = Result(job_fk=job_id, outcome=outcome, detail=detail)
+    session.add(result)
+    session.flush()
+    return result
 
 
 def fail_job(
@@ -611,11 +633,24 @@ class EventRow:
 
 
 @dataclass(frozen=True)
+class ResultRow:
+    """A job's result: a prediction, or the outcome that explains why there is none."""
+
+    outcome: str
+    probability: float | None
+    positive: bool | None
+    risk_stage: int | None
+    synthetic_bundle: bool
+    detail: dict[str, Any] | None
+
+
+@dataclass(frozen=True)
 class JobDetail:
-    """A job with its whole audit trail."""
+    """A job with its result (if any) and its whole audit trail."""
 
     job: JobRow
     study_instance_uid: str
+    result: ResultRow | None
     events: tuple[EventRow, ...]
 
 
@@ -685,8 +720,22 @@ def job_detail(session: Session, *, job_id: int) -> JobDetail:
         )
         for e in job.events
     )
+    result = None
+    if job.result is not None:
+        r = job.result
+        result = ResultRow(
+            outcome=r.outcome,
+            probability=r.probability,
+            positive=r.positive,
+            risk_stage=r.risk_stage,
+            synthetic_bundle=r.synthetic_bundle,
+            detail=r.detail,
+        )
     return JobDetail(
-        job=_job_row(job), study_instance_uid=job.study.study_instance_uid, events=events
+        job=_job_row(job),
+        study_instance_uid=job.study.study_instance_uid,
+        result=result,
+        events=events,
     )
 
 

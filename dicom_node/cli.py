@@ -26,6 +26,7 @@ from db.migrate import upgrade
 from db.models import JobState
 from db.session import Database
 from dicom_node import scu
+from dicom_node.bundle_commands import bundle_app
 from dicom_node.settings import Settings, load_settings
 
 app = typer.Typer(
@@ -39,6 +40,7 @@ db_app = typer.Typer(no_args_is_help=True, help="Job database maintenance.")
 app.add_typer(jobs_app, name="jobs")
 app.add_typer(studies_app, name="studies")
 app.add_typer(db_app, name="db")
+app.add_typer(bundle_app, name="bundle")
 
 # Wide when piped, so ids and pseudonyms are never cut; the terminal's width otherwise.
 console = Console(width=None if sys.stdout.isatty() else 200)
@@ -259,6 +261,14 @@ def jobs_show(job_id: int, config: ConfigOption = None, as_json: JsonOption = Fa
     )
     if job.error:
         console.print(f"[red]error:[/red] {job.error}")
+    result = detail.result
+    if result is not None:
+        probability = (
+            "" if result.probability is None else f"  probability {result.probability:.3f}"
+        )
+        stage = "" if result.risk_stage is None else f"  risk stage {result.risk_stage}"
+        synthetic = "  [yellow]NOT FOR CLINICAL USE[/yellow]" if result.synthetic_bundle else ""
+        console.print(f"result: [bold]{result.outcome}[/bold]{probability}{stage}{synthetic}")
     table = Table("time", "level", "event", "message")
     for e in detail.events:
         table.add_row(_fmt(e.created_at), e.level, e.kind, e.message)
@@ -366,14 +376,15 @@ def phantom(
 
 
 class SegTarget(StrEnum):
-    """What ``train-seg`` can train; the nodule comes with the YOLOv8 model."""
+    """What ``train-seg`` can train: the thyroid (UNet++) or the nodules (YOLOv8-seg)."""
 
     thyroid = "thyroid"
+    nodule = "nodule"
 
 
 @app.command("train-seg")
 def train_seg(
-    target: Annotated[SegTarget, typer.Argument(help="What to segment (nodule: YOLOv8, later).")],
+    target: Annotated[SegTarget, typer.Argument(help="thyroid: UNet++; nodule: YOLOv8n-seg.")],
     data: Annotated[Path, typer.Option(help="Data set folder holding cases.jsonl (or dataset/).")],
     out: Annotated[Path, typer.Option(help="Write weights, metrics, curve, checkpoint here.")],
     epochs: Annotated[int, typer.Option(min=1, help="Total epochs (also when resuming).")] = 30,
@@ -384,13 +395,19 @@ def train_seg(
     height: Annotated[int, typer.Option(min=32, help="Input height, multiple of 32.")] = 256,
     width: Annotated[int, typer.Option(min=32, help="Input width, multiple of 32.")] = 320,
     resume: Annotated[bool, typer.Option("--resume", help="Continue from OUT/checkpoint.")] = False,
+    learning_rate: Annotated[float, typer.Option(min=1e-6, help="AdamW learning rate.")] = 1e-3,
+    half: Annotated[bool, typer.Option("--half", help="Keep the weights as float16.")] = False,
 ) -> None:
-    """Train a segmenter (UNet++, CPU or CUDA) on a data set folder; NOT FOR CLINICAL USE as is."""
-    from models.segmentation.config import SegmenterConfig
+    """Train a segmenter (CPU or CUDA) on a data set folder; NOT FOR CLINICAL USE as is."""
+    from models.segmentation.config import AnyConfig, SegmenterConfig, YoloSegConfig
     from models.segmentation.training import TrainOptions, train_segmenter
 
     try:
-        config = SegmenterConfig(target=target.value, input_height=height, input_width=width)
+        config: AnyConfig = (
+            SegmenterConfig(input_height=height, input_width=width)
+            if target is SegTarget.thyroid
+            else YoloSegConfig(input_height=height, input_width=width)
+        )
         options = TrainOptions(
             epochs=epochs,
             batch_size=batch_size,
@@ -398,6 +415,8 @@ def train_seg(
             val_fraction=val_fraction,
             patience=patience,
             resume=resume,
+            learning_rate=learning_rate,
+            half_weights=half,
         )
         result = train_segmenter(data, out, config, options)
     except (FileNotFoundError, ValueError) as exc:

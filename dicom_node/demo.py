@@ -122,11 +122,12 @@ def _exercise(console: Console, node: Node, settings: Settings) -> int:
         "state",
         "images",
         "report",
-        "de-identified",
         "cropped",
-        "mm/pixel",
+        "nodule",
+        "capsule",
+        "result",
         "error",
-        title="Jobs (intake, deidentify, crop)",
+        title="Jobs (intake, deidentify, crop, segment, features)",
     )
     with node.database.session() as session:
         for job in jobs:
@@ -136,19 +137,17 @@ def _exercise(console: Console, node: Node, settings: Settings) -> int:
                 for e in detail.events
                 if e.kind == "stage.done"
             }
-            intake, deid, crop = (done.get(n, {}) for n in ("intake", "deidentify", "crop"))
-            spacing = sorted(
-                {f"{c['mm_per_pixel'][0]:.3f}" for c in crop.get("crops", []) if c["mm_per_pixel"]}
-            )
+            intake, crop, features = (done.get(n, {}) for n in ("intake", "crop", "features"))
             results.add_row(
                 str(job.id),
                 job.patient_pseudonym,
                 job.state,
                 str(intake.get("ultrasound_images", "-")),
                 "yes" if intake.get("report_found") else "no",
-                str(deid.get("images_written", "-")),
                 _crop_cell(crop),
-                ", ".join(spacing) or "-",
+                _nodule_cell(features),
+                _capsule_cell(features),
+                detail.result.outcome if detail.result else "-",
                 (job.error or "")[:60],
             )
     console.print(results)
@@ -160,3 +159,32 @@ def _crop_cell(crop: dict[str, Any]) -> str:
         return "-"
     cell = f"{crop['images']} ({crop['calibrated']} calibrated)"
     return cell + (f", {len(crop['skipped'])} skipped" if crop["skipped"] else "")
+
+
+def _index_nodules(features: dict[str, Any]) -> list[dict[str, Any]]:
+    return [view["index"] for view in features.get("views", []) if view.get("index")]
+
+
+def _nodule_cell(features: dict[str, Any]) -> str:
+    """Where the index nodule is: lobe (transverse view) and third (longitudinal view)."""
+    if not features:
+        return "-"
+    found = _index_nodules(features)
+    if not found:
+        return "none found"
+    places = [n[k] for n in found for k in ("lobe", "third") if isinstance(n[k], str)]
+    return ", ".join(places) or "found"
+
+
+def _capsule_cell(features: dict[str, Any]) -> str:
+    """The smallest nodule-capsule distance over the views, with its unit."""
+    distances = [
+        (value, key.rsplit("_", 1)[1])
+        for nodule in _index_nodules(features)
+        for key, value in nodule["location"].items()
+        if key.startswith("capsule_distance_")
+    ]
+    if not distances:
+        return "-"
+    value, unit = min(distances)
+    return f"{value:.1f} {unit}"

@@ -33,7 +33,7 @@ class Node:
         runner = JobRunner(
             database=self.database,
             spool_root=self.spool.root,
-            stages=default_stages() if stages is None else stages,
+            stages=default_stages(settings.model.bundle_dir) if stages is None else stages,
             retry=RetryPolicy(
                 max_attempts=settings.executor.max_attempts,
                 backoff_s=settings.executor.retry_backoff_s,

@@ -21,6 +21,8 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from models.demo import DEMO_BUNDLE_DIR
+
 CONFIG_ENV_VAR = "LLNM_CONFIG"
 _AE_TITLE_CHARS = set("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789 _-.")
 
@@ -156,6 +158,14 @@ class ExecutorSettings(_Section):
     retry_backoff_s: float = Field(5.0, ge=0)
 
 
+class ModelSettings(_Section):
+    """The model bundle the stages use."""
+
+    # Folder holding nodule/ and thyroid/ segmenters (and, later, the LLNM-Net weights).
+    # The default is the demo bundle trained on synthetic phantoms: NOT FOR CLINICAL USE.
+    bundle_dir: Path = DEMO_BUNDLE_DIR
+
+
 class Settings(BaseSettings):
     """Everything the node reads from its configuration."""
 
@@ -176,6 +186,7 @@ class Settings(BaseSettings):
     dicom: DicomSettings = Field(default_factory=DicomSettings)
     completion: CompletionSettings = Field(default_factory=CompletionSettings)
     executor: ExecutorSettings = Field(default_factory=ExecutorSettings)
+    model: ModelSettings = Field(default_factory=ModelSettings)
 
     @field_validator("log_level")
     @classmethod

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from pipeline.crop import CROP
 from pipeline.deidentify import DEIDENTIFY
+from pipeline.features.stage import FEATURES
 from pipeline.intake import INTAKE
+from pipeline.segment import SegmenterLoader, segment_stage
 from pipeline.stage import Stage
 
 
-def default_stages() -> tuple[Stage[Any, Any], ...]:
-    """The stages of a job, first to last."""
-    return (INTAKE, DEIDENTIFY, CROP)
+def default_stages(bundle_dir: Path) -> tuple[Stage[Any, Any], ...]:
+    """The stages of a job, first to last, with the models of the bundle in ``bundle_dir``."""
+    return (INTAKE, DEIDENTIFY, CROP, segment_stage(SegmenterLoader(bundle_dir)), FEATURES)

@@ -12,7 +12,7 @@ from typing import Any
 from db import queries
 from db.session import Database
 from pipeline.contracts import InstanceRef, StudyInput
-from pipeline.stage import Stage, StageError
+from pipeline.stage import JobConcluded, Stage, StageError
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +89,10 @@ class JobRunner:
                 )
                 if stage.store is not None:
                     value = stage.store(session, job_id, value)
+                if isinstance(value, JobConcluded):
+                    queries.finish_job(session, job_id=job_id, outcome=value.outcome)
+                    log.info("job %d done after %s: %s", job_id, stage.name, value.outcome)
+                    return
         with self._database.session() as session:
             queries.finish_job(session, job_id=job_id)
         log.info("job %d done", job_id)

@@ -19,6 +19,16 @@ class StageError(Exception):
 
 
 @dataclass(frozen=True)
+class JobConcluded:
+    """What a stage's ``store`` returns to end the job early, its result already recorded.
+
+    The job is done (not failed): e.g. no nodule was found, so there is nothing to predict.
+    """
+
+    outcome: str
+
+
+@dataclass(frozen=True)
 class Stage(Generic[In, Out]):
     """One step of a job: ``run`` maps the previous stage's output to this stage's output."""
 
@@ -28,5 +38,6 @@ class Stage(Generic[In, Out]):
     summarize: Callable[[Out], dict[str, Any]]
     queue: Queue = "cpu"
     # Writes what must stay in the job database (e.g. the pseudonym map) in the
-    # transaction that records the stage, and returns what the next stage receives.
+    # transaction that records the stage, and returns what the next stage receives
+    # (or a JobConcluded, which ends the job there).
     store: Callable[[Session, int, Out], Any] | None = None

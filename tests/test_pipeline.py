@@ -17,7 +17,7 @@ from db.session import Database
 from pipeline.contracts import InstanceRef, StudyInput
 from pipeline.intake import INTAKE, intake
 from pipeline.runner import JobRunner, RetryPolicy
-from pipeline.stage import Stage, StageError
+from pipeline.stage import JobConcluded, Stage, StageError
 
 _n = itertools.count()
 
@@ -190,3 +190,30 @@ def test_store_keeps_data_in_the_database_and_hands_on_its_return(
     assert detail.job.state == "done"
     assert received == ["ok"]
     assert [e.message for e in detail.events if e.kind == "test.kept"] == ["s3cret"]
+
+
+def test_a_concluded_job_is_done_with_its_result_and_skips_later_stages(
+    database: Database, tmp_path: Path
+) -> None:
+    """``store`` returning JobConcluded ends the job there, done, with the result it saved."""
+    later: list[object] = []
+
+    def conclude(session: Session, job_id: int, value: object) -> JobConcluded:
+        queries.save_result(session, job_id=job_id, outcome="no_nodule_found", detail={"n": 0})
+        return JobConcluded("no_nodule_found")
+
+    first: Stage[object, object] = Stage("look", lambda _: None, lambda _: {}, store=conclude)
+    second = Stage("predict", later.append, lambda _: {})
+    job_id = queued_job(database, tmp_path)
+    runner(database, tmp_path, first, second).run(job_id)  # type: ignore[arg-type]
+    detail = job(database, job_id)
+    assert detail.job.state == "done" and later == []
+    assert detail.result is not None and detail.result.outcome == "no_nodule_found"
+    assert detail.result.probability is None and detail.result.detail == {"n": 0}
+    assert detail.events[-1].kind == "job.done"
+    assert detail.events[-1].detail == {"outcome": "no_nodule_found"}
+    assert "predict" not in {e.detail.get("stage") for e in detail.events if e.detail}
+    # A second attempt replaces the result rather than adding one.
+    with database.session() as session:
+        queries.save_result(session, job_id=job_id, outcome="predicted")
+    assert job(database, job_id).result.outcome == "predicted"  # type: ignore[union-attr]

@@ -1,22 +1,20 @@
-"""Segmenters: the UNet++ thyroid segmenter, its weights, data, training and metrics."""
+"""Segmenters: UNet++ (thyroid) and YOLOv8-seg (nodules), their weights, data, training, metrics."""
 
-from models.segmentation.config import SegmenterConfig
-from models.segmentation.thyroid import (
-    Segmenter,
-    build_model,
-    segment_thyroid,
-    segment_thyroid_batch,
-    select_device,
-)
+from models.segmentation.architectures import build_model, predict_probabilities, segment
+from models.segmentation.config import AnyConfig, SegmenterConfig, YoloSegConfig, load_config
+from models.segmentation.segmenter import Segmenter, select_device
 from models.segmentation.weights import load_segmenter, save_segmenter
 
 __all__ = [
+    "AnyConfig",
     "Segmenter",
     "SegmenterConfig",
+    "YoloSegConfig",
     "build_model",
+    "load_config",
     "load_segmenter",
+    "predict_probabilities",
     "save_segmenter",
-    "segment_thyroid",
-    "segment_thyroid_batch",
+    "segment",
     "select_device",
 ]

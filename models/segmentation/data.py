@@ -38,7 +38,7 @@ import torch
 from numpy.typing import NDArray
 from torch.utils.data import Dataset
 
-from models.segmentation.config import SegmenterConfig, Target
+from models.segmentation.config import AnyConfig, Target
 from models.segmentation.letterbox import Letterbox, normalise
 from pipeline.crop import standardise_brightness
 from pipeline.stage import StageError
@@ -185,7 +185,7 @@ class SegmentationDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
     """
 
     def __init__(
-        self, views: list[tuple[NDArray[np.uint8], NDArray[np.bool_]]], config: SegmenterConfig
+        self, views: list[tuple[NDArray[np.uint8], NDArray[np.bool_]]], config: AnyConfig
     ) -> None:
         self.views = views
         self.config = config

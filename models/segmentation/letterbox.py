@@ -8,7 +8,7 @@ import cv2
 import numpy as np
 from numpy.typing import NDArray
 
-from models.segmentation.config import SegmenterConfig
+from models.segmentation.config import AnyConfig
 from pipeline.decode import grey
 
 
@@ -90,9 +90,7 @@ def to_grey(crop: NDArray[np.uint8]) -> NDArray[np.uint8]:
     return grey(np.ascontiguousarray(crop))
 
 
-def prepare(
-    crop: NDArray[np.uint8], config: SegmenterConfig
-) -> tuple[NDArray[np.float32], Letterbox]:
+def prepare(crop: NDArray[np.uint8], config: AnyConfig) -> tuple[NDArray[np.float32], Letterbox]:
     """A crop as one normalised network input (input H, W) and its placement."""
     image = to_grey(crop)
     box = Letterbox.fit(image.shape[0], image.shape[1], config.input_height, config.input_width)
@@ -100,7 +98,7 @@ def prepare(
     return normalise(padded, config), box
 
 
-def normalise(image: NDArray[np.generic], config: SegmenterConfig) -> NDArray[np.float32]:
+def normalise(image: NDArray[np.generic], config: AnyConfig) -> NDArray[np.float32]:
     """uint8 grey levels to the network's input scale."""
     scaled = image.astype(np.float32) / 255.0
     return np.asarray((scaled - config.norm_mean) / config.norm_std, dtype=np.float32)

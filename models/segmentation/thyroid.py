@@ -1,4 +1,4 @@
-"""The thyroid segmenter: build a UNet++ from its config and segment crops with it.
+"""The UNet++ segmenter (the thyroid): build it from its config and get per-pixel probabilities.
 
 Usage::
 
@@ -9,7 +9,6 @@ Usage::
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import numpy as np
 import segmentation_models_pytorch as smp
@@ -19,14 +18,10 @@ from torch import nn
 
 from models.segmentation.config import SegmenterConfig
 from models.segmentation.letterbox import prepare
+from models.segmentation.segmenter import Segmenter
 
 
-def select_device() -> torch.device:
-    """CUDA when available, else the CPU."""
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def build_model(config: SegmenterConfig) -> nn.Module:
+def build_unet(config: SegmenterConfig) -> nn.Module:
     """An untrained UNet++ as ``config`` describes it; nothing is downloaded."""
     model: nn.Module = smp.UnetPlusPlus(
         encoder_name=config.encoder,
@@ -39,24 +34,7 @@ def build_model(config: SegmenterConfig) -> nn.Module:
     return model
 
 
-@dataclass(frozen=True)
-class Segmenter:
-    """A model in eval mode on ``device`` with the config it was built from."""
-
-    model: nn.Module
-    config: SegmenterConfig
-    device: torch.device
-
-    @classmethod
-    def wrap(
-        cls, model: nn.Module, config: SegmenterConfig, device: torch.device | None = None
-    ) -> Segmenter:
-        """Move ``model`` to ``device`` (default :func:`select_device`) in eval mode."""
-        target = device or select_device()
-        return cls(model=model.to(target).eval(), config=config, device=target)
-
-
-def predict_probabilities(
+def unet_probabilities(
     segmenter: Segmenter, crops: Sequence[NDArray[np.uint8]], batch_size: int = 16
 ) -> list[NDArray[np.float32]]:
     """Foreground probabilities (H, W) of each crop at the crop's own resolution."""
@@ -70,24 +48,3 @@ def predict_probabilities(
             probabilities = torch.sigmoid(logits)[:, 0].float().cpu().numpy()  # (B, H, W)
         out.extend(box.restore(p) for p, (_, box) in zip(probabilities, prepared, strict=True))
     return out
-
-
-def segment_thyroid_batch(
-    segmenter: Segmenter, crops: Sequence[NDArray[np.uint8]], batch_size: int = 16
-) -> list[NDArray[np.bool_]]:
-    """Thyroid masks (H, W) of uint8 crops (H, W) or (H, W, 3), each at its crop's size.
-
-    Raises
-    ------
-    ValueError
-        If the segmenter is not a thyroid segmenter or a crop is not a uint8 image.
-    """
-    if segmenter.config.target != "thyroid":
-        raise ValueError(f"this segmenter finds {segmenter.config.target!r}, not the thyroid")
-    probabilities = predict_probabilities(segmenter, crops, batch_size)
-    return [p > segmenter.config.threshold for p in probabilities]
-
-
-def segment_thyroid(segmenter: Segmenter, crop: NDArray[np.uint8]) -> NDArray[np.bool_]:
-    """The thyroid mask (H, W) of one uint8 crop (H, W) or (H, W, 3), at the crop's size."""
-    return segment_thyroid_batch(segmenter, [crop])[0]

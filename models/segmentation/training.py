@@ -10,14 +10,18 @@
 Cases are split into training and validation with ``options.seed``; the
 model's initialisation and each epoch's shuffling and augmentation are
 seeded from ``(seed, epoch)``, so a run and its resumed continuation give
-the same result. Loss: BCE + soft Dice; optimiser: AdamW; early stopping
+the same result. Loss: BCE + soft Dice (UNet++) or ultralytics' YOLOv8-seg
+loss (box, class, DFL, mask); optimiser: AdamW with the learning rate
+falling along a half cosine from ``learning_rate`` in the first epoch to
+``learning_rate * final_lr_fraction`` in the last
+(:func:`models.schedule.cosine_learning_rate`, a function of the epoch alone,
+so resuming keeps it); early stopping
 after ``patience`` epochs without a better validation Dice.
 """
 
 from __future__ import annotations
 
 import json
-import random
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -28,7 +32,10 @@ import numpy as np
 import torch
 from rich.progress import Progress, track
 
-from models.segmentation.config import SegmenterConfig
+from models.checkpoints import load_checkpoint, save_checkpoint
+from models.schedule import begin_epoch, seed_everything
+from models.segmentation.architectures import build_model, predict_probabilities, training_loss
+from models.segmentation.config import AnyConfig, SegmenterConfig
 from models.segmentation.data import (
     SegmentationDataset,
     ViewRecord,
@@ -37,15 +44,10 @@ from models.segmentation.data import (
     read_records,
     split_by_case,
 )
-from models.segmentation.metrics import DiceBCELoss, dice, iou
-from models.segmentation.plots import plot_training_curve
-from models.segmentation.thyroid import (
-    Segmenter,
-    build_model,
-    predict_probabilities,
-    select_device,
-)
-from models.segmentation.weights import load_checkpoint, save_checkpoint, save_segmenter
+from models.segmentation.metrics import dice, iou
+from models.segmentation.segmenter import Segmenter, select_device
+from models.segmentation.weights import save_segmenter
+from models.training_plots import plot_training_curve
 
 METRICS_FILE = "metrics.json"
 CURVE_FILE = "training_curve.png"
@@ -62,15 +64,19 @@ class TrainOptions:
     val_fraction: float = 0.2
     patience: int = 6  # epochs without a better validation Dice before stopping
     learning_rate: float = 1e-3
+    final_lr_fraction: float = 0.05  # the last epoch's share of learning_rate
     weight_decay: float = 1e-4
     resume: bool = False
     progress: bool = True
+    half_weights: bool = False  # store the kept weights as float16 (half the size)
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1 or self.patience < 1:
             raise ValueError("epochs, batch_size and patience must be at least 1")
         if self.learning_rate <= 0 or self.weight_decay < 0:
             raise ValueError("learning_rate must be positive and weight_decay not negative")
+        if not 0.0 < self.final_lr_fraction <= 1.0:
+            raise ValueError("final_lr_fraction must lie in (0, 1]")
 
 
 @dataclass(frozen=True)
@@ -83,18 +89,6 @@ class TrainResult:
     best_val_dice: float
     stopped_early: bool
     history: list[dict[str, Any]]
-
-
-def seed_everything(seed: int) -> None:
-    """Seed Python's, NumPy's and torch's global generators."""
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def epoch_seed(seed: int, epoch: int) -> int:
-    """The seed of one epoch of a run."""
-    return int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0])
 
 
 def evaluate(
@@ -130,9 +124,7 @@ def _split_summary(train: list[ViewRecord], val: list[ViewRecord]) -> dict[str, 
     }
 
 
-def train_segmenter(
-    data: Path, out: Path, config: SegmenterConfig, options: TrainOptions
-) -> TrainResult:
+def train_segmenter(data: Path, out: Path, config: AnyConfig, options: TrainOptions) -> TrainResult:
     """Train (or with ``options.resume`` continue training) and write ``out`` (module docstring).
 
     Raises
@@ -164,7 +156,7 @@ def train_segmenter(
     }
     if options.resume:
         checkpoint = load_checkpoint(out / CHECKPOINT_DIR)
-        if checkpoint.config != config:
+        if checkpoint.config != config.to_dict():
             raise ValueError("the checkpoint was trained with another config")
         saved = checkpoint.trainer
         if (saved["seed"], saved["val_fraction"], saved["split"]) != (
@@ -179,15 +171,21 @@ def train_segmenter(
     manifest = read_manifest(data)
     train_set = SegmentationDataset(_load(train_records, options.progress, "training"), config)
     val_views = _load(val_records, options.progress, "validation")
-    loss_fn = DiceBCELoss()
+    loss_fn = training_loss(config)
     history: list[dict[str, Any]] = trainer["history"]
     with Progress(disable=not options.progress) as progress:
         for epoch in range(trainer["epoch"] + 1, options.epochs + 1):
             if trainer["epoch"] - trainer["best_epoch"] >= options.patience:
                 break
             started = time.monotonic()
-            seed = epoch_seed(options.seed, epoch)
-            torch.manual_seed(seed)
+            seed, learning_rate = begin_epoch(
+                optimizer,
+                seed=options.seed,
+                learning_rate=options.learning_rate,
+                final_fraction=options.final_lr_fraction,
+                epochs=options.epochs,
+                epoch=epoch,
+            )
             train_set.reseed(seed, augment=True)
             loader = torch.utils.data.DataLoader(
                 train_set,
@@ -199,10 +197,9 @@ def train_segmenter(
             model.train()
             total, count = 0.0, 0
             for x, y in loader:  # (B, 1, H, W) each
-                logits = model(x.to(device))  # (B, 1, H, W)
-                loss = loss_fn(logits, y.to(device))
+                loss = loss_fn(model, x.to(device), y.to(device))
                 optimizer.zero_grad(set_to_none=True)
-                loss.backward()
+                loss.backward()  # type: ignore[no-untyped-call]
                 optimizer.step()
                 total += float(loss.item()) * len(x)
                 count += len(x)
@@ -214,6 +211,7 @@ def train_segmenter(
             scores = evaluate(Segmenter.wrap(model, config, device), val_views)
             row = {
                 "epoch": epoch,
+                "learning_rate": learning_rate,
                 "train_loss": total / count,
                 "val_dice": scores["dice"],
                 "val_iou": scores["iou"],
@@ -226,11 +224,12 @@ def train_segmenter(
             )
             if scores["dice"] > trainer["best_val_dice"]:
                 trainer["best_epoch"], trainer["best_val_dice"] = epoch, scores["dice"]
-                save_segmenter(out, model, config)
+                save_segmenter(out, model, config, half=options.half_weights)
             trainer["epoch"] = epoch
-            save_checkpoint(out / CHECKPOINT_DIR, model, optimizer, config, trainer)
+            save_checkpoint(out / CHECKPOINT_DIR, model, optimizer, config.to_dict(), trainer)
             _write_metrics(out, config, options, trainer, manifest, data)
-            title = f"{config.target} segmenter ({config.encoder})"
+            kind = config.encoder if isinstance(config, SegmenterConfig) else config.model_yaml
+            title = f"{config.target} segmenter ({kind})"
             plot_training_curve(history, out / CURVE_FILE, title)
     stale = trainer["epoch"] - trainer["best_epoch"] >= options.patience
     return TrainResult(
@@ -245,7 +244,7 @@ def train_segmenter(
 
 def _write_metrics(
     out: Path,
-    config: SegmenterConfig,
+    config: AnyConfig,
     options: TrainOptions,
     trainer: dict[str, Any],
     manifest: dict[str, Any],
@@ -259,7 +258,11 @@ def _write_metrics(
         "best_val_iou": best["val_iou"],
         "history": trainer["history"],
         "split": trainer["split"],
-        "options": {k: v for k, v in asdict(options).items() if k not in ("resume", "progress")},
+        "options": {
+            k: v
+            for k, v in asdict(options).items()
+            if k not in ("resume", "progress", "half_weights")
+        },
         "training_data": {
             "path": str(data),
             "synthetic": manifest.get("synthetic"),

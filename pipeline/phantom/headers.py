@@ -63,6 +63,13 @@ class StudyIds:
         )
 
 
+# View Code Sequence items (SNOMED CT); kept by de-identification, read by the segment stage.
+_VIEW_CODES = {
+    "transverse": ("62824007", "SCT", "Transverse"),
+    "longitudinal": ("38717003", "SCT", "Longitudinal"),
+}
+
+
 def _code(value: tuple[str, str, str]) -> Dataset:
     item = Dataset()
     item.CodeValue, item.CodingSchemeDesignator, item.CodeMeaning = value
@@ -158,6 +165,7 @@ def ultrasound_image(
     ds.AcquisitionDateTime = acquired.strftime("%Y%m%d%H%M%S")
     ds.ImageType = ["ORIGINAL", "PRIMARY", "SMALL PARTS", "0001"]
     ds.ImageComments = f"{header.lobe.upper()} LOBE {header.view.upper()}"
+    ds.ViewCodeSequence = Sequence([_code(_VIEW_CODES[header.view])])
     ds.BurnedInAnnotation = "YES"
     ds.LossyImageCompression = "00"
     ds.TransducerData = [enc.transducer, "", ""]

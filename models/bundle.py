@@ -1,0 +1,172 @@
+"""Model bundles: a folder of safetensors weights and JSON, described and sealed by a manifest.
+
+Layout::
+
+    bundle/
+      manifest.json         name, version, architecture, inputs, text encoder,
+                            training data, metrics, intended use, sha256 of every file
+      nodule/               YOLOv8-seg nodule segmenter (model.safetensors, config.json, ...)
+      thyroid/              UNet++ thyroid segmenter
+      llnm/                 LLNM-Net (TMDL) weights and config, when trained
+
+Rules
+    Only ``.safetensors``, ``.json``, ``.png``, ``.md`` and ``.txt`` files may
+    be in a bundle: a pickle (``.pt``, ``.pkl``, ...) or any other file is
+    refused when sealing and when loading. Loading checks every file against
+    its sha256 in the manifest and refuses files the manifest does not list.
+    A bundle trained on synthetic data says so (``training_data.synthetic``)
+    and its intended use must contain NOT FOR CLINICAL USE; every object made
+    with it carries :attr:`Manifest.clinical_use_label`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+MANIFEST_FILE = "manifest.json"
+FORMAT = "llnm-bundle/1"
+ALLOWED_SUFFIXES = frozenset({".safetensors", ".json", ".png", ".md", ".txt"})
+NOT_FOR_CLINICAL_USE = "NOT FOR CLINICAL USE"
+_CHUNK = 1 << 20
+
+
+class BundleError(ValueError):
+    """The bundle is incomplete, altered, or holds a file it must not."""
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """What ``manifest.json`` says about a bundle."""
+
+    format: str
+    name: str
+    version: str
+    created: str  # ISO 8601, UTC
+    intended_use: str
+    architecture: dict[str, Any]  # per component: its config.json
+    input_spec: dict[str, Any]
+    text_encoder: dict[str, Any] | None
+    training_data: dict[str, Any]  # includes "synthetic": bool
+    metrics: dict[str, Any]
+    files: dict[str, str]  # relative POSIX path -> sha256 hex
+
+    @property
+    def synthetic(self) -> bool:
+        """Whether the bundle was trained on synthetic data."""
+        return bool(self.training_data.get("synthetic"))
+
+    @property
+    def clinical_use_label(self) -> str | None:
+        """NOT FOR CLINICAL USE for a synthetic bundle, else None."""
+        return NOT_FOR_CLINICAL_USE if self.synthetic else None
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready fields."""
+        return asdict(self)
+
+
+def sha256_file(path: Path) -> str:
+    """Hex SHA-256 of a file, read in chunks."""
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while chunk := handle.read(_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _bundle_files(folder: Path) -> list[Path]:
+    """Every file of the bundle but the manifest, sorted; refuses disallowed kinds."""
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.name != MANIFEST_FILE)
+    refused = [p.relative_to(folder).as_posix() for p in files if p.suffix not in ALLOWED_SUFFIXES]
+    if refused:
+        raise BundleError(
+            f"{folder} holds files a bundle may not hold (only safetensors, JSON, PNG, "
+            f"Markdown, text; never pickles): {refused}"
+        )
+    return files
+
+
+def seal_bundle(
+    folder: Path,
+    *,
+    name: str,
+    version: str,
+    intended_use: str,
+    training_data: dict[str, Any],
+    input_spec: dict[str, Any],
+    text_encoder: dict[str, Any] | None = None,
+    metrics: dict[str, Any] | None = None,
+) -> Manifest:
+    """Write ``manifest.json`` for the files now in ``folder``.
+
+    The architecture of each component is read from its ``config.json``.
+
+    Raises
+    ------
+    BundleError
+        If the folder holds a disallowed file or no component.
+    ValueError
+        If the data is synthetic and the intended use does not say NOT FOR CLINICAL USE.
+    """
+    if training_data.get("synthetic") and NOT_FOR_CLINICAL_USE not in intended_use:
+        raise ValueError(f"a bundle trained on synthetic data must say {NOT_FOR_CLINICAL_USE}")
+    files = _bundle_files(folder)
+    architecture = {
+        path.parent.relative_to(folder).as_posix(): json.loads(path.read_text(encoding="utf-8"))
+        for path in files
+        if path.name == "config.json" and path.parent != folder
+    }
+    if not architecture:
+        raise BundleError(f"{folder} holds no component (no */config.json)")
+    manifest = Manifest(
+        format=FORMAT,
+        name=name,
+        version=version,
+        created=datetime.now(UTC).isoformat(timespec="seconds"),
+        intended_use=intended_use,
+        architecture=architecture,
+        input_spec=input_spec,
+        text_encoder=text_encoder,
+        training_data=training_data,
+        metrics=metrics or {},
+        files={p.relative_to(folder).as_posix(): sha256_file(p) for p in files},
+    )
+    text = json.dumps(manifest.to_dict(), indent=2, sort_keys=False) + "\n"
+    (folder / MANIFEST_FILE).write_text(text, encoding="utf-8")
+    return manifest
+
+
+def verify_bundle(folder: Path) -> Manifest:
+    """Read the manifest and check every file against it.
+
+    Raises
+    ------
+    BundleError
+        If the manifest is missing or malformed, a listed file is missing or
+        altered, or the folder holds a file the manifest does not list or a
+        bundle may not hold.
+    """
+    path = folder / MANIFEST_FILE
+    if not path.is_file():
+        raise BundleError(f"{folder} is not a model bundle: no {MANIFEST_FILE}")
+    try:
+        manifest = Manifest(**json.loads(path.read_text(encoding="utf-8")))
+    except (json.JSONDecodeError, TypeError) as exc:
+        raise BundleError(f"{path} is malformed: {exc}") from exc
+    if manifest.format != FORMAT:
+        raise BundleError(f"{path}: unknown bundle format {manifest.format!r}")
+    present = {p.relative_to(folder).as_posix(): p for p in _bundle_files(folder)}
+    unlisted = sorted(set(present) - set(manifest.files))
+    if unlisted:
+        raise BundleError(f"{folder} holds files its manifest does not list: {unlisted}")
+    for relative, expected in manifest.files.items():
+        if relative not in present:
+            raise BundleError(f"{folder}: {relative} is missing")
+        if sha256_file(present[relative]) != expected:
+            raise BundleError(f"{folder}: {relative} does not match its sha256 in the manifest")
+    return manifest

@@ -1,0 +1,218 @@
+"""Segment stage: the nodule and thyroid masks of every crop (queue ``gpu``).
+
+Rules
+-----
+Segmenters
+    A model bundle (:mod:`models.bundle`) holds ``nodule/`` (YOLOv8-seg) and
+    ``thyroid/`` (UNet++) segmenter folders. On first use, once per process,
+    the bundle's checksums are verified and both are loaded and kept
+    (:class:`SegmenterLoader`).
+    The crops of a study are segmented in one batch per segmenter, on CUDA
+    when the worker has it.
+Masks
+    Both masks come back at the crop's resolution and are written next to the
+    crops as ``work_dir/segment/NNN_nodule.png`` and ``NNN_thyroid.png`` (0 or
+    255; NNN as the crop's), for the report and heatmap stages.
+Next
+    :mod:`pipeline.features.stage` reads the crops and masks and measures the
+    nodules; a study with no nodule ends there with its own job result.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Generic, Protocol, TypeVar
+
+import cv2
+import numpy as np
+import torch
+from numpy.typing import NDArray
+
+from models.bundle import Manifest, verify_bundle
+from models.segmentation import Segmenter, load_segmenter, segment
+from pipeline.crop import CroppedView, SkippedImage
+from pipeline.stage import Stage, StageError
+
+NODULE_DIR = "nodule"
+THYROID_DIR = "thyroid"
+
+
+@dataclass(frozen=True)
+class Segmenters:
+    """The two segmenters of a model bundle, and its manifest."""
+
+    nodule: Segmenter
+    thyroid: Segmenter
+    manifest: Manifest
+
+
+class SegmenterLoader:
+    """Loads a bundle's segmenters on first call and returns the same ones after (thread-safe)."""
+
+    def __init__(self, bundle_dir: Path, device: torch.device | None = None) -> None:
+        self.bundle_dir = bundle_dir
+        self._device = device
+        self._lock = threading.Lock()
+        self._loaded: Segmenters | None = None
+
+    def __call__(self) -> Segmenters:
+        """The segmenters, loading them the first time.
+
+        Raises
+        ------
+        models.bundle.BundleError
+            If the bundle is not sealed, altered, or holds a disallowed file.
+        FileNotFoundError
+            If the bundle lacks a segmenter's weights or config.
+        ValueError
+            If a segmenter finds something other than its folder says.
+        """
+        with self._lock:
+            if self._loaded is None:
+                manifest = verify_bundle(self.bundle_dir)
+                nodule = load_segmenter(self.bundle_dir / NODULE_DIR, self._device)
+                thyroid = load_segmenter(self.bundle_dir / THYROID_DIR, self._device)
+                for name, segmenter in ((NODULE_DIR, nodule), (THYROID_DIR, thyroid)):
+                    if segmenter.config.target != name:
+                        raise ValueError(
+                            f"{self.bundle_dir / name} finds {segmenter.config.target!r}"
+                        )
+                self._loaded = Segmenters(nodule=nodule, thyroid=thyroid, manifest=manifest)
+            return self._loaded
+
+
+Inputs = TypeVar("Inputs")
+InputsT = TypeVar("InputsT", covariant=True)
+
+
+class CroppedStudyLike(Protocol[InputsT]):
+    """What the segment stage reads of the crop stage's output."""
+
+    @property
+    def job_id(self) -> int:
+        """The job."""
+
+    @property
+    def work_dir(self) -> Path:
+        """The job's scratch folder."""
+
+    @property
+    def images(self) -> Sequence[CroppedView]:
+        """The crops."""
+
+    @property
+    def skipped(self) -> Sequence[SkippedImage]:
+        """Images the crop stage could not use."""
+
+    @property
+    def inputs(self) -> InputsT:
+        """Model inputs besides the images (passed on untouched)."""
+
+
+@dataclass(frozen=True)
+class SegmentedView:
+    """One crop with its masks, written as PNG (0 or 255) at the crop's resolution."""
+
+    crop: CroppedView
+    nodule_mask: Path
+    thyroid_mask: Path
+    nodule_pixels: int
+    thyroid_pixels: int
+
+
+@dataclass(frozen=True)
+class SegmentedStudy(Generic[Inputs]):
+    """The segment stage's output: every crop with its two masks."""
+
+    job_id: int
+    work_dir: Path
+    views: tuple[SegmentedView, ...]
+    skipped: tuple[SkippedImage, ...]
+    inputs: Inputs
+
+
+def read_png(path: Path, *, grey: bool = False) -> NDArray[np.uint8]:
+    """A crop or mask PNG as uint8 (H, W), or (H, W, 3) RGB for a colour crop.
+
+    Raises
+    ------
+    StageError
+        If the file cannot be read.
+    """
+    image = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE if grey else cv2.IMREAD_UNCHANGED)
+    if image is None:
+        raise StageError(f"{path.name} cannot be read")
+    if image.ndim == 3:
+        image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+    return np.asarray(image, dtype=np.uint8)
+
+
+def _write_mask(path: Path, mask: NDArray[np.bool_]) -> Path:
+    if not cv2.imwrite(str(path), mask.astype(np.uint8) * 255):
+        raise OSError(f"could not write {path}")
+    return path
+
+
+def segment_study(
+    study: CroppedStudyLike[Inputs], segmenters: Segmenters
+) -> SegmentedStudy[Inputs]:
+    """Segment every crop of ``study`` and write the masks next to the crops.
+
+    Raises
+    ------
+    StageError
+        If the study has no crops or a crop cannot be read.
+    """
+    if not study.images:
+        raise StageError("the study has no cropped images to segment")
+    out_dir = study.work_dir / "segment"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    crops = [read_png(view.png_path) for view in study.images]
+    nodules = segment(segmenters.nodule, crops, "nodule")
+    thyroids = segment(segmenters.thyroid, crops, "thyroid")
+    views = []
+    for view, nodule, thyroid in zip(study.images, nodules, thyroids, strict=True):
+        stem = view.png_path.stem
+        views.append(
+            SegmentedView(
+                crop=view,
+                nodule_mask=_write_mask(out_dir / f"{stem}_nodule.png", nodule),
+                thyroid_mask=_write_mask(out_dir / f"{stem}_thyroid.png", thyroid),
+                nodule_pixels=int(np.count_nonzero(nodule)),
+                thyroid_pixels=int(np.count_nonzero(thyroid)),
+            )
+        )
+    return SegmentedStudy(
+        job_id=study.job_id,
+        work_dir=study.work_dir,
+        views=tuple(views),
+        skipped=tuple(study.skipped),
+        inputs=study.inputs,
+    )
+
+
+def summarize_segmentation(study: SegmentedStudy[Any]) -> dict[str, Any]:
+    """Mask sizes per view for the audit trail."""
+    return {
+        "views": [
+            {
+                "sop_instance_uid": v.crop.sop_instance_uid,
+                "nodule_pixels": v.nodule_pixels,
+                "thyroid_pixels": v.thyroid_pixels,
+            }
+            for v in study.views
+        ],
+    }
+
+
+def segment_stage(loader: SegmenterLoader) -> Stage[CroppedStudyLike[Any], SegmentedStudy[Any]]:
+    """The segment stage, using the segmenters ``loader`` provides."""
+    return Stage(
+        name="segment",
+        run=lambda study: segment_study(study, loader()),
+        summarize=summarize_segmentation,
+        queue="gpu",
+    )

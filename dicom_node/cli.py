@@ -25,7 +25,7 @@ from db import queries
 from db.migrate import upgrade
 from db.models import JobState
 from db.session import Database
-from dicom_node import scu
+from dicom_node import llnm_commands, scu
 from dicom_node.bundle_commands import bundle_app
 from dicom_node.settings import Settings, load_settings
 
@@ -41,6 +41,8 @@ app.add_typer(jobs_app, name="jobs")
 app.add_typer(studies_app, name="studies")
 app.add_typer(db_app, name="db")
 app.add_typer(bundle_app, name="bundle")
+app.command("train")(llnm_commands.train)
+app.command("evaluate")(llnm_commands.evaluate)
 
 # Wide when piped, so ids and pseudonyms are never cut; the terminal's width otherwise.
 console = Console(width=None if sys.stdout.isatty() else 200)

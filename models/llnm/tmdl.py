@@ -1,0 +1,412 @@
+"""TMDL, the multimodal transformer of LLNM-Net (Shen et al., Nat Commun 2025).
+
+Per ultrasound view, the location map (CPDT), texture crop and margin band are
+patch-embedded into 3n image tokens; the report's token embeddings plus one
+token each for sex, age, echogenicity and shape form the text tokens. Both
+streams pass through bidirectional multimodal blocks (each stream attends to
+itself and to the other), are concatenated and run through ordinary
+self-attention blocks, then mean-pooled into an LLNM logit and risk-stage
+logits. A patient's views are scored independently and their logits averaged.
+
+Shapes in comments: B patients, V views, M = B*V, S image side, n patches per
+image, T report tokens, N = 3n + T + 4 tokens, W width, H heads, D = W / H.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from models.llnm.config import TMDLConfig
+
+TOKEN_GROUPS: tuple[str, ...] = (
+    "location",
+    "texture",
+    "margin",
+    "report",
+    "sex",
+    "age",
+    "echogenicity",
+    "shape",
+)
+SCALAR_TOKENS = 4  # sex, age, echogenicity, shape
+LAYER_NORM_EPS = 1e-6
+
+
+def token_groups(config: TMDLConfig) -> dict[str, slice]:
+    """Which positions of the concatenated token sequence belong to each input group."""
+    n, t = config.patches, config.text_tokens
+    lengths = (n, n, n, t, 1, 1, 1, 1)
+    groups: dict[str, slice] = {}
+    start = 0
+    for name, length in zip(TOKEN_GROUPS, lengths, strict=True):
+        groups[name] = slice(start, start + length)
+        start += length
+    return groups
+
+
+@dataclass
+class TMDLBatch:
+    """One batch of patients, each with up to V views.
+
+    Absent views are flagged in ``view_mask``; their inputs are ignored but must be
+    finite (zeros, say), since NaNs would still reach the gradients.
+    """
+
+    location: torch.Tensor  # (B, V, 1, S, S) CPDT map x_l
+    texture: torch.Tensor  # (B, V, 1, S, S) x_t
+    margin: torch.Tensor  # (B, V, 1, S, S) x_m
+    echogenicity: torch.Tensor  # (B, V) x_e, scaled to about [-1, 1]
+    shape: torch.Tensor  # (B, V, shape_features) x_s
+    view_mask: torch.Tensor  # (B, V) bool, True where the view exists
+    text: torch.Tensor  # (B, T, text_width) report token embeddings
+    text_present: torch.Tensor  # (B,) bool
+    sex: torch.Tensor  # (B,) float: 1 female, -1 male, 0 unknown
+    age: torch.Tensor  # (B,) float: years / 100, 0 unknown
+
+    def to(self, device: torch.device | str) -> TMDLBatch:
+        """The same batch with every tensor on ``device``."""
+        return TMDLBatch(**{f.name: getattr(self, f.name).to(device) for f in fields(self)})
+
+
+@dataclass
+class TMDLOutput:
+    """Patient-level and per-view predictions."""
+
+    logit: torch.Tensor  # (B,) patient LLNM logit = mean of the present views' logits
+    stage_logits: torch.Tensor  # (B, stages) mean over present views
+    view_logits: torch.Tensor  # (B, V), 0 where the view is absent (or dropped in training)
+    attentions: list[torch.Tensor] | None  # per self-attention block (M, H, N, N)
+
+
+def attend(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    key_mask: torch.Tensor,
+    dropout: float,
+    explicit: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Masked scaled dot-product attention over heads.
+
+    ``q`` (M, H, Nq, D), ``k`` and ``v`` (M, H, Nk, D), ``key_mask`` (M, Nk) bool, True
+    where a key may be attended to (every row needs at least one). Returns the
+    (M, H, Nq, D) output and, when ``explicit``, the (M, H, Nq, Nk) attention
+    probabilities (before dropout) computed as softmax(QK^T / sqrt(D) + mask) instead
+    of with the fused kernel.
+    """
+    mask = key_mask[:, None, None, :]  # (M, 1, 1, Nk)
+    if not explicit:
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
+        return out, None
+    scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])  # (M, H, Nq, Nk)
+    probs = scores.masked_fill(~mask, float("-inf")).softmax(dim=-1)
+    return F.dropout(probs, dropout, training=dropout > 0) @ v, probs
+
+
+def split_heads(x: torch.Tensor, heads: int) -> torch.Tensor:
+    """(M, N, W) -> (M, H, N, W / H)."""
+    m, n, w = x.shape
+    return x.view(m, n, heads, w // heads).transpose(1, 2)
+
+
+def merge_heads(x: torch.Tensor) -> torch.Tensor:
+    """(M, H, N, D) -> (M, N, H * D)."""
+    m, h, n, d = x.shape
+    return x.transpose(1, 2).reshape(m, n, h * d)
+
+
+class PatchEmbedding(nn.Module):
+    """One grey image -> n patch tokens with a strided convolution."""
+
+    def __init__(self, width: int, patch_size: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, width, kernel_size=patch_size, stride=patch_size)
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        """(M, 1, S, S) -> (M, n, W)."""
+        patches: torch.Tensor = self.conv(image)  # (M, W, S/p, S/p)
+        return patches.flatten(2).transpose(1, 2)
+
+
+class ScalarTokens(nn.Module):
+    """Sex, age, echogenicity and shape -> four tokens, each with a learned type embedding."""
+
+    def __init__(self, width: int, shape_features: int) -> None:
+        super().__init__()
+        self.sex = nn.Linear(1, width)
+        self.age = nn.Linear(1, width)
+        self.echogenicity = nn.Linear(1, width)
+        self.shape = nn.Linear(shape_features, width)
+        self.types = nn.Parameter(torch.zeros(1, SCALAR_TOKENS, width))
+
+    def forward(
+        self, sex: torch.Tensor, age: torch.Tensor, echogenicity: torch.Tensor, shape: torch.Tensor
+    ) -> torch.Tensor:
+        """(M,), (M,), (M,), (M, shape_features) -> (M, 4, W) in that order."""
+        tokens = [
+            self.sex(sex[:, None]),
+            self.age(age[:, None]),
+            self.echogenicity(echogenicity[:, None]),
+            self.shape(shape),
+        ]  # 4 x (M, W)
+        return torch.stack(tokens, dim=1) + self.types
+
+
+class MLP(nn.Sequential):
+    """Linear - GELU - Dropout - Linear - Dropout."""
+
+    def __init__(self, width: int, hidden: int, dropout: float) -> None:
+        super().__init__(
+            nn.Linear(width, hidden),
+            nn.GELU(),
+            nn.Dropout(dropout),
+            nn.Linear(hidden, width),
+            nn.Dropout(dropout),
+        )
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention with key padding, optionally returning its probabilities."""
+
+    def __init__(self, width: int, heads: int, dropout: float) -> None:
+        super().__init__()
+        self.heads = heads
+        self.dropout = dropout
+        self.qkv = nn.Linear(width, 3 * width)
+        self.proj = nn.Linear(width, width)
+        self.proj_drop = nn.Dropout(dropout)
+
+    def forward(
+        self, x: torch.Tensor, key_mask: torch.Tensor, explicit: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(M, N, W), (M, N) bool -> (M, N, W) and optionally (M, H, N, N) probabilities."""
+        q, k, v = (split_heads(t, self.heads) for t in self.qkv(x).chunk(3, dim=-1))
+        dropout = self.dropout if self.training else 0.0
+        out, probs = attend(q, k, v, key_mask, dropout, explicit)
+        return self.proj_drop(self.proj(merge_heads(out))), probs
+
+
+class Block(nn.Module):
+    """Pre-LayerNorm transformer block: x + Attn(LN(x)), then x + MLP(LN(x))."""
+
+    def __init__(self, config: TMDLConfig) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(config.width, eps=LAYER_NORM_EPS)
+        self.attention = Attention(config.width, config.heads, config.attention_dropout)
+        self.norm2 = nn.LayerNorm(config.width, eps=LAYER_NORM_EPS)
+        self.mlp = MLP(config.width, config.mlp_hidden, config.mlp_dropout)
+
+    def forward(
+        self, x: torch.Tensor, key_mask: torch.Tensor, explicit: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(M, N, W), (M, N) bool -> (M, N, W) and optionally (M, H, N, N) probabilities."""
+        attended, probs = self.attention(self.norm1(x), key_mask, explicit)
+        x = x + attended
+        x = x + self.mlp(self.norm2(x))
+        return x, probs
+
+
+class BidirectionalBlock(nn.Module):
+    """Bidirectional multimodal attention: each stream attends to itself and to the other.
+
+    Image tokens become the mean of (image queries over image keys/values) and (image
+    queries over text keys/values), text tokens likewise; each stream has its own
+    LayerNorms, Q/K/V projections and MLP, the output projection is shared (IRENE).
+    """
+
+    def __init__(self, config: TMDLConfig) -> None:
+        super().__init__()
+        width, hidden = config.width, config.mlp_hidden
+        self.heads = config.heads
+        self.dropout = config.attention_dropout
+        self.norm_image = nn.LayerNorm(width, eps=LAYER_NORM_EPS)
+        self.norm_text = nn.LayerNorm(width, eps=LAYER_NORM_EPS)
+        self.qkv_image = nn.Linear(width, 3 * width)
+        self.qkv_text = nn.Linear(width, 3 * width)
+        self.proj = nn.Linear(width, width)
+        self.proj_drop = nn.Dropout(config.attention_dropout)
+        self.mlp_norm_image = nn.LayerNorm(width, eps=LAYER_NORM_EPS)
+        self.mlp_norm_text = nn.LayerNorm(width, eps=LAYER_NORM_EPS)
+        self.mlp_image = MLP(width, hidden, config.mlp_dropout)
+        self.mlp_text = MLP(width, hidden, config.mlp_dropout)
+
+    def forward(
+        self,
+        image: torch.Tensor,
+        text: torch.Tensor,
+        image_mask: torch.Tensor,
+        text_mask: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(M, 3n, W), (M, T+4, W) and their (M, .) bool key masks -> updated streams."""
+        qi, ki, vi = (
+            split_heads(t, self.heads)
+            for t in self.qkv_image(self.norm_image(image)).chunk(3, dim=-1)
+        )  # (M, H, 3n, D)
+        qt, kt, vt = (
+            split_heads(t, self.heads) for t in self.qkv_text(self.norm_text(text)).chunk(3, dim=-1)
+        )  # (M, H, T+4, D)
+        p = self.dropout if self.training else 0.0
+        image_out = (attend(qi, ki, vi, image_mask, p)[0] + attend(qi, kt, vt, text_mask, p)[0]) / 2
+        text_out = (attend(qt, kt, vt, text_mask, p)[0] + attend(qt, ki, vi, image_mask, p)[0]) / 2
+        image = image + self.proj_drop(self.proj(merge_heads(image_out)))
+        text = text + self.proj_drop(self.proj(merge_heads(text_out)))
+        image = image + self.mlp_image(self.mlp_norm_image(image))
+        text = text + self.mlp_text(self.mlp_norm_text(text))
+        return image, text
+
+
+class TMDL(nn.Module):
+    """The LLNM-Net transformer: per-view multimodal tokens -> patient LLNM and stage logits.
+
+    In training mode it applies modality dropout: each sample's report is dropped
+    with probability ``text_dropout``, and where at least two views are present one
+    of them is dropped with probability ``view_dropout``. A patient without any
+    view gets logit 0.
+    """
+
+    def __init__(self, config: TMDLConfig) -> None:
+        super().__init__()
+        self.config = config
+        width, n = config.width, config.patches
+        self.location = PatchEmbedding(width, config.patch_size)
+        self.texture = PatchEmbedding(width, config.patch_size)
+        self.margin = PatchEmbedding(width, config.patch_size)
+        self.image_positions = nn.Parameter(torch.zeros(1, 3 * n, width))
+        self.report = nn.Linear(config.text_width, width)
+        self.report_positions = nn.Parameter(torch.zeros(1, config.text_tokens, width))
+        self.scalars = ScalarTokens(width, config.shape_features)
+        self.embed_drop = nn.Dropout(config.embed_dropout)
+        self.bidirectional = nn.ModuleList(
+            BidirectionalBlock(config) for _ in range(config.bidirectional_blocks)
+        )
+        self.blocks = nn.ModuleList(Block(config) for _ in range(config.self_attention_blocks))
+        self.norm = nn.LayerNorm(width, eps=LAYER_NORM_EPS)
+        self.head = nn.Sequential(
+            nn.Linear(width, width),
+            nn.GELU(),
+            nn.Dropout(config.mlp_dropout),
+            nn.Linear(width, 1),
+        )
+        self.stage_head = nn.Linear(width, config.stages)
+        self.apply(_init_weights)
+        for positions in (self.image_positions, self.report_positions, self.scalars.types):
+            nn.init.trunc_normal_(positions, std=0.02)
+
+    def forward(self, batch: TMDLBatch, *, return_attention: bool = False) -> TMDLOutput:
+        """Score every view, then average the present views' logits per patient.
+
+        With ``return_attention`` the self-attention blocks compute their softmax
+        explicitly and return the (M, H, N, N) probabilities, one tensor per block.
+        """
+        self._check(batch)
+        b, v = batch.view_mask.shape
+        view_mask, text_present = batch.view_mask, batch.text_present
+        if self.training:
+            view_mask, text_present = self._modality_dropout(view_mask, text_present)
+
+        # Image stream: (M, 3n, W), every token valid.
+        image = torch.cat(
+            [
+                self.location(batch.location.flatten(0, 1)),
+                self.texture(batch.texture.flatten(0, 1)),
+                self.margin(batch.margin.flatten(0, 1)),
+            ],
+            dim=1,
+        )
+        image = self.embed_drop(image + self.image_positions)
+        image_mask = torch.ones(image.shape[:2], dtype=torch.bool, device=image.device)
+
+        # Text stream: report (T) then sex, age, echogenicity, shape -> (B, T+4, W) per patient.
+        report_mask = text_present[:, None] & batch.text.ne(0).any(dim=-1)  # (B, T)
+        report = self.report(batch.text) + self.report_positions  # (B, T, W)
+        report, report_mask = _per_view(report, v), _per_view(report_mask, v)  # (M, T, W), (M, T)
+        scalars = self.scalars(
+            _per_view(batch.sex, v),
+            _per_view(batch.age, v),
+            batch.echogenicity.flatten(0, 1),
+            batch.shape.flatten(0, 1),
+        )  # (M, 4, W)
+        text = self.embed_drop(torch.cat([report, scalars], dim=1))  # (M, T+4, W)
+        text_mask = torch.cat([report_mask, report_mask.new_ones(b * v, SCALAR_TOKENS)], dim=1)
+
+        for bidirectional in self.bidirectional:
+            image, text = bidirectional(image, text, image_mask, text_mask)
+
+        tokens = torch.cat([image, text], dim=1)  # (M, N, W)
+        key_mask = torch.cat([image_mask, text_mask], dim=1)  # (M, N)
+        attentions: list[torch.Tensor] = []
+        for block in self.blocks:
+            tokens, probs = block(tokens, key_mask, explicit=return_attention)
+            if probs is not None:
+                attentions.append(probs)
+
+        # Masked mean over valid tokens -> (M, W), then per-view logits.
+        weights = key_mask.unsqueeze(-1).to(tokens.dtype)  # (M, N, 1)
+        tokens = self.norm(tokens)
+        pooled = (tokens * weights).sum(dim=1) / weights.sum(dim=1)
+        view_logits = self.head(pooled).view(b, v)  # (B, V)
+        view_stages = self.stage_head(pooled).view(b, v, -1)  # (B, V, stages)
+
+        # Mean over present views; absent views contribute nothing (not even NaNs).
+        count = view_mask.sum(dim=1).clamp(min=1).to(view_logits.dtype)  # (B,)
+        view_logits = torch.where(view_mask, view_logits, 0.0)
+        view_stages = torch.where(view_mask.unsqueeze(-1), view_stages, 0.0)
+        return TMDLOutput(
+            logit=view_logits.sum(dim=1) / count,
+            stage_logits=view_stages.sum(dim=1) / count[:, None],
+            view_logits=view_logits,
+            attentions=attentions if return_attention else None,
+        )
+
+    def _modality_dropout(
+        self, view_mask: torch.Tensor, text_present: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Randomly drop reports and, of patients with two or more views, one present view."""
+        device = view_mask.device
+        b, v = view_mask.shape
+        text_present = text_present & (torch.rand(b, device=device) >= self.config.text_dropout)
+        # A uniformly random present view per patient: argmax of noise over present views.
+        noise = torch.rand(b, v, device=device).masked_fill(~view_mask, -1.0)
+        chosen = F.one_hot(noise.argmax(dim=1), v).bool()  # (B, V)
+        drop = (view_mask.sum(dim=1) >= 2) & (
+            torch.rand(b, device=device) < self.config.view_dropout
+        )
+        return view_mask & ~(chosen & drop[:, None]), text_present
+
+    def _check(self, batch: TMDLBatch) -> None:
+        """Raise ValueError if the batch does not fit this configuration."""
+        c = self.config
+        b, v = batch.view_mask.shape
+        expected = {
+            "location": (b, v, 1, c.image_size, c.image_size),
+            "texture": (b, v, 1, c.image_size, c.image_size),
+            "margin": (b, v, 1, c.image_size, c.image_size),
+            "echogenicity": (b, v),
+            "shape": (b, v, c.shape_features),
+            "text": (b, c.text_tokens, c.text_width),
+            "text_present": (b,),
+            "sex": (b,),
+            "age": (b,),
+        }
+        for name, shape in expected.items():
+            actual = tuple(getattr(batch, name).shape)
+            if actual != shape:
+                raise ValueError(f"batch.{name} has shape {actual}, expected {shape}")
+
+
+def _per_view(x: torch.Tensor, views: int) -> torch.Tensor:
+    """Repeat per-patient values for each view: (B, ...) -> (B * V, ...)."""
+    return x.repeat_interleave(views, dim=0)
+
+
+def _init_weights(module: nn.Module) -> None:
+    """ViT-style initialisation of linear layers (LayerNorm and conv keep torch defaults)."""
+    if isinstance(module, nn.Linear):
+        nn.init.trunc_normal_(module.weight, std=0.02)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)

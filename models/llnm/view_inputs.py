@@ -1,0 +1,101 @@
+"""One view's features as LLNM-Net inputs: three S x S maps and a few scalars.
+
+Maps
+    ``x_l`` (the CPDT map cut to the texture box), ``x_t`` and ``x_m`` are
+    letterboxed into ``size`` x ``size`` (one scale for both axes, centred,
+    zero padding), so a nodule's aspect ratio is never changed. Texture and
+    margin are resized with area averaging, the location map bilinearly.
+Scalars
+    ``echogenicity``: ``x_e`` (grey levels of the standardised crop) / 128,
+    0 when there is no ring to compare with. ``shape``: aspect ratio
+    (length / width) - 1, taller-than-wide (1 or 0), length and width in
+    units of :data:`SIZE_SCALE_MM` mm; uncalibrated views convert pixels
+    with :data:`ASSUMED_MM_PER_PIXEL`.
+Location unavailable
+    When the thyroid mask gave no location, ``x_l`` is all zeros.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+from numpy.typing import NDArray
+
+from pipeline.features import Location, NoduleFeatures
+
+SHAPE_FEATURES = 4
+SIZE_SCALE_MM = 20.0
+ASSUMED_MM_PER_PIXEL = 0.1
+ECHO_SCALE = 128.0
+
+FloatMap = NDArray[np.float32]
+
+
+@dataclass(frozen=True, eq=False)
+class ViewInputs:
+    """The model inputs of one view (float32)."""
+
+    location: FloatMap  # (S, S)
+    texture: FloatMap  # (S, S)
+    margin: FloatMap  # (S, S)
+    echogenicity: float
+    shape: NDArray[np.float32]  # (SHAPE_FEATURES,)
+
+
+def letterbox(values: FloatMap, size: int, interpolation: int) -> FloatMap:
+    """``values`` (h, w) resized into (size, size) with its aspect ratio kept, centred, 0-padded.
+
+    Raises
+    ------
+    ValueError
+        If ``values`` is empty or ``size`` is not positive.
+    """
+    height, width = values.shape
+    if height == 0 or width == 0 or size < 1:
+        raise ValueError(f"cannot letterbox a {values.shape} map into {size}x{size}")
+    scale = size / max(height, width)
+    new_h, new_w = max(1, round(height * scale)), max(1, round(width * scale))
+    resized = cv2.resize(
+        np.ascontiguousarray(values, dtype=np.float32), (new_w, new_h), interpolation=interpolation
+    )
+    out = np.zeros((size, size), dtype=np.float32)
+    top, left = (size - new_h) // 2, (size - new_w) // 2
+    out[top : top + new_h, left : left + new_w] = resized
+    return out
+
+
+def shape_vector(nodule: NoduleFeatures) -> NDArray[np.float32]:
+    """``x_s`` as :data:`SHAPE_FEATURES` scalars (module docstring)."""
+    if nodule.shape_mm is not None:
+        length, width = nodule.shape_mm.length, nodule.shape_mm.width
+    else:
+        length = nodule.shape_px.length * ASSUMED_MM_PER_PIXEL
+        width = nodule.shape_px.width * ASSUMED_MM_PER_PIXEL
+    return np.array(
+        [
+            nodule.shape_px.aspect_ratio - 1.0,
+            1.0 if nodule.shape_px.taller_than_wide else 0.0,
+            length / SIZE_SCALE_MM,
+            width / SIZE_SCALE_MM,
+        ],
+        dtype=np.float32,
+    )
+
+
+def view_inputs(nodule: NoduleFeatures, size: int) -> ViewInputs:
+    """The inputs of a view's index nodule, maps letterboxed to ``size`` x ``size``."""
+    x0, y0, x1, y1 = nodule.box
+    if isinstance(nodule.location, Location):
+        location = letterbox(nodule.location.cpdt[y0:y1, x0:x1], size, cv2.INTER_LINEAR)
+    else:
+        location = np.zeros((size, size), dtype=np.float32)
+    difference = nodule.echogenicity.difference
+    return ViewInputs(
+        location=location,
+        texture=letterbox(nodule.texture, size, cv2.INTER_AREA),
+        margin=letterbox(nodule.margin, size, cv2.INTER_AREA),
+        echogenicity=0.0 if difference is None else difference / ECHO_SCALE,
+        shape=shape_vector(nodule),
+    )

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
 from typing import Any, cast
 
@@ -455,15 +455,36 @@ def finish_job(session: Session, *, job_id: int, outcome: str | None = None) -> 
     )
 
 
+@dataclass(frozen=True)
+class Prediction:
+    """What the model said about a study, as the results table keeps it."""
+
+    probability: float
+    threshold: float
+    positive: bool
+    risk_stage: int
+    bundle_name: str
+    bundle_version: str
+    synthetic_bundle: bool
+    report_text_used: bool
+    contributions: dict[str, float]
+
+
 def save_result(
-    session: Session, *, job_id: int, outcome: str, detail: dict[str, Any] | None = None
+    session: Session,
+    *,
+    job_id: int,
+    outcome: str,
+    detail: dict[str, Any] | None = None,
+    prediction: Prediction | None = None,
 ) -> Result:
     """Record the job's result, replacing the one an earlier attempt may have left."""
     existing = session.scalar(select(Result).where(Result.job_fk == job_id))
     if existing is not None:
         session.delete(existing)
         session.flush()
-    result = Result(job_fk=job_id, outcome=outcome, detail=detail)
+    values = {} if prediction is None else asdict(prediction)
+    result = Result(job_fk=job_id, outcome=outcome, detail=detail, **values)
     session.add(result)
     session.flush()
     return result

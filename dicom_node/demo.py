@@ -127,7 +127,7 @@ def _exercise(console: Console, node: Node, settings: Settings) -> int:
         "capsule",
         "result",
         "error",
-        title="Jobs (intake, deidentify, crop, segment, features)",
+        title="Jobs (intake, deidentify, crop, segment, features, infer)",
     )
     with node.database.session() as session:
         for job in jobs:
@@ -147,7 +147,7 @@ def _exercise(console: Console, node: Node, settings: Settings) -> int:
                 _crop_cell(crop),
                 _nodule_cell(features),
                 _capsule_cell(features),
-                detail.result.outcome if detail.result else "-",
+                _result_cell(detail.result),
                 (job.error or "")[:60],
             )
     console.print(results)
@@ -188,3 +188,13 @@ def _capsule_cell(features: dict[str, Any]) -> str:
         return "-"
     value, unit = min(distances)
     return f"{value:.1f} {unit}"
+
+
+def _result_cell(result: queries.ResultRow | None) -> str:
+    """The LLNM probability and risk stage, or the outcome that explains why there is none."""
+    if result is None:
+        return "-"
+    if result.probability is None:
+        return result.outcome
+    label = " NOT FOR CLINICAL USE" if result.synthetic_bundle else ""
+    return f"LLNM {result.probability:.2f}, stage {result.risk_stage}{label}"

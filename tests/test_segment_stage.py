@@ -177,7 +177,7 @@ def test_demo_bundle_job_measures_the_nodule_of_a_phantom(
     assert time.monotonic() - started < 120
     with node.database.session() as session:
         detail = queries.job_detail(session, job_id=job.id)
-    assert detail.result is None  # a nodule was found: the model stage will predict
+    assert detail.result is not None and detail.result.outcome == "predicted"
     summary = next(
         e.detail["summary"]
         for e in detail.events

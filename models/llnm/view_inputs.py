@@ -66,6 +66,16 @@ def letterbox(values: FloatMap, size: int, interpolation: int) -> FloatMap:
     return out
 
 
+def unletterbox(values: FloatMap, height: int, width: int) -> FloatMap:
+    """The inverse of :func:`letterbox`: an (S, S) map back to (height, width), bilinearly."""
+    size = values.shape[0]
+    scale = size / max(height, width)
+    new_h, new_w = max(1, round(height * scale)), max(1, round(width * scale))
+    top, left = (size - new_h) // 2, (size - new_w) // 2
+    inner = np.ascontiguousarray(values[top : top + new_h, left : left + new_w], dtype=np.float32)
+    return np.asarray(cv2.resize(inner, (width, height), interpolation=cv2.INTER_LINEAR))
+
+
 def shape_vector(nodule: NoduleFeatures) -> NDArray[np.float32]:
     """``x_s`` as :data:`SHAPE_FEATURES` scalars (module docstring)."""
     if nodule.shape_mm is not None:

@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
-# Rebuild the demo bundle's segmenters (models/demo_bundle/{nodule,thyroid}) from phantoms.
-# Synthetic data only: NOT FOR CLINICAL USE. About 45 minutes on 2 CPU cores.
-# Usage: bash scripts/train_demo_segmenters.sh [SCRATCH_DIR]
+# Rebuild the demo model bundle (models/demo_bundle: nodule, thyroid, llnm) from phantoms.
+# Synthetic data only: NOT FOR CLINICAL USE. About 50 minutes on 2 CPU cores.
+# Usage: bash scripts/train_demo_bundle.sh [SCRATCH_DIR]
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scratch="${1:-$(mktemp -d -t llnm-demo-seg-XXXXXX)}"
+scratch="${1:-$(mktemp -d -t llnm-demo-bundle-XXXXXX)}"
 bundle=models/demo_bundle
 node=.venv/bin/llnm-node
 
@@ -13,9 +13,13 @@ node=.venv/bin/llnm-node
     --epochs 50 --batch-size 8 --seed 0 --patience 15 --learning-rate 2e-3 --half
 "$node" train-seg thyroid --data "$scratch/phantoms" --out "$scratch/thyroid" \
     --epochs 15 --batch-size 8 --seed 0 --patience 5 --height 192 --width 256 --half
+"$node" train --data "$scratch/phantoms" --out "$scratch/llnm" --size tiny --epochs 40 --seed 0 --half
 for target in nodule thyroid; do
   mkdir -p "$bundle/$target"
   cp "$scratch/$target"/{model.safetensors,config.json,metrics.json,training_curve.png} \
     "$bundle/$target/"
 done
+mkdir -p "$bundle/llnm"
+cp "$scratch/llnm"/{model.safetensors,config.json,metrics.json,training_curve.png} \
+  "$scratch/llnm"/validation_{roc,calibration}.png "$bundle/llnm/"
 "$node" bundle seal "$bundle" --name llnm-demo --version 0.1.0

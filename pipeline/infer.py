@@ -1,0 +1,267 @@
+"""Infer stage: LLNM-Net on the measured views of a study (queue ``gpu``).
+
+Model
+    The bundle's ``llnm/`` component (:mod:`models.llnm.weights`) with the text
+    encoder its manifest names (``text_encoder.folder``; the packaged
+    all-MiniLM-L6-v2 when it names none), loaded once per process after the
+    bundle's checksums are verified (:class:`LlnmLoader`). The decision
+    threshold is the manifest's ``metrics.llnm.threshold`` (default 0.5).
+Views
+    Views whose index nodule was found are used, at most two: the first
+    transverse and the first longitudinal one when there are both, else the
+    first two in study order. Age, sex and the redacted report text come from
+    de-identification; a missing report or a single view is fine.
+Output
+    The LLNM probability, positive at the threshold, the risk stage (1-3) and
+    its probabilities, per-input contributions in percent (attention
+    rollout) and, per used view, the Grad-CAM++ heatmap mapped back onto the
+    crop (``work_dir/infer/NNN_heatmap.png``, 8-bit, 0 outside the nodule
+    box). The job's result records it all with the bundle's name, version
+    and synthetic flag; a synthetic bundle's result carries NOT FOR CLINICAL USE.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+from sqlalchemy.orm import Session
+
+from db import queries
+from models.bundle import Manifest, verify_bundle
+from models.llnm.config import TMDLConfig
+from models.llnm.explain import explain
+from models.llnm.text import TextEncoder
+from models.llnm.tmdl import TMDL, TMDLBatch
+from models.llnm.view_inputs import unletterbox, view_inputs
+from models.llnm.weights import load_tmdl
+from models.segmentation.segmenter import select_device
+from pipeline.contracts import ModelInputs
+from pipeline.features.stage import MeasuredStudy, MeasuredView
+from pipeline.stage import Stage, StageError
+
+LLNM_DIR = "llnm"
+DEFAULT_THRESHOLD = 0.5
+PREDICTED = "predicted"
+
+
+@dataclass(frozen=True)
+class LoadedLlnm:
+    """LLNM-Net, its text encoder and the bundle they came from."""
+
+    model: TMDL
+    config: TMDLConfig
+    encoder: TextEncoder
+    manifest: Manifest
+    threshold: float
+    device: torch.device
+
+
+class LlnmLoader:
+    """Loads a bundle's LLNM-Net on first call and returns the same one after (thread-safe)."""
+
+    def __init__(self, bundle_dir: Path, device: torch.device | None = None) -> None:
+        self.bundle_dir = bundle_dir
+        self._device = device
+        self._lock = threading.Lock()
+        self._loaded: LoadedLlnm | None = None
+
+    def __call__(self) -> LoadedLlnm:
+        """The model, loading it the first time.
+
+        Raises
+        ------
+        models.bundle.BundleError
+            If the bundle is not sealed, altered, or holds a disallowed file.
+        StageError
+            If the bundle has no LLNM-Net component.
+        """
+        with self._lock:
+            if self._loaded is None:
+                manifest = verify_bundle(self.bundle_dir)
+                if LLNM_DIR not in manifest.architecture:
+                    raise StageError(
+                        f"the model bundle {manifest.name} has no LLNM-Net ({LLNM_DIR}/)"
+                    )
+                device = self._device or select_device()
+                model, config = load_tmdl(self.bundle_dir / LLNM_DIR, device)
+                reference = (manifest.text_encoder or {}).get("folder")
+                encoder = TextEncoder(
+                    None if reference is None else Path(reference), device, config.text_tokens
+                )
+                threshold = manifest.metrics.get(LLNM_DIR, {}).get("threshold", DEFAULT_THRESHOLD)
+                self._loaded = LoadedLlnm(
+                    model, config, encoder, manifest, float(threshold), device
+                )
+            return self._loaded
+
+
+@dataclass(frozen=True)
+class PredictedStudy:
+    """The infer stage's output: the prediction and what it was made from."""
+
+    job_id: int
+    work_dir: Path
+    views: tuple[MeasuredView, ...]  # the views the model saw
+    prediction: queries.Prediction
+    stage_probabilities: tuple[float, ...]
+    heatmaps: tuple[Path, ...]  # one per used view, at crop resolution
+    clinical_use_label: str | None
+
+
+def choose_views(study: MeasuredStudy[ModelInputs]) -> tuple[MeasuredView, ...]:
+    """At most two views with a nodule, a transverse and a longitudinal one first."""
+    found = [v for v in study.views if v.features.index is not None]
+    transverse = [v for v in found if v.features.view == "transverse"]
+    longitudinal = [v for v in found if v.features.view == "longitudinal"]
+    if transverse and longitudinal:
+        return (transverse[0], longitudinal[0])
+    return tuple(found[:2])
+
+
+def _batch(
+    views: tuple[MeasuredView, ...], inputs: ModelInputs, llnm: LoadedLlnm
+) -> tuple[TMDLBatch, bool]:
+    size = llnm.config.image_size
+    per_view = []
+    for view in views:
+        index = view.features.index
+        if index is None:
+            raise StageError("a chosen view has no nodule")
+        per_view.append(view_inputs(index, size))
+
+    def maps(name: str) -> torch.Tensor:
+        stacked = np.stack([getattr(v, name) for v in per_view])  # (V, S, S)
+        return torch.from_numpy(stacked)[None, :, None]  # (1, V, 1, S, S)
+
+    tokens, present = llnm.encoder.encode([inputs.report_text])
+    sex = {"F": 1.0, "M": -1.0}.get(inputs.sex or "", 0.0)
+    batch = TMDLBatch(
+        location=maps("location"),
+        texture=maps("texture"),
+        margin=maps("margin"),
+        echogenicity=torch.tensor([[v.echogenicity for v in per_view]], dtype=torch.float32),
+        shape=torch.from_numpy(np.stack([v.shape for v in per_view]))[None],
+        view_mask=torch.ones((1, len(per_view)), dtype=torch.bool),
+        text=tokens.cpu(),
+        text_present=present.cpu(),
+        sex=torch.tensor([sex]),
+        age=torch.tensor([(inputs.age_years or 0.0) / 100.0]),
+    )
+    return batch.to(llnm.device), bool(present[0])
+
+
+def _write_heatmap(path: Path, view: MeasuredView, heatmap: np.ndarray[Any, Any]) -> Path:
+    """The (S, S) map of a view's texture box, placed onto a crop-sized 8-bit image."""
+    index = view.features.index
+    assert index is not None
+    crop = view.segmented.crop
+    x0, y0, x1, y1 = index.box
+    canvas = np.zeros((crop.rows, crop.columns), dtype=np.uint8)
+    values = unletterbox(heatmap.astype(np.float32), y1 - y0, x1 - x0)
+    canvas[y0:y1, x0:x1] = np.clip(values * 255.0, 0, 255).astype(np.uint8)
+    if not cv2.imwrite(str(path), canvas):
+        raise OSError(f"could not write {path}")
+    return path
+
+
+def infer_study(study: MeasuredStudy[ModelInputs], llnm: LoadedLlnm) -> PredictedStudy:
+    """Predict LLNM for ``study`` with explanations (module docstring).
+
+    Raises
+    ------
+    StageError
+        If no view holds a nodule (the features stage ends such jobs before).
+    """
+    views = choose_views(study)
+    if not views:
+        raise StageError("no view with a nodule to predict from")
+    batch, report_used = _batch(views, study.inputs, llnm)
+    explanation = explain(llnm.model, batch)
+    probability = float(torch.sigmoid(explanation.logit.float())[0])
+    stages = torch.softmax(explanation.stage_logits.float(), dim=-1)[0].cpu()
+    out_dir = study.work_dir / "infer"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    combined = explanation.heatmaps["combined"][0].float().cpu().numpy()  # (V, S, S)
+    heatmaps = tuple(
+        _write_heatmap(out_dir / f"{view.segmented.crop.png_path.stem}_heatmap.png", view, heat)
+        for view, heat in zip(views, combined, strict=True)
+    )
+    manifest = llnm.manifest
+    return PredictedStudy(
+        job_id=study.job_id,
+        work_dir=study.work_dir,
+        views=views,
+        prediction=queries.Prediction(
+            probability=probability,
+            threshold=llnm.threshold,
+            positive=probability >= llnm.threshold,
+            risk_stage=int(stages.argmax()) + 1,
+            bundle_name=manifest.name,
+            bundle_version=manifest.version,
+            synthetic_bundle=manifest.synthetic,
+            report_text_used=report_used,
+            contributions={k: round(v, 2) for k, v in explanation.contributions[0].items()},
+        ),
+        stage_probabilities=tuple(float(p) for p in stages),
+        heatmaps=heatmaps,
+        clinical_use_label=manifest.clinical_use_label,
+    )
+
+
+def _detail(study: PredictedStudy) -> dict[str, Any]:
+    return {
+        "stage_probabilities": [round(p, 4) for p in study.stage_probabilities],
+        "views": [
+            {
+                "sop_instance_uid": v.segmented.crop.sop_instance_uid,
+                "view": v.features.view,
+                "heatmap": heatmap.relative_to(study.work_dir).as_posix(),
+            }
+            for v, heatmap in zip(study.views, study.heatmaps, strict=True)
+        ],
+        "clinical_use_label": study.clinical_use_label,
+    }
+
+
+def summarize_prediction(study: PredictedStudy) -> dict[str, Any]:
+    """The prediction for the audit trail (no pixels, no patient data)."""
+    p = study.prediction
+    return {
+        "probability": round(p.probability, 4),
+        "positive": p.positive,
+        "threshold": p.threshold,
+        "risk_stage": p.risk_stage,
+        "report_text_used": p.report_text_used,
+        "contributions": p.contributions,
+        "bundle": f"{p.bundle_name} {p.bundle_version}",
+        **_detail(study),
+    }
+
+
+def store_prediction(session: Session, job_id: int, study: PredictedStudy) -> PredictedStudy:
+    """Record the prediction as the job's result."""
+    queries.save_result(
+        session,
+        job_id=job_id,
+        outcome=PREDICTED,
+        prediction=study.prediction,
+        detail=_detail(study),
+    )
+    return study
+
+
+def infer_stage(loader: LlnmLoader) -> Stage[MeasuredStudy[ModelInputs], PredictedStudy]:
+    """The infer stage, using the model ``loader`` provides."""
+    return Stage(
+        name="infer",
+        run=lambda study: infer_study(study, loader()),
+        summarize=summarize_prediction,
+        queue="gpu",
+        store=store_prediction,
+    )

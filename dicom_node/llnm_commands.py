@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Annotated
 
@@ -27,13 +28,17 @@ def train(
     ] = None,
     half: Annotated[bool, typer.Option("--half", help="Keep the weights as float16.")] = False,
     resume: Annotated[bool, typer.Option("--resume", help="Continue from OUT/checkpoint.")] = False,
+    withhold: Annotated[
+        list[str] | None,
+        typer.Option(help="Ablation: an input the model never sees (repeatable), e.g. report."),
+    ] = None,
 ) -> None:
     """Train LLNM-Net (TMDL); the kept epoch is the one with the best validation AUC."""
     from models.llnm.config import TMDLConfig
     from models.llnm.training import TMDLTrainOptions, train_tmdl
 
     try:
-        config = TMDLConfig.preset(size)
+        config = dataclasses.replace(TMDLConfig.preset(size), withheld=tuple(withhold or ()))
         options = TMDLTrainOptions(
             epochs=epochs,
             batch_size=batch_size,

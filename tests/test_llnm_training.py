@@ -171,3 +171,19 @@ def test_train_writes_a_run_resumes_and_evaluates(phantoms: Path, tmp_path: Path
 def test_train_refuses_a_missing_data_set(tmp_path: Path) -> None:
     result = runner.invoke(app, ["train", "--data", str(tmp_path), "--out", str(tmp_path / "o")])
     assert result.exit_code == 1 and "cases.csv" in result.output
+
+
+def test_an_ablation_run_keeps_its_withheld_inputs_through_resume(
+    phantoms: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "no-report"
+    train(phantoms, out, "--epochs", "1", "--withhold", "report", "--withhold", "location")
+    assert json.loads((out / "config.json").read_text())["withheld"] == ["report", "location"]
+    resumed = train(phantoms, out, "--epochs", "2", "--withhold", "report", "--withhold",
+                    "location", "--resume")  # fmt: skip
+    assert [row["epoch"] for row in resumed["history"]] == [1, 2]
+    _, config = load_tmdl(out, torch.device("cpu"))
+    assert config.withheld == ("report", "location")
+    refused = runner.invoke(app, ["train", "--data", str(phantoms), "--out", str(tmp_path / "x"),
+                                  "--withhold", "pixels"])  # fmt: skip
+    assert refused.exit_code == 1 and "cannot withhold" in refused.output

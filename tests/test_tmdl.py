@@ -306,3 +306,27 @@ def test_base_preset_size() -> None:
     print(f"TMDL base: {parameters / 1e6:.1f} M parameters")
     # 12 self-attention blocks of 7.1 M, 4 bidirectional blocks of 13.6 M, embeddings and heads.
     assert 138e6 < parameters < 144e6
+
+
+# --- ablations: withheld inputs ----------------------------------------------------------------
+
+
+def test_withheld_inputs_round_trip_and_are_checked() -> None:
+    config = replace(MINI, withheld=("location", "report"))
+    data = json.loads(json.dumps(config.to_dict()))
+    assert data["withheld"] == ["location", "report"]
+    assert TMDLConfig.from_dict(data) == config
+    with pytest.raises(ValueError, match="cannot withhold"):
+        replace(MINI, withheld=("pixels",))
+
+
+def test_withheld_inputs_do_not_reach_the_model() -> None:
+    torch.manual_seed(0)
+    model = TMDL(replace(MINI, withheld=("location", "report", "age"))).eval()
+    batch = make_batch(MINI)
+    other = make_batch(MINI, seed=5)
+    changed = replace(batch, location=other.location, text=other.text, age=other.age + 0.3)
+    with torch.inference_mode():
+        torch.testing.assert_close(model(batch).logit, model(changed).logit)
+        moved = replace(batch, texture=other.texture)
+        assert not torch.allclose(model(batch).logit, model(moved).logit)

@@ -6,6 +6,10 @@ from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
 PRESETS: tuple[str, ...] = ("tiny", "base")
+# Inputs an ablation may withhold: maps become zeros, the report absent, scalars zero.
+WITHHOLDABLE: tuple[str, ...] = (
+    "location", "texture", "margin", "report", "sex", "age", "echogenicity", "shape",
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -34,6 +38,7 @@ class TMDLConfig:
     text_dropout: float = 0.3  # training only: probability a sample's report is dropped
     view_dropout: float = 0.2  # training only: probability one of two present views is dropped
     stages: int = 3
+    withheld: tuple[str, ...] = ()  # ablations: inputs the model never sees (WITHHOLDABLE)
 
     def __post_init__(self) -> None:
         positive = {
@@ -72,6 +77,9 @@ class TMDLConfig:
             probability = getattr(self, name)
             if not 0.0 <= probability < 1.0:
                 raise ValueError(f"{name} must lie in [0, 1), not {probability}")
+        unknown = set(self.withheld) - set(WITHHOLDABLE)
+        if unknown:
+            raise ValueError(f"cannot withhold {sorted(unknown)}; inputs are {WITHHOLDABLE}")
 
     @property
     def patches(self) -> int:
@@ -112,7 +120,9 @@ class TMDLConfig:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready fields."""
-        return asdict(self)
+        data = asdict(self)
+        data["withheld"] = list(self.withheld)
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TMDLConfig:
@@ -126,4 +136,7 @@ class TMDLConfig:
         unknown = set(data) - {f.name for f in fields(cls)}
         if unknown:
             raise ValueError(f"unknown TMDL config fields: {sorted(unknown)}")
-        return cls(**data)
+        values = dict(data)
+        if "withheld" in values:
+            values["withheld"] = tuple(values["withheld"])
+        return cls(**values)

@@ -26,7 +26,7 @@ import torch
 from torch import nn
 from torch.nn import functional
 
-from models.llnm.tmdl import TMDL, TMDLBatch, token_groups
+from models.llnm.tmdl import TMDL, TMDLBatch, token_groups, withhold
 
 CONTRIBUTION_GROUPS = (
     "location", "texture", "margin", "echogenicity", "shape", "report", "sex", "age",
@@ -64,6 +64,7 @@ def contributions(
     """Per patient, each input group's share of the rollout relevance in percent."""
     b, v = batch.view_mask.shape
     config = model.config
+    batch = withhold(batch, config.withheld)
     report_mask = batch.text_present[:, None] & batch.text.ne(0).any(dim=-1)  # (B, T)
     report_mask = report_mask.repeat_interleave(v, dim=0)  # (M, T)
     image_tokens = 3 * config.patches

@@ -304,6 +304,7 @@ class TMDL(nn.Module):
         explicitly and return the (M, H, N, N) probabilities, one tensor per block.
         """
         self._check(batch)
+        batch = withhold(batch, self.config.withheld)
         b, v = batch.view_mask.shape
         view_mask, text_present = batch.view_mask, batch.text_present
         if self.training:
@@ -397,6 +398,22 @@ class TMDL(nn.Module):
             actual = tuple(getattr(batch, name).shape)
             if actual != shape:
                 raise ValueError(f"batch.{name} has shape {actual}, expected {shape}")
+
+
+def withhold(batch: TMDLBatch, names: tuple[str, ...]) -> TMDLBatch:
+    """``batch`` with the named inputs carrying no information (ablations).
+
+    Maps and scalars become zeros; a withheld report is absent for every patient.
+    """
+    if not names:
+        return batch
+    values = {f.name: getattr(batch, f.name) for f in fields(batch)}
+    for name in names:
+        if name == "report":
+            values["text_present"] = torch.zeros_like(batch.text_present)
+        else:
+            values[name] = torch.zeros_like(values[name])
+    return TMDLBatch(**values)
 
 
 def _per_view(x: torch.Tensor, views: int) -> torch.Tensor:

@@ -871,7 +871,7 @@ def test_sigterm_stops_cleanly_and_restart_recovers_running_job(
     assert raw_store(node.port, files) == [0x0000, 0x0000]
     wait_for(
         lambda: [_job_of(node, s).state for s in (done_study, interrupted_study)] == ["done"] * 2,
-        20,
+        90,  # a cold process loads the segmenters and LLNM-Net first
         "both jobs done",
     )
 
@@ -887,7 +887,7 @@ def test_sigterm_stops_cleanly_and_restart_recovers_running_job(
 
     node.start()
     node.wait_ready()
-    wait_for(lambda: _job_of(node, interrupted_study).state == "done", 20, "recovered job done")
+    wait_for(lambda: _job_of(node, interrupted_study).state == "done", 90, "recovered job done")
     recovered = _job_of(node, interrupted_study)
     assert (recovered.id, recovered.version, recovered.attempts) == (job.id, 1, 2)
     (event,) = node.events("job.recovered")

@@ -51,7 +51,8 @@ def events(node: Node, kind: str) -> list[Event]:
         return list(session.scalars(select(Event).where(Event.kind == kind)))
 
 
-def wait_for(predicate: Callable[[], bool], timeout: float = 15.0) -> None:
+# Jobs run the whole pipeline (segmenters and LLNM-Net on the CPU): allow for a busy CI machine.
+def wait_for(predicate: Callable[[], bool], timeout: float = 60.0) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
         if time.monotonic() > deadline:

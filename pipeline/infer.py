@@ -38,7 +38,7 @@ from models.llnm.config import TMDLConfig
 from models.llnm.explain import explain
 from models.llnm.text import TextEncoder
 from models.llnm.tmdl import TMDL, TMDLBatch
-from models.llnm.view_inputs import unletterbox, view_inputs
+from models.llnm.view_inputs import demographics, unletterbox, view_inputs
 from models.llnm.weights import load_tmdl
 from models.segmentation.segmenter import select_device
 from pipeline.contracts import ModelInputs
@@ -140,7 +140,7 @@ def _batch(
         return torch.from_numpy(stacked)[None, :, None]  # (1, V, 1, S, S)
 
     tokens, present = llnm.encoder.encode([inputs.report_text])
-    sex = {"F": 1.0, "M": -1.0}.get(inputs.sex or "", 0.0)
+    sex, age = demographics(inputs.sex, inputs.age_years)
     batch = TMDLBatch(
         location=maps("location"),
         texture=maps("texture"),
@@ -151,7 +151,7 @@ def _batch(
         text=tokens.cpu(),
         text_present=present.cpu(),
         sex=torch.tensor([sex]),
-        age=torch.tensor([(inputs.age_years or 0.0) / 100.0]),
+        age=torch.tensor([age]),
     )
     return batch.to(llnm.device), bool(present[0])
 

@@ -38,7 +38,7 @@ from numpy.typing import NDArray
 from rich.progress import track
 from safetensors.torch import load_file, save_file
 
-from models.llnm.view_inputs import SHAPE_FEATURES, view_inputs
+from models.llnm.view_inputs import SHAPE_FEATURES, demographics, view_inputs
 from pipeline.crop import standardise_brightness
 from pipeline.features import View, extract_view
 
@@ -254,6 +254,7 @@ def view_crop_and_masks(
 def build_features(patients: list[Patient], size: int, *, progress: bool = True) -> FeatureTable:
     """Extract every view's features and letterbox its maps to ``size`` (module docstring)."""
     n, v = len(patients), len(VIEWS)
+    people = np.array([demographics(p.sex, p.age_years) for p in patients], np.float32)
     arrays: dict[str, NDArray[Any]] = {
         "location": np.zeros((n, v, size, size), np.float32),
         "texture": np.zeros((n, v, size, size), np.float32),
@@ -261,10 +262,8 @@ def build_features(patients: list[Patient], size: int, *, progress: bool = True)
         "echogenicity": np.zeros((n, v), np.float32),
         "shape": np.zeros((n, v, SHAPE_FEATURES), np.float32),
         "view_mask": np.zeros((n, v), np.bool_),
-        "age": np.array([(p.age_years or 0.0) / 100.0 for p in patients], np.float32),
-        "sex": np.array(
-            [{"F": 1.0, "M": -1.0}.get(p.sex or "", 0.0) for p in patients], np.float32
-        ),
+        "sex": people[:, 0].copy(),
+        "age": people[:, 1].copy(),
     }
     for i, patient in enumerate(track(patients, "extracting features", disable=not progress)):
         for j, (files, plane) in enumerate(zip(patient.views, VIEWS, strict=True)):

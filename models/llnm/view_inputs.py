@@ -44,6 +44,11 @@ class ViewInputs:
     shape: NDArray[np.float32]  # (SHAPE_FEATURES,)
 
 
+def demographics(sex: str | None, age_years: float | None) -> tuple[float, float]:
+    """Sex as 1 (F), -1 (M) or 0 (unknown) and age as years / 100 (0 when unknown)."""
+    return {"F": 1.0, "M": -1.0}.get(sex or "", 0.0), (age_years or 0.0) / 100.0
+
+
 def letterbox(values: FloatMap, size: int, interpolation: int) -> FloatMap:
     """``values`` (h, w) resized into (size, size) with its aspect ratio kept, centred, 0-padded.
 

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import cv2
 import numpy as np
+import torch
 from numpy.typing import NDArray
 
 from models.segmentation.config import AnyConfig
@@ -96,6 +98,16 @@ def prepare(crop: NDArray[np.uint8], config: AnyConfig) -> tuple[NDArray[np.floa
     box = Letterbox.fit(image.shape[0], image.shape[1], config.input_height, config.input_width)
     padded = box.apply(image, (config.input_height, config.input_width))
     return normalise(padded, config), box
+
+
+def prepared_batches(
+    crops: Sequence[NDArray[np.uint8]], config: AnyConfig, batch_size: int
+) -> Iterator[tuple[torch.Tensor, list[Letterbox]]]:
+    """Network inputs (B, 1, H, W) of ``batch_size`` crops at a time, with their placements."""
+    for start in range(0, len(crops), batch_size):
+        prepared = [prepare(crop, config) for crop in crops[start : start + batch_size]]
+        batch = torch.from_numpy(np.stack([x for x, _ in prepared]))[:, None]  # (B, 1, H, W)
+        yield batch, [box for _, box in prepared]
 
 
 def normalise(image: NDArray[np.generic], config: AnyConfig) -> NDArray[np.float32]:

@@ -21,7 +21,7 @@ from torch import nn
 from torch.nn import functional
 
 from models.segmentation.config import YoloSegConfig
-from models.segmentation.letterbox import prepare
+from models.segmentation.letterbox import prepared_batches
 from models.segmentation.segmenter import Segmenter
 from models.segmentation.yolo_offline import (
     SegmentationModel,
@@ -110,9 +110,7 @@ def yolo_probabilities(
         raise ValueError("yolo_probabilities needs a YOLOv8-seg segmenter")
     shape = (config.input_height, config.input_width)
     out: list[NDArray[np.float32]] = []
-    for start in range(0, len(crops), batch_size):
-        prepared = [prepare(crop, config) for crop in crops[start : start + batch_size]]
-        batch = torch.from_numpy(np.stack([x for x, _ in prepared]))[:, None]  # (B, 1, H, W)
+    for batch, boxes in prepared_batches(crops, config, batch_size):  # (B, 1, H, W)
         with torch.inference_mode():
             (raw, protos), _ = segmenter.model(batch.to(segmenter.device))
             kept = non_max_suppression(
@@ -123,5 +121,5 @@ def yolo_probabilities(
                 _merged_probability(d, p, shape).float().cpu().numpy()
                 for d, p in zip(kept, protos, strict=True)
             ]
-        out.extend(box.restore(m) for m, (_, box) in zip(maps, prepared, strict=True))
+        out.extend(box.restore(m) for m, box in zip(maps, boxes, strict=True))
     return out

@@ -17,7 +17,7 @@ from numpy.typing import NDArray
 from torch import nn
 
 from models.segmentation.config import SegmenterConfig
-from models.segmentation.letterbox import prepare
+from models.segmentation.letterbox import prepared_batches
 from models.segmentation.segmenter import Segmenter
 
 
@@ -40,11 +40,9 @@ def unet_probabilities(
     """Foreground probabilities (H, W) of each crop at the crop's own resolution."""
     config = segmenter.config
     out: list[NDArray[np.float32]] = []
-    for start in range(0, len(crops), batch_size):
-        prepared = [prepare(crop, config) for crop in crops[start : start + batch_size]]
-        batch = torch.from_numpy(np.stack([x for x, _ in prepared]))[:, None]  # (B, 1, H, W)
+    for batch, boxes in prepared_batches(crops, config, batch_size):  # (B, 1, H, W)
         with torch.inference_mode():
             logits = segmenter.model(batch.to(segmenter.device))  # (B, 1, H, W)
             probabilities = torch.sigmoid(logits)[:, 0].float().cpu().numpy()  # (B, H, W)
-        out.extend(box.restore(p) for p, (_, box) in zip(probabilities, prepared, strict=True))
+        out.extend(box.restore(p) for p, box in zip(probabilities, boxes, strict=True))
     return out

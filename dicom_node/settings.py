@@ -166,6 +166,84 @@ class ModelSettings(_Section):
     bundle_dir: Path = DEMO_BUNDLE_DIR
 
 
+class ReportSettings(_Section):
+    """What the report stage makes besides the SR and the heatmap secondary captures."""
+
+    # Also a DICOM SEG of the nodule and thyroid masks.
+    segmentation: bool = False
+    # A failed job sends a short SR that says the analysis failed and why.
+    failure_report: bool = True
+
+
+class DestinationTLS(_Section):
+    """TLS towards one destination (client side)."""
+
+    enabled: bool = False
+    ca_file: Path | None = None  # verify the peer against this CA (system CAs when unset)
+    cert_file: Path | None = None  # client certificate, when the peer asks for one
+    key_file: Path | None = None
+
+
+class Destination(_Section):
+    """A DICOM AE the results are sent to by C-STORE."""
+
+    name: str = Field(min_length=1, max_length=64)
+    ae_title: str
+    host: str
+    port: int = Field(ge=1, le=65535)
+    tls: DestinationTLS = Field(default_factory=DestinationTLS)
+    # Send every job's results here, whoever sent the study.
+    always: bool = False
+
+    _check_ae = field_validator("ae_title")(_check_ae_title)
+
+
+class ExportSettings(_Section):
+    """Where results go and how hard the node tries."""
+
+    destinations: list[Destination] = Field(default_factory=list)
+    # Results of a study go back to the destination whose AE title is the study's calling AE.
+    return_to_sender: bool = True
+    # The node's AE title when it calls a destination (default: dicom.ae_title).
+    calling_ae_title: str | None = None
+    # Attempts per object and destination before the export is dead.
+    max_attempts: int = Field(8, ge=1)
+    # Wait before attempt n + 1 is min(initial_backoff_s * 2 ** (n - 1), max_backoff_s).
+    initial_backoff_s: float = Field(5.0, ge=0)
+    max_backoff_s: float = Field(600.0, ge=0)
+    # How often the exporter looks for due exports.
+    poll_seconds: float = Field(1.0, gt=0)
+
+    @field_validator("destinations")
+    @classmethod
+    def _unique_names(cls, destinations: list[Destination]) -> list[Destination]:
+        names = [d.name for d in destinations]
+        if len(set(names)) != len(names):
+            raise ValueError("export destination names must be unique")
+        return destinations
+
+    def destinations_for(self, calling_ae: str) -> tuple[str, ...]:
+        """Names of the destinations for a study sent by ``calling_ae``, in configured order."""
+        return tuple(
+            d.name
+            for d in self.destinations
+            if d.always or (self.return_to_sender and d.ae_title == calling_ae.strip())
+        )
+
+    def destination(self, name: str) -> Destination:
+        """The destination called ``name``.
+
+        Raises
+        ------
+        KeyError
+            If no destination has that name (e.g. removed from the configuration).
+        """
+        for d in self.destinations:
+            if d.name == name:
+                return d
+        raise KeyError(name)
+
+
 class Settings(BaseSettings):
     """Everything the node reads from its configuration."""
 
@@ -187,6 +265,8 @@ class Settings(BaseSettings):
     completion: CompletionSettings = Field(default_factory=CompletionSettings)
     executor: ExecutorSettings = Field(default_factory=ExecutorSettings)
     model: ModelSettings = Field(default_factory=ModelSettings)
+    report: ReportSettings = Field(default_factory=ReportSettings)
+    export: ExportSettings = Field(default_factory=ExportSettings)
 
     @field_validator("log_level")
     @classmethod

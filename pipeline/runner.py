@@ -68,6 +68,8 @@ class JobRunner:
         for stage in self._stages:
             with self._database.session() as session:
                 queries.enter_stage(session, job_id=job_id, stage=stage.name)
+                if stage.load is not None:
+                    value = stage.load(session, job_id, value)
             started = time.perf_counter()
             try:
                 value = stage.run(value)

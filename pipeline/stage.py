@@ -37,6 +37,9 @@ class Stage(Generic[In, Out]):
     # What the audit trail keeps of the output (small, JSON-serialisable, no pixels, no PHI).
     summarize: Callable[[Out], dict[str, Any]]
     queue: Queue = "cpu"
+    # Reads what the stage needs from the job database besides the previous stage's
+    # output (e.g. the pseudonym map to re-identify results); ``run`` receives its return.
+    load: Callable[[Session, int, Any], In] | None = None
     # Writes what must stay in the job database (e.g. the pseudonym map) in the
     # transaction that records the stage, and returns what the next stage receives
     # (or a JobConcluded, which ends the job there).

@@ -1,0 +1,62 @@
+"""Real report inputs: a phantom study run through every stage up to infer, no node needed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydicom import dcmread
+
+from models.demo import DEMO_BUNDLE_DIR
+from pipeline.contracts import InstanceRef, StudyInput
+from pipeline.crop import crop
+from pipeline.deidentify.options import DEFAULT_OPTIONS
+from pipeline.deidentify.stage import deidentify
+from pipeline.features.stage import measure
+from pipeline.infer import LlnmLoader, PredictedStudy, infer_study
+from pipeline.intake import intake
+from pipeline.phantom import PhantomCase, make_case
+from pipeline.report.inputs import ReportInput
+from pipeline.report.reidentify import report_input
+from pipeline.segment import SegmenterLoader, segment_study
+
+_SEGMENTERS = SegmenterLoader(DEMO_BUNDLE_DIR)
+_LLNM = LlnmLoader(DEMO_BUNDLE_DIR)
+
+
+def write_case(case: PhantomCase, folder: Path, *, with_report: bool = True) -> list[Path]:
+    """The case's instances as Part 10 files in ``folder`` (the "spool")."""
+    folder.mkdir(parents=True, exist_ok=True)
+    datasets = [*case.datasets]
+    if with_report and case.report_dataset is not None:
+        datasets.append(case.report_dataset)
+    paths = []
+    for n, dataset in enumerate(datasets):
+        paths.append(folder / f"{n}.dcm")
+        dataset.save_as(paths[-1], enforce_file_format=True)
+    return paths
+
+
+def predicted_case(
+    case: PhantomCase, tmp_path: Path, *, job_id: int = 1
+) -> tuple[ReportInput, PredictedStudy]:
+    """Run intake to infer on ``case`` (demo bundle) and pair the views with the originals."""
+    paths = write_case(case, tmp_path / "spool")
+    refs = tuple(InstanceRef.of(dcmread(p, stop_before_pixels=True), p) for p in paths)
+    work_dir = tmp_path / "work" / f"job-{job_id}"
+    work_dir.mkdir(parents=True)
+    study = StudyInput(
+        job_id=job_id,
+        study_instance_uid=str(case.datasets[0].StudyInstanceUID),
+        instances=refs,
+        work_dir=work_dir,
+    )
+    deidentified = deidentify(intake(study), options=DEFAULT_OPTIONS)
+    measured = measure(segment_study(crop(deidentified.study), _SEGMENTERS()))
+    predicted = infer_study(measured, _LLNM())
+    originals = {r.sop_instance_uid: r.path for r in refs}
+    return report_input(predicted, deidentified.pseudonyms, originals), predicted
+
+
+def report_case(tmp_path: Path, seed: int = 1, *, job_id: int = 1) -> ReportInput:
+    """The report input of phantom ``seed`` (both views have a nodule for seeds 1-3)."""
+    return predicted_case(make_case(seed), tmp_path, job_id=job_id)[0]

@@ -1,0 +1,50 @@
+"""Pieces every report object shares: series numbering, the result caption, saving."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydicom import Dataset
+
+from db.queries import Prediction
+from pipeline.report.inputs import ObjectKind, ReportObject
+
+# Series numbers of the node's series in the original study (high, so they sort last).
+SERIES_NUMBER: dict[ObjectKind, int] = {"sr": 9901, "sc": 9902, "seg": 9903}
+
+
+def result_caption(prediction: Prediction, clinical_use_label: str | None) -> str:
+    """The one line a radiologist reads first.
+
+    E.g. ``LLNM probability 0.55 (positive at 0.50), risk stage 2 of 3. NOT FOR CLINICAL USE``.
+    """
+    verdict = "positive" if prediction.positive else "negative"
+    caption = (
+        f"LLNM probability {prediction.probability:.2f} ({verdict} at "
+        f"{prediction.threshold:.2f}), risk stage {prediction.risk_stage} of 3"
+    )
+    return f"{caption}. {clinical_use_label}" if clinical_use_label else caption
+
+
+def series_description(title: str, clinical_use_label: str | None) -> str:
+    """A Series Description (LO, at most 64 characters) that carries the label."""
+    text = f"{title} - {clinical_use_label}" if clinical_use_label else title
+    if len(text) > 64:
+        raise ValueError(f"series description longer than 64 characters: {text!r}")
+    return text
+
+
+def save_object(dataset: Dataset, path: Path, kind: ObjectKind) -> ReportObject:
+    """Write ``dataset`` as a Part 10 file (replacing an earlier run's) and describe it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_suffix(".partial")
+    dataset.save_as(partial, enforce_file_format=True)
+    partial.replace(path)
+    return ReportObject(
+        kind=kind,
+        path=path,
+        sop_class_uid=str(dataset.SOPClassUID),
+        sop_instance_uid=str(dataset.SOPInstanceUID),
+        series_instance_uid=str(dataset.SeriesInstanceUID),
+        description=str(dataset.get("SeriesDescription", "")),
+    )

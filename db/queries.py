@@ -410,6 +410,32 @@ def claim_job(session: Session, *, job_id: int) -> ClaimedJob | None:
     )
 
 
+@dataclass(frozen=True)
+class JobSource:
+    """Where a job's study came from: the calling AE and the instances in the spool."""
+
+    calling_ae: str
+    instances: tuple[tuple[str, str, str], ...]  # (sop uid, sop class, path), arrival order
+
+
+def job_source(session: Session, *, job_id: int) -> JobSource:
+    """The calling AE and original instances of job ``job_id``'s study.
+
+    Raises
+    ------
+    JobNotFoundError
+        If there is no such job.
+    """
+    job = session.get(Job, job_id)
+    if job is None:
+        raise JobNotFoundError(job_id)
+    study = job.study
+    return JobSource(
+        calling_ae=study.calling_ae,
+        instances=tuple((i.sop_instance_uid, i.sop_class_uid, i.path) for i in study.instances),
+    )
+
+
 def enter_stage(session: Session, *, job_id: int, stage: str) -> None:
     """Record that a running job started ``stage``."""
     job = session.get_one(Job, job_id)
@@ -488,6 +514,20 @@ def save_result(
     session.add(result)
     session.flush()
     return result
+
+
+def add_result_detail(session: Session, *, job_id: int, **detail: Any) -> None:
+    """Add (or replace) keys of the detail of job ``job_id``'s result.
+
+    Raises
+    ------
+    JobStateError
+        If the job has no result yet.
+    """
+    result = session.scalar(select(Result).where(Result.job_fk == job_id))
+    if result is None:
+        raise JobStateError(f"job {job_id} has no result to add to")
+    result.detail = {**(result.detail or {}), **detail}
 
 
 def fail_job(
@@ -662,6 +702,7 @@ class ResultRow:
     positive: bool | None
     risk_stage: int | None
     synthetic_bundle: bool
+    contributions: dict[str, Any] | None  # percent per model input
     detail: dict[str, Any] | None
 
 
@@ -750,6 +791,7 @@ def job_detail(session: Session, *, job_id: int) -> JobDetail:
             positive=r.positive,
             risk_stage=r.risk_stage,
             synthetic_bundle=r.synthetic_bundle,
+            contributions=r.contributions,
             detail=r.detail,
         )
     return JobDetail(

@@ -21,12 +21,13 @@ from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
 
-from db import queries
+from db import exports, queries
 from db.migrate import upgrade
 from db.models import JobState
 from db.session import Database
 from dicom_node import llnm_commands, scu
 from dicom_node.bundle_commands import bundle_app
+from dicom_node.export_commands import exports_app
 from dicom_node.settings import Settings, load_settings
 
 app = typer.Typer(
@@ -41,6 +42,7 @@ app.add_typer(jobs_app, name="jobs")
 app.add_typer(studies_app, name="studies")
 app.add_typer(db_app, name="db")
 app.add_typer(bundle_app, name="bundle")
+app.add_typer(exports_app, name="exports")
 app.command("train")(llnm_commands.train)
 app.command("evaluate")(llnm_commands.evaluate)
 
@@ -279,15 +281,21 @@ def jobs_show(job_id: int, config: ConfigOption = None, as_json: JsonOption = Fa
 
 @jobs_app.command("retry")
 def jobs_retry(job_id: int, config: ConfigOption = None) -> None:
-    """Queue a failed or dead job again (a running node picks it up)."""
+    """Queue a failed or dead job again, or resend a done job's dead exports.
+
+    A running node picks it up; resending re-computes nothing.
+    """
     actor = f"{getpass.getuser()}@{socket.gethostname()} (cli)"
     try:
         with _database(config).session() as session:
-            queries.retry_job(session, job_id=job_id, requested_by=actor)
+            resent = exports.retry_job_or_exports(session, job_id=job_id, requested_by=actor)
     except (queries.JobNotFoundError, queries.JobStateError) as exc:
         err_console.print(f"[red]{exc}[/red]")
         raise typer.Exit(1) from exc
-    console.print(f"job {job_id} queued again")
+    if resent:
+        console.print(f"{resent} dead export(s) of job {job_id} queued again")
+    else:
+        console.print(f"job {job_id} queued again")
 
 
 @studies_app.command("list")

@@ -3,19 +3,31 @@
 from __future__ import annotations
 
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
 
+import cv2
+from pydicom import dcmread
 from pydicom.data import get_testdata_file
+from pydicom.uid import SecondaryCaptureImageStorage
+from pynetdicom import AE, StoragePresentationContexts, evt
+from pynetdicom.transport import ThreadedAssociationServer
 from rich.console import Console
 from rich.table import Table
 
-from db import queries
-from db.models import TERMINAL_STATES, JobState
+from db import exports, queries
+from db.models import TERMINAL_STATES, ExportState, JobState
 from dicom_node import scu
 from dicom_node.node import Node
-from dicom_node.settings import CompletionSettings, DicomSettings, Settings
+from dicom_node.settings import (
+    CompletionSettings,
+    Destination,
+    DicomSettings,
+    ExportSettings,
+    Settings,
+)
 from pipeline.phantom import PhantomOptions, make_case
 
 # Real vendor files shipped by the PyPI package pydicom-data: GE (JPEG 2000 and
@@ -33,6 +45,7 @@ SAMPLE_FILES = (
 DEMO_QUIET_SECONDS = 2.0
 DEMO_TIMEOUT_S = 120.0
 DEMO_MIN_FREE_MB = 50.0
+DEMO_PACS_AE = "DEMO_PACS"
 
 
 def _sample_paths() -> list[Path]:
@@ -69,53 +82,126 @@ def _phantom_paths(folder: Path) -> list[Path]:
     return paths
 
 
+class DemoPacs:
+    """The receiving end of the demo: a C-STORE SCP that keeps what the node sends back.
+
+    Objects are saved as ``study-K/<modality>_<series number>_<instance number>.dcm``,
+    K counting studies in order of arrival.
+    """
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.received: dict[str, Path] = {}  # SOP Instance UID -> file
+        self._studies: dict[str, int] = {}
+        self._lock = threading.Lock()
+        self._ae = AE(ae_title=DEMO_PACS_AE)
+        self._ae.supported_contexts = StoragePresentationContexts
+        self._server: ThreadedAssociationServer | None = None
+
+    def start(self) -> int:
+        """Listen on a free loopback port; returns it."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        server = self._ae.start_server(
+            ("127.0.0.1", 0), block=False, evt_handlers=[(evt.EVT_C_STORE, self._store)]
+        )
+        assert server is not None  # block=False returns the running server
+        self._server = server
+        return int(server.server_address[1])
+
+    def _store(self, event: Any) -> int:
+        dataset = event.dataset
+        dataset.file_meta = event.file_meta
+        with self._lock:
+            study = self._studies.setdefault(dataset.StudyInstanceUID, len(self._studies) + 1)
+            name = f"{dataset.Modality}_{dataset.SeriesNumber}_{dataset.InstanceNumber}.dcm"
+            path = self.folder / f"study-{study}" / name
+            path.parent.mkdir(exist_ok=True)
+            dataset.save_as(path, enforce_file_format=True)
+            self.received[str(dataset.SOPInstanceUID)] = path
+        return 0x0000
+
+    def stop(self) -> None:
+        """Stop listening."""
+        if self._server is not None:
+            self._server.shutdown()
+
+
 def run_demo(console: Console, data_dir: Path | None) -> int:
     """Run the demo; returns the process exit code (0 when every job finished)."""
     with tempfile.TemporaryDirectory(prefix="llnm-demo-") as scratch:
         root = data_dir or Path(scratch)
+        pacs = DemoPacs(root / "demo-pacs")
+        pacs_port = pacs.start()
         settings = Settings(
             data_dir=root,
             min_free_disk_mb=DEMO_MIN_FREE_MB,
             dicom=DicomSettings(host="127.0.0.1", port=0),
             completion=CompletionSettings(quiet_seconds=DEMO_QUIET_SECONDS, poll_seconds=0.5),
+            export=ExportSettings(
+                destinations=[
+                    Destination(
+                        name="demo-pacs", ae_title=DEMO_PACS_AE, host="127.0.0.1", port=pacs_port
+                    )
+                ],
+                initial_backoff_s=0.5,
+                poll_seconds=0.2,
+            ),
         )
         node = Node(settings)
         node.start()
         try:
-            return _exercise(console, node, settings)
+            return _exercise(console, node, settings, pacs)
         finally:
             node.stop()
+            pacs.stop()
 
 
-def _exercise(console: Console, node: Node, settings: Settings) -> int:
-    console.print(
-        f"node {settings.dicom.ae_title} listening on 127.0.0.1:{node.port}, "
-        f"data in {settings.data_dir}"
-    )
+def _send_studies(console: Console, node: Node, settings: Settings) -> None:
     peer = scu.Peer(
-        host="127.0.0.1", port=node.port, called_ae=settings.dicom.ae_title, calling_ae="DEMO_PACS"
+        host="127.0.0.1", port=node.port, called_ae=settings.dicom.ae_title, calling_ae=DEMO_PACS_AE
     )
     console.print(f"C-ECHO: 0x{scu.echo(peer):04X}")
-    sent = Table("file", "status", title="C-STORE to the node")
+    sent = Table("file", "status", title=f"C-STORE from {DEMO_PACS_AE} to the node")
     outbox = settings.data_dir / "demo-outbox"
     outbox.mkdir(parents=True, exist_ok=True)
     for outcome in scu.send_files(peer, _phantom_paths(outbox) + _sample_paths()):
         status = "-" if outcome.status is None else f"0x{outcome.status:04X}"
         sent.add_row(outcome.path.name, status + (f" {outcome.error}" if outcome.error else ""))
     console.print(sent)
+
+
+def _settled(node: Node) -> list[queries.JobRow] | None:
+    """The jobs once every one is finished and every export delivered or dead, else None."""
+    with node.database.session() as session:
+        jobs = queries.list_jobs(session)
+        pending = exports.list_exports(session, state=ExportState.PENDING)
+    if jobs and not pending and all(JobState(j.state) in TERMINAL_STATES for j in jobs):
+        return jobs
+    return None
+
+
+def _exercise(console: Console, node: Node, settings: Settings, pacs: DemoPacs) -> int:
     console.print(
-        f"waiting for studies to settle ({DEMO_QUIET_SECONDS:.0f} s quiet) and jobs to run"
+        f"node {settings.dicom.ae_title} listening on 127.0.0.1:{node.port}, "
+        f"results go back to {DEMO_PACS_AE} on 127.0.0.1, data in {settings.data_dir}"
+    )
+    _send_studies(console, node, settings)
+    console.print(
+        f"waiting for studies to settle ({DEMO_QUIET_SECONDS:.0f} s quiet), jobs to run "
+        "and results to come back"
     )
     deadline = time.monotonic() + DEMO_TIMEOUT_S
-    while True:
-        with node.database.session() as session:
-            jobs = queries.list_jobs(session)
-        if jobs and all(JobState(j.state) in TERMINAL_STATES for j in jobs):
-            break
+    while (jobs := _settled(node)) is None:
         if time.monotonic() > deadline:
-            console.print("[red]jobs did not finish in time[/red]")
+            console.print("[red]jobs or exports did not finish in time[/red]")
             return 1
         time.sleep(0.5)
+    console.print(_jobs_table(node, jobs))
+    console.print(_returned_table(node, jobs, pacs))
+    return 0 if all(j.state == JobState.DONE for j in jobs) else 1
+
+
+def _jobs_table(node: Node, jobs: list[queries.JobRow]) -> Table:
     results = Table(
         "job",
         "patient",
@@ -127,7 +213,7 @@ def _exercise(console: Console, node: Node, settings: Settings) -> int:
         "capsule",
         "result",
         "error",
-        title="Jobs (intake, deidentify, crop, segment, features, infer)",
+        title="Jobs (intake, deidentify, crop, segment, features, infer, report)",
     )
     with node.database.session() as session:
         for job in jobs:
@@ -150,8 +236,47 @@ def _exercise(console: Console, node: Node, settings: Settings) -> int:
                 _result_cell(detail.result),
                 (job.error or "")[:60],
             )
-    console.print(results)
-    return 0 if all(j.state == JobState.DONE for j in jobs) else 1
+    return results
+
+
+def _returned_table(node: Node, jobs: list[queries.JobRow], pacs: DemoPacs) -> Table:
+    """What came back to the demo PACS per job: the SR, the heatmaps as PNG, contributions."""
+    table = Table("job", "result", "contributions (%)", "files", title=f"Back in {DEMO_PACS_AE}")
+    received = pacs.received
+    with node.database.session() as session:
+        for job in jobs:
+            detail = queries.job_detail(session, job_id=job.id)
+            sent = exports.list_exports(session, job_id=job.id)
+            files = sorted(
+                (received[e.sop_instance_uid] for e in sent if e.sop_instance_uid in received),
+                key=lambda path: (not path.name.startswith("SR"), path.name),
+            )
+            table.add_row(
+                str(job.id),
+                _result_cell(detail.result),
+                _contributions_cell(detail.result),
+                "\n".join(str(_viewable(path)) for path in files) or "-",
+            )
+    return table
+
+
+def _viewable(path: Path) -> Path:
+    """A received SC as a PNG beside it (what a person opens); other objects as they are."""
+    dataset = dcmread(path)
+    if dataset.SOPClassUID != SecondaryCaptureImageStorage:
+        return path
+    png = path.with_suffix(".png")
+    if not cv2.imwrite(str(png), cv2.cvtColor(dataset.pixel_array, cv2.COLOR_RGB2BGR)):
+        raise OSError(f"could not write {png}")
+    return png
+
+
+def _contributions_cell(result: queries.ResultRow | None) -> str:
+    """The three largest per-input contributions."""
+    if result is None or not result.contributions:
+        return "-"
+    top = sorted(result.contributions.items(), key=lambda kv: -float(kv[1]))[:3]
+    return ", ".join(f"{name} {float(value):.0f}" for name, value in top)
 
 
 def _crop_cell(crop: dict[str, Any]) -> str:

@@ -25,6 +25,7 @@ from dicom_node.sop_classes import ACCEPTED_STORAGE_CLASSES, SECONDARY_CAPTURE_M
 from dicom_node.spool import Spool, StoredFile
 from dicom_node.statuses import StoreStatus
 from pipeline.dicom_files import UnreadableDicomError, read_header
+from pipeline.report.inputs import MANUFACTURER
 from pipeline.sop_classes import SECONDARY_CAPTURE_CLASS
 
 log = logging.getLogger(__name__)
@@ -89,13 +90,32 @@ def check_instance(request: StoreRequest) -> tuple[Dataset, str]:
             raise RefusedInstance(
                 StoreStatus.DATASET_DOES_NOT_MATCH_SOP_CLASS, f"{keyword} is missing"
             )
+    return dataset, str(header.transfer_syntax_uid)
+
+
+def is_result_object(dataset: Dataset) -> bool:
+    """Whether ``dataset`` is a result object an LLNM node made (its SR, SC or SEG).
+
+    A PACS that routes whole studies sends them back with the study; they are
+    no input and must not start a new job version.
+    """
+    return _text(dataset, "Manufacturer") == MANUFACTURER
+
+
+def check_modality(sop_class: str, dataset: Dataset) -> None:
+    """Refuse secondary captures of other modalities than ultrasound.
+
+    Raises
+    ------
+    RefusedInstance
+        With status 0xA900-class "SOP class not supported" and the modality.
+    """
     modality = _text(dataset, "Modality")
     if sop_class == SECONDARY_CAPTURE_CLASS and modality not in SECONDARY_CAPTURE_MODALITIES:
         raise RefusedInstance(
             StoreStatus.SOP_CLASS_NOT_SUPPORTED,
             f"secondary capture of modality {modality or 'unknown'} is not ultrasound",
         )
-    return dataset, str(header.transfer_syntax_uid)
 
 
 class Ingestor:
@@ -147,6 +167,9 @@ class Ingestor:
         synced = self._spool.start_sync(request.path)
         try:
             dataset, transfer_syntax = check_instance(request)
+            if is_result_object(dataset):
+                return self._own_result(request)
+            check_modality(request.sop_class_uid, dataset)
         except RefusedInstance as refusal:
             self._refused(request, refusal.status, refusal.reason, quarantine=True)
             return refusal.status
@@ -258,6 +281,20 @@ class Ingestor:
             size_bytes=stored.size_bytes,
             calling_ae=request.calling_ae,
         )
+
+    def _own_result(self, request: StoreRequest) -> StoreStatus:
+        """Acknowledge a result object coming back with its study; it is not stored again."""
+        log.info("result object from %s acknowledged, not stored", request.calling_ae)
+        self.record_listener_event(
+            kind="instance.own_result",
+            level=EventLevel.INFO,
+            message=(
+                f"a result object of the node came back from {request.calling_ae}; "
+                "acknowledged, not stored (it is no input)"
+            ),
+            detail={"sop_instance_uid": request.sop_instance_uid},
+        )
+        return StoreStatus.SUCCESS
 
     def _out_of_resources(self, request: StoreRequest, reason: str) -> StoreStatus:
         log.error("instance from %s not stored: %s", request.calling_ae, reason)

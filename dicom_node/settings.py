@@ -173,6 +173,8 @@ class ReportSettings(_Section):
     segmentation: bool = False
     # A failed job sends a short SR that says the analysis failed and why.
     failure_report: bool = True
+    # A job whose segmenter found no nodule sends a short SR that says so.
+    no_nodule_report: bool = True
 
 
 class DestinationTLS(_Section):

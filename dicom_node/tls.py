@@ -22,10 +22,12 @@ def server_context(tls: TLSSettings) -> ssl.SSLContext:
 
 
 def client_context(
-    *, ca_file: Path, cert_file: Path | None = None, key_file: Path | None = None
+    *, ca_file: Path | None, cert_file: Path | None = None, key_file: Path | None = None
 ) -> ssl.SSLContext:
-    """A client context that verifies the peer against ``ca_file``, optionally presenting a cert."""
-    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(ca_file))
+    """A client context that verifies the peer against ``ca_file`` (system CAs when None)."""
+    context = ssl.create_default_context(
+        ssl.Purpose.SERVER_AUTH, cafile=None if ca_file is None else str(ca_file)
+    )
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.check_hostname = False  # DICOM peers are addressed by IP and AE title
     if cert_file is not None:

@@ -141,6 +141,20 @@ def seal_bundle(
     return manifest
 
 
+def clinical_use_label(folder: Path) -> str | None:
+    """The label of what the bundle in ``folder`` makes, without verifying its files.
+
+    NOT FOR CLINICAL USE unless its manifest says it was trained on real data;
+    a bundle whose manifest cannot be read gets the label too.
+    """
+    try:
+        training = json.loads((folder / MANIFEST_FILE).read_text(encoding="utf-8"))["training_data"]
+        synthetic = training["synthetic"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return NOT_FOR_CLINICAL_USE
+    return None if synthetic is False else NOT_FOR_CLINICAL_USE
+
+
 def verify_bundle(folder: Path) -> Manifest:
     """Read the manifest and check every file against it.
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -66,9 +67,12 @@ def keep_header_values_out_of_logs() -> None:
     value, e.g. a patient name or an institution; the node reads and de-identifies
     files from many vendors and must not copy their PHI into its logs. Values are
     still kept exactly as the vendor wrote them. Process-wide, as pydicom's config is.
+    highdicom, which builds the result objects from the original images, logs their
+    UIDs at INFO; its logger is set to WARNING.
     """
     config.settings.reading_validation_mode = config.IGNORE
     config.settings.writing_validation_mode = config.IGNORE
+    logging.getLogger("highdicom").setLevel(logging.WARNING)
 
 
 def read_header(path: Path) -> FileHeader:

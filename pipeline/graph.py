@@ -1,4 +1,4 @@
-"""The ordered stages every job runs; later stages append here."""
+"""The ordered stages every job runs."""
 
 from __future__ import annotations
 
@@ -10,12 +10,23 @@ from pipeline.deidentify import DEIDENTIFY
 from pipeline.features.stage import FEATURES
 from pipeline.infer import LlnmLoader, infer_stage
 from pipeline.intake import INTAKE
+from pipeline.report.inputs import ReportOptions
+from pipeline.report.stage import DestinationsFor, report_stage
 from pipeline.segment import SegmenterLoader, segment_stage
 from pipeline.stage import Stage
 
 
-def default_stages(bundle_dir: Path) -> tuple[Stage[Any, Any], ...]:
-    """The stages of a job, first to last, with the models of the bundle in ``bundle_dir``."""
+def default_stages(
+    bundle_dir: Path,
+    *,
+    spool_root: Path,
+    report: ReportOptions,
+    destinations_for: DestinationsFor,
+) -> tuple[Stage[Any, Any], ...]:
+    """The stages of a job, first to last, with the models of the bundle in ``bundle_dir``.
+
+    The report's objects are queued for export to ``destinations_for(calling AE)``.
+    """
     return (
         INTAKE,
         DEIDENTIFY,
@@ -23,4 +34,5 @@ def default_stages(bundle_dir: Path) -> tuple[Stage[Any, Any], ...]:
         segment_stage(SegmenterLoader(bundle_dir)),
         FEATURES,
         infer_stage(LlnmLoader(bundle_dir)),
+        report_stage(report, spool_root, destinations_for),
     )

@@ -7,12 +7,26 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
+
+from sqlalchemy.orm import Session
 
 from db import queries
+from db.models import JobState
 from db.session import Database
 from pipeline.contracts import InstanceRef, StudyInput
 from pipeline.stage import JobConcluded, Stage, StageError
+
+
+class JobNotices(Protocol):
+    """Tells the PACS about jobs that end without a prediction (in the closing transaction)."""
+
+    def failed(self, session: Session, job_id: int, error: str) -> None:
+        """Job ``job_id`` failed for good with ``error``."""
+
+    def concluded(self, session: Session, job_id: int, outcome: str) -> None:
+        """Job ``job_id`` ended early, done, with ``outcome`` (e.g. no nodule found)."""
+
 
 log = logging.getLogger(__name__)
 
@@ -35,11 +49,13 @@ class JobRunner:
         spool_root: Path,
         stages: Sequence[Stage[Any, Any]],
         retry: RetryPolicy,
+        notices: JobNotices | None = None,
     ) -> None:
         self._database = database
         self._spool_root = spool_root
         self._stages = tuple(stages)
         self._retry = retry
+        self._notices = notices
 
     def run(self, job_id: int) -> None:
         """Run job ``job_id`` if it is still queued; every outcome ends up in the database."""
@@ -93,6 +109,8 @@ class JobRunner:
                     value = stage.store(session, job_id, value)
                 if isinstance(value, JobConcluded):
                     queries.finish_job(session, job_id=job_id, outcome=value.outcome)
+                    if self._notices is not None:
+                        self._notices.concluded(session, job_id, value.outcome)
                     log.info("job %d done after %s: %s", job_id, stage.name, value.outcome)
                     return
         with self._database.session() as session:
@@ -109,4 +127,6 @@ class JobRunner:
                 max_attempts=0 if permanent else self._retry.max_attempts,
                 backoff_s=self._retry.backoff_s,
             )
+            if state in (JobState.FAILED, JobState.DEAD) and self._notices is not None:
+                self._notices.failed(session, job_id, error)
         log.warning("job %d: %s failed (%s); job is now %s", job_id, stage, error, state.value)

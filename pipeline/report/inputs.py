@@ -62,6 +62,7 @@ class ReportOptions:
 
     segmentation: bool = False  # also make a DICOM SEG of the nodule and thyroid masks
     failure_report: bool = True  # a failed job sends a short SR saying why
+    no_nodule_report: bool = True  # a job that found no nodule sends a short SR saying so
 
 
 @dataclass(frozen=True)

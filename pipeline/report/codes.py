@@ -1,0 +1,98 @@
+"""Coded concepts of the node's Structured Reports.
+
+Standard codes come from pydicom's code dictionary (``codes.DCM``,
+``codes.SCT``, ``codes.UCUM``; checked against it, not typed from memory).
+Concepts with no standard code use the private coding scheme
+:data:`SCHEME` ("99LLNM"), declared in every SR's Coding Scheme
+Identification Sequence (:data:`SCHEME_IDENTIFICATION`).
+"""
+
+from __future__ import annotations
+
+from types import MappingProxyType
+
+from highdicom.coding_schemes import CodingSchemeIdentificationItem
+from pydicom.sr.codedict import codes
+from pydicom.sr.coding import Code
+
+from pipeline.report.inputs import MANUFACTURER
+
+SCHEME = "99LLNM"
+SCHEME_IDENTIFICATION = CodingSchemeIdentificationItem(
+    designator=SCHEME,
+    name="LLNM node private concepts",
+    responsible_organization=MANUFACTURER,
+)
+
+
+def _private(value: str, meaning: str) -> Code:
+    return Code(value=value, scheme_designator=SCHEME, meaning=meaning)
+
+
+# Document structure.
+PROCEDURE = codes.SCT.ImagingProcedure  # SCT 363679005, in CID 100
+# TID 1500 row "Qualitative Evaluations" container (not in pydicom's dictionary).
+QUALITATIVE_EVALUATIONS = Code("C0034375", "UMLS", "Qualitative Evaluations")
+RESULT = codes.DCM.Comment  # DCM 121106: the one-line result caption (TEXT)
+DEVICE = codes.DCM.Device  # DCM 121007, the observer type
+# DCM 109102: the purpose of the Contributing Equipment item (see sr._equipment).
+PROCESSING_EQUIPMENT = codes.DCM.ProcessingEquipment
+ANALYSIS_FAILED = _private("FAILED", "LLNM analysis failed")  # failure SR title
+NO_NODULE_FOUND = _private("NO-NODULE", "LLNM analysis: no nodule found")  # its SR title
+
+# Study-level finding: lateral lymph node metastasis.
+METASTASIS = codes.SCT.Metastasis  # SCT 128462008
+# SCT 68915008 "lateral cervical lymph node" (CID 7600): the lateral compartment
+# (levels II-V) that "lateral" in LLNM means; "cervical lymph node" (81105003)
+# would include the central compartment, which the model does not predict.
+LATERAL_CERVICAL_LYMPH_NODE = codes.SCT.LateralCervicalLymphNode
+PROBABILITY = codes.DCM.Probability  # DCM 122157 "Probability", as the issue says
+THRESHOLD = codes.DCM.ThresholdValue  # DCM 122411
+PREDICTION = _private("PREDICTION", "LLNM prediction at threshold")
+POSITIVE = codes.SCT.Positive  # SCT 10828004
+NEGATIVE = codes.SCT.Negative  # SCT 260385009
+RISK_STAGE = _private("RISK-STAGE", "LLNM risk stage (1-3)")
+REPORT_TEXT_USED = _private("REPORT-TEXT", "Radiology report text used")
+YES = codes.SCT.Yes  # SCT 373066001
+NO = codes.SCT.No  # SCT 373067005
+
+# Share of each model input in the prediction, in the order of
+# models.llnm.explain.CONTRIBUTION_GROUPS (not imported: it pulls in torch).
+CONTRIBUTION_GROUPS = (
+    "location", "texture", "margin", "echogenicity", "shape", "report", "sex", "age",
+)  # fmt: skip
+CONTRIBUTION = MappingProxyType(
+    {g: _private(f"C-{g.upper()}", f"Contribution of input: {g}") for g in CONTRIBUTION_GROUPS}
+)
+
+# Per view: the index nodule.
+THYROID_NODULE = codes.SCT.ThyroidNodule  # SCT 237495005
+THYROID = codes.SCT.Thyroid  # SCT 69748006, when the lobe is unknown
+LOBE = MappingProxyType(
+    {"right": codes.SCT.RightLobeOfThyroid, "left": codes.SCT.LeftLobeOfThyroid}
+)
+THIRD = MappingProxyType(
+    {
+        "upper": codes.SCT.Superior,  # SCT 264217000
+        "middle": codes.NCIt.Middle,  # NCIt C25569
+        "lower": codes.SCT.Inferior,  # SCT 261089000
+    }
+)
+LENGTH = codes.SCT.Length  # SCT 410668003
+WIDTH = codes.SCT.Width  # SCT 103355008
+CAPSULE_DISTANCE = _private("CAPSULE-DIST", "Minimum nodule-capsule distance")
+ECHOGENICITY_DIFFERENCE = _private(
+    "ECHO-DIFF", "Echogenicity: nodule minus surrounding mean grey level"
+)
+TALLER_THAN_WIDE = _private("TALLER-WIDE", "Taller-than-wide")
+IMAGE_VIEW = codes.DCM.ImageView  # DCM 111031
+PLANE = MappingProxyType(
+    {"transverse": codes.SCT.Transverse, "longitudinal": codes.SCT.Longitudinal}
+)
+
+# Units (UCUM; curly braces are UCUM annotations of a dimensionless unit).
+NO_UNITS = codes.UCUM.NoUnits  # "1"
+PERCENT = codes.UCUM.Percent  # "%"
+MILLIMETRE = codes.UCUM.Millimeter  # "mm"
+PIXELS = Code(value="{pixels}", scheme_designator="UCUM", meaning="pixels")
+GREY_LEVELS = Code(value="{grey levels}", scheme_designator="UCUM", meaning="grey levels")

@@ -1,0 +1,83 @@
+"""End to end with a real Orthanc: PACS routes a study to the node, the results come back."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from orthanc_peer import ORTHANC_AE, Orthanc, free_port, running_orthanc
+from report_cases import write_case
+from test_imaging_jobs import Factory
+
+from db import exports, queries
+from db.models import ExportState
+from pipeline.phantom import make_case
+
+ROUND_TRIP_TIMEOUT_S = 180.0
+
+
+def _wait_for_results(orthanc: Orthanc, study_uid: str) -> list[dict[str, Any]]:
+    deadline = time.monotonic() + ROUND_TRIP_TIMEOUT_S
+    while time.monotonic() < deadline:
+        series = orthanc.series_of_study(study_uid)
+        modalities = {s["MainDicomTags"].get("Modality") for s in series}
+        if "SR" in modalities and len(series) >= 4:  # 2 images + report SR + results
+            return series
+        time.sleep(0.5)
+    raise AssertionError(f"no results in Orthanc in time\n{orthanc.log_tail()}")
+
+
+def test_a_study_routed_by_orthanc_gets_its_sr_and_heatmaps_back_in_the_same_study(
+    node_factory: Factory, tmp_path: Path
+) -> None:
+    orthanc_port = free_port()
+    node = node_factory(
+        export={
+            "destinations": [
+                {"name": "pacs", "ae_title": ORTHANC_AE, "host": "127.0.0.1", "port": orthanc_port}
+            ],
+            "initial_backoff_s": 0.2,
+        }
+    )
+    case = make_case(1)
+    study_uid = str(case.datasets[0].StudyInstanceUID)
+    with running_orthanc(
+        tmp_path / "orthanc",
+        dicom_port=orthanc_port,
+        node_ae=node.settings.dicom.ae_title,
+        node_port=node.port,
+    ) as orthanc:
+        for path in write_case(case, tmp_path / "outbox"):
+            orthanc.upload(path)
+        series = _wait_for_results(orthanc, study_uid)
+        # Orthanc routes the study again once the results made it unstable: the node
+        # must acknowledge its own objects and start no second job.
+        time.sleep(4.0)
+        series = orthanc.series_of_study(study_uid)
+        patients = orthanc.get("/patients")
+        sr_series = [s for s in series if s["MainDicomTags"].get("SeriesNumber") == "9901"]
+        sr_tags = [
+            orthanc.get(f"/instances/{i}/simplified-tags") for i in sr_series[0]["Instances"]
+        ]
+
+    descriptions = sorted(s["MainDicomTags"].get("SeriesDescription", "") for s in series)
+    results = [s for s in series if s["MainDicomTags"].get("SeriesNumber", "").startswith("99")]
+    by_modality = {s["MainDicomTags"]["Modality"]: s for s in results}
+    assert set(by_modality) == {"SR", "OT"}, descriptions
+    assert len(sr_tags) == 1  # one SR, not one per routing
+    assert all("NOT FOR CLINICAL USE" in s["MainDicomTags"]["SeriesDescription"] for s in results)
+    assert len(patients) == 1  # same patient as the images, not a pseudonym
+    assert sr_tags[0]["PatientID"] == case.datasets[0].PatientID
+    assert sr_tags[0]["StudyInstanceUID"] == study_uid
+    assert "Metastasis" in str(sr_tags[0]["ContentSequence"])
+    heatmaps = next(s for s in results if s["MainDicomTags"]["Modality"] != "SR")
+    assert len(heatmaps["Instances"]) == 2  # one per view
+
+    with node.database.session() as session:
+        jobs = queries.list_jobs(session)
+        sent = exports.list_exports(session)
+        events = [e.kind for e in queries.job_detail(session, job_id=jobs[0].id).events]
+    assert len(jobs) == 1 and jobs[0].state == "done", jobs
+    assert len(sent) == 3 and all(e.state == ExportState.SENT for e in sent), sent
+    assert "export.sent" in events

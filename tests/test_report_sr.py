@@ -1,0 +1,262 @@
+"""The prediction SR and the failure SR: real phantom studies, real dciodvfy and dsrdump."""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from numpy.typing import NDArray
+from pydicom import Dataset, dcmread
+from report_cases import predicted_case
+
+from models.llnm.explain import CONTRIBUTION_GROUPS
+from pipeline.features.extract import extract_view
+from pipeline.phantom import PhantomCase, make_case
+from pipeline.phantom.case import PhantomOptions
+from pipeline.report import codes
+from pipeline.report.inputs import MANUFACTURER, ReportInput, ReportObject, object_uid
+from pipeline.report.sr import build_sr, failure_sr, nodule_outline
+from pipeline.segment import read_png
+
+needs_dicom3tools = pytest.mark.skipif(
+    shutil.which("dciodvfy") is None, reason="dicom3tools not installed"
+)
+needs_dcmtk = pytest.mark.skipif(shutil.which("dsrdump") is None, reason="dcmtk not installed")
+
+
+_CALIBRATED = PhantomOptions()
+
+
+@dataclass(frozen=True)
+class Built:
+    """A phantom case, its report input and the SR made from it."""
+
+    case: PhantomCase
+    report: ReportInput
+    sr: ReportObject
+
+    @property
+    def dataset(self) -> Dataset:
+        return dcmread(self.sr.path)
+
+
+def _build(folder: Path, seed: int, options: PhantomOptions = _CALIBRATED) -> Built:
+    case = make_case(seed, options)
+    report = predicted_case(case, folder)[0]
+    return Built(case=case, report=report, sr=build_sr(report))
+
+
+@pytest.fixture(scope="module")
+def two_views(tmp_path_factory: pytest.TempPathFactory) -> Built:
+    return _build(tmp_path_factory.mktemp("seed1"), 1)
+
+
+@pytest.fixture(scope="module")
+def one_view(tmp_path_factory: pytest.TempPathFactory) -> Built:
+    return _build(tmp_path_factory.mktemp("seed3"), 3)
+
+
+@pytest.fixture(scope="module")
+def uncalibrated(tmp_path_factory: pytest.TempPathFactory) -> Built:
+    return _build(tmp_path_factory.mktemp("seed2"), 2, PhantomOptions(with_regions=False))
+
+
+@pytest.fixture(scope="module")
+def failure(two_views: Built, tmp_path_factory: pytest.TempPathFactory) -> ReportObject:
+    return failure_sr(
+        two_views.report.views[0].original,
+        out_dir=tmp_path_factory.mktemp("failure"),
+        job_id=7,
+        reason="segment: the nodule segmenter ran out of memory\n" + "x" * 5000,
+        clinical_use_label="NOT FOR CLINICAL USE",
+    )
+
+
+def _items(node: Dataset) -> Iterator[Dataset]:
+    """Every content item below ``node``, depth first."""
+    for item in node.get("ContentSequence", []):
+        yield item
+        yield from _items(item)
+
+
+def _dsrdump(path: Path) -> str:
+    run = subprocess.run(["dsrdump", "+Pl", str(path)], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    return run.stdout
+
+
+def _dciodvfy(path: Path) -> list[str]:
+    run = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True)
+    return (run.stdout + run.stderr).splitlines()
+
+
+def _outlines(dataset: Dataset) -> dict[str, NDArray[np.float64]]:
+    """Referenced SOP Instance UID -> (N, 2) outline points of every image region."""
+    return {
+        str(item.ContentSequence[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID): np.asarray(
+            item.GraphicData, dtype=np.float64
+        ).reshape(-1, 2)
+        for item in _items(dataset)
+        if item.ValueType == "SCOORD"
+    }
+
+
+def _iou(outline: NDArray[np.float64], truth: NDArray[np.bool_]) -> float:
+    """IoU of the pixels whose centres the outline encloses with ``truth``."""
+    filled = np.zeros(truth.shape, dtype=np.uint8)
+    corners = np.rint(outline - 0.5).astype(np.int32)  # pixel-centre coordinates to indices
+    cv2.fillPoly(filled, [corners], 1)
+    inside = filled.astype(bool)
+    return float((inside & truth).sum() / (inside | truth).sum())
+
+
+@needs_dicom3tools
+@pytest.mark.parametrize("which", ["two_views", "one_view", "uncalibrated", "failure"])
+def test_dciodvfy_finds_no_errors(which: str, request: pytest.FixtureRequest) -> None:
+    made = request.getfixturevalue(which)
+    path = made.path if isinstance(made, ReportObject) else made.sr.path
+    errors = [line for line in _dciodvfy(path) if line.startswith("Error")]
+    assert errors == []
+
+
+@needs_dcmtk
+def test_dsrdump_shows_the_prediction(two_views: Built) -> None:
+    text = _dsrdump(two_views.sr.path)
+    prediction = two_views.report.prediction
+    assert f'"Probability")="{round(prediction.probability, 4)}"' in text
+    assert f'"LLNM risk stage (1-3)")="{prediction.risk_stage}' in text
+    assert "NOT FOR CLINICAL USE" in text
+    assert "(1,UCUM" in text and "(%,UCUM" in text
+    for group in CONTRIBUTION_GROUPS:
+        assert f'"Contribution of input: {group}")="' in text
+
+
+def test_sr_joins_the_original_study(two_views: Built) -> None:
+    ds, original = two_views.dataset, two_views.case.datasets[0]
+    assert (ds.PatientID, str(ds.PatientName)) == (original.PatientID, str(original.PatientName))
+    assert ds.StudyInstanceUID == original.StudyInstanceUID
+    originals = {str(d.SOPInstanceUID) for d in two_views.case.datasets}
+    evidence = {
+        str(ref.ReferencedSOPInstanceUID)
+        for study in ds.CurrentRequestedProcedureEvidenceSequence
+        for series in study.ReferencedSeriesSequence
+        for ref in series.ReferencedSOPSequence
+    }
+    images = {
+        str(item.ReferencedSOPSequence[0].ReferencedSOPInstanceUID)
+        for item in _items(ds)
+        if item.ValueType == "IMAGE"
+    }
+    assert evidence == images == originals
+
+
+def test_sr_series_equipment_and_coding_scheme(two_views: Built) -> None:
+    ds, prediction = two_views.dataset, two_views.report.prediction
+    assert ds.SOPInstanceUID == object_uid(1, "sr")
+    assert ds.SeriesInstanceUID == object_uid(1, "sr-series")
+    assert (ds.SeriesNumber, ds.InstanceNumber) == (9901, 1)
+    assert ds.SeriesDescription == "LLNM-Net AI result - NOT FOR CLINICAL USE"
+    processing = [
+        e
+        for e in ds.ContributingEquipmentSequence
+        if e.PurposeOfReferenceCodeSequence[0].CodeValue == "109102"
+        and e.Manufacturer == MANUFACTURER  # highdicom adds itself too
+    ]
+    assert [(e.ManufacturerModelName, e.SoftwareVersions) for e in processing] == [
+        (prediction.bundle_name, prediction.bundle_version)
+    ]
+    assert processing[0].ContributionDescription.endswith("NOT FOR CLINICAL USE")
+    assert [s.CodingSchemeDesignator for s in ds.CodingSchemeIdentificationSequence] == ["99LLNM"]
+
+
+def test_outline_lies_on_the_true_nodule(two_views: Built) -> None:
+    """Seed 1 is segmented well (mask IoU ~0.9), so its outlines must match the truth."""
+    truths = {
+        str(d.SOPInstanceUID): t.nodule_mask
+        for d, t in zip(two_views.case.datasets, two_views.case.images, strict=True)
+    }
+    outlines = _outlines(two_views.dataset)
+    assert outlines.keys() == truths.keys()
+    for uid, outline in outlines.items():
+        np.testing.assert_array_equal(outline[0], outline[-1])  # closed
+        assert _iou(outline, truths[uid]) > 0.8
+
+
+@pytest.mark.parametrize("which", ["two_views", "one_view", "uncalibrated"])
+def test_outline_traces_the_predicted_mask(which: str, request: pytest.FixtureRequest) -> None:
+    """Wherever the demo segmenter is off, the outline still follows its mask exactly."""
+    built: Built = request.getfixturevalue(which)
+    outlines = _outlines(built.dataset)
+    assert len(outlines) == len(built.report.views)
+    for view in built.report.views:
+        area = view.measured.segmented.crop.area
+        mask = read_png(view.measured.segmented.nodule_mask, grey=True) != 0
+        placed = np.zeros((480, 640), dtype=bool)  # the phantom's frame size
+        placed[area.y0 : area.y1, area.x0 : area.x1] = mask
+        assert _iou(outlines[view.original_sop_instance_uid], placed) > 0.9
+
+
+def test_one_view_case_has_one_nodule_group(one_view: Built) -> None:
+    groups = [
+        item
+        for item in _items(one_view.dataset)
+        if item.ValueType == "CONTAINER" and item.ConceptNameCodeSequence[0].CodeValue == "125007"
+    ]
+    assert len(one_view.report.views) == 1
+    assert len(groups) == 2  # the prediction and the one view
+
+
+@needs_dcmtk
+def test_uncalibrated_sizes_are_in_pixels(uncalibrated: Built) -> None:
+    assert "(mm,UCUM" not in _dsrdump(uncalibrated.sr.path)
+    assert '"Length")="' in _dsrdump(uncalibrated.sr.path)
+    assert "({pixels},UCUM" in _dsrdump(uncalibrated.sr.path)
+
+
+def test_rerun_keeps_uids_and_other_jobs_get_new_ones(two_views: Built, tmp_path: Path) -> None:
+    again = build_sr(dataclasses.replace(two_views.report, work_dir=tmp_path / "again"))
+    other = build_sr(dataclasses.replace(two_views.report, job_id=2, work_dir=tmp_path / "other"))
+    assert again.sop_instance_uid == two_views.sr.sop_instance_uid
+    assert again.series_instance_uid == two_views.sr.series_instance_uid
+    assert other.sop_instance_uid != two_views.sr.sop_instance_uid
+    assert other.series_instance_uid != two_views.sr.series_instance_uid
+
+
+@needs_dcmtk
+def test_failure_sr_states_the_reason_in_the_original_study(
+    failure: ReportObject, two_views: Built
+) -> None:
+    ds, original = dcmread(failure.path), two_views.case.datasets[0]
+    assert (ds.PatientID, ds.StudyInstanceUID) == (original.PatientID, original.StudyInstanceUID)
+    assert failure.sop_instance_uid == object_uid(7, "failure_sr")
+    assert failure.description == "LLNM-Net analysis failed - NOT FOR CLINICAL USE"
+    text = _dsrdump(failure.path)
+    assert "segment: the nodule segmenter ran out of memory" in text
+    assert "NOT FOR CLINICAL USE" in text
+    (message,) = [i.TextValue for i in _items(ds) if "failed" in i.get("TextValue", "")]
+    assert message.endswith(" [...]") and len(message) < 1100
+
+
+def test_outline_maps_crop_pixels_to_original_pixel_centres() -> None:
+    mask = np.zeros((40, 50), dtype=np.uint8)
+    mask[5:15, 5:15] = 255  # the index nodule: the larger one
+    mask[30:33, 40:43] = 255
+    index = extract_view(np.zeros_like(mask), mask, np.zeros_like(mask), None).index
+    assert index is not None
+    outline = nodule_outline(mask, index, (100, 50))
+    expected = {(105.5, 55.5), (114.5, 55.5), (114.5, 64.5), (105.5, 64.5)}
+    assert {(float(x), float(y)) for x, y in outline} == expected
+    assert len(outline) == 5
+
+
+def test_every_model_input_has_a_contribution_code() -> None:
+    assert tuple(codes.CONTRIBUTION) == CONTRIBUTION_GROUPS
+    assert len({c.value for c in codes.CONTRIBUTION.values()}) == len(CONTRIBUTION_GROUPS)
+    assert all(len(c.value) <= 16 for c in codes.CONTRIBUTION.values())  # SH

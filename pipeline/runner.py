@@ -128,5 +128,5 @@ class JobRunner:
                 backoff_s=self._retry.backoff_s,
             )
             if state in (JobState.FAILED, JobState.DEAD) and self._notices is not None:
-                self._notices.failed(session, job_id, error)
+                self._notices.failed(session, job_id, f"{stage}: {error}")
         log.warning("job %d: %s failed (%s); job is now %s", job_id, stage, error, state.value)

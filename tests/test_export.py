@@ -27,7 +27,8 @@ from dicom_node.cli import app
 from dicom_node.export import Exporter, RoundSummary
 from dicom_node.node import Node
 from dicom_node.scu import AssociationError, Peer, echo
-from dicom_node.settings import Destination, ExportSettings
+from dicom_node.settings import Destination, DestinationTLS, ExportSettings
+from dicom_node.tls import client_context
 
 pytestmark = [
     pytest.mark.dcmtk,
@@ -41,23 +42,37 @@ _counter = itertools.count(1)
 class StoreSCP:
     """dcmtk's storescp on a loopback port, keeping every object it receives as a file."""
 
-    def __init__(self, folder: Path, port: int) -> None:
+    def __init__(self, folder: Path, port: int, *, tls: dict[str, Path] | None = None) -> None:
         self.folder = folder
         self.port = port
+        self._tls = tls  # the certificates fixture: TLS with client certificates required
         self._proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
+        tls = []
+        if self._tls is not None:
+            t = self._tls
+            tls = ["+tls", str(t["server.key"]), str(t["server.pem"]), "+cf", str(t["ca.pem"])]
+            tls += ["-rc"]
+        options = ["-aet", SCP_AE, "-od", str(self.folder), "+B", "+uf"]
         self._proc = subprocess.Popen(
-            ["storescp", "-aet", SCP_AE, "-od", str(self.folder), "+B", "+uf", str(self.port)],
+            ["storescp", *tls, *options, str(self.port)],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
         wait_for(self._answers_echo, "storescp to listen")
 
     def _answers_echo(self) -> bool:
+        context = None
+        if self._tls is not None:
+            context = client_context(
+                ca_file=self._tls["ca.pem"],
+                cert_file=self._tls["client.pem"],
+                key_file=self._tls["client.key"],
+            )
         try:
-            return echo(Peer("127.0.0.1", self.port, SCP_AE)) == 0
+            return echo(Peer("127.0.0.1", self.port, SCP_AE, tls=context)) == 0
         except AssociationError:
             return False
 
@@ -302,3 +317,36 @@ def test_node_exports_in_the_background(
     wait_for(lambda: rows(node.database)[0].state == "sent", "the export to be marked sent")
     [received] = scp.received()
     assert str(read_file_meta_info(received).MediaStorageSOPInstanceUID) == sop_uid
+
+
+def test_tls_destination_with_client_certificate(
+    database: Database, tmp_path: Path, certificates: dict[str, Path]
+) -> None:
+    spool = tmp_path / "spool"
+    job_id = make_done_job(database)
+    sop_uid, relative = write_result(spool, job_id)
+    scp = StoreSCP(tmp_path / "received", free_port(), tls=certificates)
+    scp.start()
+    try:
+        no_client_cert = DestinationTLS(enabled=True, ca_file=certificates["ca.pem"])
+        with_client_cert = DestinationTLS(
+            enabled=True,
+            ca_file=certificates["ca.pem"],
+            cert_file=certificates["client.pem"],
+            key_file=certificates["client.key"],
+        )
+        for name, tls in (("anonymous", no_client_cert), ("archive", with_client_cert)):
+            destination = Destination(
+                name=name, ae_title=SCP_AE, host="127.0.0.1", port=scp.port, tls=tls
+            )
+            settings = ExportSettings(destinations=[destination], initial_backoff_s=0.05)
+            queue(database, job_id, [(sop_uid, relative)], name)
+            exporter(database, spool, settings).run_round()
+        refused, sent = sorted(rows(database, job_id=job_id), key=lambda r: r.destination)
+        assert refused.destination == "anonymous" and refused.state == "pending"
+        assert refused.error is not None and refused.attempts == 1
+        assert sent.destination == "archive" and sent.state == "sent"
+        [received] = scp.received()
+        assert dataset_bytes(received) == dataset_bytes(spool / relative)
+    finally:
+        scp.stop()

@@ -344,9 +344,17 @@ def take_dispatchable_jobs(session: Session, *, now: datetime | None = None) -> 
     return [job.id for job in jobs]
 
 
-def recover_interrupted_jobs(session: Session) -> list[int]:
-    """At start: running jobs go back to the queue; every queued job is re-dispatched."""
-    running = session.scalars(select(Job).where(Job.state == JobState.RUNNING)).all()
+def recover_interrupted_jobs(session: Session, *, running_too: bool = True) -> list[int]:
+    """At start: running jobs go back to the queue; every queued job is re-dispatched.
+
+    ``running_too=False`` (distributed mode) leaves running jobs to their workers,
+    which outlive the node; a job whose worker is gone is caught as stalled.
+    """
+    running = (
+        session.scalars(select(Job).where(Job.state == JobState.RUNNING)).all()
+        if running_too
+        else []
+    )
     for job in running:
         job.state = JobState.QUEUED
         job.stage = None
@@ -362,6 +370,32 @@ def recover_interrupted_jobs(session: Session) -> list[int]:
     return [job.id for job in running]
 
 
+def release_claim(session: Session, *, job_id: int, reason: str) -> None:
+    """Hand a claimed job back to the queue, not counting the attempt (it never started)."""
+    job = session.get_one(Job, job_id)
+    job.state = JobState.QUEUED
+    job.attempts = max(0, job.attempts - 1)
+    job.dispatched_at = None
+    record_event(
+        session,
+        kind="job.dispatch_failed",
+        level=EventLevel.WARNING,
+        job_id=job_id,
+        study_id=job.study_fk,
+        message=f"could not hand the job to the workers ({reason}); it stays queued",
+    )
+
+
+def stalled_jobs(session: Session, *, stalled_before: datetime) -> list[tuple[int, str]]:
+    """Running jobs without progress since ``stalled_before``: (job id, stage)."""
+    rows = session.execute(
+        select(Job.id, Job.stage)
+        .where(Job.state == JobState.RUNNING, Job.updated_at < stalled_before)
+        .order_by(Job.id)
+    ).all()
+    return [(job_id, stage or "start") for job_id, stage in rows]
+
+
 # --- job lifecycle -------------------------------------------------------------
 
 
@@ -372,8 +406,6 @@ class ClaimedJob:
     job_id: int
     study_id: int
     attempt: int
-    study_instance_uid: str
-    instances: tuple[tuple[str, str, str, str], ...]  # (sop uid, sop class, series uid, path)
 
 
 def claim_job(session: Session, *, job_id: int) -> ClaimedJob | None:
@@ -397,25 +429,23 @@ def claim_job(session: Session, *, job_id: int) -> ClaimedJob | None:
         return None
     job = session.get_one(Job, job_id)
     session.refresh(job)
-    study = job.study
-    return ClaimedJob(
-        job_id=job.id,
-        study_id=study.id,
-        attempt=job.attempts,
-        study_instance_uid=study.study_instance_uid,
-        instances=tuple(
-            (i.sop_instance_uid, i.sop_class_uid, i.series_instance_uid, i.path)
-            for i in study.instances
-        ),
-    )
+    return ClaimedJob(job_id=job.id, study_id=job.study_fk, attempt=job.attempts)
+
+
+def running_attempt(session: Session, *, job_id: int) -> int | None:
+    """The attempt number of job ``job_id`` if it is running, else None."""
+    job = session.get(Job, job_id)
+    return job.attempts if job is not None and job.state == JobState.RUNNING else None
 
 
 @dataclass(frozen=True)
 class JobSource:
     """Where a job's study came from: the calling AE and the instances in the spool."""
 
+    study_instance_uid: str
     calling_ae: str
-    instances: tuple[tuple[str, str, str], ...]  # (sop uid, sop class, path), arrival order
+    # (sop uid, sop class, series uid, path relative to the spool), in arrival order
+    instances: tuple[tuple[str, str, str, str], ...]
 
 
 def job_source(session: Session, *, job_id: int) -> JobSource:
@@ -431,8 +461,12 @@ def job_source(session: Session, *, job_id: int) -> JobSource:
         raise JobNotFoundError(job_id)
     study = job.study
     return JobSource(
+        study_instance_uid=study.study_instance_uid,
         calling_ae=study.calling_ae,
-        instances=tuple((i.sop_instance_uid, i.sop_class_uid, i.path) for i in study.instances),
+        instances=tuple(
+            (i.sop_instance_uid, i.sop_class_uid, i.series_instance_uid, i.path)
+            for i in study.instances
+        ),
     )
 
 
@@ -440,6 +474,7 @@ def enter_stage(session: Session, *, job_id: int, stage: str) -> None:
     """Record that a running job started ``stage``."""
     job = session.get_one(Job, job_id)
     job.stage = stage
+    job.updated_at = utcnow()  # progress, also when a stage runs again after a worker was lost
     record_event(
         session,
         kind="stage.started",

@@ -129,6 +129,28 @@ def serve(config: ConfigOption = None) -> None:
     node.stop()
 
 
+@app.command()
+def worker(
+    queues: Annotated[
+        str, typer.Option(help="Comma-separated queues: gpu (segment, infer), cpu (the rest).")
+    ] = "gpu,cpu",
+    concurrency: Annotated[int, typer.Option(min=1, help="Tasks run at once (threads).")] = 1,
+    config: ConfigOption = None,
+) -> None:
+    """Run a Celery worker for the distributed mode (needs executor.broker_url)."""
+    from dicom_node.worker import run_worker
+
+    settings = _settings(config)
+    _setup_logging(settings.log_level)
+    try:
+        run_worker(
+            settings, [q.strip() for q in queues.split(",") if q.strip()], concurrency=concurrency
+        )
+    except ValueError as exc:
+        err_console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from exc
+
+
 # --- SCU helpers ------------------------------------------------------------------
 
 

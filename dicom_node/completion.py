@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import logging
 import threading
-from datetime import timedelta
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -16,8 +18,24 @@ from pipeline.executors import Executor
 log = logging.getLogger(__name__)
 
 
+# Records a transient failure of a job: (job id, stage, error, permanent=False).
+FailJob = Callable[..., None]
+
+
+@dataclass(frozen=True)
+class Stalled:
+    """Running jobs without progress for ``timeout_s`` are failed (and so retried)."""
+
+    timeout_s: float
+    fail: FailJob
+
+
 class CompletionWatcher:
-    """Polls the database: settled studies become queued jobs; queued jobs are dispatched."""
+    """Polls the database: settled studies become queued jobs; queued jobs are dispatched.
+
+    With ``stalled`` (the distributed mode), a running job that made no progress
+    for that long lost its worker or its message and is retried.
+    """
 
     def __init__(
         self,
@@ -26,9 +44,11 @@ class CompletionWatcher:
         executor: Executor,
         quiet_seconds: float,
         poll_seconds: float,
+        stalled: Stalled | None = None,
     ) -> None:
         self._database = database
         self._executor = executor
+        self._stalled = stalled
         self._quiet = timedelta(seconds=quiet_seconds)
         self._poll_seconds = poll_seconds
         self._stop = threading.Event()
@@ -42,9 +62,25 @@ class CompletionWatcher:
             due = queries.take_dispatchable_jobs(session, now=now)
         if queued:
             log.info("studies settled; queued jobs %s", queued)
+        if self._stalled is not None:
+            self._retry_stalled(now, self._stalled)
         for job_id in due:
             self._executor.submit(job_id)
         return due
+
+    def _retry_stalled(self, now: datetime, stalled: Stalled) -> None:
+        with self._database.session() as session:
+            jobs = queries.stalled_jobs(
+                session, stalled_before=now - timedelta(seconds=stalled.timeout_s)
+            )
+        for job_id, stage in jobs:
+            log.warning("job %d made no progress in %s; retried", job_id, stage)
+            stalled.fail(
+                job_id,
+                stage,
+                f"no progress for {stalled.timeout_s:.0f} s (worker or broker lost)",
+                permanent=False,
+            )
 
     def _loop(self) -> None:
         while not self._stop.wait(self._poll_seconds):

@@ -10,19 +10,16 @@ from db import exports, queries
 from db.migrate import upgrade
 from db.models import utcnow
 from db.session import Database
-from dicom_node.completion import CompletionWatcher
+from dicom_node.completion import CompletionWatcher, Stalled
 from dicom_node.export import Exporter
 from dicom_node.ingest import Ingestor
 from dicom_node.server import DicomListener, configure_reception
 from dicom_node.settings import Settings
 from dicom_node.spool import Spool
-from models.bundle import clinical_use_label
+from dicom_node.wiring import distributed_app, job_runner, local_notices
+from pipeline.celery_executor import CeleryExecutor, QueuedNotices
 from pipeline.dicom_files import keep_header_values_out_of_logs
-from pipeline.executors import InProcessExecutor
-from pipeline.graph import default_stages
-from pipeline.report.inputs import ReportOptions
-from pipeline.report.stage import Notices
-from pipeline.runner import JobRunner, RetryPolicy
+from pipeline.executors import Executor, InProcessExecutor
 from pipeline.stage import Stage
 
 log = logging.getLogger(__name__)
@@ -35,36 +32,23 @@ class Node:
         self.settings = settings
         self.database = Database(settings.resolved_database_url)
         self.spool = Spool(settings.data_dir / "spool")
-        report = ReportOptions(**settings.report.model_dump())
-        destinations_for = settings.export.destinations_for
-        runner = JobRunner(
-            database=self.database,
-            spool_root=self.spool.root,
-            stages=default_stages(
-                settings.model.bundle_dir,
-                spool_root=self.spool.root,
-                report=report,
-                destinations_for=destinations_for,
+        app = distributed_app(settings)
+        self.distributed = app is not None
+        self.executor: Executor
+        if app is None:
+            runner = job_runner(
+                settings, self.database, notices=local_notices(settings), stages=stages
             )
-            if stages is None
-            else stages,
-            retry=RetryPolicy(
-                max_attempts=settings.executor.max_attempts,
-                backoff_s=settings.executor.retry_backoff_s,
-            ),
-            notices=Notices(
-                report,
-                self.spool.root,
-                destinations_for,
-                clinical_use_label(settings.model.bundle_dir),
-            ),
-        )
-        self.executor = InProcessExecutor(runner, workers=settings.executor.workers)
+            self.executor = InProcessExecutor(runner, workers=settings.executor.workers)
+        else:
+            runner = job_runner(settings, self.database, notices=QueuedNotices(app), stages=stages)
+            self.executor = CeleryExecutor(app, runner, self.database)
         self.watcher = CompletionWatcher(
             database=self.database,
             executor=self.executor,
             quiet_seconds=settings.completion.quiet_seconds,
             poll_seconds=settings.completion.poll_seconds,
+            stalled=Stalled(settings.executor.stall_timeout_s, runner.fail) if app else None,
         )
         self.exporter = Exporter(
             database=self.database,
@@ -88,7 +72,7 @@ class Node:
         self.spool.prepare()
         upgrade(self.database)
         with self.database.session() as session:
-            recovered = queries.recover_interrupted_jobs(session)
+            recovered = queries.recover_interrupted_jobs(session, running_too=not self.distributed)
             released = exports.release_leases(session, now=utcnow())
         if recovered:
             log.warning("re-queued %d job(s) interrupted by the last stop", len(recovered))

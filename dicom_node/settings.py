@@ -149,9 +149,17 @@ class CompletionSettings(_Section):
 
 
 class ExecutorSettings(_Section):
-    """The in-process worker pool of the embedded default."""
+    """Where jobs run: the in-process pool (default) or Celery workers behind a broker."""
 
+    # Empty: the embedded default, a thread pool in the node. A Redis URL (e.g.
+    # "redis://redis:6379/0"): Celery workers (`llnm-node worker`) run the stages.
+    broker_url: str = ""
+    # In-process pool size (embedded default only).
     workers: int = Field(1, ge=1)
+    # A running job with no stage progress for this long is retried (lost worker or broker).
+    stall_timeout_s: float = Field(900.0, gt=0)
+    # Redis broker: an unacknowledged task is handed out again after this long.
+    visibility_timeout_s: float = Field(3600.0, gt=0)
     # Attempts for a stage that fails with an unexpected (possibly transient) error.
     max_attempts: int = Field(3, ge=1)
     # Wait before retry n is retry_backoff_s * 2 ** (n - 1).

@@ -32,6 +32,14 @@ log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
+class StageStep:
+    """What running one stage gave: the next stage's input, or the end of the job."""
+
+    value: Any
+    ended: bool
+
+
+@dataclass(frozen=True)
 class RetryPolicy:
     """How unexpected (possibly transient) stage errors are retried."""
 
@@ -57,18 +65,39 @@ class JobRunner:
         self._retry = retry
         self._notices = notices
 
-    def run(self, job_id: int) -> None:
-        """Run job ``job_id`` if it is still queued; every outcome ends up in the database."""
+    @property
+    def stages(self) -> tuple[Stage[Any, Any], ...]:
+        """The stages, first to last."""
+        return self._stages
+
+    def work_dir(self, job_id: int) -> Path:
+        """The job's folder in the spool (shared with workers in the distributed mode)."""
+        return self._spool_root / "work" / f"job-{job_id}"
+
+    def claim(self, job_id: int) -> int | None:
+        """Take job ``job_id`` if it is still queued; returns its attempt number, else None."""
         with self._database.session() as session:
             claimed = queries.claim_job(session, job_id=job_id)
         if claimed is None:
             log.info("job %d is no longer queued; skipped", job_id)
-            return
-        work_dir = self._spool_root / "work" / f"job-{job_id}"
+            return None
+        log.info("job %d attempt %d started", job_id, claimed.attempt)
+        return claimed.attempt
+
+    def is_current(self, job_id: int, attempt: int) -> bool:
+        """Whether attempt ``attempt`` of job ``job_id`` is the one running now."""
+        with self._database.session() as session:
+            return queries.running_attempt(session, job_id=job_id) == attempt
+
+    def study_input(self, job_id: int) -> StudyInput:
+        """The first stage's input: the study's instances in the spool."""
+        with self._database.session() as session:
+            source = queries.job_source(session, job_id=job_id)
+        work_dir = self.work_dir(job_id)
         work_dir.mkdir(parents=True, exist_ok=True)
-        value: Any = StudyInput(
+        return StudyInput(
             job_id=job_id,
-            study_instance_uid=claimed.study_instance_uid,
+            study_instance_uid=source.study_instance_uid,
             instances=tuple(
                 InstanceRef(
                     sop_instance_uid=sop_uid,
@@ -76,48 +105,70 @@ class JobRunner:
                     series_instance_uid=series_uid,
                     path=self._spool_root / path,
                 )
-                for sop_uid, sop_class, series_uid, path in claimed.instances
+                for sop_uid, sop_class, series_uid, path in source.instances
             ),
             work_dir=work_dir,
         )
-        log.info("job %d attempt %d started", job_id, claimed.attempt)
-        for stage in self._stages:
-            with self._database.session() as session:
-                queries.enter_stage(session, job_id=job_id, stage=stage.name)
-                if stage.load is not None:
-                    value = stage.load(session, job_id, value)
-            started = time.perf_counter()
-            try:
-                value = stage.run(value)
-            except StageError as exc:
-                self._fail(job_id, stage.name, str(exc), permanent=True)
+
+    def run(self, job_id: int) -> None:
+        """Run job ``job_id`` if it is still queued; every outcome ends up in the database."""
+        if self.claim(job_id) is None:
+            return
+        value: Any = self.study_input(job_id)
+        for index in range(len(self._stages)):
+            step = self.run_stage(job_id, index, value)
+            if step.ended:
                 return
-            except Exception as exc:  # boundary: any stage bug or outage becomes a job event
-                log.exception("job %d: stage %s raised", job_id, stage.name)
-                self._fail(job_id, stage.name, f"{type(exc).__name__}: {exc}", permanent=False)
-                return
-            seconds = time.perf_counter() - started
-            with self._database.session() as session:
-                queries.complete_stage(
-                    session,
-                    job_id=job_id,
-                    stage=stage.name,
-                    seconds=seconds,
-                    summary=stage.summarize(value),
-                )
-                if stage.store is not None:
-                    value = stage.store(session, job_id, value)
-                if isinstance(value, JobConcluded):
-                    queries.finish_job(session, job_id=job_id, outcome=value.outcome)
-                    if self._notices is not None:
-                        self._notices.concluded(session, job_id, value.outcome)
-                    log.info("job %d done after %s: %s", job_id, stage.name, value.outcome)
-                    return
+            value = step.value
+        self.finish(job_id)
+
+    def run_stage(self, job_id: int, index: int, value: Any) -> StageStep:
+        """Run stage ``index`` on ``value`` and record it; the step says whether the job ended.
+
+        A stage error fails the job (permanently for :class:`StageError`, else with
+        a retry); a :class:`JobConcluded` from the stage's store finishes it early.
+        """
+        stage = self._stages[index]
+        with self._database.session() as session:
+            queries.enter_stage(session, job_id=job_id, stage=stage.name)
+            if stage.load is not None:
+                value = stage.load(session, job_id, value)
+        started = time.perf_counter()
+        try:
+            value = stage.run(value)
+        except StageError as exc:
+            self.fail(job_id, stage.name, str(exc), permanent=True)
+            return StageStep(None, ended=True)
+        except Exception as exc:  # boundary: any stage bug or outage becomes a job event
+            log.exception("job %d: stage %s raised", job_id, stage.name)
+            self.fail(job_id, stage.name, f"{type(exc).__name__}: {exc}", permanent=False)
+            return StageStep(None, ended=True)
+        with self._database.session() as session:
+            queries.complete_stage(
+                session,
+                job_id=job_id,
+                stage=stage.name,
+                seconds=time.perf_counter() - started,
+                summary=stage.summarize(value),
+            )
+            if stage.store is not None:
+                value = stage.store(session, job_id, value)
+            if isinstance(value, JobConcluded):
+                queries.finish_job(session, job_id=job_id, outcome=value.outcome)
+                if self._notices is not None:
+                    self._notices.concluded(session, job_id, value.outcome)
+                log.info("job %d done after %s: %s", job_id, stage.name, value.outcome)
+                return StageStep(None, ended=True)
+        return StageStep(value, ended=False)
+
+    def finish(self, job_id: int) -> None:
+        """Record that every stage of job ``job_id`` is done."""
         with self._database.session() as session:
             queries.finish_job(session, job_id=job_id)
         log.info("job %d done", job_id)
 
-    def _fail(self, job_id: int, stage: str, error: str, *, permanent: bool) -> None:
+    def fail(self, job_id: int, stage: str, error: str, *, permanent: bool) -> None:
+        """Record a failure of ``stage``: permanent (failed) or retried with backoff (then dead)."""
         with self._database.session() as session:
             state = queries.fail_job(
                 session,

@@ -8,7 +8,9 @@ Segmenters
     the bundle's checksums are verified and both are loaded and kept
     (:class:`SegmenterLoader`).
     The crops of a study are segmented in one batch per segmenter, on CUDA
-    when the worker has it.
+    when the worker has it; when several jobs segment at once (a worker with
+    ``--concurrency`` above 1), their crops share forward passes
+    (:class:`pipeline.batching.MicroBatcher`).
 Masks
     Both masks come back at the crop's resolution and are written next to the
     crops as ``work_dir/segment/NNN_nodule.png`` and ``NNN_thyroid.png`` (0 or
@@ -20,6 +22,7 @@ Next
 
 from __future__ import annotations
 
+import functools
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -33,6 +36,7 @@ from numpy.typing import NDArray
 
 from models.bundle import Manifest, verify_bundle
 from models.segmentation import Segmenter, load_segmenter, segment
+from pipeline.batching import MicroBatcher
 from pipeline.crop import CroppedView, SkippedImage
 from pipeline.stage import Stage, StageError
 
@@ -40,13 +44,45 @@ NODULE_DIR = "nodule"
 THYROID_DIR = "thyroid"
 
 
+# Views per forward pass at most when jobs' calls are batched together.
+MAX_BATCH_VIEWS = 32
+
+Crop = NDArray[np.uint8]
+Mask = NDArray[np.bool_]
+
+
 @dataclass(frozen=True)
 class Segmenters:
-    """The two segmenters of a model bundle, and its manifest."""
+    """The two segmenters of a model bundle, its manifest, and their batched mask makers.
+
+    ``nodule_masks``/``thyroid_masks`` map crops to masks at the crops' sizes and
+    batch concurrent calls (several jobs at once) into one forward pass.
+    """
 
     nodule: Segmenter
     thyroid: Segmenter
     manifest: Manifest
+    nodule_masks: MicroBatcher[Crop, Mask]
+    thyroid_masks: MicroBatcher[Crop, Mask]
+
+    @classmethod
+    def of(cls, nodule: Segmenter, thyroid: Segmenter, manifest: Manifest) -> Segmenters:
+        """The segmenters with their batchers."""
+        return cls(
+            nodule=nodule,
+            thyroid=thyroid,
+            manifest=manifest,
+            nodule_masks=MicroBatcher(
+                functools.partial(segment, nodule, target="nodule"),
+                max_items=MAX_BATCH_VIEWS,
+                name="nodule",
+            ),
+            thyroid_masks=MicroBatcher(
+                functools.partial(segment, thyroid, target="thyroid"),
+                max_items=MAX_BATCH_VIEWS,
+                name="thyroid",
+            ),
+        )
 
 
 class SegmenterLoader:
@@ -80,7 +116,7 @@ class SegmenterLoader:
                         raise ValueError(
                             f"{self.bundle_dir / name} finds {segmenter.config.target!r}"
                         )
-                self._loaded = Segmenters(nodule=nodule, thyroid=thyroid, manifest=manifest)
+                self._loaded = Segmenters.of(nodule, thyroid, manifest)
             return self._loaded
 
 
@@ -171,8 +207,8 @@ def segment_study(
     out_dir = study.work_dir / "segment"
     out_dir.mkdir(parents=True, exist_ok=True)
     crops = [read_png(view.png_path) for view in study.images]
-    nodules = segment(segmenters.nodule, crops, "nodule")
-    thyroids = segment(segmenters.thyroid, crops, "thyroid")
+    nodules = segmenters.nodule_masks(crops)
+    thyroids = segmenters.thyroid_masks(crops)
     views = []
     for view, nodule, thyroid in zip(study.images, nodules, thyroids, strict=True):
         stem = view.png_path.stem

@@ -112,7 +112,8 @@ def test_claim_is_exclusive_and_fail_paths(database: Database) -> None:
     set_state(database, job_id, JobState.QUEUED)
     with database.session() as session:
         claimed = queries.claim_job(session, job_id=job_id)
-    assert claimed is not None and claimed.attempt == 1 and len(claimed.instances) == 1
+        assert len(queries.job_source(session, job_id=job_id).instances) == 1
+    assert claimed is not None and claimed.attempt == 1
     with database.session() as session:
         assert queries.claim_job(session, job_id=job_id) is None
     # transient failure: retried later

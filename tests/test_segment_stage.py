@@ -119,7 +119,8 @@ def test_no_nodule_found_is_a_done_job_with_its_own_result(
         detail = queries.job_detail(session, job_id=job.id)
     assert detail.result is not None and detail.result.outcome == "no_nodule_found"
     assert detail.result.probability is None
-    assert detail.events[-1].detail == {"outcome": "no_nodule_found"}
+    done = next(e for e in detail.events if e.kind == "job.done")
+    assert done.detail == {"outcome": "no_nodule_found"}
     summary = next(
         e.detail["summary"]
         for e in detail.events

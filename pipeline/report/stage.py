@@ -102,7 +102,7 @@ class _ReportSteps:
 
     def load(self, session: Session, job_id: int, predicted: PredictedStudy) -> ReportInput:
         source = queries.job_source(session, job_id=job_id)
-        originals = {uid: self.spool_root / path for uid, _, path in source.instances}
+        originals = {uid: self.spool_root / path for uid, _, _, path in source.instances}
         return report_input(
             predicted, queries.pseudonyms_for_job(session, job_id=job_id), originals
         )
@@ -195,8 +195,8 @@ class Notices:
     ) -> None:
         try:
             source = queries.job_source(session, job_id=job_id)
-            paths = [p for _, _, p in source.instances]
-            images = [p for _, c, p in source.instances if c in ULTRASOUND_IMAGE_CLASSES]
+            paths = [p for _, _, _, p in source.instances]
+            images = [p for _, c, _, p in source.instances if c in ULTRASOUND_IMAGE_CLASSES]
             out_dir = self._spool_root / "work" / f"job-{job_id}" / "report"
             notice = make(self._spool_root / (images or paths)[0], out_dir, len(images))
             _queue(session, job_id, [notice], self._spool_root, self._destinations_for)

@@ -1,0 +1,173 @@
+"""The distributed mode with real Redis, PostgreSQL and ``llnm-node worker`` processes."""
+
+from __future__ import annotations
+
+import base64
+import json
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+from celery_cluster import Cluster
+from conftest import free_port
+from test_imaging_jobs import send
+
+from db import queries
+from pipeline.phantom import make_case
+
+pytestmark = pytest.mark.postgres
+
+SYSTEM_REDIS = "redis://127.0.0.1:6379/7"
+
+
+@pytest.fixture
+def cluster(tmp_path: Path, postgres_url: str) -> Iterator[Cluster]:
+    """A node on PostgreSQL and the machine's Redis (database 7, emptied); no workers yet."""
+    broker = redis.Redis.from_url(SYSTEM_REDIS)
+    broker.flushdb()
+    made = Cluster(
+        tmp_path,
+        database_url=postgres_url,
+        broker_url=SYSTEM_REDIS,
+        visibility_timeout_s=8,
+        stall_timeout_s=120,
+    )
+    made.start_node()
+    yield made
+    made.stop()
+    broker.flushdb()
+
+
+def _stage_runs(cluster: Cluster, job_id: int) -> list[str]:
+    with cluster.node.database.session() as session:
+        events = queries.job_detail(session, job_id=job_id).events
+    return [str(e.detail["stage"]) for e in events if e.kind == "stage.started" and e.detail]
+
+
+def _report_objects(cluster: Cluster, job_id: int) -> list[str]:
+    with cluster.node.database.session() as session:
+        result = queries.job_detail(session, job_id=job_id).result
+    assert result is not None and result.detail is not None
+    return [o["sop_instance_uid"] for o in result.detail["objects"]]
+
+
+def test_messages_carry_only_ids_and_a_study_runs_through_worker_processes(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    case = make_case(1)
+    assert case.report_dataset is not None
+    send(cluster.node, [*case.datasets, case.report_dataset], tmp_path / "case")
+    broker = redis.Redis.from_url(SYSTEM_REDIS)
+    deadline = time.monotonic() + 30
+    while not broker.llen("cpu"):
+        assert time.monotonic() < deadline, "the node sent no task"
+        time.sleep(0.1)
+    (raw,) = broker.lrange("cpu", 0, -1)
+    text = raw.decode() if isinstance(raw, bytes) else str(raw)
+    message = json.loads(text)
+    body = json.loads(base64.b64decode(message["body"]))
+    (job,) = cluster.jobs()
+    assert body[0] == [job.id, 0, 1]  # job id, first stage, attempt: nothing else
+    for phi in [*case.phi, str(case.datasets[0].StudyInstanceUID)]:
+        assert phi not in text, phi
+
+    cluster.start_worker("cpu", "cpu")
+    cluster.start_worker("gpu", "gpu")
+    (done,) = cluster.wait_jobs(1)
+    assert done.state == "done", done.error
+    assert _stage_runs(cluster, done.id) == [
+        "intake",
+        "deidentify",
+        "crop",
+        "segment",
+        "features",
+        "infer",
+        "report",
+    ]
+    assert len(_report_objects(cluster, done.id)) == 3  # SR and two heatmaps
+    assert "llnm.stage" in cluster.log("gpu") and "llnm.stage" in cluster.log("cpu")
+    stages = sorted((tmp_path / "data" / "spool" / "work" / f"job-{done.id}" / "stages").iterdir())
+    assert [p.name for p in stages] == [
+        "00-intake.pkl",
+        "01-deidentify.pkl",
+        "02-crop.pkl",
+        "03-segment.pkl",
+        "04-features.pkl",
+        "05-infer.pkl",
+    ]
+
+
+def test_a_gpu_worker_killed_mid_stage_hands_its_task_to_another(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    cluster.start_worker("cpu", "cpu")
+    cluster.start_worker("gpu-a", "gpu")
+    case = make_case(2)
+    send(cluster.node, [*case.datasets], tmp_path / "case")
+    deadline = time.monotonic() + 60
+    while not any(j.stage == "segment" for j in cluster.jobs()):
+        assert time.monotonic() < deadline, cluster.jobs()
+        time.sleep(0.02)
+    cluster.kill_worker("gpu-a")  # while it loads the models or segments
+    cluster.start_worker("gpu-b", "gpu")
+    (job,) = cluster.wait_jobs(1)
+    assert job.state == "done", job.error
+    with cluster.node.database.session() as session:
+        assert queries.job_detail(session, job_id=job.id).job.attempts == 1  # redelivered
+    runs = _stage_runs(cluster, job.id)
+    assert runs.count("segment") == 2 and runs.count("report") == 1, runs
+    assert "llnm.stage" in cluster.log("gpu-b")
+    assert len(set(_report_objects(cluster, job.id))) == 3
+
+
+def _redis_server(port: int, log: Path) -> subprocess.Popen[bytes]:
+    server = subprocess.Popen(
+        ["redis-server", "--port", str(port), "--save", "", "--appendonly", "no"],
+        stdout=log.open("ab"),
+        stderr=subprocess.STDOUT,
+    )
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return server
+        except OSError:
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.05)
+
+
+@pytest.mark.skipif(shutil.which("redis-server") is None, reason="redis-server is missing")
+def test_redis_restarted_mid_run_loses_no_study(tmp_path: Path, postgres_url: str) -> None:
+    port = free_port()
+    server = _redis_server(port, tmp_path / "redis.log")
+    cluster = Cluster(
+        tmp_path / "cluster",
+        database_url=postgres_url,
+        broker_url=f"redis://127.0.0.1:{port}/0",
+        visibility_timeout_s=8,
+        stall_timeout_s=10,
+    )
+    try:
+        node = cluster.start_node()
+        cluster.start_worker("all", "gpu,cpu")
+        send(node, [*make_case(3).datasets], tmp_path / "first")
+        deadline = time.monotonic() + 60
+        while not any(j.state == "running" for j in cluster.jobs()):
+            assert time.monotonic() < deadline, cluster.jobs()
+            time.sleep(0.05)
+        server.kill()  # no persistence: whatever was queued is gone
+        server.wait(timeout=10)
+        send(node, [*make_case(4).datasets], tmp_path / "second")  # the node keeps accepting
+        time.sleep(2.0)
+        server = _redis_server(port, tmp_path / "redis.log")
+        jobs = cluster.wait_jobs(2, timeout=240)
+    finally:
+        cluster.stop()
+        server.kill()
+        server.wait(timeout=10)
+    assert [j.state for j in jobs] == ["done", "done"], jobs

@@ -335,13 +335,13 @@ def test_tls_destination_with_client_certificate(
             cert_file=certificates["client.pem"],
             key_file=certificates["client.key"],
         )
-        for name, tls in (("anonymous", no_client_cert), ("archive", with_client_cert)):
-            destination = Destination(
-                name=name, ae_title=SCP_AE, host="127.0.0.1", port=scp.port, tls=tls
-            )
-            settings = ExportSettings(destinations=[destination], initial_backoff_s=0.05)
-            queue(database, job_id, [(sop_uid, relative)], name)
-            exporter(database, spool, settings).run_round()
+        destinations = [
+            Destination(name=name, ae_title=SCP_AE, host="127.0.0.1", port=scp.port, tls=tls)
+            for name, tls in (("anonymous", no_client_cert), ("archive", with_client_cert))
+        ]
+        queue(database, job_id, [(sop_uid, relative)], "anonymous", "archive")
+        settings = ExportSettings(destinations=destinations, initial_backoff_s=60)
+        exporter(database, spool, settings).run_round()
         refused, sent = sorted(rows(database, job_id=job_id), key=lambda r: r.destination)
         assert refused.destination == "anonymous" and refused.state == "pending"
         assert refused.error is not None and refused.attempts == 1

@@ -260,3 +260,32 @@ def test_every_model_input_has_a_contribution_code() -> None:
     assert tuple(codes.CONTRIBUTION) == CONTRIBUTION_GROUPS
     assert len({c.value for c in codes.CONTRIBUTION.values()}) == len(CONTRIBUTION_GROUPS)
     assert all(len(c.value) <= 16 for c in codes.CONTRIBUTION.values())  # SH
+
+
+def test_originals_without_type2_attributes_still_give_conformant_objects(
+    tmp_path: Path,
+) -> None:
+    from pipeline.report.secondary_capture import build_heatmap_scs
+    from pipeline.report.segmentation import build_seg
+
+    report, _ = predicted_case(make_case(1), tmp_path)
+    missing = ("PatientName", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime")
+    missing += ("ReferringPhysicianName", "StudyID", "AccessionNumber")
+    for view in report.views:
+        original = dcmread(view.original)
+        for keyword in missing:
+            delattr(original, keyword)
+        original.save_as(view.original)
+    notice = failure_sr(
+        report.views[0].original,
+        out_dir=tmp_path / "n",
+        job_id=1,
+        reason="x",
+        clinical_use_label=None,
+    )
+    objects = [build_sr(report), *build_heatmap_scs(report), *build_seg(report), notice]
+    for made in objects:
+        errors = [line for line in _dciodvfy(made.path) if line.startswith("Error")]
+        assert errors == [], (made.kind, errors)
+        dataset = dcmread(made.path, stop_before_pixels=True)
+        assert dataset.PatientName == "" and dataset.PatientID == original.PatientID

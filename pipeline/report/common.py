@@ -4,13 +4,45 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydicom import Dataset
+from pydicom import Dataset, dcmread
 
 from db.queries import Prediction
 from pipeline.report.inputs import ObjectKind, ReportObject
 
 # Series numbers of the node's series in the original study (high, so they sort last).
 SERIES_NUMBER: dict[ObjectKind, int] = {"sr": 9901, "sc": 9902, "seg": 9903}
+
+
+# Type 2 attributes of the Patient and General Study modules: every result object must
+# hold them, possibly empty; some consoles leave them out of their images.
+_PATIENT_AND_STUDY_TYPE2 = (
+    "PatientName",
+    "PatientID",
+    "PatientBirthDate",
+    "PatientSex",
+    "StudyDate",
+    "StudyTime",
+    "ReferringPhysicianName",
+    "StudyID",
+    "AccessionNumber",
+)
+
+
+def read_original(path: Path, *, pixels: bool = False) -> Dataset:
+    """An original instance to build a result object on, its missing Type 2 attributes empty.
+
+    The file is not changed; highdicom copies patient and study from the returned data set.
+
+    Raises
+    ------
+    OSError, pydicom.errors.InvalidDicomError
+        If ``path`` cannot be read.
+    """
+    dataset = dcmread(path, stop_before_pixels=not pixels)
+    for keyword in _PATIENT_AND_STUDY_TYPE2:
+        if keyword not in dataset:
+            setattr(dataset, keyword, "")
+    return dataset
 
 
 def result_caption(prediction: Prediction, clinical_use_label: str | None) -> str:

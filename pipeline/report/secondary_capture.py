@@ -11,12 +11,18 @@ DICOM viewer.
 from __future__ import annotations
 
 import highdicom as hd
-from pydicom import Dataset, dcmread
+from pydicom import Dataset
 from pydicom.sequence import Sequence as DicomSequence
 from pydicom.sr.codedict import codes
 from pydicom.uid import ExplicitVRLittleEndian
 
-from pipeline.report.common import SERIES_NUMBER, result_caption, save_object, series_description
+from pipeline.report.common import (
+    SERIES_NUMBER,
+    read_original,
+    result_caption,
+    save_object,
+    series_description,
+)
 from pipeline.report.heatmap import RGB8, render_heatmap, write_png
 from pipeline.report.inputs import (
     MANUFACTURER,
@@ -55,7 +61,7 @@ def derivation_description(report: ReportInput) -> str:
 
 def heatmap_sc(report: ReportInput, view: ReportView, number: int, pixels: RGB8) -> hd.sc.SCImage:
     """The Secondary Capture of ``pixels`` (the rendered heatmap of ``view``)."""
-    original = dcmread(view.original, stop_before_pixels=True)
+    original = read_original(view.original)
     sc = hd.sc.SCImage.from_ref_dataset(
         ref_dataset=original,
         pixel_array=pixels,

@@ -25,12 +25,12 @@ from pathlib import Path
 import highdicom as hd
 import numpy as np
 from numpy.typing import NDArray
-from pydicom import Dataset, dcmread
+from pydicom import Dataset
 from pydicom.sr.codedict import codes
 from pydicom.uid import ExplicitVRLittleEndian
 
 from pipeline.crop import ImageArea
-from pipeline.report.common import SERIES_NUMBER, save_object, series_description
+from pipeline.report.common import SERIES_NUMBER, read_original, save_object, series_description
 from pipeline.report.inputs import (
     MANUFACTURER,
     SOFTWARE_VERSION,
@@ -127,7 +127,7 @@ def build_seg(report: ReportInput) -> tuple[ReportObject, ...]:
     """
     objects = []
     for number, view in enumerate(report.views, start=1):
-        original = dcmread(view.original)
+        original = read_original(view.original, pixels=True)
         if int(original.get("NumberOfFrames", 1)) > 1:
             log.warning(
                 "no SEG for view %d: its original %s is multi-frame",

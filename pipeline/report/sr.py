@@ -27,7 +27,7 @@ import cv2
 import highdicom as hd
 import numpy as np
 from numpy.typing import NDArray
-from pydicom import Dataset, dcmread
+from pydicom import Dataset
 from pydicom.sr.coding import Code
 from pydicom.uid import generate_uid
 from scipy import ndimage
@@ -36,7 +36,13 @@ from db.queries import Prediction
 from pipeline.features.extract import Location, NoduleFeatures, ViewFeatures
 from pipeline.features.geometry import Unavailable
 from pipeline.report import codes
-from pipeline.report.common import SERIES_NUMBER, result_caption, save_object, series_description
+from pipeline.report.common import (
+    SERIES_NUMBER,
+    read_original,
+    result_caption,
+    save_object,
+    series_description,
+)
 from pipeline.report.inputs import (
     MANUFACTURER,
     SOFTWARE_VERSION,
@@ -66,7 +72,7 @@ def build_sr(report: ReportInput) -> ReportObject:
         If a used view has no index nodule or an empty nodule mask.
     """
     prediction = report.prediction
-    evidence = [dcmread(view.original, stop_before_pixels=True) for view in report.views]
+    evidence = [read_original(view.original) for view in report.views]
     algorithm = hd.sr.AlgorithmIdentification(
         name=prediction.bundle_name, version=prediction.bundle_version, manufacturer=MANUFACTURER
     )
@@ -162,7 +168,7 @@ def _notice_sr(
     clinical_use_label: str | None,
 ) -> ReportObject:
     """A root container ``title`` holding ``text`` and the clinical-use label when set."""
-    image = dcmread(evidence, stop_before_pixels=True)
+    image = read_original(evidence)
     items = [text, clinical_use_label] if clinical_use_label else [text]
     root = hd.sr.ContainerContentItem(name=title)
     root.ContentSequence = hd.sr.ContentSequence([_text(codes.RESULT, item) for item in items])

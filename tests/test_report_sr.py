@@ -269,8 +269,8 @@ def test_originals_without_type2_attributes_still_give_conformant_objects(
     from pipeline.report.segmentation import build_seg
 
     report, _ = predicted_case(make_case(1), tmp_path)
-    missing = ("PatientName", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime")
-    missing += ("ReferringPhysicianName", "StudyID", "AccessionNumber")
+    missing = ["PatientName", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime"]
+    missing += ["ReferringPhysicianName", "StudyID", "AccessionNumber"]
     for view in report.views:
         original = dcmread(view.original)
         for keyword in missing:

@@ -98,6 +98,7 @@ def in_process(root: Path, paths: list[Path], studies: int) -> float:
                 min_free_disk_mb=50,
                 dicom={"host": "127.0.0.1", "port": 0},
                 completion={"quiet_seconds": 0.5, "poll_seconds": 0.1},
+                api={"port": 0},
             )
         )
         node.start()

@@ -83,6 +83,7 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         min_free_disk_mb=50,
         dicom={"host": "127.0.0.1", "port": 0},
         completion={"quiet_seconds": args.quiet_s, "poll_seconds": 0.05},
+        api={"port": 0},
         export={
             "destinations": [
                 {"name": "pacs", "ae_title": ORTHANC_AE, "host": "127.0.0.1", "port": orthanc_port}

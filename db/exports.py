@@ -11,13 +11,15 @@ from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, cast
+from typing import Any, TypeVarTuple, cast
 
-from sqlalchemy import CursorResult, func, select, update
+from sqlalchemy import CursorResult, Select, func, select, update
 from sqlalchemy.orm import Session
 
 from db.models import EventLevel, ExportAttempt, ExportState, Job, JobState, utcnow
 from db.queries import JobNotFoundError, JobStateError, record_event, retry_job
+
+_Row = TypeVarTuple("_Row")  # the columns a filtered query selects
 
 # A row handed to an exporter is not handed out again for this long, unless marked sooner.
 DEFAULT_LEASE_S = 600.0
@@ -320,6 +322,23 @@ def _dead_count(session: Session, job_id: int) -> int:
     )
 
 
+def _export_query(
+    query: Select[*_Row],
+    *,
+    state: ExportState | None,
+    destination: str | None,
+    job_id: int | None,
+) -> Select[*_Row]:
+    query = query.join(Job, ExportAttempt.job_fk == Job.id)
+    if state is not None:
+        query = query.where(ExportAttempt.state == state)
+    if destination is not None:
+        query = query.where(ExportAttempt.destination == destination)
+    if job_id is not None:
+        query = query.where(ExportAttempt.job_fk == job_id)
+    return query
+
+
 def list_exports(
     session: Session,
     *,
@@ -327,17 +346,13 @@ def list_exports(
     destination: str | None = None,
     job_id: int | None = None,
     limit: int = 100,
+    offset: int = 0,
 ) -> list[ExportRow]:
     """Exports, newest first, filtered by state, destination and job."""
-    query = (
-        select(ExportAttempt, Job.study_fk).join(Job).order_by(ExportAttempt.id.desc()).limit(limit)
+    query = _export_query(
+        select(ExportAttempt, Job.study_fk), state=state, destination=destination, job_id=job_id
     )
-    if state is not None:
-        query = query.where(ExportAttempt.state == state)
-    if destination is not None:
-        query = query.where(ExportAttempt.destination == destination)
-    if job_id is not None:
-        query = query.where(ExportAttempt.job_fk == job_id)
+    query = query.order_by(ExportAttempt.id.desc()).limit(limit).offset(offset)
     return [
         ExportRow(
             id=row.id,
@@ -356,3 +371,17 @@ def list_exports(
         )
         for row, study_id in session.execute(query)
     ]
+
+
+def count_exports(
+    session: Session,
+    *,
+    state: ExportState | None = None,
+    destination: str | None = None,
+    job_id: int | None = None,
+) -> int:
+    """How many exports :func:`list_exports` finds with these filters, over all pages."""
+    query = _export_query(
+        select(func.count(ExportAttempt.id)), state=state, destination=destination, job_id=job_id
+    )
+    return session.scalar(query) or 0

@@ -68,9 +68,10 @@ class JobState(enum.StrEnum):
     DONE = "done"
     FAILED = "failed"  # the input cannot be analysed (permanent)
     DEAD = "dead"  # gave up after the configured attempts
+    CANCELLED = "cancelled"  # an admin stopped it before it finished
 
 
-TERMINAL_STATES = frozenset({JobState.DONE, JobState.FAILED, JobState.DEAD})
+TERMINAL_STATES = frozenset({JobState.DONE, JobState.FAILED, JobState.DEAD, JobState.CANCELLED})
 
 
 class EventLevel(enum.StrEnum):

@@ -1,6 +1,6 @@
 """Every read and write of the job database, as keyword-only functions.
 
-The listener, the completion watcher, the job runner, the CLI and (later) the
+The listener, the completion watcher, the job runner, the CLI and the admin
 REST API all go through here; none of them builds SQL of its own.
 
 Re-run policy for instances that arrive late (documented in the README):
@@ -19,7 +19,7 @@ import secrets
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
-from typing import Any, cast
+from typing import Any, TypeVarTuple, cast
 
 from sqlalchemy import (
     Connection,
@@ -51,6 +51,8 @@ from db.models import (
     Study,
     utcnow,
 )
+
+_Row = TypeVarTuple("_Row")  # the columns a filtered query selects
 
 
 class JobNotFoundError(LookupError):
@@ -627,6 +629,45 @@ def retry_job(session: Session, *, job_id: int, requested_by: str) -> Job:
     return job
 
 
+def cancel_job(session: Session, *, job_id: int, requested_by: str) -> Job:
+    """Stop a received, queued or running job (admin action, audited).
+
+    A running job ends before its next stage; what its current stage makes is dropped.
+
+    Raises
+    ------
+    JobNotFoundError
+        If there is no such job.
+    JobStateError
+        If the job already ended.
+    """
+    job = session.get(Job, job_id, with_for_update=True)
+    if job is None:
+        raise JobNotFoundError(f"no job {job_id}")
+    if job.state in TERMINAL_STATES:
+        raise JobStateError(f"job {job_id} is {job.state.value}; it cannot be cancelled")
+    was = job.state.value
+    job.state = JobState.CANCELLED
+    job.stage = None
+    job.dispatched_at = None
+    job.finished_at = utcnow()
+    record_event(
+        session,
+        kind="job.cancelled",
+        job_id=job_id,
+        study_id=job.study_fk,
+        message=f"cancelled by {requested_by} (was {was})",
+        detail={"actor": requested_by, "was": was},
+    )
+    return job
+
+
+def job_is_running(session: Session, *, job_id: int) -> bool:
+    """Whether job ``job_id`` is running; locks its row so a cancel waits for this transaction."""
+    state = session.scalar(select(Job.state).where(Job.id == job_id).with_for_update())
+    return state == JobState.RUNNING
+
+
 # --- pseudonym map ------------------------------------------------------------
 
 
@@ -734,9 +775,13 @@ class ResultRow:
 
     outcome: str
     probability: float | None
+    threshold: float | None
     positive: bool | None
     risk_stage: int | None
+    bundle_name: str
+    bundle_version: str
     synthetic_bundle: bool
+    report_text_used: bool
     contributions: dict[str, Any] | None  # percent per model input
     detail: dict[str, Any] | None
 
@@ -767,38 +812,74 @@ def _job_row(job: Job) -> JobRow:
     )
 
 
+@dataclass(frozen=True)
+class AdminFilter:
+    """What the admin lists (CLI, API, dashboard) filter by; every field optional.
+
+    ``states`` is the job's state, for studies their newest job's; ``since`` and
+    ``until`` bound a job's creation, or a study's reception.
+    """
+
+    states: Sequence[JobState] = ()
+    since: datetime | None = None
+    until: datetime | None = None
+    calling_ae: str | None = None
+    patient_pseudonym: str | None = None
+
+
+NO_FILTER = AdminFilter()
+
+
+def _job_query(query: Select[*_Row], filters: AdminFilter) -> Select[*_Row]:
+    query = query.join(Study, Job.study_fk == Study.id).join(Patient)
+    if filters.states:
+        query = query.where(Job.state.in_(list(filters.states)))
+    if filters.since is not None:
+        query = query.where(Job.created_at >= filters.since)
+    if filters.until is not None:
+        query = query.where(Job.created_at < filters.until)
+    return _sender_and_patient(query, filters)
+
+
+def _sender_and_patient(query: Select[*_Row], filters: AdminFilter) -> Select[*_Row]:
+    if filters.calling_ae:
+        query = query.where(Study.calling_ae == filters.calling_ae)
+    if filters.patient_pseudonym:
+        query = query.where(Patient.pseudonym == filters.patient_pseudonym)
+    return query
+
+
 def list_jobs(
-    session: Session,
-    *,
-    states: Sequence[JobState] = (),
-    since: datetime | None = None,
-    until: datetime | None = None,
-    calling_ae: str | None = None,
-    patient_pseudonym: str | None = None,
-    limit: int = 100,
-    offset: int = 0,
+    session: Session, filters: AdminFilter = NO_FILTER, *, limit: int = 100, offset: int = 0
 ) -> list[JobRow]:
     """Jobs, newest first, filtered by state, creation time, sending AE and pseudonym."""
     query = (
-        select(Job)
-        .join(Study)
-        .join(Patient)
+        _job_query(select(Job), filters)
         .options(selectinload(Job.study).selectinload(Study.patient))
         .order_by(Job.id.desc())
         .limit(limit)
         .offset(offset)
     )
-    if states:
-        query = query.where(Job.state.in_(list(states)))
-    if since is not None:
-        query = query.where(Job.created_at >= since)
-    if until is not None:
-        query = query.where(Job.created_at < until)
-    if calling_ae:
-        query = query.where(Study.calling_ae == calling_ae)
-    if patient_pseudonym:
-        query = query.where(Patient.pseudonym == patient_pseudonym)
     return [_job_row(job) for job in session.scalars(query)]
+
+
+def count_jobs(session: Session, filters: AdminFilter = NO_FILTER) -> int:
+    """How many jobs :func:`list_jobs` finds with ``filters``, over all pages."""
+    return session.scalar(_job_query(select(func.count(Job.id)), filters)) or 0
+
+
+def get_job(session: Session, *, job_id: int) -> JobRow:
+    """Job ``job_id`` as the admin lists it.
+
+    Raises
+    ------
+    JobNotFoundError
+        If there is no such job.
+    """
+    job = session.get(Job, job_id)
+    if job is None:
+        raise JobNotFoundError(f"no job {job_id}")
+    return _job_row(job)
 
 
 def job_detail(session: Session, *, job_id: int) -> JobDetail:
@@ -823,9 +904,13 @@ def job_detail(session: Session, *, job_id: int) -> JobDetail:
         result = ResultRow(
             outcome=r.outcome,
             probability=r.probability,
+            threshold=r.threshold,
             positive=r.positive,
             risk_stage=r.risk_stage,
+            bundle_name=r.bundle_name,
+            bundle_version=r.bundle_version,
             synthetic_bundle=r.synthetic_bundle,
+            report_text_used=r.report_text_used,
             contributions=r.contributions,
             detail=r.detail,
         )
@@ -837,42 +922,38 @@ def job_detail(session: Session, *, job_id: int) -> JobDetail:
     )
 
 
-def list_studies(
-    session: Session,
-    *,
-    job_states: Sequence[JobState] = (),
-    since: datetime | None = None,
-    until: datetime | None = None,
-    calling_ae: str | None = None,
-    patient_pseudonym: str | None = None,
-    limit: int = 100,
-    offset: int = 0,
-) -> list[StudyRow]:
-    """Studies, most recently received first, with the state of their newest job."""
+def _study_query(query: Select[*_Row], filters: AdminFilter) -> Select[*_Row]:
+    """``query`` over studies joined to their patient and newest job, filtered."""
     latest_version = (
         select(Job.study_fk, func.max(Job.version).label("version"))
         .group_by(Job.study_fk)
         .subquery()
     )
     query = (
-        select(Study, Patient.pseudonym, Job.id, Job.state)
+        query.select_from(Study)
         .join(Patient)
         .outerjoin(latest_version, latest_version.c.study_fk == Study.id)
         .outerjoin(Job, (Job.study_fk == Study.id) & (Job.version == latest_version.c.version))
+    )
+    if filters.states:
+        query = query.where(Job.state.in_(list(filters.states)))
+    if filters.since is not None:
+        query = query.where(Study.last_received_at >= filters.since)
+    if filters.until is not None:
+        query = query.where(Study.first_received_at < filters.until)
+    return _sender_and_patient(query, filters)
+
+
+def list_studies(
+    session: Session, filters: AdminFilter = NO_FILTER, *, limit: int = 100, offset: int = 0
+) -> list[StudyRow]:
+    """Studies, most recently received first, with the state of their newest job."""
+    query = (
+        _study_query(select(Study, Patient.pseudonym, Job.id, Job.state), filters)
         .order_by(Study.last_received_at.desc(), Study.id.desc())
         .limit(limit)
         .offset(offset)
     )
-    if job_states:
-        query = query.where(Job.state.in_(list(job_states)))
-    if since is not None:
-        query = query.where(Study.last_received_at >= since)
-    if until is not None:
-        query = query.where(Study.first_received_at < until)
-    if calling_ae:
-        query = query.where(Study.calling_ae == calling_ae)
-    if patient_pseudonym:
-        query = query.where(Patient.pseudonym == patient_pseudonym)
     return [
         StudyRow(
             id=study.id,
@@ -889,9 +970,56 @@ def list_studies(
     ]
 
 
+def count_studies(session: Session, filters: AdminFilter = NO_FILTER) -> int:
+    """How many studies :func:`list_studies` finds with ``filters``, over all pages."""
+    return session.scalar(_study_query(select(func.count(Study.id)), filters)) or 0
+
+
 def unfinished_job_count(session: Session) -> int:
     """Jobs not yet in a terminal state."""
     return (
         session.scalar(select(func.count(Job.id)).where(Job.state.not_in(list(TERMINAL_STATES))))
         or 0
     )
+
+
+# --- dashboard ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class JobSummary:
+    """What the dashboard polls and shows beside a JobRow: state, study date, result."""
+
+    job_id: int
+    state: str
+    stage: str | None
+    study_date: str
+    outcome: str | None
+    probability: float | None
+    threshold: float | None
+    risk_stage: int | None
+    synthetic_bundle: bool
+
+
+def job_summaries(session: Session, *, job_ids: Sequence[int]) -> dict[int, JobSummary]:
+    """The summaries of jobs ``job_ids`` (unknown ids are left out), by job id."""
+    rows = session.execute(
+        select(Job.id, Job.state, Job.stage, Study.study_date, Result)
+        .join(Study)
+        .outerjoin(Result)
+        .where(Job.id.in_(list(job_ids)))
+    )
+    return {
+        job_id: JobSummary(
+            job_id=job_id,
+            state=state.value,
+            stage=stage,
+            study_date=study_date,
+            outcome=None if result is None else result.outcome,
+            probability=None if result is None else result.probability,
+            threshold=None if result is None else result.threshold,
+            risk_stage=None if result is None else result.risk_stage,
+            synthetic_bundle=result is not None and result.synthetic_bundle,
+        )
+        for job_id, state, stage, study_date, result in rows
+    }

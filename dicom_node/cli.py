@@ -223,6 +223,22 @@ PatientOption = Annotated[str | None, typer.Option("--patient", help="Patient ps
 LimitOption = Annotated[int, typer.Option(min=1, max=10_000)]
 
 
+def _filters(
+    state: list[JobState] | None,
+    since: str | None,
+    until: str | None,
+    ae: str | None,
+    patient: str | None,
+) -> queries.AdminFilter:
+    return queries.AdminFilter(
+        states=state or (),
+        since=_parse_time(since),
+        until=_parse_time(until),
+        calling_ae=ae,
+        patient_pseudonym=patient,
+    )
+
+
 @jobs_app.command("list")
 def jobs_list(
     config: ConfigOption = None,
@@ -236,15 +252,7 @@ def jobs_list(
 ) -> None:
     """List jobs, newest first."""
     with _database(config).session() as session:
-        rows = queries.list_jobs(
-            session,
-            states=state or (),
-            since=_parse_time(since),
-            until=_parse_time(until),
-            calling_ae=ae,
-            patient_pseudonym=patient,
-            limit=limit,
-        )
+        rows = queries.list_jobs(session, _filters(state, since, until, ae, patient), limit=limit)
     if as_json:
         _print_json(rows)
         return
@@ -334,13 +342,7 @@ def studies_list(
     """List received studies, most recent first, with their newest job."""
     with _database(config).session() as session:
         rows = queries.list_studies(
-            session,
-            job_states=state or (),
-            since=_parse_time(since),
-            until=_parse_time(until),
-            calling_ae=ae,
-            patient_pseudonym=patient,
-            limit=limit,
+            session, _filters(state, since, until, ae, patient), limit=limit
         )
     if as_json:
         _print_json(rows)
@@ -358,6 +360,25 @@ def studies_list(
             r.latest_job_state or "",
         )
     console.print(table)
+
+
+@app.command("api-token")
+def api_token(
+    name: Annotated[str, typer.Argument(help="Who holds the token (shown in the audit trail).")],
+) -> None:
+    """Make an admin API token: print it once, and the settings entry that admits it."""
+    from dicom_node.api.auth import new_token, token_digest
+    from dicom_node.settings import ApiToken
+
+    token = new_token()
+    try:
+        entry = ApiToken(name=name, sha256=token_digest(token))
+    except ValidationError as exc:
+        err_console.print(f"[red]invalid name:[/red] {exc}")
+        raise typer.Exit(2) from exc
+    typer.echo(f"token (shown only now): {token}")
+    typer.echo("add to the settings file:")
+    typer.echo(f'[[api.tokens]]\nname = {json.dumps(entry.name)}\nsha256 = "{entry.sha256}"')
 
 
 @db_app.command("upgrade")

@@ -22,6 +22,7 @@ from db.models import TERMINAL_STATES, ExportState, JobState
 from dicom_node import scu
 from dicom_node.node import Node
 from dicom_node.settings import (
+    ApiSettings,
     CompletionSettings,
     Destination,
     DicomSettings,
@@ -137,6 +138,7 @@ def run_demo(console: Console, data_dir: Path | None) -> int:
             min_free_disk_mb=DEMO_MIN_FREE_MB,
             dicom=DicomSettings(host="127.0.0.1", port=0),
             completion=CompletionSettings(quiet_seconds=DEMO_QUIET_SECONDS, poll_seconds=0.5),
+            api=ApiSettings(port=0),
             export=ExportSettings(
                 destinations=[
                     Destination(

@@ -1,4 +1,4 @@
-"""The whole node in one process: database, spool, listener, watcher, executor and exporter."""
+"""The whole node in one process: database, spool, listener, admin API, watcher, workers."""
 
 from __future__ import annotations
 
@@ -10,6 +10,8 @@ from db import exports, queries
 from db.migrate import upgrade
 from db.models import utcnow
 from db.session import Database
+from dicom_node.api.app import create_app
+from dicom_node.api.server import ApiServer
 from dicom_node.completion import CompletionWatcher, Stalled
 from dicom_node.export import Exporter
 from dicom_node.ingest import Ingestor
@@ -64,6 +66,12 @@ class Node:
                 min_free_bytes=int(settings.min_free_disk_mb * 1024 * 1024),
             ),
         )
+        api = settings.api
+        self.api = (
+            ApiServer(create_app(settings, self.database, self.spool.root), api.host, api.port)
+            if api.enabled
+            else None
+        )
 
     def start(self) -> None:
         """Migrate the database, recover interrupted jobs, then listen and work."""
@@ -80,6 +88,8 @@ class Node:
             log.warning("%d export(s) taken before the last stop are due again", released)
         configure_reception(self.spool)
         self.listener.start()
+        if self.api is not None:
+            self.api.start()
         self.watcher.start()
         self.exporter.start()
 
@@ -88,8 +98,15 @@ class Node:
         """The DICOM port actually bound."""
         return self.listener.port
 
+    @property
+    def api_port(self) -> int | None:
+        """The admin API's port actually bound; None when the API is off."""
+        return None if self.api is None else self.api.port
+
     def stop(self) -> None:
-        """Stop listening, dispatching and exporting; let running jobs finish."""
+        """Stop the API, listening, dispatching and exporting; let running jobs finish."""
+        if self.api is not None:
+            self.api.stop()
         self.listener.stop()
         self.watcher.stop()
         self.exporter.stop()

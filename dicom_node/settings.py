@@ -254,6 +254,23 @@ class ExportSettings(_Section):
         raise KeyError(name)
 
 
+class ApiToken(_Section):
+    """An admin API token: who holds it, and the SHA-256 of the token (never the token)."""
+
+    name: str = Field(min_length=1, max_length=64)  # shown in the audit trail
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+
+
+class ApiSettings(_Section):
+    """The admin REST API and dashboard that ``serve`` runs beside the DICOM listener."""
+
+    enabled: bool = True
+    host: str = "127.0.0.1"  # loopback by default; put a TLS proxy in front for remote use
+    port: int = Field(8080, ge=0, le=65535)  # 0: a free port (tests)
+    # Tokens that may call everything but /health; none: only /health answers.
+    tokens: list[ApiToken] = Field(default_factory=list)
+
+
 class Settings(BaseSettings):
     """Everything the node reads from its configuration."""
 
@@ -277,6 +294,7 @@ class Settings(BaseSettings):
     model: ModelSettings = Field(default_factory=ModelSettings)
     report: ReportSettings = Field(default_factory=ReportSettings)
     export: ExportSettings = Field(default_factory=ExportSettings)
+    api: ApiSettings = Field(default_factory=ApiSettings)
 
     @field_validator("log_level")
     @classmethod

@@ -111,7 +111,10 @@ class JobRunner:
         )
 
     def run(self, job_id: int) -> None:
-        """Run job ``job_id`` if it is still queued; every outcome ends up in the database."""
+        """Run job ``job_id`` if it is still queued; every outcome ends up in the database.
+
+        A job cancelled meanwhile stops before its next stage.
+        """
         if self.claim(job_id) is None:
             return
         value: Any = self.study_input(job_id)
@@ -130,6 +133,8 @@ class JobRunner:
         """
         stage = self._stages[index]
         with self._database.session() as session:
+            if not queries.job_is_running(session, job_id=job_id):
+                return self._stopped(job_id, stage.name)
             queries.enter_stage(session, job_id=job_id, stage=stage.name)
             if stage.load is not None:
                 value = stage.load(session, job_id, value)
@@ -144,6 +149,8 @@ class JobRunner:
             self.fail(job_id, stage.name, f"{type(exc).__name__}: {exc}", permanent=False)
             return StageStep(None, ended=True)
         with self._database.session() as session:
+            if not queries.job_is_running(session, job_id=job_id):
+                return self._stopped(job_id, stage.name)
             queries.complete_stage(
                 session,
                 job_id=job_id,
@@ -161,15 +168,27 @@ class JobRunner:
                 return StageStep(None, ended=True)
         return StageStep(value, ended=False)
 
+    def _stopped(self, job_id: int, stage: str) -> StageStep:
+        """The end of a job that stopped running (an admin cancelled it) around ``stage``."""
+        log.info("job %d is no longer running; stopped at %s", job_id, stage)
+        return StageStep(None, ended=True)
+
     def finish(self, job_id: int) -> None:
-        """Record that every stage of job ``job_id`` is done."""
+        """Record that every stage of job ``job_id`` is done, unless it was cancelled meanwhile."""
         with self._database.session() as session:
+            if not queries.job_is_running(session, job_id=job_id):
+                return
             queries.finish_job(session, job_id=job_id)
         log.info("job %d done", job_id)
 
     def fail(self, job_id: int, stage: str, error: str, *, permanent: bool) -> None:
-        """Record a failure of ``stage``: permanent (failed) or retried with backoff (then dead)."""
+        """Record a failure of ``stage``: permanent (failed) or retried with backoff (then dead).
+
+        A job that is no longer running (cancelled) keeps its state.
+        """
         with self._database.session() as session:
+            if not queries.job_is_running(session, job_id=job_id):
+                return
             state = queries.fail_job(
                 session,
                 job_id=job_id,

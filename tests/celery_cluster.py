@@ -37,6 +37,7 @@ class Cluster:
             min_free_disk_mb=5,
             dicom={"host": "127.0.0.1", "port": 0},
             completion={"quiet_seconds": 0.5, "poll_seconds": 0.1},
+            api={"port": 0},
             executor={"broker_url": broker_url, **executor},
         )
         self.node = Node(self.settings)

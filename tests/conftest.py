@@ -78,12 +78,14 @@ def node_factory(tmp_path: Path) -> Iterator[Callable[..., Node]]:
     def make(database_url: str = "", **overrides: Any) -> Node:
         dicom = {"host": "127.0.0.1", "port": 0, **overrides.pop("dicom", {})}
         completion = {"quiet_seconds": 0.5, "poll_seconds": 0.1, **overrides.pop("completion", {})}
+        api = {"port": 0, **overrides.pop("api", {})}  # never the fixed default port
         overrides.setdefault("min_free_disk_mb", 5)  # CI disks can be nearly full
         settings = Settings(
             data_dir=overrides.pop("data_dir", tmp_path / f"node{len(started)}"),
             database_url=database_url,
             dicom=dicom,
             completion=completion,
+            api=api,
             **overrides,
         )
         node = Node(settings)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import threading
 from datetime import timedelta
+from typing import Any
 
 import pytest
 from alembic.autogenerate import compare_metadata
@@ -183,17 +184,23 @@ def test_admin_filters(database: Database) -> None:
     set_state(database, b.job_id, JobState.FAILED, error="x")
     with database.session() as session:
         pseudonym_a = session.get_one(Study, a.study_id).patient.pseudonym
-        assert [r.id for r in queries.list_jobs(session, states=[JobState.FAILED])] == [b.job_id]
-        assert [r.id for r in queries.list_jobs(session, calling_ae="PACS_A")] == [a.job_id]
-        assert [r.id for r in queries.list_jobs(session, patient_pseudonym=pseudonym_a)] == [
-            a.job_id
-        ]
-        assert queries.list_jobs(session, since=utcnow() + timedelta(minutes=1)) == []
-        assert len(queries.list_jobs(session, until=utcnow() + timedelta(minutes=1))) == 2
-        studies = queries.list_studies(session, job_states=[JobState.RECEIVED])
-        assert [s.id for s in studies] == [a.study_id]
-        assert studies[0].latest_job_state == "received"
-        assert [s.id for s in queries.list_studies(session, calling_ae="PACS_B")] == [b.study_id]
+
+        def jobs(**filters: Any) -> list[int]:
+            return [r.id for r in queries.list_jobs(session, queries.AdminFilter(**filters))]
+
+        def studies(**filters: Any) -> list[queries.StudyRow]:
+            return queries.list_studies(session, queries.AdminFilter(**filters))
+
+        later = utcnow() + timedelta(minutes=1)
+        assert jobs(states=[JobState.FAILED]) == [b.job_id]
+        assert jobs(calling_ae="PACS_A") == [a.job_id]
+        assert jobs(patient_pseudonym=pseudonym_a) == [a.job_id]
+        assert jobs(since=later) == []
+        assert len(jobs(until=later)) == 2
+        received = studies(states=[JobState.RECEIVED])
+        assert [s.id for s in received] == [a.study_id]
+        assert received[0].latest_job_state == "received"
+        assert [s.id for s in studies(calling_ae="PACS_B")] == [b.study_id]
         assert queries.unfinished_job_count(session) == 1
 
 

@@ -1,0 +1,69 @@
+"""The model bundle as the API reports it: manifest facts, verification and metrics."""
+
+from __future__ import annotations
+
+import json
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+from dicom_node.api.schemas import Bundle
+from models.bundle import MANIFEST_FILE, BundleError, Manifest, verify_bundle
+
+
+def read_manifest(folder: Path) -> Manifest:
+    """The manifest of the bundle in ``folder``, without checking its files.
+
+    Raises
+    ------
+    BundleError
+        If the manifest is missing or malformed.
+    """
+    path = folder / MANIFEST_FILE
+    try:
+        return Manifest(**json.loads(path.read_text(encoding="utf-8")))
+    except (OSError, ValueError, TypeError) as exc:
+        raise BundleError(f"{MANIFEST_FILE} of the model bundle is not readable: {exc}") from exc
+
+
+def _metrics_summary(metrics: dict[str, Any]) -> dict[str, dict[str, float]]:
+    """Per component, its numeric ``best_*`` values and best validation metrics."""
+    summary: dict[str, dict[str, float]] = {}
+    for component, values in metrics.items():
+        if not isinstance(values, dict):
+            continue
+        flat = {**values, **(values.get("best_val_metrics") or {})}
+        summary[component] = {
+            key: float(value)
+            for key, value in flat.items()
+            if isinstance(value, int | float) and not isinstance(value, bool)
+        }
+    return summary
+
+
+@cache
+def bundle_summary(folder: Path) -> Bundle:
+    """What the API shows of the bundle in ``folder``; verified (hashing) once per process.
+
+    Raises
+    ------
+    BundleError
+        If the manifest is missing or malformed.
+    """
+    manifest = read_manifest(folder)
+    try:
+        verify_bundle(folder)
+        problem = None
+    except BundleError as exc:
+        problem = str(exc)
+    return Bundle(
+        name=manifest.name,
+        version=manifest.version,
+        created=manifest.created,
+        synthetic=manifest.synthetic,
+        clinical_use_label=manifest.clinical_use_label,
+        intended_use=manifest.intended_use,
+        verified=problem is None,
+        problem=problem,
+        metrics=_metrics_summary(manifest.metrics),
+    )

@@ -1,0 +1,355 @@
+"""The server-rendered web dashboard under /ui: jobs, results and exports.
+
+Pages authenticate with the ``llnm_token`` cookie its login page sets and send a
+visitor without one to that page. Every read and write goes through
+:mod:`db.queries` and :mod:`db.exports`; actions are audited under the token's name.
+Nothing is loaded from outside the node: templates, CSS and the few lines of JS
+that poll job states are all served from this package.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any
+from urllib.parse import quote, unquote
+
+from fastapi import APIRouter, Depends, FastAPI, Form, HTTPException, Request, status
+from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Response
+from fastapi.staticfiles import StaticFiles
+from fastapi.templating import Jinja2Templates
+from jinja2 import Environment, FileSystemLoader
+from sqlalchemy.orm import Session
+
+from db import exports, queries
+from db.models import ExportState, JobState
+from db.session import Database
+from dicom_node.api.auth import COOKIE, Caller, identify, presented_token, require_caller
+from dicom_node.api.files import Heatmap, heatmaps, listed_objects
+
+_HERE = Path(__file__).parent
+_FLASH = "llnm_flash"
+PAGE_SIZE = 25
+ACTIVE_STATES = frozenset({JobState.RECEIVED, JobState.QUEUED, JobState.RUNNING})
+CHART_BAR_WIDTH = 320  # px of a 100 % contribution
+
+_TEMPLATES = Jinja2Templates(
+    env=Environment(loader=FileSystemLoader(_HERE / "templates"), autoescape=True)
+)
+
+router = APIRouter(prefix="/ui", include_in_schema=False)
+
+
+class _LoginRequired(Exception):
+    """A page was asked for without a valid token."""
+
+
+def mount(app: FastAPI) -> None:
+    """Add the dashboard's pages and static files to ``app``."""
+    app.include_router(router)
+    app.mount("/ui/static", StaticFiles(directory=_HERE / "static"), name="ui-static")
+    app.add_exception_handler(_LoginRequired, _to_login)
+
+
+async def _to_login(_request: Request, _exc: Exception) -> Response:
+    return RedirectResponse("/ui/login", status_code=status.HTTP_303_SEE_OTHER)
+
+
+def page_caller(request: Request) -> Caller:
+    """FastAPI dependency: the caller of a page; without a valid token, go to the login page."""
+    caller = identify(presented_token(request), request.app.state.settings.api.tokens)
+    if caller is None:
+        raise _LoginRequired
+    return caller
+
+
+PageCaller = Annotated[Caller, Depends(page_caller)]
+JsonCaller = Annotated[Caller, Depends(require_caller)]
+
+
+def _session(request: Request) -> AbstractContextManager[Session]:
+    database: Database = request.app.state.database
+    return database.session()
+
+
+def _render(
+    request: Request, template: str, status_code: int = 200, **context: Any
+) -> HTMLResponse:
+    """A page, with the flash message a redirect left (which is then cleared)."""
+    flash = request.cookies.get(_FLASH)
+    kind, _, message = unquote(flash or "").partition(":")
+    response = _TEMPLATES.TemplateResponse(
+        request,
+        template,
+        {**context, "flash": message, "flash_kind": kind},
+        status_code=status_code,
+    )
+    if flash:
+        response.delete_cookie(_FLASH, path="/ui")
+    return response
+
+
+def _redirect(url: str, message: str, *, error: bool = False) -> RedirectResponse:
+    """A redirect to ``url`` that shows ``message`` there once."""
+    response = RedirectResponse(url, status_code=status.HTTP_303_SEE_OTHER)
+    kind = "error" if error else "ok"
+    response.set_cookie(
+        _FLASH, quote(f"{kind}:{message}"), path="/ui", httponly=True, samesite="strict"
+    )
+    return response
+
+
+# --- login ----------------------------------------------------------------------
+
+
+@router.get("/login", response_class=HTMLResponse)
+def login_form(request: Request) -> HTMLResponse:
+    """The login form."""
+    return _render(request, "login.html", error=None)
+
+
+@router.post("/login", response_class=HTMLResponse)
+def login(request: Request, token: Annotated[str, Form()] = "") -> Response:
+    """Check the token; a valid one is kept in an HttpOnly, SameSite=Strict cookie."""
+    if identify(token, request.app.state.settings.api.tokens) is None:
+        return _render(
+            request, "login.html", status.HTTP_401_UNAUTHORIZED, error="That token is not valid."
+        )
+    response = RedirectResponse("/ui/", status_code=status.HTTP_303_SEE_OTHER)
+    response.set_cookie(
+        COOKIE,
+        token,
+        path="/",
+        httponly=True,
+        samesite="strict",
+        secure=request.url.scheme == "https",
+    )
+    return response
+
+
+@router.get("/logout")
+def logout() -> Response:
+    """Forget the token cookie."""
+    response = RedirectResponse("/ui/login", status_code=status.HTTP_303_SEE_OTHER)
+    response.delete_cookie(COOKIE, path="/")
+    return response
+
+
+# --- job list ---------------------------------------------------------------------
+
+
+def result_text(summary: queries.JobSummary | None) -> str:
+    """A job's result in a few words: probability and risk stage, or the outcome."""
+    if summary is None or summary.outcome is None:
+        return "—"
+    if summary.probability is None:
+        return summary.outcome.replace("_", " ")
+    return f"{summary.probability:.2f} · stage {summary.risk_stage}"
+
+
+def _state_filter(state: str) -> list[JobState]:
+    return [s for s in JobState if s.value == state]
+
+
+@router.get("/", response_class=HTMLResponse)
+def job_list(
+    request: Request, _caller: PageCaller, state: str = "", ae: str = "", page: int = 1
+) -> HTMLResponse:
+    """Jobs, newest first, filtered by state and calling AE, a page at a time."""
+    page = max(page, 1)
+    with _session(request) as session:
+        jobs = queries.list_jobs(
+            session,
+            queries.AdminFilter(states=_state_filter(state), calling_ae=ae.strip() or None),
+            limit=PAGE_SIZE + 1,
+            offset=(page - 1) * PAGE_SIZE,
+        )
+        summaries = queries.job_summaries(session, job_ids=[job.id for job in jobs])
+    return _render(
+        request,
+        "jobs.html",
+        jobs=jobs[:PAGE_SIZE],
+        summaries=summaries,
+        result_text=result_text,
+        states=[s.value for s in JobState],
+        state=state,
+        ae=ae,
+        page=page,
+        has_next=len(jobs) > PAGE_SIZE,
+    )
+
+
+@router.get("/jobs.json")
+def job_states(request: Request, _caller: JsonCaller, ids: str = "") -> dict[str, Any]:
+    """State, stage and result of the jobs ``ids`` (comma separated), for the list's polling."""
+    wanted = [int(part) for part in ids.split(",")[:PAGE_SIZE] if part.strip().isdigit()]
+    with _session(request) as session:
+        summaries = queries.job_summaries(session, job_ids=wanted)
+    return {
+        str(job_id): {
+            "state": summary.state,
+            "stage": summary.stage or "",
+            "result": result_text(summary),
+            "synthetic": summary.synthetic_bundle,
+        }
+        for job_id, summary in summaries.items()
+    }
+
+
+# --- one job ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Bar:
+    """One bar of the contributions chart."""
+
+    label: str
+    percent: float
+    y: int
+    width: float
+
+
+@dataclass(frozen=True)
+class ReportObject:
+    """A result object and where it was sent."""
+
+    kind: str
+    sop_instance_uid: str
+    exports: tuple[exports.ExportRow, ...]
+
+
+def contribution_bars(contributions: dict[str, Any] | None) -> list[Bar]:
+    """The contributions chart's bars, largest first, 28 px apart."""
+    ranked = sorted((contributions or {}).items(), key=lambda item: -float(item[1]))
+    return [
+        Bar(
+            label=name,
+            percent=float(percent),
+            y=row * 28,
+            width=max(float(percent), 0.0) / 100 * CHART_BAR_WIDTH,
+        )
+        for row, (name, percent) in enumerate(ranked)
+    ]
+
+
+def _heatmaps(request: Request, job_id: int, result: queries.ResultRow | None) -> list[Heatmap]:
+    return heatmaps(request.app.state.spool_root, job_id, result)
+
+
+def report_objects(
+    result: queries.ResultRow | None, rows: list[exports.ExportRow]
+) -> list[ReportObject]:
+    """The result's objects (SR, SC, SEG) with their exports; exported notices too."""
+    kinds = {uid: kind.upper() for kind, uid, _ in listed_objects(result)}
+    for row in rows:
+        kinds.setdefault(row.sop_instance_uid, "SR")
+    return [
+        ReportObject(
+            kind=kind,
+            sop_instance_uid=uid,
+            exports=tuple(row for row in rows if row.sop_instance_uid == uid),
+        )
+        for uid, kind in kinds.items()
+    ]
+
+
+@router.get("/jobs/{job_id}", response_class=HTMLResponse)
+def job_page(request: Request, _caller: PageCaller, job_id: int) -> HTMLResponse:
+    """One job: its result, heatmaps, report objects and timeline."""
+    with _session(request) as session:
+        detail = _detail_or_404(session, job_id)
+        summary = queries.job_summaries(session, job_ids=[job_id]).get(job_id)
+        rows = exports.list_exports(session, job_id=job_id)
+    shown = [(h.path.name, h.view) for h in _heatmaps(request, job_id, detail.result)]
+    return _render(
+        request,
+        "job.html",
+        detail=detail,
+        summary=summary,
+        bars=contribution_bars(detail.result.contributions if detail.result else None),
+        chart_width=CHART_BAR_WIDTH,
+        heatmaps=shown,
+        objects=report_objects(detail.result, rows),
+        can_retry=detail.job.state in (JobState.FAILED, JobState.DEAD)
+        or any(r.state == ExportState.DEAD for r in rows),
+        can_cancel=detail.job.state in ACTIVE_STATES,
+    )
+
+
+def _detail_or_404(session: Session, job_id: int) -> queries.JobDetail:
+    try:
+        return queries.job_detail(session, job_id=job_id)
+    except queries.JobNotFoundError as exc:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no job {job_id}") from exc
+
+
+@router.get("/jobs/{job_id}/heatmaps/{name}")
+def heatmap(request: Request, _caller: PageCaller, job_id: int, name: str) -> FileResponse:
+    """A heatmap overlay PNG of the job; only the files its result lists are served."""
+    with _session(request) as session:
+        result = _detail_or_404(session, job_id).result
+    for found in _heatmaps(request, job_id, result):
+        if found.path.name == name:
+            return FileResponse(found.path, media_type="image/png")
+    raise HTTPException(status.HTTP_404_NOT_FOUND, "no such heatmap")
+
+
+# --- actions ----------------------------------------------------------------------
+
+
+def _act(
+    request: Request, job_id: int, back: str, action: Callable[[Session], str]
+) -> RedirectResponse:
+    """Run an audited action on a job and go back to where it was asked for."""
+    url = "/ui/exports" if back == "exports" else f"/ui/jobs/{job_id}"
+    try:
+        with _session(request) as session:
+            message = action(session)
+    except (queries.JobNotFoundError, queries.JobStateError) as exc:
+        return _redirect(url, str(exc), error=True)
+    return _redirect(url, message)
+
+
+@router.post("/jobs/{job_id}/retry")
+def retry(
+    request: Request, caller: PageCaller, job_id: int, back: Annotated[str, Form()] = "job"
+) -> RedirectResponse:
+    """Queue a failed or dead job again, or resend its dead exports."""
+
+    def action(session: Session) -> str:
+        count = exports.retry_job_or_exports(session, job_id=job_id, requested_by=caller.name)
+        if count:
+            return f"{count} export(s) of job {job_id} queued again."
+        return f"Job {job_id} queued again."
+
+    return _act(request, job_id, back, action)
+
+
+@router.post("/jobs/{job_id}/cancel")
+def cancel(request: Request, caller: PageCaller, job_id: int) -> RedirectResponse:
+    """Cancel a job that has not finished."""
+
+    def action(session: Session) -> str:
+        queries.cancel_job(session, job_id=job_id, requested_by=caller.name)
+        return f"Job {job_id} cancelled."
+
+    return _act(request, job_id, "job", action)
+
+
+# --- exports ----------------------------------------------------------------------
+
+
+@router.get("/exports", response_class=HTMLResponse)
+def export_list(request: Request, _caller: PageCaller) -> HTMLResponse:
+    """Dead and pending exports, with a Retry button per job that has dead ones."""
+    with _session(request) as session:
+        dead = exports.list_exports(session, state=ExportState.DEAD)
+        pending = exports.list_exports(session, state=ExportState.PENDING)
+    return _render(
+        request,
+        "exports.html",
+        rows=dead + pending,
+        retry_jobs=sorted({row.job_id for row in dead}),
+    )

@@ -1,0 +1,51 @@
+"""The files of a job the API serves: only those its result lists, only inside the spool."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+from db.queries import ResultRow
+
+
+def listed_objects(result: ResultRow | None) -> list[tuple[str, str, str]]:
+    """(kind, SOP Instance UID, path relative to the spool) of each object the job made."""
+    listed = ((result.detail or {}).get("objects") or []) if result is not None else []
+    return [(str(o["kind"]), str(o["sop_instance_uid"]), str(o["path"])) for o in listed]
+
+
+def object_path(spool_root: Path, result: ResultRow | None, sop_instance_uid: str) -> Path | None:
+    """The file of the listed object ``sop_instance_uid``; None if unlisted, gone or outside."""
+    root = spool_root.resolve()
+    for _, uid, relative in listed_objects(result):
+        if uid == sop_instance_uid:
+            path = (root / relative).resolve()
+            return path if path.is_relative_to(root) and path.is_file() else None
+    return None
+
+
+@dataclass(frozen=True)
+class Heatmap:
+    """A heatmap overlay PNG of one view the model used."""
+
+    path: Path
+    view: str  # the plane ("transverse", "longitudinal"), or "" when unknown
+
+
+def heatmaps(spool_root: Path, job_id: int, result: ResultRow | None) -> list[Heatmap]:
+    """The heatmap overlays of the result's views, in view order, as far as they exist.
+
+    The report stage writes ``work/job-N/report/<stem>_overlay.png`` beside each
+    ``infer/<stem>.png`` that the result's ``views`` list.
+    """
+    views = ((result.detail or {}).get("views") or []) if result is not None else []
+    folder = spool_root / "work" / f"job-{job_id}" / "report"
+    found = [
+        Heatmap(
+            folder / f"{PurePosixPath(str(view['heatmap'])).stem}_overlay.png",
+            str(view.get("view") or ""),
+        )
+        for view in views
+        if "heatmap" in view
+    ]
+    return [heatmap for heatmap in found if heatmap.path.is_file()]

@@ -1,0 +1,358 @@
+"""The web dashboard in a running node: plain HTTP checks and headless Chromium with Selenium.
+
+One node serves every test: a predicted phantom, a corrupt study that fails, and
+exports to a destination that is down, so they go dead. Screenshots of the pages
+are kept under the test's folder and copied to /tmp/llnm-dashboard-screenshots.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import httpx
+import pytest
+from conftest import free_port
+from pydicom.dataset import Dataset
+from pydicom.uid import RLELossless
+from pynetdicom import AE, StoragePresentationContexts, evt
+from selenium import webdriver
+from selenium.webdriver.chrome.options import Options
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.by import By
+from selenium.webdriver.remote.webdriver import WebDriver
+from selenium.webdriver.remote.webelement import WebElement
+from selenium.webdriver.support.ui import WebDriverWait
+
+from db import exports, queries
+from dicom_node import scu
+from dicom_node.api.auth import COOKIE, token_digest
+from dicom_node.node import Node
+from dicom_node.settings import Settings
+from pipeline.phantom import make_case
+from pipeline.phantom.case import PhantomCase
+
+TOKEN = "dashboard-test-token"
+PACS_AE = "TEST_PACS"
+SCREENSHOTS = Path("/tmp/llnm-dashboard-screenshots")
+FINISHED = {"done", "failed", "dead", "cancelled"}
+
+
+@dataclass
+class Site:
+    """The node under test and what was sent to it."""
+
+    node: Node
+    url: str
+    folder: Path
+    destination_port: int
+    case: PhantomCase
+    jobs: dict[str, int]  # "predicted", "failed" -> job id
+
+
+def _send(node: Node, datasets: Sequence[Dataset], folder: Path) -> int:
+    """Send ``datasets`` as the PACS; returns the id of their job."""
+    folder.mkdir(parents=True)
+    paths = []
+    for n, dataset in enumerate(datasets):
+        paths.append(folder / f"{n}.dcm")
+        dataset.save_as(paths[-1], enforce_file_format=True)
+    peer = scu.Peer(
+        host="127.0.0.1", port=node.port, called_ae=node.settings.dicom.ae_title, calling_ae=PACS_AE
+    )
+    assert all(o.ok for o in scu.send_files(peer, paths))
+    with node.database.session() as session:
+        return queries.list_jobs(session, limit=1)[0].id
+
+
+def _corrupt_dataset() -> Dataset:
+    broken = make_case(11).datasets[0]
+    broken.compress(RLELossless)
+    stream = bytearray(broken.PixelData)
+    stream[200:-200] = bytes(len(stream) - 400)  # segments no longer decode
+    broken.PixelData = bytes(stream)
+    return broken
+
+
+def _wait(check: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.2)
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
+    """A node whose only destination is down (one attempt per export), with two jobs sent."""
+    folder = tmp_path_factory.mktemp("dashboard")
+    port = free_port()
+    node = Node(
+        Settings(
+            data_dir=folder / "node",
+            dicom={"host": "127.0.0.1", "port": 0},
+            completion={"quiet_seconds": 15, "poll_seconds": 0.2},
+            min_free_disk_mb=5,
+            api={"port": 0, "tokens": [{"name": "test-admin", "sha256": token_digest(TOKEN)}]},
+            export={
+                "destinations": [
+                    {"name": "pacs", "ae_title": PACS_AE, "host": "127.0.0.1", "port": port}
+                ],
+                "max_attempts": 1,
+                "poll_seconds": 0.2,
+            },
+        )
+    )
+    node.start()
+    try:
+        case = make_case(1)
+        assert case.report_dataset is not None
+        jobs = {
+            "predicted": _send(node, [*case.datasets, case.report_dataset], folder / "case"),
+            "failed": _send(node, [_corrupt_dataset()], folder / "broken"),
+        }
+        yield Site(node, f"http://127.0.0.1:{node.api_port}", folder, port, case, jobs)
+    finally:
+        node.stop()
+
+
+def _job_state(site: Site, job_id: int) -> str:
+    with site.node.database.session() as session:
+        return queries.job_detail(session, job_id=job_id).job.state
+
+
+def _export_states(site: Site, job_id: int) -> set[str]:
+    with site.node.database.session() as session:
+        return {row.state for row in exports.list_exports(session, job_id=job_id)}
+
+
+def _settled(site: Site) -> None:
+    """Wait until the site's two jobs finished and their exports gave up."""
+    jobs = site.jobs.values()
+    _wait(lambda: all(_job_state(site, j) in FINISHED for j in jobs), 300, "the jobs")
+    _wait(lambda: all(_export_states(site, j) == {"dead"} for j in jobs), 60, "dead exports")
+
+
+@pytest.fixture
+def client(site: Site) -> Iterator[httpx.Client]:
+    """An HTTP client logged in with the cookie."""
+    with httpx.Client(base_url=site.url, cookies={COOKIE: TOKEN}) as logged_in:
+        yield logged_in
+
+
+# --- plain HTTP -----------------------------------------------------------------------
+
+
+def test_pages_without_the_cookie_redirect_to_the_login_page(site: Site) -> None:
+    for path in ("/ui/", "/ui/exports", f"/ui/jobs/{site.jobs['predicted']}"):
+        response = httpx.get(site.url + path)
+        assert response.status_code == 303 and response.headers["location"] == "/ui/login"
+    assert httpx.get(site.url + "/ui/jobs.json?ids=1").status_code == 401
+    login = httpx.get(site.url + "/ui/login")
+    assert login.status_code == 200 and 'type="password"' in login.text
+
+
+def test_a_wrong_token_gets_the_form_again_with_401(site: Site) -> None:
+    response = httpx.post(site.url + "/ui/login", data={"token": "wrong"})
+    assert response.status_code == 401
+    assert "not valid" in response.text and COOKIE not in response.headers.get("set-cookie", "")
+    good = httpx.post(site.url + "/ui/login", data={"token": TOKEN})
+    assert good.status_code == 303
+    cookie = good.headers["set-cookie"]
+    assert "HttpOnly" in cookie and "SameSite=strict" in cookie and "Path=/" in cookie
+
+
+def test_no_page_shows_the_patient_name_or_id(site: Site, client: httpx.Client) -> None:
+    _settled(site)
+    ids = ",".join(str(j) for j in site.jobs.values())
+    paths = ["/ui/", "/ui/exports", f"/ui/jobs.json?ids={ids}"]
+    paths += [f"/ui/jobs/{job_id}" for job_id in site.jobs.values()]
+    phi = [s for s in site.case.phi if len(s) >= 4]
+    assert phi
+    for path in paths:
+        page = client.get(path)
+        assert page.status_code == 200, path
+        text = page.text.lower()
+        leaked = [s for s in phi if s.lower() in text]
+        assert not leaked, f"{path} shows {leaked}"
+
+
+def test_the_job_list_filters_by_state_and_calling_ae_and_pages(
+    site: Site, client: httpx.Client
+) -> None:
+    _settled(site)
+
+    def listed(query: str) -> list[str]:
+        return re.findall(r'<tr data-job="(\d+)"', client.get("/ui/?" + query).text)
+
+    assert listed("state=failed") == [str(site.jobs["failed"])]
+    assert str(site.jobs["predicted"]) in listed(f"state=done&ae={PACS_AE}")
+    assert listed("ae=NOBODY") == [] and listed("page=2") == []
+    assert listed("state=no-such-state") == listed("")  # an unknown state filters nothing
+
+
+def test_the_heatmap_route_serves_only_the_overlays_of_the_result(
+    site: Site, client: httpx.Client
+) -> None:
+    _settled(site)
+    job_id = site.jobs["predicted"]
+    page = client.get(f"/ui/jobs/{job_id}").text
+    names = re.findall(rf'src="/ui/jobs/{job_id}/heatmaps/([^"]+)"', page)
+    assert len(names) == 2
+    image = client.get(f"/ui/jobs/{job_id}/heatmaps/{names[0]}")
+    assert image.status_code == 200 and image.content.startswith(b"\x89PNG")
+    report = f"/ui/jobs/{job_id}/heatmaps/"
+    for attempt in (
+        report + "sc_1.dcm",  # in the folder, but not an overlay of the result
+        report + "..%2F..%2F..%2Fjobs.db",
+        report + "%2E%2E%2Fdeid",
+        report + "..%5C..%5Cjobs.db",
+        f"/ui/jobs/{site.jobs['failed']}/heatmaps/{names[0]}",  # another job's overlay
+    ):
+        assert client.get(attempt).status_code == 404, attempt
+
+
+# --- the browser ----------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[WebDriver]:
+    """Headless Chromium, 1280 x 1000."""
+    options = Options()
+    options.binary_location = "/usr/bin/chromium"
+    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage"):
+        options.add_argument(argument)
+    options.add_argument("--window-size=1280,1000")
+    driver = webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=options)
+    driver.implicitly_wait(0)
+    yield driver
+    driver.quit()
+
+
+def _row(browser: WebDriver, job_id: int) -> WebElement:
+    return browser.find_element(By.CSS_SELECTOR, f'tr[data-job="{job_id}"]')
+
+
+def _badge(browser: WebDriver, job_id: int) -> WebElement:
+    return _row(browser, job_id).find_element(By.CSS_SELECTOR, '[data-role="state"]')
+
+
+def _screenshot(browser: WebDriver, folder: Path, name: str) -> Path:
+    """Save a whole-page screenshot under ``folder`` and in SCREENSHOTS; check it is not blank."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{name}.png"
+    height = browser.execute_script("return document.documentElement.scrollHeight")
+    browser.set_window_size(1280, max(1000, int(height) + 100))
+    try:
+        assert browser.save_screenshot(str(path))
+    finally:
+        browser.set_window_size(1280, 1000)
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    shutil.copy(path, SCREENSHOTS / path.name)
+    image = cv2.imread(str(path))
+    assert image is not None and image.shape[0] >= 600 and image.shape[1] >= 1000
+    assert float(image.std()) > 20, f"{path} looks blank"
+    return path
+
+
+def _log_in(browser: WebDriver, site: Site) -> None:
+    browser.get(site.url + "/ui/")
+    assert browser.current_url.endswith("/ui/login")
+    browser.find_element(By.ID, "token").send_keys(TOKEN)
+    browser.find_element(By.CSS_SELECTOR, "form.login button").click()
+    WebDriverWait(browser, 10).until(lambda b: b.current_url.endswith("/ui/"))
+
+
+def _watch_live(browser: WebDriver, site: Site, shots: Path) -> None:
+    """The list page updates a job's badge to done without being reloaded."""
+    job_id = _send(site.node, make_case(3).datasets, site.folder / "live")
+    browser.get(site.url + "/ui/")
+    assert _badge(browser, job_id).text in {"received", "queued", "running"}
+    browser.execute_script("window.notReloaded = true")
+    WebDriverWait(browser, 300, poll_frequency=0.5).until(
+        lambda b: _badge(b, job_id).text in FINISHED
+    )
+    assert _badge(browser, job_id).text == "done"
+    assert browser.execute_script("return window.notReloaded") is True
+    _settled(site)
+    browser.refresh()
+    assert _badge(browser, site.jobs["failed"]).text == "failed"
+    for done in (job_id, site.jobs["predicted"]):
+        assert "NOT FOR CLINICAL USE" in _row(browser, done).text
+    assert "NOT FOR CLINICAL USE" not in _row(browser, site.jobs["failed"]).text
+    _screenshot(browser, shots, "jobs")
+
+
+def _check_job_page(browser: WebDriver, site: Site, shots: Path) -> None:
+    browser.get(f"{site.url}/ui/jobs/{site.jobs['predicted']}")
+    probability = float(browser.find_element(By.ID, "probability").text)
+    assert 0.0 <= probability <= 1.0
+    assert len(browser.find_elements(By.CSS_SELECTOR, "svg.chart .bar rect")) == 8
+    labels = browser.find_elements(By.CSS_SELECTOR, "svg.chart .bar text")
+    assert all(label.text for label in labels) and any("%" in label.text for label in labels)
+    images = browser.find_elements(By.CSS_SELECTOR, ".heatmaps img")
+    assert images and all(image.get_attribute("alt") for image in images)
+    WebDriverWait(browser, 10).until(
+        lambda b: all(b.execute_script("return arguments[0].naturalWidth", i) > 0 for i in images)
+    )
+    assert browser.find_element(By.CSS_SELECTOR, ".banner.not-clinical").is_displayed()
+    _screenshot(browser, shots, "job")
+
+
+def _retry_dead_export(browser: WebDriver, site: Site, shots: Path) -> None:
+    """Retry on the exports page resends the dead exports once the destination is up."""
+    job_id = site.jobs["predicted"]
+    browser.get(site.url + "/ui/exports")
+    assert "dead" in browser.find_element(By.TAG_NAME, "tbody").text
+    _screenshot(browser, shots, "exports")
+    pacs = AE(ae_title=PACS_AE)
+    pacs.supported_contexts = StoragePresentationContexts
+    server = pacs.start_server(
+        ("127.0.0.1", site.destination_port),
+        block=False,
+        evt_handlers=[(evt.EVT_C_STORE, lambda _event: 0x0000)],
+    )
+    assert server is not None  # block=False returns the running server
+    try:
+        button = f'form[action="/ui/jobs/{job_id}/retry"] button'
+        browser.find_element(By.CSS_SELECTOR, button).click()
+        flash = WebDriverWait(browser, 15).until(
+            lambda b: b.find_element(By.CSS_SELECTOR, ".flash")
+        )
+        assert f"export(s) of job {job_id} queued again" in flash.text
+        assert browser.current_url.endswith("/ui/exports")
+        _wait(lambda: _export_states(site, job_id) == {"sent"}, 60, "the resend")
+    finally:
+        server.shutdown()
+    browser.get(f"{site.url}/ui/jobs/{job_id}")
+    badges = browser.find_elements(By.CSS_SELECTOR, ".export .badge")
+    assert badges and {badge.text for badge in badges} == {"sent"}
+    assert "export.retry" in browser.find_element(By.CLASS_NAME, "timeline").text
+
+
+def _cancel(browser: WebDriver, site: Site) -> None:
+    """A job still waiting for its study to settle is cancelled from its page."""
+    job_id = _send(site.node, make_case(2).datasets, site.folder / "cancel")
+    browser.get(f"{site.url}/ui/jobs/{job_id}")
+    browser.find_element(By.CSS_SELECTOR, f'form[action="/ui/jobs/{job_id}/cancel"] button').click()
+    flash = WebDriverWait(browser, 15).until(lambda b: b.find_element(By.CSS_SELECTOR, ".flash"))
+    assert f"Job {job_id} cancelled." in flash.text
+    assert browser.find_element(By.CSS_SELECTOR, "h1 .badge").text == "cancelled"
+    assert "cancelled by test-admin" in browser.find_element(By.CLASS_NAME, "timeline").text
+    assert not browser.find_elements(By.CSS_SELECTOR, f'form[action$="/{job_id}/cancel"]')
+    assert _job_state(site, job_id) == "cancelled"
+
+
+def test_the_dashboard_in_headless_chromium(site: Site, browser: WebDriver, tmp_path: Path) -> None:
+    shots = tmp_path / "screenshots"
+    print(f"screenshots: {shots} and {SCREENSHOTS}")
+    _log_in(browser, site)
+    _watch_live(browser, site, shots)
+    _check_job_page(browser, site, shots)
+    _cancel(browser, site)
+    _retry_dead_export(browser, site, shots)
+    assert sorted(p.name for p in shots.iterdir()) == ["exports.png", "job.png", "jobs.png"]

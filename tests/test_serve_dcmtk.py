@@ -139,6 +139,9 @@ class ServeProcess:
             f"quiet_seconds = {_toml_value(float(quiet_seconds))}",
             f"poll_seconds = {_toml_value(float(poll_seconds))}",
             "",
+            "[api]",
+            "port = 0  # a free port: several nodes run at once",
+            "",
         ]
         self.config.write_text("\n".join(lines), encoding="utf-8")
 

@@ -12,8 +12,10 @@ import hashlib
 import hmac
 import secrets
 from dataclasses import dataclass
+from typing import Annotated
 
-from fastapi import HTTPException, Request, status
+from fastapi import Depends, HTTPException, Request, status
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from dicom_node.settings import ApiToken
 
@@ -58,7 +60,14 @@ def presented_token(request: Request) -> str | None:
     return request.cookies.get(COOKIE)
 
 
-def require_caller(request: Request) -> Caller:
+# Declares the bearer scheme in the OpenAPI schema; the cookie stays the dashboard's.
+_BEARER = HTTPBearer(auto_error=False, description="An API token (`llnm-node api-token NAME`).")
+
+
+def require_caller(
+    request: Request,
+    _credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_BEARER)],
+) -> Caller:
     """FastAPI dependency: the authenticated caller.
 
     Raises

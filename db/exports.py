@@ -17,7 +17,7 @@ from sqlalchemy import CursorResult, Select, func, select, update
 from sqlalchemy.orm import Session
 
 from db.models import EventLevel, ExportAttempt, ExportState, Job, JobState, utcnow
-from db.queries import JobNotFoundError, JobStateError, record_event, retry_job
+from db.queries import JobStateError, find_job, record_event, retry_job
 
 _Row = TypeVarTuple("_Row")  # the columns a filtered query selects
 
@@ -56,13 +56,6 @@ class ExportRow:
     next_attempt_at: datetime | None
 
 
-def _job(session: Session, job_id: int) -> Job:
-    job = session.get(Job, job_id)
-    if job is None:
-        raise JobNotFoundError(f"no job {job_id}")
-    return job
-
-
 def queue_exports(
     session: Session,
     *,
@@ -81,7 +74,7 @@ def queue_exports(
     JobNotFoundError
         If there is no such job.
     """
-    job = _job(session, job_id)
+    job = find_job(session, job_id)
     if not destinations:
         record_event(
             session,
@@ -271,7 +264,7 @@ def retry_dead_exports(session: Session, *, job_id: int, requested_by: str) -> i
     JobStateError
         If the job has no dead exports.
     """
-    job = _job(session, job_id)
+    job = find_job(session, job_id)
     rows = session.scalars(
         select(ExportAttempt).where(
             ExportAttempt.job_fk == job_id, ExportAttempt.state == ExportState.DEAD
@@ -305,7 +298,7 @@ def retry_job_or_exports(session: Session, *, job_id: int, requested_by: str) ->
     JobStateError
         If the job is neither failed, dead, nor done with dead exports.
     """
-    if _job(session, job_id).state == JobState.DONE and _dead_count(session, job_id):
+    if find_job(session, job_id).state == JobState.DONE and _dead_count(session, job_id):
         return retry_dead_exports(session, job_id=job_id, requested_by=requested_by)
     retry_job(session, job_id=job_id, requested_by=requested_by)
     return 0

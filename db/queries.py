@@ -63,6 +63,20 @@ class JobStateError(ValueError):
     """The job is not in a state that allows the action."""
 
 
+def find_job(session: Session, job_id: int) -> Job:
+    """Job ``job_id``.
+
+    Raises
+    ------
+    JobNotFoundError
+        If there is no such job.
+    """
+    job = session.get(Job, job_id)
+    if job is None:
+        raise JobNotFoundError(f"no job {job_id}")
+    return job
+
+
 _PATIENTS = cast(Table, Patient.__table__)
 _STUDIES = cast(Table, Study.__table__)
 _INSTANCES = cast(Table, Instance.__table__)
@@ -458,9 +472,7 @@ def job_source(session: Session, *, job_id: int) -> JobSource:
     JobNotFoundError
         If there is no such job.
     """
-    job = session.get(Job, job_id)
-    if job is None:
-        raise JobNotFoundError(job_id)
+    job = find_job(session, job_id)
     study = job.study
     return JobSource(
         study_instance_uid=study.study_instance_uid,
@@ -605,9 +617,7 @@ def fail_job(
 
 def retry_job(session: Session, *, job_id: int, requested_by: str) -> Job:
     """Queue a failed or dead job again (admin action, audited)."""
-    job = session.get(Job, job_id)
-    if job is None:
-        raise JobNotFoundError(f"no job {job_id}")
+    job = find_job(session, job_id)
     if job.state not in (JobState.FAILED, JobState.DEAD):
         raise JobStateError(f"job {job_id} is {job.state.value}; only failed or dead jobs retry")
     job.state = JobState.QUEUED
@@ -876,17 +886,13 @@ def get_job(session: Session, *, job_id: int) -> JobRow:
     JobNotFoundError
         If there is no such job.
     """
-    job = session.get(Job, job_id)
-    if job is None:
-        raise JobNotFoundError(f"no job {job_id}")
+    job = find_job(session, job_id)
     return _job_row(job)
 
 
 def job_detail(session: Session, *, job_id: int) -> JobDetail:
     """One job and its events, oldest first."""
-    job = session.get(Job, job_id)
-    if job is None:
-        raise JobNotFoundError(f"no job {job_id}")
+    job = find_job(session, job_id)
     events = tuple(
         EventRow(
             id=e.id,

@@ -83,12 +83,13 @@ def _utc(value: datetime | None, name: str) -> datetime | None:
 
 
 def _filters(
-    state: list[JobState] | None,
-    since: datetime | None,
-    until: datetime | None,
-    ae: str | None,
-    patient: str | None,
+    state: States = None,
+    since: Since = None,
+    until: Until = None,
+    ae: Ae = None,
+    patient: Patient = None,
 ) -> queries.AdminFilter:
+    """The list filters of a request (a dependency: the same query parameters everywhere)."""
     return queries.AdminFilter(
         states=state or (),
         since=_utc(since, "since"),
@@ -98,19 +99,14 @@ def _filters(
     )
 
 
+Filters = Annotated[queries.AdminFilter, Depends(_filters)]
+
+
 @api.get("/studies", tags=["studies"])
 def list_studies(
-    request: Request,
-    state: States = None,
-    since: Since = None,
-    until: Until = None,
-    ae: Ae = None,
-    patient: Patient = None,
-    limit: Limit = 50,
-    offset: Offset = 0,
+    request: Request, filters: Filters, limit: Limit = 50, offset: Offset = 0
 ) -> schemas.StudyPage:
     """Received studies, most recently received first; ``state`` filters by the newest job."""
-    filters = _filters(state, since, until, ae, patient)
     with _session(request) as session:
         total = queries.count_studies(session, filters)
         rows = queries.list_studies(session, filters, limit=limit, offset=offset)
@@ -120,17 +116,9 @@ def list_studies(
 
 @api.get("/jobs", tags=["jobs"])
 def list_jobs(
-    request: Request,
-    state: States = None,
-    since: Since = None,
-    until: Until = None,
-    ae: Ae = None,
-    patient: Patient = None,
-    limit: Limit = 50,
-    offset: Offset = 0,
+    request: Request, filters: Filters, limit: Limit = 50, offset: Offset = 0
 ) -> schemas.JobPage:
     """Jobs, newest first, filtered by state, creation time, sending AE and pseudonym."""
-    filters = _filters(state, since, until, ae, patient)
     with _session(request) as session:
         total = queries.count_jobs(session, filters)
         rows = queries.list_jobs(session, filters, limit=limit, offset=offset)

@@ -174,17 +174,20 @@ def _result_of(request: Request, job_id: int) -> queries.ResultRow | None:
         return queries.job_detail(session, job_id=job_id).result
 
 
+def _file_responses(description: str, media_type: str) -> dict[int | str, dict[str, Any]]:
+    """The OpenAPI responses of a route that serves one file of ``media_type``, or 404."""
+    binary = {"schema": {"type": "string", "format": "binary"}}
+    return {
+        **_NOT_FOUND,
+        status.HTTP_200_OK: {"description": description, "content": {media_type: binary}},
+    }
+
+
 @api.get(
     "/jobs/{job_id}/objects/{sop_instance_uid}",
     tags=["jobs"],
     response_class=FileResponse,
-    responses={
-        **_NOT_FOUND,
-        status.HTTP_200_OK: {
-            "description": "The DICOM file, as sent to the PACS.",
-            "content": {"application/dicom": {"schema": {"type": "string", "format": "binary"}}},
-        },
-    },
+    responses=_file_responses("The DICOM file, as sent to the PACS.", "application/dicom"),
 )
 def get_object(
     request: Request,
@@ -204,23 +207,16 @@ def get_object(
     "/jobs/{job_id}/heatmaps/{n}",
     tags=["jobs"],
     response_class=FileResponse,
-    responses={
-        **_NOT_FOUND,
-        status.HTTP_200_OK: {
-            "description": "The heatmap overlay of view n (from 1), as PNG.",
-            "content": {"image/png": {"schema": {"type": "string", "format": "binary"}}},
-        },
-    },
+    responses=_file_responses("The heatmap overlay of view n (from 1), as PNG.", "image/png"),
 )
 def get_heatmap(
     request: Request, job_id: JobId, n: Annotated[int, PathParam(ge=1, le=64)]
 ) -> FileResponse:
     """The heatmap overlay PNG of the job's n-th view."""
     found = files.heatmaps(request.app.state.spool_root, job_id, _result_of(request, job_id))
-    paths = [h.path for h in found]
-    if n > len(paths):
+    if n > len(found):
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"job {job_id} has no heatmap {n}")
-    return FileResponse(paths[n - 1], media_type="image/png")
+    return FileResponse(found[n - 1].path, media_type="image/png")
 
 
 @api.post("/jobs/{job_id}/retry", tags=["jobs"], responses=_CONFLICT)

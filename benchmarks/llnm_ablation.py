@@ -16,7 +16,8 @@ Run::
     .venv/bin/llnm-node phantom --n 200 --out /tmp/abl-train --seed 1
     .venv/bin/llnm-node phantom --n 200 --out /tmp/abl-test --seed 2
     .venv/bin/python benchmarks/llnm_ablation.py --train /tmp/abl-train --test /tmp/abl-test
-        [--out benchmarks/out/ablation] [--epochs 40] [--size tiny]   (options on the same line)
+        [--out benchmarks/out/ablation] [--epochs 40] [--size tiny] [--text-tokens 128]
+        (options on the same line)
 """
 
 from __future__ import annotations
@@ -46,7 +47,9 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
     rows = []
     for name, withheld in VARIANTS.items():
         folder = args.out / name.replace(" ", "-")
-        config = dataclasses.replace(TMDLConfig.preset(args.size), withheld=withheld)
+        preset = TMDLConfig.preset(args.size)
+        tokens = args.text_tokens or preset.text_tokens
+        config = dataclasses.replace(preset, withheld=withheld, text_tokens=tokens)
         options = TMDLTrainOptions(epochs=args.epochs, seed=args.seed, progress=False)
         trained = train_tmdl(args.train, folder / "run", config, options)
         result = assess(
@@ -75,6 +78,7 @@ def main() -> None:
     parser.add_argument("--size", default="tiny")
     parser.add_argument("--epochs", type=int, default=40)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--text-tokens", type=int, default=None, help="default: the preset's")
     args = parser.parse_args()
     rows = run(args)
     table = Table(title=f"LLNM-Net ablations ({args.size}, trained on {args.train.name})")

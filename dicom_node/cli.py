@@ -450,6 +450,10 @@ def train_seg(
     resume: Annotated[bool, typer.Option("--resume", help="Continue from OUT/checkpoint.")] = False,
     learning_rate: Annotated[float, typer.Option(min=1e-6, help="AdamW learning rate.")] = 1e-3,
     half: Annotated[bool, typer.Option("--half", help="Keep the weights as float16.")] = False,
+    init_from: Annotated[
+        Path | None,
+        typer.Option(help="Fine-tune: start from this segmenter folder's weights (same config)."),
+    ] = None,
 ) -> None:
     """Train a segmenter (CPU or CUDA) on a data set folder; NOT FOR CLINICAL USE as is."""
     from models.segmentation.config import AnyConfig, SegmenterConfig, YoloSegConfig
@@ -470,6 +474,7 @@ def train_seg(
             resume=resume,
             learning_rate=learning_rate,
             half_weights=half,
+            init_from=init_from,
         )
         result = train_segmenter(data, out, config, options)
     except (FileNotFoundError, ValueError) as exc:

@@ -26,6 +26,10 @@ def train(
     text_encoder: Annotated[
         Path | None, typer.Option(help="Local BERT-family folder; default all-MiniLM-L6-v2.")
     ] = None,
+    text_tokens: Annotated[
+        int | None,
+        typer.Option(min=1, help="Report tokens kept (default: the preset's 50, as the paper)."),
+    ] = None,
     half: Annotated[bool, typer.Option("--half", help="Keep the weights as float16.")] = False,
     resume: Annotated[bool, typer.Option("--resume", help="Continue from OUT/checkpoint.")] = False,
     withhold: Annotated[
@@ -38,7 +42,12 @@ def train(
     from models.llnm.training import TMDLTrainOptions, train_tmdl
 
     try:
-        config = dataclasses.replace(TMDLConfig.preset(size), withheld=tuple(withhold or ()))
+        preset = TMDLConfig.preset(size)
+        config = dataclasses.replace(
+            preset,
+            withheld=tuple(withhold or ()),
+            text_tokens=text_tokens or preset.text_tokens,
+        )
         options = TMDLTrainOptions(
             epochs=epochs,
             batch_size=batch_size,

@@ -153,3 +153,28 @@ def certificates(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         name: d / name
         for name in ("ca.pem", "server.pem", "server.key", "client.pem", "client.key")
     }
+
+
+@pytest.fixture(scope="session")
+def blind_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A sealed bundle whose nodule segmenter is an untrained YOLOv8-seg: it never finds one."""
+    import torch
+
+    from models.bundle import seal_bundle
+    from models.segmentation import SegmenterConfig, YoloSegConfig, build_model, save_segmenter
+
+    bundle = tmp_path_factory.mktemp("blind")
+    torch.manual_seed(0)
+    nodule = YoloSegConfig(input_height=128, input_width=160)
+    save_segmenter(bundle / "nodule", build_model(nodule), nodule)
+    thyroid = SegmenterConfig(input_height=64, input_width=96)
+    save_segmenter(bundle / "thyroid", build_model(thyroid), thyroid)
+    seal_bundle(
+        bundle,
+        name="blind",
+        version="0",
+        intended_use="tests; NOT FOR CLINICAL USE",
+        training_data={"synthetic": True},
+        input_spec={},
+    )
+    return bundle

@@ -23,10 +23,12 @@ _SEGMENTERS = SegmenterLoader(DEMO_BUNDLE_DIR)
 _LLNM = LlnmLoader(DEMO_BUNDLE_DIR)
 
 
-def write_case(case: PhantomCase, folder: Path, *, with_report: bool = True) -> list[Path]:
-    """The case's instances as Part 10 files in ``folder`` (the "spool")."""
+def write_case(
+    case: PhantomCase, folder: Path, *, with_report: bool = True, views: int = 2
+) -> list[Path]:
+    """The case's instances (its first ``views`` images) as Part 10 files in ``folder``."""
     folder.mkdir(parents=True, exist_ok=True)
-    datasets = [*case.datasets]
+    datasets = [*case.datasets[:views]]
     if with_report and case.report_dataset is not None:
         datasets.append(case.report_dataset)
     paths = []
@@ -37,10 +39,13 @@ def write_case(case: PhantomCase, folder: Path, *, with_report: bool = True) -> 
 
 
 def predicted_case(
-    case: PhantomCase, tmp_path: Path, *, job_id: int = 1
+    case: PhantomCase, tmp_path: Path, *, job_id: int = 1, views: int = 2
 ) -> tuple[ReportInput, PredictedStudy]:
-    """Run intake to infer on ``case`` (demo bundle) and pair the views with the originals."""
-    paths = write_case(case, tmp_path / "spool")
+    """Run intake to infer on ``case`` (demo bundle) and pair the views with the originals.
+
+    ``views=1`` sends the transverse image only: a study with a single view.
+    """
+    paths = write_case(case, tmp_path / "spool", views=views)
     refs = tuple(InstanceRef.of(dcmread(p, stop_before_pixels=True), p) for p in paths)
     work_dir = tmp_path / "work" / f"job-{job_id}"
     work_dir.mkdir(parents=True)

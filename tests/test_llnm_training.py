@@ -187,3 +187,11 @@ def test_an_ablation_run_keeps_its_withheld_inputs_through_resume(
     refused = runner.invoke(app, ["train", "--data", str(phantoms), "--out", str(tmp_path / "x"),
                                   "--withhold", "pixels"])  # fmt: skip
     assert refused.exit_code == 1 and "cannot withhold" in refused.output
+
+
+def test_report_length_is_a_training_option(phantoms: Path, tmp_path: Path) -> None:
+    out = tmp_path / "short-reports"
+    train(phantoms, out, "--epochs", "1", "--text-tokens", "16")
+    _, config = load_tmdl(out, torch.device("cpu"))
+    assert config.text_tokens == 16 and config.size == "tiny"
+    assert json.loads((out / "config.json").read_text())["text_tokens"] == 16

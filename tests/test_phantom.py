@@ -7,6 +7,7 @@ import json
 import shutil
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -17,6 +18,7 @@ from typer.testing import CliRunner
 
 from dicom_node.cli import app
 from pipeline.phantom import (
+    ImageTruth,
     PhantomCase,
     PhantomOptions,
     RiskFactors,
@@ -236,3 +238,36 @@ def test_every_phantom_object_says_it_is_synthetic() -> None:
     objects = [*case.datasets, *([case.report_dataset] if case.report_dataset else [])]
     for dataset in objects:
         assert "NOT FOR CLINICAL USE" in dataset.StudyDescription
+
+
+def _rim_core_outside(
+    truth: ImageTruth, pixels: np.ndarray[Any, Any], rim_mm: float
+) -> tuple[float, float, float]:
+    """Mean grey level of the nodule's rim, its core and a band just outside it."""
+    grey = pixels.mean(axis=-1) if pixels.ndim == 3 else pixels.astype(np.float64)
+    mask = truth.nodule_mask
+    px = rim_mm / truth.mm_per_pixel[0]
+    inside = ndimage.distance_transform_edt(mask)
+    outside = ndimage.distance_transform_edt(~mask)
+    rim = mask & (inside <= px)
+    core = inside > 2 * px
+    band = (outside > px) & (outside <= 3 * px) & truth.thyroid_mask
+    return float(grey[rim].mean()), float(grey[core].mean()), float(grey[band].mean())
+
+
+def test_isoechoic_nodules_show_a_dark_halo_and_hypoechoic_ones_none() -> None:
+    found: dict[str, PhantomCase] = {}
+    for seed in range(200):
+        case = make_case(seed)
+        if case.size_mm >= 9 and case.echogenicity in ("isoechoic", "hypoechoic"):
+            found.setdefault(case.echogenicity, case)
+        if len(found) == 2:
+            break
+    for echogenicity, case in found.items():
+        for dataset, truth in zip(case.datasets, case.images, strict=True):
+            rim, core, band = _rim_core_outside(truth, dataset.pixel_array, 0.8)
+            if echogenicity == "isoechoic":
+                # Core about as bright as the gland; a clearly darker rim marks the edge.
+                assert core > 0.85 * band and rim < 0.85 * core, (rim, core, band)
+            else:
+                assert core < 0.8 * band and rim > 0.8 * core, (rim, core, band)

@@ -42,9 +42,9 @@ class Job:
         return uids.index(view.original_sop_instance_uid)
 
 
-def _job(tmp: Path, seed: int, job_id: int) -> Job:
+def _job(tmp: Path, seed: int, job_id: int, views: int = 2) -> Job:
     case = make_case(seed)
-    report = predicted_case(case, tmp, job_id=job_id)[0]
+    report = predicted_case(case, tmp, job_id=job_id, views=views)[0]
     return Job(case, report, build_heatmap_scs(report), build_seg(report))
 
 
@@ -55,7 +55,7 @@ def two_views(tmp_path_factory: pytest.TempPathFactory) -> Job:
 
 @pytest.fixture(scope="module")
 def one_view(tmp_path_factory: pytest.TempPathFactory) -> Job:
-    return _job(tmp_path_factory.mktemp("seed3"), seed=3, job_id=3)
+    return _job(tmp_path_factory.mktemp("seed3"), seed=3, job_id=3, views=1)
 
 
 @pytest.fixture(scope="module", params=["two_views", "one_view"])

@@ -20,11 +20,14 @@ from pipeline.phantom import make_case
 PACS_AE = "TEST_PACS"
 
 
-def _node_with_pacs(node_factory: Factory, tmp_path: Path, **report: bool) -> tuple[Node, DemoPacs]:
+def _node_with_pacs(
+    node_factory: Factory, tmp_path: Path, bundle: Path | None = None, **report: bool
+) -> tuple[Node, DemoPacs]:
     pacs = DemoPacs(tmp_path / "pacs")
     port = pacs.start()
     node = node_factory(
         report=report,
+        **({} if bundle is None else {"model": {"bundle_dir": bundle}}),
         export={
             "destinations": [
                 {"name": "pacs", "ae_title": PACS_AE, "host": "127.0.0.1", "port": port}
@@ -116,10 +119,10 @@ def test_a_failed_job_sends_a_short_sr_with_the_reason(
 
 
 def test_no_nodule_sends_a_short_sr_and_the_switches_turn_notices_off(
-    node_factory: Factory, tmp_path: Path
+    node_factory: Factory, blind_bundle: Path, tmp_path: Path
 ) -> None:
     vendor = dcmread(str(get_testdata_file("US1_UNCR.dcm", download=False)))
-    node, pacs = _node_with_pacs(node_factory, tmp_path)
+    node, pacs = _node_with_pacs(node_factory, tmp_path, blind_bundle)
     try:
         _send_as_pacs(node, [vendor], tmp_path / "vendor")
         (job,) = finished_jobs(node, 1)
@@ -131,7 +134,11 @@ def test_no_nodule_sends_a_short_sr_and_the_switches_turn_notices_off(
     assert "no thyroid nodule" in _notice_text(notice)
 
     quiet, quiet_pacs = _node_with_pacs(
-        node_factory, tmp_path / "quiet", no_nodule_report=False, failure_report=False
+        node_factory,
+        tmp_path / "quiet",
+        blind_bundle,
+        no_nodule_report=False,
+        failure_report=False,
     )
     try:
         _send_as_pacs(quiet, [vendor], tmp_path / "vendor2")

@@ -239,6 +239,41 @@ def test_resume_refuses_another_seed_and_a_missing_checkpoint(
     assert result.exit_code == 1 and "multiples of 32" in result.output
 
 
+def test_fine_tuning_starts_from_given_weights_of_the_same_config(
+    phantoms: Path, tmp_path: Path
+) -> None:
+    start = tmp_path / "start"
+    train(phantoms, start, "--epochs", "1", "--seed", "5")
+    tuned = tmp_path / "tuned"
+    metrics = train(phantoms, tuned, "--epochs", "1", "--seed", "6", "--learning-rate", "1e-6",
+                    "--init-from", str(start))  # fmt: skip
+    assert metrics["options"]["init_from"] == str(start)
+
+    def parameters(folder: Path) -> dict[str, torch.Tensor]:
+        model = load_segmenter(folder, torch.device("cpu")).model
+        return {name: p.detach().clone() for name, p in model.named_parameters()}
+
+    before, after = parameters(start), parameters(tuned)
+    # 1e-6 for one epoch moves no weight far from where it started ...
+    assert max(float((after[k] - before[k]).abs().max()) for k in before) < 1e-4
+    # ... whereas another seed's random start is nowhere near.
+    scratch = train(phantoms, tmp_path / "scratch", "--epochs", "1", "--seed", "6",
+                    "--learning-rate", "1e-6")  # fmt: skip
+    assert scratch["options"]["init_from"] is None
+    assert (
+        max(float((parameters(tmp_path / "scratch")[k] - before[k]).abs().max()) for k in before)
+        > 1e-2
+    )
+
+    args = ["train-seg", "thyroid", "--data", str(phantoms), "--out", str(tmp_path / "bad")]
+    result = runner.invoke(app, [*args, "--height", "96", "--width", "96",
+                                 "--init-from", str(start)])  # fmt: skip
+    assert result.exit_code == 1 and "segmenter, not" in result.output
+    result = runner.invoke(app, [*args, "--height", "64", "--width", "96",
+                                 "--init-from", str(tmp_path / "missing")])  # fmt: skip
+    assert result.exit_code == 1 and "cannot train" in result.output
+
+
 # --- offline ------------------------------------------------------------------------------
 
 OFFLINE_SCRIPT = """

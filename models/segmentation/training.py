@@ -16,7 +16,9 @@ falling along a half cosine from ``learning_rate`` in the first epoch to
 ``learning_rate * final_lr_fraction`` in the last
 (:func:`models.schedule.cosine_learning_rate`, a function of the epoch alone,
 so resuming keeps it); early stopping
-after ``patience`` epochs without a better validation Dice.
+after ``patience`` epochs without a better validation Dice. ``init_from``
+fine-tunes: training starts from another segmenter folder's weights (same
+architecture config) instead of a random initialisation.
 """
 
 from __future__ import annotations
@@ -46,7 +48,7 @@ from models.segmentation.data import (
 )
 from models.segmentation.metrics import dice, iou
 from models.segmentation.segmenter import Segmenter, select_device
-from models.segmentation.weights import save_segmenter
+from models.segmentation.weights import load_segmenter, save_segmenter
 from models.training_plots import plot_training_curve
 
 METRICS_FILE = "metrics.json"
@@ -69,6 +71,7 @@ class TrainOptions:
     resume: bool = False
     progress: bool = True
     half_weights: bool = False  # store the kept weights as float16 (half the size)
+    init_from: Path | None = None  # a segmenter folder whose weights start the run
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1 or self.patience < 1:
@@ -130,10 +133,11 @@ def train_segmenter(data: Path, out: Path, config: AnyConfig, options: TrainOpti
     Raises
     ------
     FileNotFoundError
-        If the data set, or the checkpoint to resume, is missing.
+        If the data set, the checkpoint to resume or the weights to start from are missing.
     ValueError
-        If the data set cannot be split, or a resumed run's config, seed,
-        validation fraction or split differ from the checkpoint's.
+        If the data set cannot be split, a resumed run's config, seed,
+        validation fraction or split differ from the checkpoint's, or the
+        weights to start from have another architecture config.
     """
     records = read_records(data, config.target)
     train_records, val_records = split_by_case(records, options.val_fraction, options.seed)
@@ -142,6 +146,8 @@ def train_segmenter(data: Path, out: Path, config: AnyConfig, options: TrainOpti
     device = select_device()
     seed_everything(options.seed)
     model = build_model(config).to(device)
+    if options.init_from is not None:
+        _initialise(model, config, options.init_from)
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=options.learning_rate, weight_decay=options.weight_decay
     )
@@ -242,6 +248,15 @@ def train_segmenter(data: Path, out: Path, config: AnyConfig, options: TrainOpti
     )
 
 
+def _initialise(model: torch.nn.Module, config: AnyConfig, folder: Path) -> None:
+    start = load_segmenter(folder, torch.device("cpu"))
+    if start.config.to_dict() != config.to_dict():
+        raise ValueError(
+            f"{folder} holds a {start.config.to_dict()} segmenter, not {config.to_dict()}"
+        )
+    model.load_state_dict(start.model.state_dict(), strict=True)
+
+
 def _write_metrics(
     out: Path,
     config: AnyConfig,
@@ -259,7 +274,7 @@ def _write_metrics(
         "history": trainer["history"],
         "split": trainer["split"],
         "options": {
-            k: v
+            k: str(v) if isinstance(v, Path) else v
             for k, v in asdict(options).items()
             if k not in ("resume", "progress", "half_weights")
         },

@@ -46,6 +46,7 @@ BoolArray = NDArray[np.bool_]
 # Mean backscatter intensities relative to thyroid parenchyma (1.0).
 _FAT, _MUSCLE, _CONNECTIVE, _FLUID = 0.22, 0.045, 0.3, 0.002
 _BASE_ATTENUATION = 0.012  # per mm after time-gain compensation
+_HALO_RATIO = 0.05  # echo of a nodule's halo relative to normal thyroid tissue
 
 _REGION_BANDS = {"upper": (0.12, 0.31), "middle": (0.37, 0.63), "lower": (0.69, 0.88)}
 _SIDE_DIRECTIONS = {"anterior": -np.pi / 2, "posterior": np.pi / 2, "lateral": 0.0, "medial": np.pi}
@@ -397,6 +398,11 @@ class Scene:
         soft = cv2.GaussianBlur(nodule.astype(np.float32), (0, 0), sigma)
         inner = smooth_noise(rng, nodule.shape, (0.8 / spacing, 0.8 / spacing))
         log_level = np.float32(np.log(spec.echo_ratio)) + 0.25 * inner
+        if spec.halo_mm > 0:
+            width = max(round(spec.halo_mm / spacing), 1)
+            kernel = np.ones((2 * width + 1, 2 * width + 1), np.uint8)
+            core = cv2.erode(nodule.astype(np.uint8), kernel).astype(bool)
+            log_level = np.where(nodule & ~core, np.float32(np.log(_HALO_RATIO)), log_level)
         # Blend in the log domain so a dark nodule stays dark up to its edge.
         echo[:] = np.exp(np.log(np.maximum(echo, 1e-4)) * (1 - soft) + log_level * soft)
         att[nodule] = _BASE_ATTENUATION * 1.5

@@ -81,6 +81,16 @@ class NoduleSpec:
         }[self.echogenicity]
 
     @property
+    def halo_mm(self) -> float:
+        """Width of the hypoechoic rim inside the edge (0: none).
+
+        Isoechoic and hyperechoic nodules are told apart from the gland in
+        practice by such a halo (a thin dark rim); without it an isoechoic
+        nodule in speckle would be invisible even to a radiologist.
+        """
+        return 1.0 if self.echogenicity in ("isoechoic", "hyperechoic") else 0.0
+
+    @property
     def margin_blur_mm(self) -> float:
         """Width of the soft transition at the nodule edge."""
         return 0.08 if self.margin == "well-defined" else 0.35

@@ -23,7 +23,6 @@ Run::
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -47,9 +46,7 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
     rows = []
     for name, withheld in VARIANTS.items():
         folder = args.out / name.replace(" ", "-")
-        preset = TMDLConfig.preset(args.size)
-        tokens = args.text_tokens or preset.text_tokens
-        config = dataclasses.replace(preset, withheld=withheld, text_tokens=tokens)
+        config = TMDLConfig.preset(args.size, withheld=withheld, text_tokens=args.text_tokens)
         options = TMDLTrainOptions(epochs=args.epochs, seed=args.seed, progress=False)
         trained = train_tmdl(args.train, folder / "run", config, options)
         result = assess(

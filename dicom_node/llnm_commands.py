@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 from typing import Annotated
 
@@ -42,12 +41,7 @@ def train(
     from models.llnm.training import TMDLTrainOptions, train_tmdl
 
     try:
-        preset = TMDLConfig.preset(size)
-        config = dataclasses.replace(
-            preset,
-            withheld=tuple(withhold or ()),
-            text_tokens=text_tokens or preset.text_tokens,
-        )
+        config = TMDLConfig.preset(size, withheld=tuple(withhold or ()), text_tokens=text_tokens)
         options = TMDLTrainOptions(
             epochs=epochs,
             batch_size=batch_size,

@@ -92,19 +92,25 @@ class TMDLConfig:
         return int(self.width * self.mlp_ratio)
 
     @classmethod
-    def preset(cls, name: str) -> TMDLConfig:
+    def preset(
+        cls, name: str, *, withheld: tuple[str, ...] = (), text_tokens: int | None = None
+    ) -> TMDLConfig:
         """The ``tiny`` (defaults) or ``base`` (paper-sized) configuration.
+
+        ``withheld`` (ablations) and ``text_tokens`` (report length; None keeps
+        the paper's 50) apply to either preset.
 
         Raises
         ------
         ValueError
-            If ``name`` is not a preset.
+            If ``name`` is not a preset, or ``withheld`` names no input.
         """
-        if name == "tiny":
-            return cls()
+        if name not in PRESETS:
+            raise ValueError(f"preset must be one of {PRESETS}, not {name!r}")
+        config = cls()
         if name == "base":
-            return replace(
-                cls(),
+            config = replace(
+                config,
                 size="base",
                 width=768,
                 heads=12,
@@ -116,7 +122,8 @@ class TMDLConfig:
                 attention_dropout=0.2,
                 mlp_dropout=0.3,
             )
-        raise ValueError(f"preset must be one of {PRESETS}, not {name!r}")
+        tokens = config.text_tokens if text_tokens is None else text_tokens
+        return replace(config, withheld=withheld, text_tokens=tokens)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready fields."""

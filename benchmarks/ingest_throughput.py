@@ -96,7 +96,8 @@ ORTHANC_DEFAULTS_NOTED: dict[str, Any] = {
 TARGET_VS_BARE = 0.8
 TARGET_VS_ORTHANC = 3.0
 
-RECEIVERS = ("bare", "node", "orthanc")
+RECEIVERS = ("bare", "node", "node-unsynced", "orthanc")
+DEFAULT_RECEIVERS = ("bare", "node", "orthanc")
 LOAD_AT_START: list[float] = [0.0, 0.0, 0.0]
 MODES = ("single", "concurrent")
 
@@ -726,6 +727,21 @@ class NodeReceiver(Receiver):
         return in_db
 
 
+class UnsyncedNodeReceiver(NodeReceiver):
+    """Diagnostic: the node's own code with every fsync and SQLite's sync switched off."""
+
+    name = "node-unsynced"
+
+    def command(self) -> list[str]:
+        """``python ingest_throughput.py --node-unsynced node.toml``."""
+        return [
+            sys.executable,
+            str(Path(__file__).resolve()),
+            "--node-unsynced",
+            str(self.config_path),
+        ]
+
+
 class OrthancReceiver(Receiver):
     """Orthanc (Debian package) with its own storage and index folders."""
 
@@ -794,6 +810,7 @@ class OrthancReceiver(Receiver):
 RECEIVER_CLASSES: dict[str, Callable[[Path, Path], Receiver]] = {
     "bare": BareReceiver,
     "node": NodeReceiver,
+    "node-unsynced": UnsyncedNodeReceiver,
     "orthanc": OrthancReceiver,
 }
 
@@ -831,6 +848,38 @@ def run_bare_scp(port: int, store_dir: Path) -> None:
 
     signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
     ae.start_server(("127.0.0.1", port), block=True, evt_handlers=[(evt.EVT_C_STORE, handle_store)])
+
+
+def run_node_unsynced(config: Path) -> None:
+    """``llnm-node serve --config CONFIG`` without durability, to price it (never a setting).
+
+    Every check, the spool placement and the database registration run as in
+    the node; only the spool's fsyncs are skipped and SQLite commits with
+    ``synchronous = OFF``. The gap to ``node`` is what durability costs, the gap
+    to ``bare`` what the node's checks and bookkeeping cost.
+    """
+    from sqlalchemy import Engine, event
+
+    import db.session
+    from dicom_node import spool
+    from dicom_node.cli import app
+
+    def skip_fsync(path: Path) -> None:
+        return None
+
+    configure = db.session._configure_sqlite
+
+    def configure_unsynced(engine: Engine) -> None:
+        configure(engine)
+
+        @event.listens_for(engine, "connect")
+        def _no_sync(dbapi_connection: Any, _record: Any) -> None:
+            dbapi_connection.execute("PRAGMA synchronous = OFF")
+
+    spool._fsync_file = skip_fsync
+    spool._fsync_dir = skip_fsync
+    db.session._configure_sqlite = configure_unsynced
+    app(["serve", "--config", str(config)])
 
 
 # --- runs ----------------------------------------------------------------------------
@@ -1162,15 +1211,16 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--receivers",
-        default=",".join(RECEIVERS),
-        help="comma-separated subset of bare,node,orthanc",
+        default=",".join(DEFAULT_RECEIVERS),
+        help=f"comma-separated subset of {','.join(RECEIVERS)}",
     )
     parser.add_argument(
         "--modes", default=",".join(MODES), help="comma-separated subset of single,concurrent"
     )
     parser.add_argument("--bare-scp", nargs=2, metavar=("PORT", "DIR"), help=argparse.SUPPRESS)
+    parser.add_argument("--node-unsynced", metavar="CONFIG", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    if args.bare_scp is None:
+    if args.bare_scp is None and args.node_unsynced is None:
         if args.instances < SENDERS_CONCURRENT or args.studies < SENDERS_CONCURRENT:
             parser.error(f"need at least {SENDERS_CONCURRENT} instances and studies")
         if args.studies > args.instances:
@@ -1266,6 +1316,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.bare_scp is not None:
         run_bare_scp(int(args.bare_scp[0]), Path(args.bare_scp[1]))
         return 0
+    if args.node_unsynced is not None:
+        run_node_unsynced(args.node_unsynced)
+        return 0
 
     began = time.perf_counter()
     LOAD_AT_START[:] = os.getloadavg()
@@ -1306,7 +1359,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             for _ in range(args.repeats):
                 for mode in args.modes:
                     for name in args.receivers:
-                        label = f"{name:<8} {mode:<10}"
+                        label = f"{name:<13} {mode:<10}"
                         with console.status(f"running {label}"):
                             result = one_run(
                                 name,

@@ -22,7 +22,7 @@ from db import queries
 from db.models import EventLevel
 from db.session import Database
 from dicom_node.sop_classes import ACCEPTED_STORAGE_CLASSES, SECONDARY_CAPTURE_MODALITIES
-from dicom_node.spool import Spool, StoredFile
+from dicom_node.spool import Placement, Spool, StoredFile
 from dicom_node.statuses import StoreStatus
 from pipeline.dicom_files import UnreadableDicomError, read_header
 from pipeline.report.inputs import MANUFACTURER
@@ -182,7 +182,7 @@ class Ingestor:
     ) -> StoreStatus:
         """Place the file, then register it; the common path is one fsync and one commit."""
         try:
-            stored = self._spool.store(
+            placement = self._spool.place(
                 request.path,
                 study_uid=_text(dataset, "StudyInstanceUID"),
                 sop_uid=request.sop_instance_uid,
@@ -192,25 +192,30 @@ class Ingestor:
             return self._already_placed(request, dataset, transfer_syntax)
         except OSError as exc:
             return self._out_of_resources(request, f"cannot write to the spool: {exc}")
-        return self._register(request, dataset, transfer_syntax, stored)
+        return self._register(request, dataset, transfer_syntax, placement)
 
     def _register(
-        self, request: StoreRequest, dataset: Dataset, transfer_syntax: str, stored: StoredFile
+        self, request: StoreRequest, dataset: Dataset, transfer_syntax: str, placement: Placement
     ) -> StoreStatus:
+        """Write the row while the fsyncs run; it commits only once they are done."""
         try:
             with self._database.connection() as connection:
                 registered = queries.register_instance(
-                    connection, new=self._new_instance(request, dataset, transfer_syntax, stored)
+                    connection,
+                    new=self._new_instance(request, dataset, transfer_syntax, placement.stored),
                 )
+                placement.wait()
+        except OSError as exc:  # an fsync failed: rolled back, and the file is gone
+            return self._out_of_resources(request, f"cannot write to the spool: {exc}")
         except IntegrityError as exc:
             # Registered before under another study: keep the first copy, count the resend.
-            self._spool.discard(stored)
+            self._drop(placement)
             duplicate = self._duplicate(request)
             if duplicate is None:
                 return self._out_of_resources(request, f"database refused the instance: {exc}")
             return duplicate
         except SQLAlchemyError as exc:
-            self._spool.discard(stored)
+            self._drop(placement)
             return self._out_of_resources(request, f"database unavailable: {exc}")
         log.debug(
             "stored instance #%d (study #%d, job #%d) from %s",
@@ -221,6 +226,14 @@ class Ingestor:
         )
         return StoreStatus.SUCCESS
 
+    def _drop(self, placement: Placement) -> None:
+        """Remove a placed file whose row was not written, once its fsyncs are over."""
+        try:
+            placement.wait()
+            self._spool.discard(placement.stored)
+        except OSError as exc:
+            log.error("could not remove an unregistered file from the spool: %s", exc)
+
     def _already_placed(
         self, request: StoreRequest, dataset: Dataset, transfer_syntax: str
     ) -> StoreStatus:
@@ -229,7 +242,7 @@ class Ingestor:
         if duplicate is not None:
             return duplicate
         try:
-            stored = self._spool.store(
+            placement = self._spool.place(
                 request.path,
                 study_uid=_text(dataset, "StudyInstanceUID"),
                 sop_uid=request.sop_instance_uid,
@@ -237,7 +250,7 @@ class Ingestor:
             )
         except OSError as exc:
             return self._out_of_resources(request, f"cannot write to the spool: {exc}")
-        return self._register(request, dataset, transfer_syntax, stored)
+        return self._register(request, dataset, transfer_syntax, placement)
 
     def _duplicate(self, request: StoreRequest) -> StoreStatus | None:
         """Count a resend of a registered instance; None if the instance is not registered."""

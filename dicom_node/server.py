@@ -20,6 +20,7 @@ from dicom_node.sop_classes import (
 from dicom_node.spool import Spool
 from dicom_node.storage_scp import handle_echo, handle_store
 from dicom_node.tls import server_context
+from dicom_node.writeback import handle_pdu_received
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +68,7 @@ class DicomListener:
             (evt.EVT_REQUESTED, handle_requested, [self._settings, self._ingestor]),
             (evt.EVT_C_STORE, handle_store, [self._ingestor]),
             (evt.EVT_C_ECHO, handle_echo),
+            (evt.EVT_PDU_RECV, handle_pdu_received),
             (evt.EVT_CONN_CLOSE, self._after_connection),
         ]
         ssl_context = server_context(self._settings.tls) if self._settings.tls.enabled else None

@@ -7,9 +7,10 @@ Layout under the spool root::
     quarantine/<id>.dcm + .txt   refused instances kept for inspection, with the reason
     work/job-<id>/               stage outputs of a job
 
-A file is placed by an atomic hard link, then it and its folder are fsynced
-before the database row is written: a crash in between leaves at most an
-unregistered file at the target, which the resend of that instance replaces.
+A file is placed by an atomic hard link; it and its folder are fsynced while
+the database row is written, and the row commits only after both fsyncs: a
+crash before the commit leaves at most an unregistered file at the target,
+which the resend of that instance replaces.
 """
 
 from __future__ import annotations
@@ -33,6 +34,31 @@ class StoredFile:
 
     relative_path: str
     size_bytes: int
+
+
+@dataclass(frozen=True)
+class Placement:
+    """A file linked into the spool whose fsyncs may still be running."""
+
+    stored: StoredFile
+    path: Path
+    pending: tuple[Future[None], ...]
+
+    def wait(self) -> StoredFile:
+        """Wait until the file and its folder are on disk.
+
+        Raises
+        ------
+        OSError
+            If an fsync failed; the file is then removed from its target.
+        """
+        try:
+            for fsync in self.pending:
+                fsync.result()
+        except OSError:
+            self.path.unlink(missing_ok=True)
+            raise
+        return self.stored
 
 
 def _fsync_file(path: Path) -> None:
@@ -113,12 +139,11 @@ class Spool:
     def start_sync(self, received: Path) -> Future[None]:
         """Start writing a received file's bytes to disk (fsync) in the background.
 
-        The listener starts this first and checks the header meanwhile; ``store``
-        then only waits for what is left of the fsync.
+        The listener starts this first and checks the header meanwhile.
         """
         return self._syncer.submit(_fsync_file, received)
 
-    def store(
+    def place(
         self,
         received: Path,
         *,
@@ -126,14 +151,16 @@ class Spool:
         sop_uid: str,
         replace: bool = False,
         synced: Future[None] | None = None,
-    ) -> StoredFile:
-        """Place a received file in ``incoming/`` durably; ``received`` itself stays.
+    ) -> Placement:
+        """Give a received file its name in ``incoming/`` and start making that durable.
 
         The file gets a second name (a hard link) at its target, so an existing
         file there is never overwritten by accident: that raises
         ``FileExistsError`` unless ``replace`` is set, which callers use only
         for a file the database does not hold (a crash before acknowledgement).
-        ``synced`` is the ``start_sync`` of ``received``, if one was started.
+        ``received`` itself stays. ``synced`` is the ``start_sync`` of
+        ``received``, if one was started. The fsyncs of the file and its
+        folder run in the background; ``Placement.wait`` waits for them.
 
         Raises
         ------
@@ -154,19 +181,18 @@ class Spool:
             if replace:
                 target.unlink(missing_ok=True)
             os.link(local, target)
-            try:
-                if synced is not None and local == received:
-                    synced.result()
-                else:
-                    _fsync_file(target)
-                _fsync_dir(study_dir)
-            except OSError:
-                target.unlink(missing_ok=True)
-                raise
         finally:
             if local != received:
                 local.unlink(missing_ok=True)
-        return StoredFile(relative_path=relative, size_bytes=size)
+        file_synced = synced if synced is not None and local == received else None
+        return Placement(
+            stored=StoredFile(relative_path=relative, size_bytes=size),
+            path=target,
+            pending=(
+                file_synced or self._syncer.submit(_fsync_file, target),
+                self._syncer.submit(_fsync_dir, study_dir),
+            ),
+        )
 
     def discard(self, stored: StoredFile) -> None:
         """Remove a stored file whose database row could not be written."""

@@ -10,7 +10,7 @@ def test_store_places_file_under_study_and_sop(tmp_path: Path) -> None:
     spool.prepare()
     received = spool.tmp / "rx.dcm"
     received.write_bytes(b"DICM" * 1000)
-    stored = spool.store(received, study_uid="1.2.3", sop_uid="1.2.3.4")
+    stored = spool.place(received, study_uid="1.2.3", sop_uid="1.2.3.4").wait()
     assert stored.relative_path == "incoming/1.2.3/1.2.3.4.dcm"
     assert stored.size_bytes == 4000
     assert spool.path_of(stored.relative_path).read_bytes() == b"DICM" * 1000
@@ -22,7 +22,7 @@ def test_store_from_another_folder_copies(tmp_path: Path) -> None:
     spool.prepare()
     outside = tmp_path / "elsewhere.dcm"
     outside.write_bytes(b"abc")
-    stored = spool.store(outside, study_uid="1.2", sop_uid="1.2.9")
+    stored = spool.place(outside, study_uid="1.2", sop_uid="1.2.9").wait()
     assert spool.path_of(stored.relative_path).read_bytes() == b"abc"
 
 
@@ -31,7 +31,7 @@ def test_hostile_uids_cannot_escape_the_spool(tmp_path: Path) -> None:
     spool.prepare()
     received = spool.tmp / "rx"
     received.write_bytes(b"x")
-    stored = spool.store(received, study_uid="../../etc", sop_uid="../passwd")
+    stored = spool.place(received, study_uid="../../etc", sop_uid="../passwd").wait()
     path = spool.path_of(stored.relative_path).resolve()
     assert path.is_relative_to(spool.incoming)
 
@@ -45,9 +45,9 @@ def test_leftover_of_a_crash_is_replaced(tmp_path: Path) -> None:
     received = spool.tmp / "rx"
     received.write_bytes(b"whole")
     with pytest.raises(FileExistsError):
-        spool.store(received, study_uid="1.2", sop_uid="1.2.5")
+        spool.place(received, study_uid="1.2", sop_uid="1.2.5").wait()
     assert target.read_bytes() == b"half"
-    spool.store(received, study_uid="1.2", sop_uid="1.2.5", replace=True)
+    spool.place(received, study_uid="1.2", sop_uid="1.2.5", replace=True).wait()
     assert target.read_bytes() == b"whole"
 
 
@@ -70,6 +70,6 @@ def test_discard_removes_file(tmp_path: Path) -> None:
     spool.prepare()
     received = spool.tmp / "rx"
     received.write_bytes(b"x")
-    stored = spool.store(received, study_uid="1", sop_uid="2")
+    stored = spool.place(received, study_uid="1", sop_uid="2").wait()
     spool.discard(stored)
     assert not spool.path_of(stored.relative_path).exists()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import ssl
@@ -20,7 +21,8 @@ from sqlalchemy import func, select
 
 import dicom_factory
 from db.models import Event, Instance, Job, JobState, Study
-from dicom_node import scu
+from dicom_node import scu, writeback
+from dicom_node import spool as spool_module
 from dicom_node.node import Node
 from dicom_node.statuses import StoreStatus
 from dicom_node.tls import client_context
@@ -449,3 +451,62 @@ def test_partial_receptions_of_aborted_associations_are_swept(node_factory: Fact
     assert live.exists()
     (event,) = events(node, "spool.partial_removed")
     assert event.detail == {"files": 1, "idle_s": 240.0}
+
+
+@pytest.mark.skipif(not writeback.AVAILABLE, reason="sync_file_range is Linux-only")
+def test_writeback_starts_while_a_large_instance_is_received(
+    node_factory: Factory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    node = node_factory(dicom={"max_pdu": 16384}, completion={"quiet_seconds": 3600})
+    started: list[Path] = []
+    real_start = writeback._start
+    assert real_start is not None
+
+    def recording_start(fd: int) -> None:
+        started.append(Path(f"/proc/self/fd/{fd}").readlink())
+        real_start(fd)
+
+    monkeypatch.setattr(writeback, "_start", recording_start)
+    ds = dicom_factory.ultrasound(rows=480, columns=640)  # 300 kB: about 19 PDUs of 16 kB
+    path = dicom_factory.write(ds, tmp_path / "large.dcm")
+    assert scu.send_files(peer(node), [path])[0].status == StoreStatus.SUCCESS
+    assert len(started) >= 15
+    assert len(set(started)) == 1 and started[0].parent == node.spool.tmp
+    with node.database.session() as session:
+        (instance,) = session.scalars(select(Instance))
+    assert dataset_bytes(node.spool.path_of(instance.path)) == dataset_bytes(path)
+
+
+def test_failed_fsync_answers_out_of_resources_and_registers_nothing(
+    node_factory: Factory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    node = node_factory(completion={"quiet_seconds": 3600})
+    study = generate_uid()
+    first, second = (
+        dicom_factory.write(
+            dicom_factory.ultrasound(study_uid=study, seed=i), tmp_path / f"{i}.dcm"
+        )
+        for i in range(2)
+    )
+    assert scu.send_files(peer(node), [first])[0].status == StoreStatus.SUCCESS
+    study_dir = node.spool.path_of(
+        node.spool.relative_path_for(study_uid=study, sop_uid="1")
+    ).parent
+    synced_dirs: list[Path] = []
+
+    def failing_fsync(path: Path) -> None:  # the disk fails after the file got its name
+        synced_dirs.append(path)
+        raise OSError(errno.EIO, "Input/output error")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(spool_module, "_fsync_dir", failing_fsync)
+        assert scu.send_files(peer(node), [second])[0].status == StoreStatus.OUT_OF_RESOURCES
+    assert synced_dirs == [study_dir]
+    with node.database.session() as session:
+        assert session.scalar(select(func.count(Instance.id))) == 1
+    assert len(list(study_dir.glob("*.dcm"))) == 1  # the second file was removed
+    (event,) = events(node, "instance.not_stored")
+    assert "Input/output error" in event.message
+    assert scu.send_files(peer(node), [second])[0].status == StoreStatus.SUCCESS  # the resend
+    with node.database.session() as session:
+        assert session.scalar(select(func.count(Instance.id))) == 2

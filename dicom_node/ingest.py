@@ -180,7 +180,7 @@ class Ingestor:
     def _store(
         self, request: StoreRequest, dataset: Dataset, transfer_syntax: str, synced: Future[None]
     ) -> StoreStatus:
-        """Place the file, then register it; the common path is one fsync and one commit."""
+        """Place the file, then register it while the file and its folder are fsynced."""
         try:
             placement = self._spool.place(
                 request.path,

@@ -559,6 +559,11 @@ def warm_page_cache(corpus: Corpus) -> None:
 # --- receivers -----------------------------------------------------------------------
 
 
+def this_script(*args: str) -> list[str]:
+    """The command line that runs this script with ``args`` (the receivers it serves itself)."""
+    return [sys.executable, str(Path(__file__).resolve()), *args]
+
+
 class Receiver:
     """A C-STORE SCP under test, started fresh on empty storage."""
 
@@ -657,13 +662,7 @@ class BareReceiver(Receiver):
 
     def command(self) -> list[str]:
         """``python ingest_throughput.py --bare-scp PORT DIR``."""
-        return [
-            sys.executable,
-            str(Path(__file__).resolve()),
-            "--bare-scp",
-            str(self.port),
-            str(self.store_dir),
-        ]
+        return this_script("--bare-scp", str(self.port), str(self.store_dir))
 
     def prepare(self) -> None:
         """Create the empty storage folder."""
@@ -734,12 +733,7 @@ class UnsyncedNodeReceiver(NodeReceiver):
 
     def command(self) -> list[str]:
         """``python ingest_throughput.py --node-unsynced node.toml``."""
-        return [
-            sys.executable,
-            str(Path(__file__).resolve()),
-            "--node-unsynced",
-            str(self.config_path),
-        ]
+        return this_script("--node-unsynced", str(self.config_path))
 
 
 class OrthancReceiver(Receiver):

@@ -44,11 +44,11 @@ import cv2  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
+from phantoms import PhantomOptions, make_case  # noqa: E402
 from pipeline.contracts import InstanceRef, StudyInput  # noqa: E402
 from pipeline.crop import crop  # noqa: E402
 from pipeline.deidentify import deidentify  # noqa: E402
 from pipeline.intake import intake  # noqa: E402
-from pipeline.phantom import PhantomOptions, make_case  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 ROWS, COLUMNS = 480, 640

@@ -39,11 +39,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from celery_cluster import Cluster
 from report_cases import write_case
 
-from db import queries
-from dicom_node import scu
-from dicom_node.node import Node
+from db import listings
+from dicom_node.app.node import Node
+from dicom_node.network import scu
 from dicom_node.settings import Settings
-from pipeline.phantom import make_case
+from phantoms import make_case
 
 POSTGRES_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
 BROKER = "redis://127.0.0.1:6379/8"
@@ -80,7 +80,7 @@ def send_and_wait(node: Node, paths: list[Path], studies: int) -> float:
     deadline = started + TIMEOUT_S
     while time.monotonic() < deadline:
         with node.database.session() as session:
-            jobs = queries.list_jobs(session)
+            jobs = listings.list_jobs(session)
         if len(jobs) == studies and all(j.state in {"done", "failed", "dead"} for j in jobs):
             if any(j.state != "done" for j in jobs):
                 raise RuntimeError(f"jobs did not succeed: {jobs}")

@@ -829,7 +829,7 @@ def run_bare_scp(port: int, store_dir: Path) -> None:
     """
     from pynetdicom import evt
 
-    from dicom_node.server import build_ae
+    from dicom_node.network.listener import build_ae
     from dicom_node.settings import DicomSettings
 
     settings = DicomSettings(ae_title=BARE_AE, host="127.0.0.1", port=port)
@@ -855,8 +855,8 @@ def run_node_unsynced(config: Path) -> None:
     from sqlalchemy import Engine, event
 
     import db.session
-    from dicom_node import spool
-    from dicom_node.cli import app
+    from dicom_node.cli.main import app
+    from dicom_node.network import spool
 
     def skip_fsync(path: Path) -> None:
         return None
@@ -1397,7 +1397,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         "receivers": {
             "node": "llnm-node serve, SQLite, default durability (fsync + synchronous=FULL)",
             "orthanc": {"overrides": ORTHANC_OVERRIDES, "defaults_noted": ORTHANC_DEFAULTS_NOTED},
-            "bare": "pynetdicom SCP via dicom_node.server.build_ae, write only (no fsync, no DB)",
+            "bare": (
+                "pynetdicom SCP via dicom_node.network.listener.build_ae, write only "
+                "(no fsync, no DB)"
+            ),
         },
         "repeats": args.repeats,
         "results": [

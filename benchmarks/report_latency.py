@@ -35,11 +35,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from orthanc_peer import ORTHANC_AE, Orthanc, free_port, running_orthanc
 from report_cases import write_case
 
-from db import queries
-from dicom_node import scu
-from dicom_node.node import Node
+from db import listings
+from dicom_node.app.node import Node
+from dicom_node.network import scu
 from dicom_node.settings import Settings
-from pipeline.phantom import make_case
+from phantoms import make_case
 
 FIRST_SEED = 5000
 POLL_S = 0.02
@@ -68,8 +68,8 @@ def _wait_for_sr(orthanc: Orthanc, study_uid: str) -> float:
 def _stage_seconds(node: Node) -> dict[str, list[float]]:
     seconds: dict[str, list[float]] = {}
     with node.database.session() as session:
-        for job in queries.list_jobs(session):
-            for event in queries.job_detail(session, job_id=job.id).events:
+        for job in listings.list_jobs(session):
+            for event in listings.job_detail(session, job_id=job.id).events:
                 if event.kind == "stage.done" and event.detail:
                     stage = event.detail["stage"]
                     seconds.setdefault(stage, []).append(float(event.detail["seconds"]))

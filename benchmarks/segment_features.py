@@ -33,12 +33,12 @@ from rich.console import Console
 from rich.progress import track
 from rich.table import Table
 
+from imaging.crop import crop_image
+from imaging.features import Location, extract_view
 from models.demo import DEMO_BUNDLE_DIR
 from models.segmentation import predict_probabilities
 from models.segmentation.metrics import dice
-from pipeline.crop import crop_image
-from pipeline.features import Location, extract_view
-from pipeline.phantom import make_case
+from phantoms import make_case
 from pipeline.segment import SegmenterLoader
 
 TARGET_DICE = {"nodule": 0.85, "thyroid": 0.90}

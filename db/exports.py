@@ -16,8 +16,9 @@ from typing import Any, TypeVarTuple, cast
 from sqlalchemy import CursorResult, Select, func, select, update
 from sqlalchemy.orm import Session
 
+from db.events import record_event
+from db.jobs import JobStateError, find_job, retry_job
 from db.models import EventLevel, ExportAttempt, ExportState, Job, JobState, utcnow
-from db.queries import JobStateError, find_job, record_event, retry_job
 
 _Row = TypeVarTuple("_Row")  # the columns a filtered query selects
 

@@ -30,7 +30,7 @@ from typing import Any
 from celery import Celery
 from sqlalchemy.orm import Session
 
-from db import queries
+from db import jobs
 from db.session import Database
 from pipeline.runner import JobNotices, JobRunner
 from pipeline.stage_outputs import load_output, output_path, save_output
@@ -84,7 +84,7 @@ class CeleryExecutor:
         except Exception as exc:  # boundary: kombu raises many kinds when the broker is down
             log.error("job %d not handed to the workers: %s", job_id, exc)
             with self._database.session() as session:
-                queries.release_claim(session, job_id=job_id, reason=f"{type(exc).__name__}")
+                jobs.release_claim(session, job_id=job_id, reason=f"{type(exc).__name__}")
 
     def shutdown(self, *, wait: bool) -> None:
         """Nothing runs in the node; the workers go on with what they have."""
@@ -96,7 +96,7 @@ def run_stage_task(app: Celery, runner: JobRunner, job_id: int, index: int, atte
         log.info("job %d: stage %d of attempt %d is stale; dropped", job_id, index, attempt)
         return "stale"
     stages = runner.stages
-    work_dir = runner.work_dir(job_id)
+    work_dir = runner.spool.work_dir(job_id)
     try:
         value: Any = (
             runner.study_input(job_id)

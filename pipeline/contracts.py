@@ -1,12 +1,16 @@
-"""Typed values stages share: the first stage's input and the de-identified study after it."""
+"""Typed values stages share: the job envelope, the first stage's input, the de-identified study."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 from pydicom import Dataset
+
+from db.jobs import JobSource
+from pipeline.spool import SpoolLayout
 
 
 @dataclass(frozen=True)
@@ -29,14 +33,64 @@ class InstanceRef:
         )
 
 
+def instance_refs(source: JobSource, spool: SpoolLayout) -> tuple[InstanceRef, ...]:
+    """The instances of a job's study as files in ``spool``, in the order they were received."""
+    return tuple(
+        InstanceRef(
+            sop_instance_uid=stored.sop_instance_uid,
+            sop_class_uid=stored.sop_class_uid,
+            series_instance_uid=stored.series_instance_uid,
+            path=spool.path_of(stored.relative_path),
+        )
+        for stored in source.instances
+    )
+
+
 @dataclass(frozen=True)
 class StudyInput:
-    """Everything the node received for one study, for one job."""
+    """Everything the node received for one study, for one job: the first stage's input."""
 
     job_id: int
     study_instance_uid: str
     instances: tuple[InstanceRef, ...]
-    work_dir: Path
+    work_dir: Path  # the job's folder in the spool (SpoolLayout.work_dir)
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """An instance or image a stage could not use, and why (no patient data in the reason)."""
+
+    sop_instance_uid: str
+    reason: str
+
+
+def summarize_skipped(skipped: Sequence[Skipped]) -> list[dict[str, str]]:
+    """The skipped items for the audit trail."""
+    return [{"sop_instance_uid": s.sop_instance_uid, "reason": s.reason} for s in skipped]
+
+
+@dataclass(frozen=True)
+class ModelInputs:
+    """What the model reads besides the pixels; never written into a DICOM copy."""
+
+    age_years: float | None
+    sex: Literal["F", "M"] | None
+    report_text: str | None  # with the patient's identifiers redacted
+
+
+@dataclass(frozen=True)
+class JobContext:
+    """The envelope every stage after de-identification passes on unchanged."""
+
+    job_id: int
+    work_dir: Path  # the job's folder in the spool (SpoolLayout.work_dir)
+    inputs: ModelInputs  # age, sex and redacted report text, from de-identification
+
+    def folder(self, name: str) -> Path:
+        """``work_dir/name``, created if missing: where a stage writes its files."""
+        path = self.work_dir / name
+        path.mkdir(parents=True, exist_ok=True)
+        return path
 
 
 @dataclass(frozen=True)
@@ -54,20 +108,9 @@ class DeidentifiedImage:
 
 
 @dataclass(frozen=True)
-class ModelInputs:
-    """What the model reads besides the pixels; never written into a DICOM copy."""
-
-    age_years: float | None
-    sex: Literal["F", "M"] | None
-    report_text: str | None  # with the patient's identifiers redacted
-
-
-@dataclass(frozen=True)
 class DeidentifiedStudy:
     """The study after de-identification: what every later stage works from."""
 
-    job_id: int
+    job: JobContext
     study_instance_uid: str  # pseudonymous
     images: tuple[DeidentifiedImage, ...]
-    inputs: ModelInputs
-    work_dir: Path

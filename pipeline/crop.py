@@ -1,409 +1,32 @@
-"""Crop stage: the ultrasound image area, its calibration, and standardised brightness.
+"""Crop stage: every de-identified image of a study cropped to its ultrasound image area.
 
-Rules
------
-Image area from regions
-    When the data set has a Sequence of Ultrasound Regions, only regions with
-    Region Spatial Format 1 (2D) and Region Data Type 1 (tissue) count. The
-    largest of them is the image area (the first on ties), or with
-    ``region_rule="union"`` their bounding union. Region Location Max X1/Y1
-    are inclusive in DICOM; :class:`ImageArea` bounds are exclusive and
-    clipped to the image. Regions that are all something else (colour flow,
-    spectral Doppler, M-mode, traces) are a :class:`~pipeline.stage.StageError`:
-    there is no B-mode image to analyse.
-Calibration
-    Physical Units X and Y Direction both 3 (cm) and positive Physical Delta
-    X/Y give ``mm_per_pixel = (10 * delta_x, 10 * delta_y)``. Other units, or
-    a union of regions whose deltas differ, leave the image uncalibrated
-    (``mm_per_pixel`` None): later stages report distances in pixels.
-Image area without regions
-    :func:`detect_area`: content is grey above :data:`DETECT_DARK` that
-    varies (speckle; flat panels do not); a closing with a small square
-    (about 1/60 of the shorter side) fills speckle gaps; an opening with a
-    large square (1/12 of the shorter side) removes text, rulers, grey and
-    colour bars; the bounding box of the largest blob (by the area inside
-    its outer contour) then has each edge moved to the first empty row or
-    column (:data:`DETECT_EMPTY`) out from its centre, which trims bars
-    touching the area and restores sparse far-field rows. Rows that hold no
-    signal at all (a far field fading to black) cannot be seen and are left
-    out. Such crops are always uncalibrated.
-Brightness
-    :func:`standardise_brightness`: the 0.5th and 99.5th percentiles of the
-    crop's grey levels (BT.601 luma for colour) are mapped linearly to 0 and
-    255, clipping outside; colour crops get the same map on every channel.
-    Crops are never resized, so the aspect ratio is the source's.
-Colour
-    A colour crop whose channels differ by at most :data:`GREY_TOLERANCE` in
-    at least 99.5 % of pixels (grey B-mode stored as RGB or YBR) goes on as
-    grey (H, W); otherwise as RGB (H, W, 3).
-Stage
-    :func:`crop` reads each de-identified file, crops its middle frame
-    (:func:`pipeline.decode.select_frame`) and writes ``work_dir/crop/NNN.png``
-    (NNN: the image's position in the study). An image that raises
-    :class:`~pipeline.stage.StageError` is skipped with its reason; the
-    stage fails only when no image is left.
+:func:`crop` reads each de-identified file, crops its middle frame with
+:func:`imaging.crop.crop_image` (the rules are there) and writes
+``work_dir/crop/NNN.png`` (NNN: the image's position in the study). An image
+that raises :class:`~imaging.errors.StageError` is skipped with its reason;
+the stage fails only when no image is left.
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Generic, Literal, Protocol, TypeVar
+from typing import Any
 
-import cv2
-import numpy as np
-from numpy.typing import NDArray
 from pydicom import Dataset, dcmread
 from pydicom.errors import InvalidDicomError
 
-from pipeline.decode import FrameRule, Image8, grey, select_frame
-from pipeline.stage import Stage, StageError
-
-RegionRule = Literal["largest", "union"]
-AreaSource = Literal["regions", "detected"]
-
-SPATIAL_FORMAT_2D = 1
-DATA_TYPE_TISSUE = 1
-UNITS_CM = 3
-# Fallback detector: content is brighter than this grey level and its grey levels vary
-# (standard deviation over a DETECT_WINDOW square) by more than DETECT_TEXTURE.
-DETECT_DARK = 10
-DETECT_TEXTURE = 3.0
-DETECT_WINDOW = 15
-# Fallback detector: a row or column with less content than this share is empty.
-DETECT_EMPTY = 0.005
-# Fallback detector: the largest component must cover at least this share of the image.
-DETECT_MIN_FRACTION = 0.05
-LOW_PERCENTILE = 0.5
-HIGH_PERCENTILE = 99.5
-# Channels of a "grey" colour pixel differ by at most this many levels.
-GREY_TOLERANCE = 12
-GREY_SHARE = 0.995
-
-_SPATIAL_FORMATS = {0: "none", 1: "2D", 2: "M-mode", 3: "spectral", 4: "waveform", 5: "graphics"}
-_DATA_TYPES = {
-    0: "none",
-    1: "tissue",
-    2: "colour flow",
-    3: "PW spectral Doppler",
-    4: "CW spectral Doppler",
-    5: "Doppler mean trace",
-    6: "Doppler mode trace",
-    7: "Doppler max trace",
-    8: "volume trace",
-    10: "ECG trace",
-    11: "pulse trace",
-    12: "phonocardiogram trace",
-    13: "grey bar",
-    14: "colour bar",
-    15: "integrated backscatter",
-    16: "area trace",
-}
-
-
-@dataclass(frozen=True)
-class ImageArea:
-    """Where the ultrasound image lies: columns ``x0:x1``, rows ``y0:y1`` (ends exclusive).
-
-    ``mm_per_pixel`` is (x, y) spacing in millimetres, or None when uncalibrated.
-    """
-
-    x0: int
-    y0: int
-    x1: int
-    y1: int
-    mm_per_pixel: tuple[float, float] | None
-    source: AreaSource
-
-    @property
-    def width(self) -> int:
-        """Columns in the area."""
-        return self.x1 - self.x0
-
-    @property
-    def height(self) -> int:
-        """Rows in the area."""
-        return self.y1 - self.y0
-
-
-@dataclass(frozen=True)
-class CroppedImage:
-    """A standardised crop: uint8 (H, W) grey or (H, W, 3) RGB, never resized."""
-
-    pixels: Image8
-    area: ImageArea
-    frame_index: int
-
-    @property
-    def mm_per_pixel(self) -> tuple[float, float] | None:
-        """(x, y) pixel spacing in mm, or None when distances can only be given in pixels."""
-        return self.area.mm_per_pixel
-
-    @property
-    def calibrated(self) -> bool:
-        """Whether millimetre distances can be measured on this crop."""
-        return self.area.mm_per_pixel is not None
-
-
-def _region_label(region: Dataset) -> str:
-    spatial = int(region.get("RegionSpatialFormat", 0) or 0)
-    data_type = int(region.get("RegionDataType", 0) or 0)
-    return (
-        f"{_DATA_TYPES.get(data_type, f'data type {data_type}')}"
-        f" ({_SPATIAL_FORMATS.get(spatial, f'format {spatial}')})"
-    )
-
-
-def _region_calibration(region: Dataset) -> tuple[float, float] | None:
-    units = (region.get("PhysicalUnitsXDirection"), region.get("PhysicalUnitsYDirection"))
-    deltas = (region.get("PhysicalDeltaX"), region.get("PhysicalDeltaY"))
-    if units != (UNITS_CM, UNITS_CM) or None in deltas:
-        return None
-    dx, dy = float(deltas[0]), float(deltas[1])
-    if not (math.isfinite(dx) and math.isfinite(dy) and dx > 0 and dy > 0):
-        return None
-    return (dx * 10.0, dy * 10.0)
-
-
-def _region_box(region: Dataset, rows: int, columns: int) -> tuple[int, int, int, int]:
-    keys = (
-        "RegionLocationMinX0",
-        "RegionLocationMinY0",
-        "RegionLocationMaxX1",
-        "RegionLocationMaxY1",
-    )
-    missing = [k for k in keys if region.get(k) is None]
-    if missing:
-        raise StageError(f"ultrasound region lacks {', '.join(missing)}")
-    min_x, min_y, max_x, max_y = (int(region.get(k)) for k in keys)
-    x0, y0 = max(min_x, 0), max(min_y, 0)
-    x1, y1 = min(max_x + 1, columns), min(max_y + 1, rows)
-    if x1 <= x0 or y1 <= y0:
-        raise StageError(
-            f"ultrasound region x {min_x}..{max_x}, y {min_y}..{max_y} has zero size "
-            f"inside the {columns}x{rows} image"
-        )
-    return x0, y0, x1, y1
-
-
-def region_area(
-    ds: Dataset, rows: int, columns: int, rule: RegionRule = "largest"
-) -> ImageArea | None:
-    """The image area from the Sequence of Ultrasound Regions, or None without one.
-
-    Tissue regions that are empty or lack their location are ignored when
-    another one is usable.
-
-    Raises
-    ------
-    StageError
-        If no region is 2D tissue, or none of those has a usable location.
-    """
-    regions = list(ds.get("SequenceOfUltrasoundRegions") or [])
-    if not regions:
-        return None
-    tissue = [
-        r
-        for r in regions
-        if r.get("RegionSpatialFormat") == SPATIAL_FORMAT_2D
-        and r.get("RegionDataType") == DATA_TYPE_TISSUE
-    ]
-    if not tissue:
-        found = ", ".join(_region_label(r) for r in regions)
-        raise StageError(f"no 2D tissue (B-mode) region among the ultrasound regions: {found}")
-    usable: list[Dataset] = []
-    boxes: list[tuple[int, int, int, int]] = []
-    problems: list[str] = []
-    for region in tissue:
-        try:
-            boxes.append(_region_box(region, rows, columns))
-        except StageError as exc:
-            problems.append(str(exc))
-            continue
-        usable.append(region)
-    if not boxes:
-        raise StageError("; ".join(problems))
-    tissue = usable
-    if rule == "largest":
-        areas = [(x1 - x0) * (y1 - y0) for x0, y0, x1, y1 in boxes]
-        best = areas.index(max(areas))
-        return ImageArea(*boxes[best], _region_calibration(tissue[best]), "regions")
-    if rule != "union":
-        raise StageError(f"unknown region rule {rule!r}; use 'largest' or 'union'")
-    calibrations = {_region_calibration(r) for r in tissue}
-    first = next(iter(calibrations))
-    same = first is not None and all(
-        c is not None
-        and math.isclose(c[0], first[0], rel_tol=1e-3)
-        and math.isclose(c[1], first[1], rel_tol=1e-3)
-        for c in calibrations
-    )
-    return ImageArea(
-        min(b[0] for b in boxes),
-        min(b[1] for b in boxes),
-        max(b[2] for b in boxes),
-        max(b[3] for b in boxes),
-        first if same else None,
-        "regions",
-    )
-
-
-def _extent(
-    share: NDArray[np.float64], centre: int, low: int, high: int, slack: int
-) -> tuple[int, int]:
-    """Grow or shrink ``low:high`` to the first empty lines either side of ``centre``.
-
-    A line (row or column) is empty when less than :data:`DETECT_EMPTY` of it is
-    content. An edge moves only when an empty line lies within ``slack`` of it
-    outside, or anywhere inside; otherwise it stays where the opening put it.
-    """
-    empty = share < DETECT_EMPTY
-    before = np.flatnonzero(empty[:centre])
-    after = np.flatnonzero(empty[centre:])
-    start = int(before[-1]) + 1 if before.size else 0
-    stop = centre + int(after[0]) if after.size else share.size
-    return (start if start >= low - slack else low, stop if stop <= high + slack else high)
-
-
-def detect_area(pixels: Image8) -> ImageArea:
-    """Find the B-mode area of an image without ultrasound regions (see the module notes).
-
-    Raises
-    ------
-    StageError
-        If no bright, textured area large enough is found.
-    """
-    g = grey(pixels)
-    rows, columns = g.shape
-    window = (DETECT_WINDOW, DETECT_WINDOW)
-    levels = g.astype(np.float32)
-    mean = cv2.blur(levels, window)
-    variance = cv2.blur(levels * levels, window) - mean * mean
-    content = ((g > DETECT_DARK) & (variance > DETECT_TEXTURE**2)).astype(np.uint8)
-    short = min(rows, columns)
-    close = max(3, short // 60) | 1  # odd squares: no half-pixel shift
-    opened = max(5, short // 12) | 1
-    mask = cv2.morphologyEx(content, cv2.MORPH_CLOSE, np.ones((close, close), np.uint8))
-    mask = cv2.morphologyEx(mask, cv2.MORPH_OPEN, np.ones((opened, opened), np.uint8))
-    contours, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
-    if not contours:
-        raise StageError("no ultrasound image area found (no textured area)")
-    largest = max(contours, key=cv2.contourArea)
-    size = cv2.contourArea(largest)
-    x, y, width, height = (int(v) for v in cv2.boundingRect(largest))
-    if size < DETECT_MIN_FRACTION * rows * columns:
-        raise StageError(
-            f"no ultrasound image area found (largest candidate {width}x{height} px "
-            f"covers {size / (rows * columns):.1%} of the image)"
-        )
-    x0, y0, x1, y1 = x, y, x + width, y + height
-    # Rows first: text bands above or below would otherwise fill the column counts.
-    for _ in range(2):
-        y0, y1 = _extent(content[:, x0:x1].mean(axis=1), (y0 + y1) // 2, y0, y1, opened)
-        x0, x1 = _extent(content[y0:y1].mean(axis=0), (x0 + x1) // 2, x0, x1, opened)
-    return ImageArea(x0, y0, x1, y1, None, "detected")
-
-
-def image_area(ds: Dataset, pixels: Image8, *, region_rule: RegionRule = "largest") -> ImageArea:
-    """The image area: from ultrasound regions when present, else detected in ``pixels``.
-
-    Raises
-    ------
-    StageError
-        As :func:`region_area` and :func:`detect_area`.
-    """
-    rows, columns = pixels.shape[:2]
-    area = region_area(ds, rows, columns, region_rule)
-    return area if area is not None else detect_area(pixels)
-
-
-def _as_grey_if_grey(pixels: Image8) -> Image8:
-    if pixels.ndim == 2:
-        return pixels
-    red, green, blue = cv2.split(pixels)
-    spread = cv2.max(
-        cv2.max(cv2.absdiff(red, green), cv2.absdiff(green, blue)), cv2.absdiff(red, blue)
-    )
-    if np.count_nonzero(spread > GREY_TOLERANCE) <= (1.0 - GREY_SHARE) * spread.size:
-        return grey(pixels)
-    return pixels
-
-
-def standardise_brightness(
-    pixels: Image8, low: float = LOW_PERCENTILE, high: float = HIGH_PERCENTILE
-) -> Image8:
-    """Map the ``low`` and ``high`` percentiles of the grey levels linearly to 0 and 255.
-
-    Raises
-    ------
-    StageError
-        If the percentiles coincide (a flat image has no contrast to standardise).
-    """
-    levels = grey(pixels)
-    cumulative = np.cumsum(np.bincount(levels.ravel(), minlength=256))
-    total = int(cumulative[-1])
-    lo = int(np.searchsorted(cumulative, low / 100.0 * total, side="right"))
-    hi = int(np.searchsorted(cumulative, high / 100.0 * total, side="left"))
-    if hi <= lo:
-        raise StageError(f"the image area is flat (grey {lo} to {hi}); no contrast to analyse")
-    ramp = (np.arange(256, dtype=np.float64) - lo) * (255.0 / (hi - lo))
-    table = np.clip(np.rint(ramp), 0, 255).astype(np.uint8)
-    return np.asarray(cv2.LUT(pixels, table), dtype=np.uint8)
-
-
-def crop_image(
-    ds: Dataset, *, frame_rule: FrameRule = "middle", region_rule: RegionRule = "largest"
-) -> CroppedImage:
-    """Decode one frame, crop it to the image area and standardise its brightness.
-
-    Raises
-    ------
-    StageError
-        If the image cannot be decoded or has no usable image area.
-    """
-    frame = select_frame(ds, frame_rule)
-    area = image_area(ds, frame.pixels, region_rule=region_rule)
-    window = frame.pixels[area.y0 : area.y1, area.x0 : area.x1]
-    pixels = standardise_brightness(_as_grey_if_grey(np.ascontiguousarray(window)))
-    return CroppedImage(pixels=pixels, area=area, frame_index=frame.index)
-
-
-InputsT = TypeVar("InputsT", covariant=True)
-Inputs = TypeVar("Inputs")
-
-
-class SourceImage(Protocol):
-    """What the crop stage reads of each de-identified image."""
-
-    @property
-    def path(self) -> Path:
-        """The de-identified Part 10 file."""
-
-    @property
-    def sop_instance_uid(self) -> str:
-        """Its (de-identified) SOP Instance UID."""
-
-
-class DeidentifiedStudyLike(Protocol[InputsT]):
-    """What the crop stage reads of the de-identification stage's output."""
-
-    @property
-    def job_id(self) -> int:
-        """The job."""
-
-    @property
-    def work_dir(self) -> Path:
-        """The job's scratch folder."""
-
-    @property
-    def images(self) -> Sequence[SourceImage]:
-        """The de-identified ultrasound images."""
-
-    @property
-    def inputs(self) -> InputsT:
-        """Model inputs besides the images (passed on untouched)."""
+from imaging.crop import ImageArea, crop_image
+from imaging.errors import StageError
+from imaging.png import write_png
+from pipeline.contracts import (
+    DeidentifiedImage,
+    DeidentifiedStudy,
+    JobContext,
+    Skipped,
+    summarize_skipped,
+)
+from pipeline.stage import Stage
 
 
 @dataclass(frozen=True)
@@ -431,22 +54,12 @@ class CroppedView:
 
 
 @dataclass(frozen=True)
-class SkippedImage:
-    """An image the crop stage could not use, and why."""
-
-    sop_instance_uid: str
-    reason: str
-
-
-@dataclass(frozen=True)
-class CroppedStudy(Generic[Inputs]):
+class CroppedStudy:
     """The crop stage's output: one crop per usable image, the rest skipped with a reason."""
 
-    job_id: int
-    work_dir: Path
+    job: JobContext
     images: tuple[CroppedView, ...]
-    skipped: tuple[SkippedImage, ...]
-    inputs: Inputs
+    skipped: tuple[Skipped, ...]
 
 
 def _view(ds: Dataset) -> str | None:
@@ -457,27 +70,14 @@ def _view(ds: Dataset) -> str | None:
     return str(meaning) if meaning else None
 
 
-def _write_png(path: Path, pixels: Image8) -> None:
-    image = cv2.cvtColor(pixels, cv2.COLOR_RGB2BGR) if pixels.ndim == 3 else pixels
-    # Speckle gains nothing from LZ77 matching; Huffman coding alone is as small and faster.
-    options = [
-        cv2.IMWRITE_PNG_COMPRESSION,
-        1,
-        cv2.IMWRITE_PNG_STRATEGY,
-        cv2.IMWRITE_PNG_STRATEGY_HUFFMAN_ONLY,
-    ]
-    if not cv2.imwrite(str(path), image, options):
-        raise OSError(f"could not write {path}")
-
-
-def _crop_one(image: SourceImage, out_dir: Path, index: int) -> CroppedView:
+def _crop_one(image: DeidentifiedImage, out_dir: Path, index: int) -> CroppedView:
     try:
         ds = dcmread(image.path)
     except (InvalidDicomError, ValueError, EOFError) as exc:
         raise StageError(f"file cannot be read: {exc}") from exc
     cropped = crop_image(ds)
     png = out_dir / f"{index:03d}.png"
-    _write_png(png, cropped.pixels)
+    write_png(png, cropped.pixels, speckle=True)
     return CroppedView(
         sop_instance_uid=image.sop_instance_uid,
         png_path=png,
@@ -490,7 +90,7 @@ def _crop_one(image: SourceImage, out_dir: Path, index: int) -> CroppedView:
     )
 
 
-def crop(study: DeidentifiedStudyLike[Inputs]) -> CroppedStudy[Inputs]:
+def crop(study: DeidentifiedStudy) -> CroppedStudy:
     """Crop every image of the study into ``work_dir/crop``; unusable images are skipped.
 
     Raises
@@ -498,28 +98,21 @@ def crop(study: DeidentifiedStudyLike[Inputs]) -> CroppedStudy[Inputs]:
     StageError
         If no image of the study could be cropped.
     """
-    out_dir = study.work_dir / "crop"
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = study.job.folder("crop")
     views: list[CroppedView] = []
-    skipped: list[SkippedImage] = []
+    skipped: list[Skipped] = []
     for index, image in enumerate(study.images):
         try:
             views.append(_crop_one(image, out_dir, index))
         except StageError as exc:
-            skipped.append(SkippedImage(image.sop_instance_uid, str(exc)))
+            skipped.append(Skipped(image.sop_instance_uid, str(exc)))
     if not views:
         reasons = "; ".join(f"{s.sop_instance_uid}: {s.reason}" for s in skipped)
         raise StageError(f"no image of the study could be cropped ({reasons or 'no images'})")
-    return CroppedStudy(
-        job_id=study.job_id,
-        work_dir=study.work_dir,
-        images=tuple(views),
-        skipped=tuple(skipped),
-        inputs=study.inputs,
-    )
+    return CroppedStudy(job=study.job, images=tuple(views), skipped=tuple(skipped))
 
 
-def summarize_crop(study: CroppedStudy[Any]) -> dict[str, Any]:
+def summarize_crop(study: CroppedStudy) -> dict[str, Any]:
     """Counts and crop geometry for the audit trail (no pixels, no patient data)."""
     return {
         "images": len(study.images),
@@ -538,12 +131,8 @@ def summarize_crop(study: CroppedStudy[Any]) -> dict[str, Any]:
             }
             for v in study.images
         ],
-        "skipped": [
-            {"sop_instance_uid": s.sop_instance_uid, "reason": s.reason} for s in study.skipped
-        ],
+        "skipped": summarize_skipped(study.skipped),
     }
 
 
-CROP = Stage[DeidentifiedStudyLike[Any], CroppedStudy[Any]](
-    name="crop", run=crop, summarize=summarize_crop
-)
+CROP = Stage[DeidentifiedStudy, CroppedStudy](name="crop", run=crop, summarize=summarize_crop)

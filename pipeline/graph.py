@@ -7,19 +7,20 @@ from typing import Any
 
 from pipeline.crop import CROP
 from pipeline.deidentify import DEIDENTIFY
-from pipeline.features.stage import FEATURES
+from pipeline.features import FEATURES
 from pipeline.infer import LlnmLoader, infer_stage
 from pipeline.intake import INTAKE
 from pipeline.report.inputs import ReportOptions
 from pipeline.report.stage import DestinationsFor, report_stage
 from pipeline.segment import SegmenterLoader, segment_stage
+from pipeline.spool import SpoolLayout
 from pipeline.stage import Stage
 
 
 def default_stages(
     bundle_dir: Path,
     *,
-    spool_root: Path,
+    spool: SpoolLayout,
     report: ReportOptions,
     destinations_for: DestinationsFor,
 ) -> tuple[Stage[Any, Any], ...]:
@@ -34,5 +35,5 @@ def default_stages(
         segment_stage(SegmenterLoader(bundle_dir)),
         FEATURES,
         infer_stage(LlnmLoader(bundle_dir)),
-        report_stage(report, spool_root, destinations_for),
+        report_stage(report, spool, destinations_for),
     )

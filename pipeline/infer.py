@@ -27,12 +27,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 import torch
 from sqlalchemy.orm import Session
 
-from db import queries
+from db import results
+from imaging.errors import StageError
+from imaging.png import write_png
 from models.bundle import Manifest, verify_bundle
 from models.llnm.config import TMDLConfig
 from models.llnm.explain import explain
@@ -41,9 +42,9 @@ from models.llnm.tmdl import TMDL, TMDLBatch
 from models.llnm.view_inputs import demographics, unletterbox, view_inputs
 from models.llnm.weights import load_tmdl
 from models.segmentation.segmenter import select_device
-from pipeline.contracts import ModelInputs
-from pipeline.features.stage import MeasuredStudy, MeasuredView
-from pipeline.stage import Stage, StageError
+from pipeline.contracts import JobContext, ModelInputs
+from pipeline.features import MeasuredStudy, MeasuredView
+from pipeline.stage import Stage
 
 LLNM_DIR = "llnm"
 DEFAULT_THRESHOLD = 0.5
@@ -105,16 +106,15 @@ class LlnmLoader:
 class PredictedStudy:
     """The infer stage's output: the prediction and what it was made from."""
 
-    job_id: int
-    work_dir: Path
+    job: JobContext
     views: tuple[MeasuredView, ...]  # the views the model saw
-    prediction: queries.Prediction
+    prediction: results.Prediction
     stage_probabilities: tuple[float, ...]
     heatmaps: tuple[Path, ...]  # one per used view, at crop resolution
     clinical_use_label: str | None
 
 
-def choose_views(study: MeasuredStudy[ModelInputs]) -> tuple[MeasuredView, ...]:
+def choose_views(study: MeasuredStudy) -> tuple[MeasuredView, ...]:
     """At most two views with a nodule, a transverse and a longitudinal one first."""
     found = [v for v in study.views if v.features.index is not None]
     transverse = [v for v in found if v.features.view == "transverse"]
@@ -165,12 +165,10 @@ def _write_heatmap(path: Path, view: MeasuredView, heatmap: np.ndarray[Any, Any]
     canvas = np.zeros((crop.rows, crop.columns), dtype=np.uint8)
     values = unletterbox(heatmap.astype(np.float32), y1 - y0, x1 - x0)
     canvas[y0:y1, x0:x1] = np.clip(values * 255.0, 0, 255).astype(np.uint8)
-    if not cv2.imwrite(str(path), canvas):
-        raise OSError(f"could not write {path}")
-    return path
+    return write_png(path, canvas)
 
 
-def infer_study(study: MeasuredStudy[ModelInputs], llnm: LoadedLlnm) -> PredictedStudy:
+def infer_study(study: MeasuredStudy, llnm: LoadedLlnm) -> PredictedStudy:
     """Predict LLNM for ``study`` with explanations (module docstring).
 
     Raises
@@ -181,12 +179,11 @@ def infer_study(study: MeasuredStudy[ModelInputs], llnm: LoadedLlnm) -> Predicte
     views = choose_views(study)
     if not views:
         raise StageError("no view with a nodule to predict from")
-    batch, report_used = _batch(views, study.inputs, llnm)
+    batch, report_used = _batch(views, study.job.inputs, llnm)
     explanation = explain(llnm.model, batch)
     probability = float(torch.sigmoid(explanation.logit.float())[0])
     stages = torch.softmax(explanation.stage_logits.float(), dim=-1)[0].cpu()
-    out_dir = study.work_dir / "infer"
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = study.job.folder("infer")
     combined = explanation.heatmaps["combined"][0].float().cpu().numpy()  # (V, S, S)
     heatmaps = tuple(
         _write_heatmap(out_dir / f"{view.segmented.crop.png_path.stem}_heatmap.png", view, heat)
@@ -194,10 +191,9 @@ def infer_study(study: MeasuredStudy[ModelInputs], llnm: LoadedLlnm) -> Predicte
     )
     manifest = llnm.manifest
     return PredictedStudy(
-        job_id=study.job_id,
-        work_dir=study.work_dir,
+        job=study.job,
         views=views,
-        prediction=queries.Prediction(
+        prediction=results.Prediction(
             probability=probability,
             threshold=llnm.threshold,
             positive=probability >= llnm.threshold,
@@ -221,7 +217,7 @@ def _detail(study: PredictedStudy) -> dict[str, Any]:
             {
                 "sop_instance_uid": v.segmented.crop.sop_instance_uid,
                 "view": v.features.view,
-                "heatmap": heatmap.relative_to(study.work_dir).as_posix(),
+                "heatmap": heatmap.relative_to(study.job.work_dir).as_posix(),
             }
             for v, heatmap in zip(study.views, study.heatmaps, strict=True)
         ],
@@ -246,7 +242,7 @@ def summarize_prediction(study: PredictedStudy) -> dict[str, Any]:
 
 def store_prediction(session: Session, job_id: int, study: PredictedStudy) -> PredictedStudy:
     """Record the prediction as the job's result."""
-    queries.save_result(
+    results.save_result(
         session,
         job_id=job_id,
         outcome=PREDICTED,
@@ -256,7 +252,7 @@ def store_prediction(session: Session, job_id: int, study: PredictedStudy) -> Pr
     return study
 
 
-def infer_stage(loader: LlnmLoader) -> Stage[MeasuredStudy[ModelInputs], PredictedStudy]:
+def infer_stage(loader: LlnmLoader) -> Stage[MeasuredStudy, PredictedStudy]:
     """The infer stage, using the model ``loader`` provides."""
     return Stage(
         name="infer",

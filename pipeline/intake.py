@@ -9,10 +9,11 @@ from typing import Any
 from pydicom import Dataset
 from pydicom.uid import UID
 
-from pipeline.contracts import InstanceRef, StudyInput
-from pipeline.dicom_files import UnreadableDicomError, read_header
-from pipeline.sop_classes import SECONDARY_CAPTURE_CLASS, SR_CLASSES, ULTRASOUND_IMAGE_CLASSES
-from pipeline.stage import Stage, StageError
+from imaging.dicom_files import UnreadableDicomError, read_header
+from imaging.errors import StageError
+from imaging.sop_classes import SECONDARY_CAPTURE_CLASS, SR_CLASSES, ULTRASOUND_IMAGE_CLASSES
+from pipeline.contracts import InstanceRef, Skipped, StudyInput, summarize_skipped
+from pipeline.stage import Stage
 
 
 @dataclass(frozen=True)
@@ -38,14 +39,6 @@ class ReportDocument:
 
 
 @dataclass(frozen=True)
-class SkippedInstance:
-    """An instance intake will not pass on, and why."""
-
-    sop_instance_uid: str
-    reason: str
-
-
-@dataclass(frozen=True)
 class SeriesCount:
     """How many instances a series contributed."""
 
@@ -62,7 +55,7 @@ class IntakeReport:
     images: tuple[UltrasoundImage, ...]
     reports: tuple[ReportDocument, ...]
     series: tuple[SeriesCount, ...]
-    skipped: tuple[SkippedInstance, ...]
+    skipped: tuple[Skipped, ...]
 
 
 def summarize_intake(report: IntakeReport) -> dict[str, Any]:
@@ -75,9 +68,7 @@ def summarize_intake(report: IntakeReport) -> dict[str, Any]:
         "with_ultrasound_regions": sum(image.has_ultrasound_regions for image in report.images),
         "report_found": bool(report.reports),
         "report_characters": sum(len(r.text) for r in report.reports),
-        "skipped": [
-            {"sop_instance_uid": s.sop_instance_uid, "reason": s.reason} for s in report.skipped
-        ],
+        "skipped": summarize_skipped(report.skipped),
     }
 
 
@@ -120,13 +111,13 @@ def intake(study: StudyInput) -> IntakeReport:
     """
     images: list[UltrasoundImage] = []
     reports: list[ReportDocument] = []
-    skipped: list[SkippedInstance] = []
+    skipped: list[Skipped] = []
     series: Counter[tuple[str, str]] = Counter()
     for ref in study.instances:
         try:
             header = read_header(ref.path)
         except (UnreadableDicomError, OSError) as exc:
-            skipped.append(SkippedInstance(ref.sop_instance_uid, f"unreadable: {exc}"))
+            skipped.append(Skipped(ref.sop_instance_uid, f"unreadable: {exc}"))
             continue
         dataset = header.dataset
         series[(ref.series_instance_uid, str(dataset.get("Modality", "")))] += 1
@@ -135,21 +126,19 @@ def intake(study: StudyInput) -> IntakeReport:
             if text:
                 reports.append(ReportDocument(ref=ref, text=text))
             else:
-                skipped.append(
-                    SkippedInstance(ref.sop_instance_uid, "structured report without text")
-                )
+                skipped.append(Skipped(ref.sop_instance_uid, "structured report without text"))
             continue
         if (
             ref.sop_class_uid not in ULTRASOUND_IMAGE_CLASSES
             and ref.sop_class_uid != SECONDARY_CAPTURE_CLASS
         ):
             skipped.append(
-                SkippedInstance(ref.sop_instance_uid, f"SOP class {UID(ref.sop_class_uid).name}")
+                Skipped(ref.sop_instance_uid, f"SOP class {UID(ref.sop_class_uid).name}")
             )
             continue
         problem = _image_problem(ref.sop_class_uid, dataset, header.pixel_data is not None)
         if problem:
-            skipped.append(SkippedInstance(ref.sop_instance_uid, problem))
+            skipped.append(Skipped(ref.sop_instance_uid, problem))
             continue
         images.append(
             UltrasoundImage(

@@ -6,16 +6,17 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Protocol
 
 from sqlalchemy.orm import Session
 
-from db import queries
+from db import jobs
 from db.models import JobState
 from db.session import Database
-from pipeline.contracts import InstanceRef, StudyInput
-from pipeline.stage import JobConcluded, Stage, StageError
+from imaging.errors import StageError
+from pipeline.contracts import StudyInput, instance_refs
+from pipeline.spool import SpoolLayout
+from pipeline.stage import JobConcluded, Stage
 
 
 class JobNotices(Protocol):
@@ -54,13 +55,13 @@ class JobRunner:
         self,
         *,
         database: Database,
-        spool_root: Path,
+        spool: SpoolLayout,
         stages: Sequence[Stage[Any, Any]],
         retry: RetryPolicy,
         notices: JobNotices | None = None,
     ) -> None:
         self._database = database
-        self._spool_root = spool_root
+        self._spool = spool
         self._stages = tuple(stages)
         self._retry = retry
         self._notices = notices
@@ -70,14 +71,15 @@ class JobRunner:
         """The stages, first to last."""
         return self._stages
 
-    def work_dir(self, job_id: int) -> Path:
-        """The job's folder in the spool (shared with workers in the distributed mode)."""
-        return self._spool_root / "work" / f"job-{job_id}"
+    @property
+    def spool(self) -> SpoolLayout:
+        """The spool the jobs' files are in (shared with workers in the distributed mode)."""
+        return self._spool
 
     def claim(self, job_id: int) -> int | None:
         """Take job ``job_id`` if it is still queued; returns its attempt number, else None."""
         with self._database.session() as session:
-            claimed = queries.claim_job(session, job_id=job_id)
+            claimed = jobs.claim_job(session, job_id=job_id)
         if claimed is None:
             log.info("job %d is no longer queued; skipped", job_id)
             return None
@@ -87,26 +89,18 @@ class JobRunner:
     def is_current(self, job_id: int, attempt: int) -> bool:
         """Whether attempt ``attempt`` of job ``job_id`` is the one running now."""
         with self._database.session() as session:
-            return queries.running_attempt(session, job_id=job_id) == attempt
+            return jobs.running_attempt(session, job_id=job_id) == attempt
 
     def study_input(self, job_id: int) -> StudyInput:
         """The first stage's input: the study's instances in the spool."""
         with self._database.session() as session:
-            source = queries.job_source(session, job_id=job_id)
-        work_dir = self.work_dir(job_id)
+            source = jobs.job_source(session, job_id=job_id)
+        work_dir = self._spool.work_dir(job_id)
         work_dir.mkdir(parents=True, exist_ok=True)
         return StudyInput(
             job_id=job_id,
             study_instance_uid=source.study_instance_uid,
-            instances=tuple(
-                InstanceRef(
-                    sop_instance_uid=sop_uid,
-                    sop_class_uid=sop_class,
-                    series_instance_uid=series_uid,
-                    path=self._spool_root / path,
-                )
-                for sop_uid, sop_class, series_uid, path in source.instances
-            ),
+            instances=instance_refs(source, self._spool),
             work_dir=work_dir,
         )
 
@@ -133,9 +127,9 @@ class JobRunner:
         """
         stage = self._stages[index]
         with self._database.session() as session:
-            if not queries.job_is_running(session, job_id=job_id):
+            if not jobs.job_is_running(session, job_id=job_id):
                 return self._stopped(job_id, stage.name)
-            queries.enter_stage(session, job_id=job_id, stage=stage.name)
+            jobs.enter_stage(session, job_id=job_id, stage=stage.name)
             if stage.load is not None:
                 value = stage.load(session, job_id, value)
         started = time.perf_counter()
@@ -149,9 +143,9 @@ class JobRunner:
             self.fail(job_id, stage.name, f"{type(exc).__name__}: {exc}", permanent=False)
             return StageStep(None, ended=True)
         with self._database.session() as session:
-            if not queries.job_is_running(session, job_id=job_id):
+            if not jobs.job_is_running(session, job_id=job_id):
                 return self._stopped(job_id, stage.name)
-            queries.complete_stage(
+            jobs.complete_stage(
                 session,
                 job_id=job_id,
                 stage=stage.name,
@@ -161,7 +155,7 @@ class JobRunner:
             if stage.store is not None:
                 value = stage.store(session, job_id, value)
             if isinstance(value, JobConcluded):
-                queries.finish_job(session, job_id=job_id, outcome=value.outcome)
+                jobs.finish_job(session, job_id=job_id, outcome=value.outcome)
                 if self._notices is not None:
                     self._notices.concluded(session, job_id, value.outcome)
                 log.info("job %d done after %s: %s", job_id, stage.name, value.outcome)
@@ -176,9 +170,9 @@ class JobRunner:
     def finish(self, job_id: int) -> None:
         """Record that every stage of job ``job_id`` is done, unless it was cancelled meanwhile."""
         with self._database.session() as session:
-            if not queries.job_is_running(session, job_id=job_id):
+            if not jobs.job_is_running(session, job_id=job_id):
                 return
-            queries.finish_job(session, job_id=job_id)
+            jobs.finish_job(session, job_id=job_id)
         log.info("job %d done", job_id)
 
     def fail(self, job_id: int, stage: str, error: str, *, permanent: bool) -> None:
@@ -187,9 +181,9 @@ class JobRunner:
         A job that is no longer running (cancelled) keeps its state.
         """
         with self._database.session() as session:
-            if not queries.job_is_running(session, job_id=job_id):
+            if not jobs.job_is_running(session, job_id=job_id):
                 return
-            state = queries.fail_job(
+            state = jobs.fail_job(
                 session,
                 job_id=job_id,
                 stage=stage,

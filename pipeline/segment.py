@@ -16,7 +16,7 @@ Masks
     crops as ``work_dir/segment/NNN_nodule.png`` and ``NNN_thyroid.png`` (0 or
     255; NNN as the crop's), for the report and heatmap stages.
 Next
-    :mod:`pipeline.features.stage` reads the crops and masks and measures the
+    :mod:`pipeline.features` reads the crops and masks and measures the
     nodules; a study with no nodule ends there with its own job result.
 """
 
@@ -24,21 +24,22 @@ from __future__ import annotations
 
 import functools
 import threading
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Generic, Protocol, TypeVar
+from typing import Any
 
-import cv2
 import numpy as np
 import torch
 from numpy.typing import NDArray
 
+from imaging.errors import StageError
+from imaging.png import read_png, write_mask
 from models.bundle import Manifest, verify_bundle
 from models.segmentation import Segmenter, load_segmenter, segment
 from pipeline.batching import MicroBatcher
-from pipeline.crop import CroppedView, SkippedImage
-from pipeline.stage import Stage, StageError
+from pipeline.contracts import JobContext, Skipped
+from pipeline.crop import CroppedStudy, CroppedView
+from pipeline.stage import Stage
 
 NODULE_DIR = "nodule"
 THYROID_DIR = "thyroid"
@@ -120,34 +121,6 @@ class SegmenterLoader:
             return self._loaded
 
 
-Inputs = TypeVar("Inputs")
-InputsT = TypeVar("InputsT", covariant=True)
-
-
-class CroppedStudyLike(Protocol[InputsT]):
-    """What the segment stage reads of the crop stage's output."""
-
-    @property
-    def job_id(self) -> int:
-        """The job."""
-
-    @property
-    def work_dir(self) -> Path:
-        """The job's scratch folder."""
-
-    @property
-    def images(self) -> Sequence[CroppedView]:
-        """The crops."""
-
-    @property
-    def skipped(self) -> Sequence[SkippedImage]:
-        """Images the crop stage could not use."""
-
-    @property
-    def inputs(self) -> InputsT:
-        """Model inputs besides the images (passed on untouched)."""
-
-
 @dataclass(frozen=True)
 class SegmentedView:
     """One crop with its masks, written as PNG (0 or 255) at the crop's resolution."""
@@ -160,41 +133,15 @@ class SegmentedView:
 
 
 @dataclass(frozen=True)
-class SegmentedStudy(Generic[Inputs]):
+class SegmentedStudy:
     """The segment stage's output: every crop with its two masks."""
 
-    job_id: int
-    work_dir: Path
+    job: JobContext
     views: tuple[SegmentedView, ...]
-    skipped: tuple[SkippedImage, ...]
-    inputs: Inputs
+    skipped: tuple[Skipped, ...]
 
 
-def read_png(path: Path, *, grey: bool = False) -> NDArray[np.uint8]:
-    """A crop or mask PNG as uint8 (H, W), or (H, W, 3) RGB for a colour crop.
-
-    Raises
-    ------
-    StageError
-        If the file cannot be read.
-    """
-    image = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE if grey else cv2.IMREAD_UNCHANGED)
-    if image is None:
-        raise StageError(f"{path.name} cannot be read")
-    if image.ndim == 3:
-        image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
-    return np.asarray(image, dtype=np.uint8)
-
-
-def _write_mask(path: Path, mask: NDArray[np.bool_]) -> Path:
-    if not cv2.imwrite(str(path), mask.astype(np.uint8) * 255):
-        raise OSError(f"could not write {path}")
-    return path
-
-
-def segment_study(
-    study: CroppedStudyLike[Inputs], segmenters: Segmenters
-) -> SegmentedStudy[Inputs]:
+def segment_study(study: CroppedStudy, segmenters: Segmenters) -> SegmentedStudy:
     """Segment every crop of ``study`` and write the masks next to the crops.
 
     Raises
@@ -204,8 +151,7 @@ def segment_study(
     """
     if not study.images:
         raise StageError("the study has no cropped images to segment")
-    out_dir = study.work_dir / "segment"
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = study.job.folder("segment")
     crops = [read_png(view.png_path) for view in study.images]
     nodules = segmenters.nodule_masks(crops)
     thyroids = segmenters.thyroid_masks(crops)
@@ -215,22 +161,16 @@ def segment_study(
         views.append(
             SegmentedView(
                 crop=view,
-                nodule_mask=_write_mask(out_dir / f"{stem}_nodule.png", nodule),
-                thyroid_mask=_write_mask(out_dir / f"{stem}_thyroid.png", thyroid),
+                nodule_mask=write_mask(out_dir / f"{stem}_nodule.png", nodule),
+                thyroid_mask=write_mask(out_dir / f"{stem}_thyroid.png", thyroid),
                 nodule_pixels=int(np.count_nonzero(nodule)),
                 thyroid_pixels=int(np.count_nonzero(thyroid)),
             )
         )
-    return SegmentedStudy(
-        job_id=study.job_id,
-        work_dir=study.work_dir,
-        views=tuple(views),
-        skipped=tuple(study.skipped),
-        inputs=study.inputs,
-    )
+    return SegmentedStudy(job=study.job, views=tuple(views), skipped=study.skipped)
 
 
-def summarize_segmentation(study: SegmentedStudy[Any]) -> dict[str, Any]:
+def summarize_segmentation(study: SegmentedStudy) -> dict[str, Any]:
     """Mask sizes per view for the audit trail."""
     return {
         "views": [
@@ -244,7 +184,7 @@ def summarize_segmentation(study: SegmentedStudy[Any]) -> dict[str, Any]:
     }
 
 
-def segment_stage(loader: SegmenterLoader) -> Stage[CroppedStudyLike[Any], SegmentedStudy[Any]]:
+def segment_stage(loader: SegmenterLoader) -> Stage[CroppedStudy, SegmentedStudy]:
     """The segment stage, using the segmenters ``loader`` provides."""
     return Stage(
         name="segment",

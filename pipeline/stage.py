@@ -14,10 +14,6 @@ Out = TypeVar("Out")
 Queue = Literal["cpu", "gpu"]
 
 
-class StageError(Exception):
-    """The input cannot be analysed (bad or missing data); retrying will not help."""
-
-
 @dataclass(frozen=True)
 class JobConcluded:
     """What a stage's ``store`` returns to end the job early, its result already recorded.

@@ -15,7 +15,7 @@ import pickle
 from pathlib import Path
 from typing import Any
 
-_ALLOWED_MODULE_PREFIXES = ("pipeline.", "db.queries", "db.models")
+_ALLOWED_MODULE_PREFIXES = ("pipeline.", "db.jobs", "db.models")
 _ALLOWED_GLOBALS = frozenset(
     {
         ("builtins", "frozenset"),

@@ -10,8 +10,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from db import queries
-from dicom_node.node import Node
+from db import listings
+from dicom_node.app.node import Node
 from dicom_node.settings import Settings
 
 LLNM_NODE_EXE = Path(sys.executable).with_name("llnm-node")
@@ -81,15 +81,15 @@ class Cluster:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(timeout=10)
 
-    def jobs(self) -> list[queries.JobRow]:
+    def jobs(self) -> list[listings.JobRow]:
         """Every job, newest first."""
         with self.node.database.session() as session:
-            return queries.list_jobs(session)
+            return listings.list_jobs(session)
 
-    def wait_jobs(self, count: int, timeout: float = 180.0) -> list[queries.JobRow]:
+    def wait_jobs(self, count: int, timeout: float = 180.0) -> list[listings.JobRow]:
         """Wait until ``count`` jobs exist and all are done, failed or dead."""
         deadline = time.monotonic() + timeout
-        jobs: list[queries.JobRow] = []
+        jobs: list[listings.JobRow] = []
         while time.monotonic() < deadline:
             jobs = self.jobs()
             if len(jobs) == count and all(j.state in {"done", "failed", "dead"} for j in jobs):

@@ -15,7 +15,7 @@ import pytest
 
 from db.migrate import upgrade
 from db.session import Database
-from dicom_node.node import Node
+from dicom_node.app.node import Node
 from dicom_node.settings import Settings
 
 sys.path.insert(0, str(Path(__file__).parent))

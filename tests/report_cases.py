@@ -7,14 +7,14 @@ from pathlib import Path
 from pydicom import dcmread
 
 from models.demo import DEMO_BUNDLE_DIR
+from phantoms import PhantomCase, make_case
 from pipeline.contracts import InstanceRef, StudyInput
 from pipeline.crop import crop
 from pipeline.deidentify.options import DEFAULT_OPTIONS
 from pipeline.deidentify.stage import deidentify
-from pipeline.features.stage import measure
+from pipeline.features import measure
 from pipeline.infer import LlnmLoader, PredictedStudy, infer_study
 from pipeline.intake import intake
-from pipeline.phantom import PhantomCase, make_case
 from pipeline.report.inputs import ReportInput
 from pipeline.report.reidentify import report_input
 from pipeline.segment import SegmenterLoader, segment_study

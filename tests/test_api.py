@@ -25,16 +25,17 @@ from test_imaging_jobs import Factory, finished_jobs, send
 from test_report_stage import PACS_AE, _delivered, _send_as_pacs
 from typer.testing import CliRunner
 
-from db import admin_queries, exports, queries
+from db import exports, jobs, listings, metrics
 from db.models import ExportState, JobState, utcnow
 from db.session import Database
-from dicom_node import cli
 from dicom_node.api.auth import Caller, identify, new_token, token_digest
-from dicom_node.demo import DemoPacs
-from dicom_node.node import Node
+from dicom_node.app.demo import DemoPacs
+from dicom_node.app.node import Node
+from dicom_node.cli import main as cli
 from dicom_node.settings import ApiToken
-from pipeline.phantom import make_case
+from phantoms import make_case
 from pipeline.runner import JobRunner, RetryPolicy
+from pipeline.spool import SpoolLayout
 from pipeline.stage import Stage
 
 TOKEN = new_token()
@@ -125,7 +126,7 @@ def test_a_study_its_result_files_exports_metrics_and_retries(
         (job,) = finished_jobs(node, 1, timeout=120)
         assert job.state == "done", job.error
         with node.database.session() as session:
-            result = queries.job_detail(session, job_id=job.id).result
+            result = listings.job_detail(session, job_id=job.id).result
         assert result is not None and result.detail is not None
         objects = len(result.detail["objects"])  # the SR and one SC per view used
         _delivered(node, pacs, objects)
@@ -141,7 +142,7 @@ def test_a_study_its_result_files_exports_metrics_and_retries(
     assert 0 <= bundle["metrics"]["llnm"]["auc"] <= 1
 
 
-def _check_lists(client: httpx.Client, job: queries.JobRow, objects: int) -> None:
+def _check_lists(client: httpx.Client, job: listings.JobRow, objects: int) -> None:
     jobs = client.get("/api/v1/jobs", params={"state": ["done", "failed"]}).json()
     assert jobs["total"] == 1 and jobs["items"][0]["id"] == job.id
     assert jobs["items"][0]["patient_pseudonym"] == job.patient_pseudonym
@@ -184,14 +185,17 @@ def _check_detail_and_files(client: httpx.Client, node: Node, job_id: int) -> No
     kinds = [o["kind"] for o in result["objects"]]
     assert kinds[0] == "sr" and set(kinds[1:]) == {"sc"}
     with node.database.session() as session:
-        listed = queries.job_detail(session, job_id=job_id).result
+        listed = listings.job_detail(session, job_id=job_id).result
     assert listed is not None and listed.detail is not None
     paths = {o["sop_instance_uid"]: o["path"] for o in listed.detail["objects"]}
     for obj in result["objects"]:
         response = client.get(obj["href"])
         assert response.status_code == 200
         assert response.headers["content-type"] == "application/dicom"
-        assert response.content == (node.spool.root / paths[obj["sop_instance_uid"]]).read_bytes()
+        assert (
+            response.content
+            == (node.spool.layout.root / paths[obj["sop_instance_uid"]]).read_bytes()
+        )
         assert dcmread(BytesIO(response.content)).SOPInstanceUID == obj["sop_instance_uid"]
     assert client.get(f"/api/v1/jobs/{job_id}/objects/1.2.3.4").status_code == 404
     assert len(result["heatmaps"]) == len(kinds) - 1  # one per view, as the SCs
@@ -218,7 +222,7 @@ def _samples(client: httpx.Client) -> dict[tuple[str, frozenset[tuple[str, str]]
 def _check_metrics(client: httpx.Client, node: Node, objects: int) -> None:
     samples = _samples(client)
     with node.database.session() as session:
-        counts = admin_queries.node_counts(session)
+        counts = metrics.node_counts(session)
     assert samples[("llnm_instances_received_total", frozenset())] == counts.instances_stored == 2
     for state in JobState:
         expected = 1 if state == JobState.DONE else 0
@@ -285,7 +289,7 @@ def test_cancel_a_queued_job(node_factory: Factory, make_client: Any, tmp_path: 
     client = make_client(node)
     send(node, [make_case(4).datasets[0]], tmp_path / "case")
     with node.database.session() as session:
-        (job_id,) = queries.queue_settled_jobs(session, settled_before=utcnow())
+        (job_id,) = jobs.queue_settled_jobs(session, settled_before=utcnow())
     assert client.get(f"/api/v1/jobs/{job_id}").json()["job"]["state"] == "queued"
     cancelled = client.post(f"/api/v1/jobs/{job_id}/cancel")
     assert cancelled.status_code == 200, cancelled.text
@@ -304,13 +308,13 @@ def test_a_running_job_stops_before_its_next_stage_when_cancelled(
 ) -> None:
     job_id = register(database, new_instance("7.1")).job_id
     with database.session() as session:
-        queries.queue_settled_jobs(session, settled_before=utcnow())
+        jobs.queue_settled_jobs(session, settled_before=utcnow())
     ran: list[str] = []
 
     def cancel(value: object) -> object:
         ran.append("first")
         with database.session() as session:
-            queries.cancel_job(session, job_id=job_id, requested_by="bob")
+            jobs.cancel_job(session, job_id=job_id, requested_by="bob")
         return value
 
     def second(value: object) -> object:
@@ -319,7 +323,7 @@ def test_a_running_job_stops_before_its_next_stage_when_cancelled(
 
     runner = JobRunner(
         database=database,
-        spool_root=tmp_path,
+        spool=SpoolLayout.at(tmp_path),
         stages=[
             Stage[object, object](name="first", run=cancel, summarize=lambda _: {}),
             Stage[object, object](name="second", run=second, summarize=lambda _: {}),
@@ -329,7 +333,7 @@ def test_a_running_job_stops_before_its_next_stage_when_cancelled(
     runner.run(job_id)
     assert ran == ["first"]
     with database.session() as session:
-        detail = queries.job_detail(session, job_id=job_id)
+        detail = listings.job_detail(session, job_id=job_id)
     assert detail.job.state == "cancelled"
     assert [e.kind for e in detail.events if e.kind.startswith(("stage.", "job.done"))] == [
         "stage.started"
@@ -340,9 +344,9 @@ def test_node_counts_on_the_database(database: Database) -> None:
     job_id = register(database, new_instance("8.1")).job_id
     with database.session() as session:
         for stage, seconds in (("crop", 0.2), ("crop", 7.0), ("infer", 400.0)):
-            queries.complete_stage(session, job_id=job_id, stage=stage, seconds=seconds, summary={})
+            jobs.complete_stage(session, job_id=job_id, stage=stage, seconds=seconds, summary={})
     with database.session() as session:
-        counts = admin_queries.node_counts(session)
+        counts = metrics.node_counts(session)
     assert counts.instances_stored == 1 and counts.jobs_by_state[JobState.RECEIVED] == 1
     crop, infer = counts.stage_durations
     assert (crop.stage, crop.count) == ("crop", 2) and crop.total_seconds == pytest.approx(7.2)

@@ -11,8 +11,8 @@ import pytest
 
 from models.demo import DEMO_BUNDLE_DIR
 from models.segmentation.architectures import segment
+from phantoms import make_case
 from pipeline.batching import MicroBatcher
-from pipeline.phantom import make_case
 from pipeline.segment import SegmenterLoader
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from dicom_node.cli import app
+from dicom_node.cli.main import app
 from models.bundle import (
     NOT_FOR_CLINICAL_USE,
     BundleError,

@@ -17,8 +17,8 @@ from celery_cluster import Cluster
 from conftest import free_port
 from test_imaging_jobs import send
 
-from db import queries
-from pipeline.phantom import make_case
+from db import listings
+from phantoms import make_case
 
 pytestmark = pytest.mark.postgres
 
@@ -45,13 +45,13 @@ def cluster(tmp_path: Path, postgres_url: str) -> Iterator[Cluster]:
 
 def _stage_runs(cluster: Cluster, job_id: int) -> list[str]:
     with cluster.node.database.session() as session:
-        events = queries.job_detail(session, job_id=job_id).events
+        events = listings.job_detail(session, job_id=job_id).events
     return [str(e.detail["stage"]) for e in events if e.kind == "stage.started" and e.detail]
 
 
 def _report_objects(cluster: Cluster, job_id: int) -> list[str]:
     with cluster.node.database.session() as session:
-        result = queries.job_detail(session, job_id=job_id).result
+        result = listings.job_detail(session, job_id=job_id).result
     assert result is not None and result.detail is not None
     return [o["sop_instance_uid"] for o in result.detail["objects"]]
 
@@ -118,7 +118,7 @@ def test_a_gpu_worker_killed_mid_stage_hands_its_task_to_another(
     (job,) = cluster.wait_jobs(1)
     assert job.state == "done", job.error
     with cluster.node.database.session() as session:
-        assert queries.job_detail(session, job_id=job.id).job.attempts == 1  # redelivered
+        assert listings.job_detail(session, job_id=job.id).job.attempts == 1  # redelivered
     runs = _stage_runs(cluster, job.id)
     assert runs.count("segment") == 2 and runs.count("report") == 1, runs
     assert "llnm.stage" in cluster.log("gpu-b")

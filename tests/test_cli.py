@@ -12,8 +12,8 @@ from typer.testing import CliRunner
 import dicom_factory
 from db.models import Job, JobState
 from db.session import Database
-from dicom_node.cli import app
-from dicom_node.node import Node
+from dicom_node.app.node import Node
+from dicom_node.cli.main import app
 
 runner = CliRunner()
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 import json
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,28 +25,32 @@ from pydicom.uid import (
 )
 
 import dicom_factory
-from pipeline.contracts import InstanceRef, ModelInputs, StudyInput
-from pipeline.crop import (
-    CROP,
+from imaging.crop import (
     HIGH_PERCENTILE,
     LOW_PERCENTILE,
     CroppedImage,
-    DeidentifiedStudyLike,
     ImageArea,
-    crop,
     crop_image,
     detect_area,
     image_area,
     region_area,
     standardise_brightness,
-    summarize_crop,
 )
-from pipeline.decode import decode_frames, grey, select_frame
+from imaging.decode import decode_frames, grey, select_frame
+from imaging.errors import StageError
+from imaging.sop_classes import ULTRASOUND_IMAGE_CLASSES
+from phantoms import PhantomOptions, make_case
+from pipeline.contracts import (
+    DeidentifiedImage,
+    DeidentifiedStudy,
+    InstanceRef,
+    JobContext,
+    ModelInputs,
+    StudyInput,
+)
+from pipeline.crop import CROP, crop, summarize_crop
 from pipeline.deidentify import deidentify
 from pipeline.intake import intake
-from pipeline.phantom import PhantomOptions, make_case
-from pipeline.sop_classes import ULTRASOUND_IMAGE_CLASSES
-from pipeline.stage import StageError
 
 # Every ultrasound file of pydicom-data (Modality US or an ultrasound SOP class), with
 # whether its image area comes from its Sequence of Ultrasound Regions.
@@ -464,25 +467,15 @@ def test_detector_ignores_text_bands_and_bars() -> None:
 # --- the stage ---------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class _Image:
-    path: Path
-    sop_instance_uid: str
+def _image(path: Path, sop_instance_uid: str) -> DeidentifiedImage:
+    """A de-identified image as the crop stage reads it (path and UID; sizes unused)."""
+    return DeidentifiedImage(path, sop_instance_uid, 1, 0, 0, has_ultrasound_regions=False)
 
 
-@dataclass(frozen=True)
-class _Inputs:
-    age_years: int
-    sex: str
-    report_text: str
-
-
-@dataclass(frozen=True)
-class _Study:
-    job_id: int
-    work_dir: Path
-    images: tuple[_Image, ...]
-    inputs: _Inputs
+def _study(
+    job_id: int, work_dir: Path, images: tuple[DeidentifiedImage, ...], inputs: ModelInputs
+) -> DeidentifiedStudy:
+    return DeidentifiedStudy(JobContext(job_id, work_dir, inputs), "1.2.3.4", images)
 
 
 def test_crop_stage_saves_pngs_and_skips_unusable_images(tmp_path: Path) -> None:
@@ -493,17 +486,17 @@ def test_crop_stage_saves_pngs_and_skips_unusable_images(tmp_path: Path) -> None
         ds = case.datasets[0]
         truths.append((tuple(case.images[0].image_area), regions))
         path = dicom_factory.write(ds, tmp_path / "in" / f"{seed}.dcm")
-        images.append(_Image(path, str(ds.SOPInstanceUID)))
+        images.append(_image(path, str(ds.SOPInstanceUID)))
     doppler = dicom_factory.ultrasound(patient_id="SECRET-ID")
     doppler.SequenceOfUltrasoundRegions = Sequence([_region(3, 3, (0, 0, 79, 63))])
     path = dicom_factory.write(doppler, tmp_path / "in" / "doppler.dcm")
-    images.append(_Image(path, str(doppler.SOPInstanceUID)))
-    inputs = _Inputs(age_years=44, sex="F", report_text="TI-RADS 4 nodule, right upper pole")
-    study = _Study(job_id=7, work_dir=tmp_path / "job", images=tuple(images), inputs=inputs)
+    images.append(_image(path, str(doppler.SOPInstanceUID)))
+    inputs = ModelInputs(age_years=44, sex="F", report_text="TI-RADS 4 nodule, right upper pole")
+    study = _study(7, tmp_path / "job", tuple(images), inputs)
 
     result = CROP.run(study)
 
-    assert CROP.name == "crop" and result.job_id == 7 and result.inputs is inputs
+    assert CROP.name == "crop" and result.job is study.job and result.job.inputs is inputs
     assert [v.sop_instance_uid for v in result.images] == [i.sop_instance_uid for i in images[:2]]
     assert [s.sop_instance_uid for s in result.skipped] == [images[2].sop_instance_uid]
     assert "no 2D tissue" in result.skipped[0].reason
@@ -529,12 +522,12 @@ def test_crop_after_deidentification(tmp_path: Path, regions: bool) -> None:
         for ds in case.datasets
     )
     study_input = StudyInput(5, str(case.datasets[0].StudyInstanceUID), refs, tmp_path / "job")
-    study: DeidentifiedStudyLike[ModelInputs] = deidentify(intake(study_input)).study
+    study = deidentify(intake(study_input)).study
 
     result = crop(study)
 
     assert len(result.images) == 2 and not result.skipped
-    assert result.inputs == study.inputs
+    assert result.job == study.job
     for view, truth in zip(result.images, case.images, strict=True):
         found, (x0, y0, x1, y1) = view.area, truth.image_area
         assert view.calibrated == regions
@@ -553,11 +546,11 @@ def test_crop_stage_with_no_usable_image_is_a_stage_error(tmp_path: Path) -> Non
     path = dicom_factory.write(ds, tmp_path / "empty.dcm")
     broken = tmp_path / "broken.dcm"
     broken.write_bytes(b"not dicom at all")
-    study = _Study(
-        job_id=1,
-        work_dir=tmp_path / "job",
-        images=(_Image(path, "1.2.3"), _Image(broken, "1.2.4")),
-        inputs=_Inputs(50, "M", ""),
+    study = _study(
+        1,
+        tmp_path / "job",
+        (_image(path, "1.2.3"), _image(broken, "1.2.4")),
+        ModelInputs(50, "M", ""),
     )
     with pytest.raises(StageError, match=r"no image of the study.*1\.2\.3: .*no Pixel Data"):
         crop(study)

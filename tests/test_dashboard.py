@@ -29,13 +29,13 @@ from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.remote.webelement import WebElement
 from selenium.webdriver.support.ui import WebDriverWait
 
-from db import exports, queries
-from dicom_node import scu
+from db import exports, listings
 from dicom_node.api.auth import COOKIE, token_digest
-from dicom_node.node import Node
+from dicom_node.app.node import Node
+from dicom_node.network import scu
 from dicom_node.settings import Settings
-from pipeline.phantom import make_case
-from pipeline.phantom.case import PhantomCase
+from phantoms import make_case
+from phantoms.case import PhantomCase
 
 TOKEN = "dashboard-test-token"
 PACS_AE = "TEST_PACS"
@@ -67,7 +67,7 @@ def _send(node: Node, datasets: Sequence[Dataset], folder: Path) -> int:
     )
     assert all(o.ok for o in scu.send_files(peer, paths))
     with node.database.session() as session:
-        return queries.list_jobs(session, limit=1)[0].id
+        return listings.list_jobs(session, limit=1)[0].id
 
 
 def _corrupt_dataset() -> Dataset:
@@ -122,7 +122,7 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
 
 def _job_state(site: Site, job_id: int) -> str:
     with site.node.database.session() as session:
-        return queries.job_detail(session, job_id=job_id).job.state
+        return listings.job_detail(session, job_id=job_id).job.state
 
 
 def _export_states(site: Site, job_id: int) -> set[str]:

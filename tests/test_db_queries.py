@@ -12,7 +12,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import func, select
 
-from db import queries
+from db import jobs, listings, registration
 from db.models import Base, Event, Instance, Job, JobState, Study, utcnow
 from db.session import Database
 
@@ -21,9 +21,9 @@ _counter = itertools.count(1)
 
 def new_instance(
     study: str = "1.2.3", *, patient: str = "PAT1", issuer: str = "", ae: str = "PACS"
-) -> queries.NewInstance:
+) -> registration.NewInstance:
     n = next(_counter)
-    return queries.NewInstance(
+    return registration.NewInstance(
         sop_instance_uid=f"1.2.826.0.1.{n}",
         sop_class_uid="1.2.840.10008.5.1.4.1.1.6.1",
         series_instance_uid=f"{study}.1",
@@ -40,9 +40,9 @@ def new_instance(
     )
 
 
-def register(database: Database, new: queries.NewInstance) -> queries.RegisteredInstance:
+def register(database: Database, new: registration.NewInstance) -> registration.RegisteredInstance:
     with database.connection() as connection:
-        return queries.register_instance(connection, new=new)
+        return registration.register_instance(connection, new=new)
 
 
 def set_state(database: Database, job_id: int, state: JobState, **values: object) -> None:
@@ -98,37 +98,35 @@ def test_rerun_policy(database: Database) -> None:
 def test_quiet_period_then_dispatch_once(database: Database) -> None:
     job_id = register(database, new_instance("3.1")).job_id
     with database.session() as session:
-        assert (
-            queries.queue_settled_jobs(session, settled_before=utcnow() - timedelta(hours=1)) == []
-        )
-        assert queries.queue_settled_jobs(session, settled_before=utcnow()) == [job_id]
+        assert jobs.queue_settled_jobs(session, settled_before=utcnow() - timedelta(hours=1)) == []
+        assert jobs.queue_settled_jobs(session, settled_before=utcnow()) == [job_id]
     with database.session() as session:
-        assert queries.take_dispatchable_jobs(session) == [job_id]
+        assert jobs.take_dispatchable_jobs(session) == [job_id]
     with database.session() as session:
-        assert queries.take_dispatchable_jobs(session) == []
+        assert jobs.take_dispatchable_jobs(session) == []
 
 
 def test_claim_is_exclusive_and_fail_paths(database: Database) -> None:
     job_id = register(database, new_instance("4.1")).job_id
     set_state(database, job_id, JobState.QUEUED)
     with database.session() as session:
-        claimed = queries.claim_job(session, job_id=job_id)
-        assert len(queries.job_source(session, job_id=job_id).instances) == 1
+        claimed = jobs.claim_job(session, job_id=job_id)
+        assert len(jobs.job_source(session, job_id=job_id).instances) == 1
     assert claimed is not None and claimed.attempt == 1
     with database.session() as session:
-        assert queries.claim_job(session, job_id=job_id) is None
+        assert jobs.claim_job(session, job_id=job_id) is None
     # transient failure: retried later
     with database.session() as session:
-        state = queries.fail_job(
+        state = jobs.fail_job(
             session, job_id=job_id, stage="intake", error="boom", max_attempts=2, backoff_s=60
         )
     assert state == JobState.QUEUED
     with database.session() as session:
-        assert queries.take_dispatchable_jobs(session) == []  # backoff not over
-        due = queries.take_dispatchable_jobs(session, now=utcnow() + timedelta(seconds=61))
+        assert jobs.take_dispatchable_jobs(session) == []  # backoff not over
+        due = jobs.take_dispatchable_jobs(session, now=utcnow() + timedelta(seconds=61))
         assert due == [job_id]
-        assert queries.claim_job(session, job_id=job_id) is not None
-        state = queries.fail_job(
+        assert jobs.claim_job(session, job_id=job_id) is not None
+        state = jobs.fail_job(
             session, job_id=job_id, stage="intake", error="boom", max_attempts=2, backoff_s=60
         )
     assert state == JobState.DEAD
@@ -141,9 +139,9 @@ def test_permanent_failure_and_audited_retry(database: Database) -> None:
     job_id = register(database, new_instance("5.1")).job_id
     set_state(database, job_id, JobState.QUEUED)
     with database.session() as session:
-        queries.claim_job(session, job_id=job_id)
+        jobs.claim_job(session, job_id=job_id)
         assert (
-            queries.fail_job(
+            jobs.fail_job(
                 session,
                 job_id=job_id,
                 stage="intake",
@@ -154,17 +152,17 @@ def test_permanent_failure_and_audited_retry(database: Database) -> None:
             == JobState.FAILED
         )
     with database.session() as session:
-        queries.retry_job(session, job_id=job_id, requested_by="alice@ws1 (cli)")
+        jobs.retry_job(session, job_id=job_id, requested_by="alice@ws1 (cli)")
     with database.session() as session:
         job = session.get_one(Job, job_id)
         assert job.state == JobState.QUEUED and job.attempts == 0 and job.error is None
-        detail = queries.job_detail(session, job_id=job_id)
+        detail = listings.job_detail(session, job_id=job_id)
         retry = [e for e in detail.events if e.kind == "job.retry_requested"]
         assert retry and retry[0].detail == {"actor": "alice@ws1 (cli)"}
-    with database.session() as session, pytest.raises(queries.JobStateError):
-        queries.retry_job(session, job_id=job_id, requested_by="x")
-    with database.session() as session, pytest.raises(queries.JobNotFoundError):
-        queries.retry_job(session, job_id=999_999, requested_by="x")
+    with database.session() as session, pytest.raises(jobs.JobStateError):
+        jobs.retry_job(session, job_id=job_id, requested_by="x")
+    with database.session() as session, pytest.raises(jobs.JobNotFoundError):
+        jobs.retry_job(session, job_id=999_999, requested_by="x")
 
 
 def test_recovery_after_a_crash(database: Database) -> None:
@@ -173,9 +171,9 @@ def test_recovery_after_a_crash(database: Database) -> None:
     set_state(database, running, JobState.RUNNING, stage="intake")
     set_state(database, queued, JobState.QUEUED, dispatched_at=utcnow())
     with database.session() as session:
-        assert queries.recover_interrupted_jobs(session) == [running]
+        assert jobs.recover_interrupted_jobs(session) == [running]
     with database.session() as session:
-        assert sorted(queries.take_dispatchable_jobs(session)) == sorted([running, queued])
+        assert sorted(jobs.take_dispatchable_jobs(session)) == sorted([running, queued])
 
 
 def test_admin_filters(database: Database) -> None:
@@ -186,10 +184,10 @@ def test_admin_filters(database: Database) -> None:
         pseudonym_a = session.get_one(Study, a.study_id).patient.pseudonym
 
         def jobs(**filters: Any) -> list[int]:
-            return [r.id for r in queries.list_jobs(session, queries.AdminFilter(**filters))]
+            return [r.id for r in listings.list_jobs(session, listings.AdminFilter(**filters))]
 
-        def studies(**filters: Any) -> list[queries.StudyRow]:
-            return queries.list_studies(session, queries.AdminFilter(**filters))
+        def studies(**filters: Any) -> list[listings.StudyRow]:
+            return listings.list_studies(session, listings.AdminFilter(**filters))
 
         later = utcnow() + timedelta(minutes=1)
         assert jobs(states=[JobState.FAILED]) == [b.job_id]
@@ -201,7 +199,7 @@ def test_admin_filters(database: Database) -> None:
         assert [s.id for s in received] == [a.study_id]
         assert received[0].latest_job_state == "received"
         assert [s.id for s in studies(calling_ae="PACS_B")] == [b.study_id]
-        assert queries.unfinished_job_count(session) == 1
+        assert listings.unfinished_job_count(session) == 1
 
 
 def test_concurrent_first_instances_of_one_study(database: Database) -> None:

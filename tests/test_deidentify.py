@@ -21,9 +21,12 @@ from pydicom.sequence import Sequence
 from pydicom.uid import ExplicitVRLittleEndian, JPEGBaseline8Bit, generate_uid
 
 from db.models import Job, Patient, PseudonymKind, Study
-from db.queries import PseudonymEntry, pseudonyms_for_job, save_pseudonyms
+from db.pseudonyms import PseudonymEntry, pseudonyms_for_job, save_pseudonyms
 from db.session import Database
 from dicom_factory import text_report, ultrasound, write
+from imaging.dicom_files import read_header
+from imaging.errors import StageError
+from phantoms import PhantomOptions, make_case
 from pipeline.confidentiality_profile import RULES
 from pipeline.contracts import InstanceRef, StudyInput
 from pipeline.deidentify import (
@@ -35,10 +38,7 @@ from pipeline.deidentify import (
     deidentify,
     summarize_deidentification,
 )
-from pipeline.dicom_files import read_header
 from pipeline.intake import IntakeReport, intake
-from pipeline.phantom import PhantomOptions, make_case
-from pipeline.stage import StageError
 
 
 def _intake(tmp_path: Path, datasets: list[Dataset]) -> IntakeReport:
@@ -224,7 +224,7 @@ def test_attributes_get_their_table_actions(tmp_path: Path) -> None:
     assert out.file_meta.TransferSyntaxUID == ExplicitVRLittleEndian
     assert out.file_meta.MediaStorageSOPInstanceUID == out.SOPInstanceUID
     assert "SourceApplicationEntityTitle" not in out.file_meta
-    assert result.study.inputs.age_years == 52.0 and result.study.inputs.sex == "F"
+    assert result.study.job.inputs.age_years == 52.0 and result.study.job.inputs.sex == "F"
 
 
 def test_uids_are_replaced_consistently_across_the_study(tmp_path: Path) -> None:
@@ -313,7 +313,7 @@ def test_model_inputs_and_report_redaction(tmp_path: Path) -> None:
     )
     report = text_report(study_uid=str(image.StudyInstanceUID), text=text, patient_id="MRN-42-77")
     result = deidentify(_intake(tmp_path, [image, report]))
-    inputs = result.study.inputs
+    inputs = result.study.job.inputs
     assert inputs.sex == "M"
     assert inputs.age_years == pytest.approx(56.88, abs=0.01)  # 1970-01-01 to 2026-11-20
     assert inputs.report_text is not None
@@ -366,7 +366,7 @@ def test_phantom_phi_never_leaves_the_stage(
         kept = np.count_nonzero(inside == truth.pixels[y0:y1, x0:x1]) / inside.size
         assert kept > (0.99 if options.with_regions else 0.9)
         assert image.has_ultrasound_regions is options.with_regions
-    inputs = result.study.inputs
+    inputs = result.study.job.inputs
     assert inputs.age_years == case.age_years and inputs.sex == case.sex
     assert (inputs.report_text is None) is (case.report_text is None)
     report_text = inputs.report_text or ""

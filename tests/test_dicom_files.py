@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 
 import dicom_factory
-from pipeline.dicom_files import (
+from imaging.dicom_files import (
     UnreadableDicomError,
     keep_header_values_out_of_logs,
     read_header,

@@ -29,8 +29,8 @@ from pynetdicom import AE, StoragePresentationContexts, evt
 from typer.testing import CliRunner
 
 import dicom_factory
-from dicom_node.cli import app
-from dicom_node.node import Node
+from dicom_node.app.node import Node
+from dicom_node.cli.main import app
 from dicom_node.settings import CONFIG_ENV_VAR, Settings, load_settings
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -20,15 +20,17 @@ from typer.testing import CliRunner
 
 import dicom_factory
 from db import exports
+from db.jobs import JobStateError
 from db.models import Event, ExportState, Job, JobState, utcnow
-from db.queries import JobStateError, NewInstance, register_instance
+from db.registration import NewInstance, register_instance
 from db.session import Database
-from dicom_node.cli import app
-from dicom_node.export import Exporter, RoundSummary
-from dicom_node.node import Node
-from dicom_node.scu import AssociationError, Peer, echo
+from dicom_node.app.node import Node
+from dicom_node.cli.main import app
+from dicom_node.network.exporter import Exporter, RoundSummary
+from dicom_node.network.scu import AssociationError, Peer, echo
+from dicom_node.network.tls import client_context
 from dicom_node.settings import Destination, DestinationTLS, ExportSettings
-from dicom_node.tls import client_context
+from pipeline.spool import SpoolLayout
 
 pytestmark = [
     pytest.mark.dcmtk,
@@ -146,7 +148,10 @@ def export_settings(port: int, **values: Any) -> ExportSettings:
 
 def exporter(database: Database, spool_root: Path, settings: ExportSettings) -> Exporter:
     return Exporter(
-        database=database, spool_root=spool_root, settings=settings, calling_ae="LLNM_NODE"
+        database=database,
+        spool=SpoolLayout.at(spool_root),
+        settings=settings,
+        calling_ae="LLNM_NODE",
     )
 
 
@@ -310,7 +315,7 @@ def test_node_exports_in_the_background(
     destination = {"name": "archive", "ae_title": SCP_AE, "host": "127.0.0.1", "port": scp.port}
     node = node_factory(export={"destinations": [destination], "poll_seconds": 0.05})
     job_id = make_done_job(node.database)
-    sop_uid, relative = write_result(node.spool.root, job_id)
+    sop_uid, relative = write_result(node.spool.layout.root, job_id)
     queue(node.database, job_id, [(sop_uid, relative)], "archive")
 
     wait_for(lambda: len(scp.received()) == 1, "the exporter to deliver")

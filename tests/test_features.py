@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from numpy.typing import NDArray
 
-from pipeline.features import (
+from imaging.features import (
     Location,
     NoduleFeatures,
     Unavailable,
@@ -17,7 +17,7 @@ from pipeline.features import (
     extract_view,
     summarize,
 )
-from pipeline.phantom import make_case
+from phantoms import make_case
 
 Mask = NDArray[np.bool_]
 SHAPE = (160, 200)

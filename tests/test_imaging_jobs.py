@@ -10,11 +10,11 @@ from pydicom import Dataset
 from pydicom.uid import RLELossless
 from sqlalchemy import select
 
-from db import queries
+from db import listings
 from db.models import Job, JobState, Pseudonym
-from dicom_node import scu
-from dicom_node.node import Node
-from pipeline.phantom import PhantomOptions, make_case
+from dicom_node.app.node import Node
+from dicom_node.network import scu
+from phantoms import PhantomOptions, make_case
 
 Factory = Callable[..., Node]
 
@@ -29,11 +29,11 @@ def send(node: Node, datasets: list[Dataset], folder: Path) -> None:
     assert [o.status for o in scu.send_files(peer, paths)] == [0] * len(paths)
 
 
-def finished_jobs(node: Node, count: int, timeout: float = 60.0) -> list[queries.JobRow]:
+def finished_jobs(node: Node, count: int, timeout: float = 60.0) -> list[listings.JobRow]:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         with node.database.session() as session:
-            jobs = queries.list_jobs(session)
+            jobs = listings.list_jobs(session)
         if len(jobs) == count and all(j.state in {"done", "failed", "dead"} for j in jobs):
             return jobs
         time.sleep(0.1)
@@ -60,7 +60,7 @@ def test_corrupt_pixel_stream_fails_its_job_and_the_node_goes_on(
     done = jobs[max(jobs)]
     assert done.state == "done", done.error
     with node.database.session() as session:
-        detail = queries.job_detail(session, job_id=done.id)
+        detail = listings.job_detail(session, job_id=done.id)
         stages = [e.detail["stage"] for e in detail.events if e.kind == "stage.done" and e.detail]
         assert stages == ["intake", "deidentify", "crop", "segment", "features", "infer", "report"]
         crop = next(
@@ -73,5 +73,5 @@ def test_corrupt_pixel_stream_fails_its_job_and_the_node_goes_on(
         originals = {p.original for p in mapped}
         assert str(healthy.datasets[0].StudyInstanceUID) in originals
         assert session.get_one(Job, done.id).state == JobState.DONE
-    crops = sorted((node.spool.work / f"job-{done.id}" / "crop").glob("*.png"))
+    crops = sorted((node.spool.layout.work_dir(done.id) / "crop").glob("*.png"))
     assert len(crops) == 2

@@ -10,14 +10,14 @@ import numpy as np
 import pytest
 from test_imaging_jobs import Factory, finished_jobs, send
 
-from db import queries
+from db import listings
 from models.bundle import NOT_FOR_CLINICAL_USE, seal_bundle, verify_bundle
 from models.demo import DEMO_BUNDLE_DIR
 from models.llnm.explain import CONTRIBUTION_GROUPS
-from pipeline.phantom import make_case
+from phantoms import make_case
 
 
-def stage_summary(detail: queries.JobDetail, stage: str) -> dict[str, object]:
+def stage_summary(detail: listings.JobDetail, stage: str) -> dict[str, object]:
     return next(
         e.detail["summary"]
         for e in detail.events
@@ -35,7 +35,7 @@ def test_a_phantom_study_gets_a_probability_stage_contributions_and_heatmaps(
     (job,) = finished_jobs(node, 1, timeout=120)
     assert job.state == "done", job.error
     with node.database.session() as session:
-        detail = queries.job_detail(session, job_id=job.id)
+        detail = listings.job_detail(session, job_id=job.id)
     result = detail.result
     assert result is not None and result.outcome == "predicted"
     assert result.probability is not None and 0.0 <= result.probability <= 1.0
@@ -52,7 +52,7 @@ def test_a_phantom_study_gets_a_probability_stage_contributions_and_heatmaps(
     assert sum(contributions.values()) == pytest.approx(100.0, abs=0.1)
     views = result.detail["views"]
     assert [v["view"] for v in views] == ["transverse", "longitudinal"]
-    work = node.spool.work / f"job-{job.id}"
+    work = node.spool.layout.work_dir(job.id)
     for view in views:
         heatmap = cv2.imread(str(work / view["heatmap"]), cv2.IMREAD_GRAYSCALE)
         assert heatmap is not None and heatmap.max() > 200
@@ -74,7 +74,7 @@ def test_a_study_without_report_is_predicted_from_the_images(
     (job,) = finished_jobs(node, 1, timeout=120)
     assert job.state == "done", job.error
     with node.database.session() as session:
-        detail = queries.job_detail(session, job_id=job.id)
+        detail = listings.job_detail(session, job_id=job.id)
     assert detail.result is not None and detail.result.outcome == "predicted"
     assert stage_summary(detail, "infer")["report_text_used"] is False
     assert stage_summary(detail, "infer")["contributions"]["report"] == 0.0  # type: ignore[index]

@@ -14,7 +14,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from dicom_node.cli import app
+from dicom_node.cli.main import app
 from models.checkpoints import load_checkpoint
 from models.llnm.dataset import (
     FeatureTable,
@@ -25,7 +25,7 @@ from models.llnm.dataset import (
 )
 from models.llnm.view_inputs import letterbox
 from models.llnm.weights import load_tmdl
-from pipeline.phantom import export_phantoms
+from phantoms import export_phantoms
 
 runner = CliRunner()
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

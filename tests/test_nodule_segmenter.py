@@ -19,7 +19,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from dicom_node.cli import app
+from dicom_node.cli.main import app
 from models.checkpoints import load_checkpoint
 from models.segmentation import (
     Segmenter,
@@ -34,7 +34,7 @@ from models.segmentation import (
 )
 from models.segmentation.config import config_from_dict
 from models.segmentation.nodule import instance_targets, yolo_loss
-from pipeline.phantom import PhantomOptions, export_phantoms
+from phantoms import PhantomOptions, export_phantoms
 
 TINY = YoloSegConfig(input_height=64, input_width=96)
 REPO = Path(__file__).parent.parent

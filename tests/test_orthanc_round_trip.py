@@ -10,9 +10,9 @@ from orthanc_peer import ORTHANC_AE, Orthanc, free_port, running_orthanc
 from report_cases import write_case
 from test_imaging_jobs import Factory
 
-from db import exports, queries
+from db import exports, listings
 from db.models import ExportState
-from pipeline.phantom import make_case
+from phantoms import make_case
 
 ROUND_TRIP_TIMEOUT_S = 180.0
 
@@ -75,9 +75,9 @@ def test_a_study_routed_by_orthanc_gets_its_sr_and_heatmaps_back_in_the_same_stu
     assert len(heatmaps["Instances"]) == 2  # one per view
 
     with node.database.session() as session:
-        jobs = queries.list_jobs(session)
+        jobs = listings.list_jobs(session)
         sent = exports.list_exports(session)
-        events = [e.kind for e in queries.job_detail(session, job_id=jobs[0].id).events]
+        events = [e.kind for e in listings.job_detail(session, job_id=jobs[0].id).events]
     assert len(jobs) == 1 and jobs[0].state == "done", jobs
     assert len(sent) == 3 and all(e.state == ExportState.SENT for e in sent), sent
     assert "export.sent" in events

@@ -16,8 +16,8 @@ from pydicom import dcmread
 from scipy import ndimage
 from typer.testing import CliRunner
 
-from dicom_node.cli import app
-from pipeline.phantom import (
+from dicom_node.cli.main import app
+from phantoms import (
     ImageTruth,
     PhantomCase,
     PhantomOptions,

@@ -11,13 +11,15 @@ from pydicom.uid import SecondaryCaptureImageStorage, generate_uid
 from sqlalchemy.orm import Session
 
 import dicom_factory
-from db import queries
+from db import events, jobs, listings, registration, results
 from db.models import Job, JobState
 from db.session import Database
+from imaging.errors import StageError
 from pipeline.contracts import InstanceRef, StudyInput
 from pipeline.intake import INTAKE, intake
 from pipeline.runner import JobRunner, RetryPolicy
-from pipeline.stage import JobConcluded, Stage, StageError
+from pipeline.spool import SpoolLayout
+from pipeline.stage import JobConcluded, Stage
 
 _n = itertools.count()
 
@@ -87,9 +89,9 @@ def queued_job(database: Database, tmp_path: Path) -> int:
     path = dicom_factory.write(dicom_factory.ultrasound(), tmp_path / f"spool/{next(_n)}.dcm")
     r = ref(path)
     with database.connection() as connection:
-        registered = queries.register_instance(
+        registered = registration.register_instance(
             connection,
-            new=queries.NewInstance(
+            new=registration.NewInstance(
                 sop_instance_uid=r.sop_instance_uid,
                 sop_class_uid=r.sop_class_uid,
                 series_instance_uid=r.series_instance_uid,
@@ -110,15 +112,15 @@ def queued_job(database: Database, tmp_path: Path) -> int:
     return registered.job_id
 
 
-def job(database: Database, job_id: int) -> queries.JobDetail:
+def job(database: Database, job_id: int) -> listings.JobDetail:
     with database.session() as session:
-        return queries.job_detail(session, job_id=job_id)
+        return listings.job_detail(session, job_id=job_id)
 
 
 def runner(database: Database, tmp_path: Path, *stages: Stage[object, object]) -> JobRunner:
     return JobRunner(
         database=database,
-        spool_root=tmp_path / "spool",
+        spool=SpoolLayout.at(tmp_path / "spool"),
         stages=stages,
         retry=RetryPolicy(max_attempts=2, backoff_s=0),
     )
@@ -159,7 +161,7 @@ def test_unexpected_errors_are_retried_then_dead(database: Database, tmp_path: P
     run.run(job_id)
     assert job(database, job_id).job.state == "queued"  # retry scheduled
     with database.session() as session:
-        assert queries.take_dispatchable_jobs(session) == [job_id]
+        assert jobs.take_dispatchable_jobs(session) == [job_id]
     run.run(job_id)
     detail = job(database, job_id)
     assert len(calls) == 2
@@ -174,7 +176,7 @@ def test_store_keeps_data_in_the_database_and_hands_on_its_return(
     received: list[object] = []
 
     def keep_secret(session: Session, job_id: int, value: dict[str, str]) -> str:
-        queries.record_event(session, kind="test.kept", job_id=job_id, message=value["secret"])
+        events.record_event(session, kind="test.kept", job_id=job_id, message=value["secret"])
         return value["public"]
 
     first: Stage[object, dict[str, str]] = Stage(
@@ -199,7 +201,7 @@ def test_a_concluded_job_is_done_with_its_result_and_skips_later_stages(
     later: list[object] = []
 
     def conclude(session: Session, job_id: int, value: object) -> JobConcluded:
-        queries.save_result(session, job_id=job_id, outcome="no_nodule_found", detail={"n": 0})
+        results.save_result(session, job_id=job_id, outcome="no_nodule_found", detail={"n": 0})
         return JobConcluded("no_nodule_found")
 
     first: Stage[object, object] = Stage("look", lambda _: None, lambda _: {}, store=conclude)
@@ -215,5 +217,5 @@ def test_a_concluded_job_is_done_with_its_result_and_skips_later_stages(
     assert "predict" not in {e.detail.get("stage") for e in detail.events if e.detail}
     # A second attempt replaces the result rather than adding one.
     with database.session() as session:
-        queries.save_result(session, job_id=job_id, outcome="predicted")
+        results.save_result(session, job_id=job_id, outcome="predicted")
     assert job(database, job_id).result.outcome == "predicted"  # type: ignore[union-attr]

@@ -16,13 +16,13 @@ from pydicom import Dataset, dcmread
 from pydicom.uid import UltrasoundMultiFrameImageStorage
 from report_cases import predicted_case
 
-from pipeline.phantom import PhantomCase, make_case
+from imaging.png import read_png
+from phantoms import PhantomCase, make_case
 from pipeline.report.common import SERIES_NUMBER, result_caption
 from pipeline.report.heatmap import FONT, render_heatmap, wrap_text
 from pipeline.report.inputs import ReportInput, ReportObject, ReportView
 from pipeline.report.secondary_capture import build_heatmap_scs
 from pipeline.report.segmentation import build_seg
-from pipeline.segment import read_png
 
 DCIODVFY = shutil.which("dciodvfy")
 needs_dciodvfy = pytest.mark.skipif(DCIODVFY is None, reason="dciodvfy (dicom3tools) not installed")
@@ -223,7 +223,7 @@ def test_a_multi_frame_original_gets_a_framed_sc_and_no_seg(
     cine.save_as(tmp_path / "cine.dcm", enforce_file_format=True)
     report = replace(
         two_views.report,
-        work_dir=tmp_path,
+        job=replace(two_views.report.job, work_dir=tmp_path),
         views=(replace(view, original=tmp_path / "cine.dcm"),),
     )
     assert build_seg(report) == ()

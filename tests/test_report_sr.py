@@ -17,14 +17,15 @@ from pydicom import Dataset, dcmread
 from report_cases import predicted_case
 from scipy import ndimage
 
+from imaging.features.extract import extract_view
+from imaging.identity import MANUFACTURER
+from imaging.png import read_png
 from models.llnm.explain import CONTRIBUTION_GROUPS
-from pipeline.features.extract import extract_view
-from pipeline.phantom import PhantomCase, make_case
-from pipeline.phantom.case import PhantomOptions
+from phantoms import PhantomCase, make_case
+from phantoms.case import PhantomOptions
 from pipeline.report import codes
-from pipeline.report.inputs import MANUFACTURER, ReportInput, ReportObject, object_uid
+from pipeline.report.inputs import ReportInput, ReportObject, object_uid
 from pipeline.report.sr import build_sr, failure_sr, nodule_outline
-from pipeline.segment import read_png
 
 needs_dicom3tools = pytest.mark.skipif(
     shutil.which("dciodvfy") is None, reason="dicom3tools not installed"
@@ -235,8 +236,11 @@ def test_uncalibrated_sizes_are_in_pixels(uncalibrated: Built) -> None:
 
 
 def test_rerun_keeps_uids_and_other_jobs_get_new_ones(two_views: Built, tmp_path: Path) -> None:
-    again = build_sr(dataclasses.replace(two_views.report, work_dir=tmp_path / "again"))
-    other = build_sr(dataclasses.replace(two_views.report, job_id=2, work_dir=tmp_path / "other"))
+    job = two_views.report.job
+    again_job = dataclasses.replace(job, work_dir=tmp_path / "again")
+    other_job = dataclasses.replace(job, job_id=2, work_dir=tmp_path / "other")
+    again = build_sr(dataclasses.replace(two_views.report, job=again_job))
+    other = build_sr(dataclasses.replace(two_views.report, job=other_job))
     assert again.sop_instance_uid == two_views.sr.sop_instance_uid
     assert again.series_instance_uid == two_views.sr.series_instance_uid
     assert other.sop_instance_uid != two_views.sr.sop_instance_uid

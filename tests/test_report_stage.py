@@ -11,11 +11,11 @@ from pydicom.dataset import Dataset
 from pydicom.uid import RLELossless
 from test_imaging_jobs import Factory, finished_jobs
 
-from db import exports, queries
+from db import exports, listings
 from db.models import ExportState
-from dicom_node.demo import DemoPacs
-from dicom_node.node import Node
-from pipeline.phantom import make_case
+from dicom_node.app.demo import DemoPacs
+from dicom_node.app.node import Node
+from phantoms import make_case
 
 PACS_AE = "TEST_PACS"
 
@@ -40,7 +40,7 @@ def _node_with_pacs(
 
 
 def _send_as_pacs(node: Node, datasets: list[Dataset], folder: Path) -> None:
-    from dicom_node import scu
+    from dicom_node.network import scu
 
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
@@ -85,7 +85,7 @@ def test_a_study_gets_sr_heatmaps_and_segs_back_in_its_own_study(
         assert obj.StudyInstanceUID == original.StudyInstanceUID
         assert obj.SeriesInstanceUID != original.SeriesInstanceUID
     with node.database.session() as session:
-        result = queries.job_detail(session, job_id=job.id).result
+        result = listings.job_detail(session, job_id=job.id).result
     assert result is not None and result.detail is not None
     listed = {o["sop_instance_uid"] for o in result.detail["objects"]}
     assert listed == {str(o.SOPInstanceUID) for o in objects}

@@ -17,8 +17,8 @@ from numpy.typing import NDArray
 from test_imaging_jobs import Factory, finished_jobs, send
 from typer.testing import CliRunner
 
-from db import queries
-from dicom_node.cli import app
+from db import listings
+from dicom_node.cli.main import app
 from models.bundle import BundleError, seal_bundle
 from models.demo import DEMO_BUNDLE_DIR
 from models.segmentation import (
@@ -27,8 +27,8 @@ from models.segmentation import (
 )
 from models.segmentation.data import load_view, read_records
 from models.segmentation.metrics import dice
-from pipeline.features.stage import view_plane
-from pipeline.phantom import PhantomOptions, export_phantoms, make_case
+from phantoms import PhantomOptions, export_phantoms, make_case
+from pipeline.features import view_plane
 from pipeline.segment import SegmenterLoader
 
 HELD_OUT_SEED = 2  # the demo segmenters were trained on seed 1
@@ -92,7 +92,7 @@ def test_no_nodule_found_is_a_done_job_with_its_own_result(
     (job,) = finished_jobs(node, 1, timeout=120)
     assert job.state == "done", job.error
     with node.database.session() as session:
-        detail = queries.job_detail(session, job_id=job.id)
+        detail = listings.job_detail(session, job_id=job.id)
     assert detail.result is not None and detail.result.outcome == "no_nodule_found"
     assert detail.result.probability is None
     done = next(e for e in detail.events if e.kind == "job.done")
@@ -105,7 +105,7 @@ def test_no_nodule_found_is_a_done_job_with_its_own_result(
     assert summary["nodule_found"] is False
     assert [v["view"] for v in summary["views"]] == ["transverse", "longitudinal"]
     assert all(v["reason"] == "no nodule found in the nodule mask" for v in summary["views"])
-    masks = sorted((node.spool.work / f"job-{job.id}" / "segment").glob("*_nodule.png"))
+    masks = sorted((node.spool.layout.work_dir(job.id) / "segment").glob("*_nodule.png"))
     assert len(masks) == 2 and not any(read_grey(m).any() for m in masks)
     config = node.settings.data_dir / "node.toml"
     config.write_text(
@@ -151,7 +151,7 @@ def test_demo_bundle_job_measures_the_nodule_of_a_phantom(
     assert job.state == "done", job.error
     assert time.monotonic() - started < 120
     with node.database.session() as session:
-        detail = queries.job_detail(session, job_id=job.id)
+        detail = listings.job_detail(session, job_id=job.id)
     assert detail.result is not None and detail.result.outcome == "predicted"
     summary = next(
         e.detail["summary"]
@@ -168,7 +168,7 @@ def test_demo_bundle_job_measures_the_nodule_of_a_phantom(
         assert abs(location["capsule_distance_mm"] - true_mm) < 1.0, (location, true_mm)
     assert transverse["index"]["lobe"] == case.lobe
     assert longitudinal["index"]["third"] == case.region
-    crops = sorted((node.spool.work / f"job-{job.id}" / "crop").glob("*.png"))
+    crops = sorted((node.spool.layout.work_dir(job.id) / "crop").glob("*.png"))
     for crop in crops:
         for kind in ("nodule", "thyroid"):
             mask = read_grey(crop.parent.parent / "segment" / f"{crop.stem}_{kind}.png")

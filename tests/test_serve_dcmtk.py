@@ -49,7 +49,7 @@ from sqlalchemy import JSON, Engine, create_engine, text
 from sqlalchemy.pool import NullPool
 
 import dicom_factory
-from dicom_node.sop_classes import (
+from dicom_node.network.sop_classes import (
     ACCEPTED_STORAGE_CLASSES,
     TRANSFER_SYNTAXES,
     register_retired_storage_classes,

@@ -2,18 +2,18 @@ from pathlib import Path
 
 import pytest
 
-from dicom_node.spool import Spool
+from dicom_node.network.spool import Spool
 
 
 def test_store_places_file_under_study_and_sop(tmp_path: Path) -> None:
     spool = Spool(tmp_path / "spool")
     spool.prepare()
-    received = spool.tmp / "rx.dcm"
+    received = spool.layout.tmp / "rx.dcm"
     received.write_bytes(b"DICM" * 1000)
     stored = spool.place(received, study_uid="1.2.3", sop_uid="1.2.3.4").wait()
     assert stored.relative_path == "incoming/1.2.3/1.2.3.4.dcm"
     assert stored.size_bytes == 4000
-    assert spool.path_of(stored.relative_path).read_bytes() == b"DICM" * 1000
+    assert spool.layout.path_of(stored.relative_path).read_bytes() == b"DICM" * 1000
     assert received.exists()  # a second name: pynetdicom removes its temporary file itself
 
 
@@ -23,26 +23,26 @@ def test_store_from_another_folder_copies(tmp_path: Path) -> None:
     outside = tmp_path / "elsewhere.dcm"
     outside.write_bytes(b"abc")
     stored = spool.place(outside, study_uid="1.2", sop_uid="1.2.9").wait()
-    assert spool.path_of(stored.relative_path).read_bytes() == b"abc"
+    assert spool.layout.path_of(stored.relative_path).read_bytes() == b"abc"
 
 
 def test_hostile_uids_cannot_escape_the_spool(tmp_path: Path) -> None:
     spool = Spool(tmp_path / "spool")
     spool.prepare()
-    received = spool.tmp / "rx"
+    received = spool.layout.tmp / "rx"
     received.write_bytes(b"x")
     stored = spool.place(received, study_uid="../../etc", sop_uid="../passwd").wait()
-    path = spool.path_of(stored.relative_path).resolve()
-    assert path.is_relative_to(spool.incoming)
+    path = spool.layout.path_of(stored.relative_path).resolve()
+    assert path.is_relative_to(spool.layout.incoming)
 
 
 def test_leftover_of_a_crash_is_replaced(tmp_path: Path) -> None:
     spool = Spool(tmp_path / "spool")
     spool.prepare()
-    target = spool.path_of(spool.relative_path_for(study_uid="1.2", sop_uid="1.2.5"))
+    target = spool.layout.path_of(spool.layout.instance_path(study_uid="1.2", sop_uid="1.2.5"))
     target.parent.mkdir(parents=True)
     target.write_bytes(b"half")
-    received = spool.tmp / "rx"
+    received = spool.layout.tmp / "rx"
     received.write_bytes(b"whole")
     with pytest.raises(FileExistsError):
         spool.place(received, study_uid="1.2", sop_uid="1.2.5").wait()
@@ -54,22 +54,22 @@ def test_leftover_of_a_crash_is_replaced(tmp_path: Path) -> None:
 def test_prepare_empties_tmp_and_quarantine_keeps_reason(tmp_path: Path) -> None:
     spool = Spool(tmp_path / "spool")
     spool.prepare()
-    (spool.tmp / "partial").write_bytes(b"x")
+    (spool.layout.tmp / "partial").write_bytes(b"x")
     spool.prepare()
-    assert list(spool.tmp.iterdir()) == []
+    assert list(spool.layout.tmp.iterdir()) == []
     bad = tmp_path / "bad.dcm"
     bad.write_bytes(b"garbage")
     kept = spool.quarantine(bad, reason="cannot parse")
-    assert spool.path_of(kept).read_bytes() == b"garbage"
-    assert spool.path_of(kept).with_suffix(".txt").read_text().strip() == "cannot parse"
+    assert spool.layout.path_of(kept).read_bytes() == b"garbage"
+    assert spool.layout.path_of(kept).with_suffix(".txt").read_text().strip() == "cannot parse"
     assert bad.exists()  # quarantine copies; the caller's file is untouched
 
 
 def test_discard_removes_file(tmp_path: Path) -> None:
     spool = Spool(tmp_path / "spool")
     spool.prepare()
-    received = spool.tmp / "rx"
+    received = spool.layout.tmp / "rx"
     received.write_bytes(b"x")
     stored = spool.place(received, study_uid="1", sop_uid="2").wait()
     spool.discard(stored)
-    assert not spool.path_of(stored.relative_path).exists()
+    assert not spool.layout.path_of(stored.relative_path).exists()

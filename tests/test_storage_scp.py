@@ -21,11 +21,11 @@ from sqlalchemy import func, select
 
 import dicom_factory
 from db.models import Event, Instance, Job, JobState, Study
-from dicom_node import scu, writeback
-from dicom_node import spool as spool_module
-from dicom_node.node import Node
-from dicom_node.statuses import StoreStatus
-from dicom_node.tls import client_context
+from dicom_node.app.node import Node
+from dicom_node.network import scu, writeback
+from dicom_node.network import spool as spool_module
+from dicom_node.network.statuses import StoreStatus
+from dicom_node.network.tls import client_context
 
 Factory = Callable[..., Node]
 
@@ -88,7 +88,7 @@ def test_vendor_files_stored_byte_for_byte_and_analysed(
     assert len(stored) == len(files)
     for path in files:
         uid = dcmread(path, stop_before_pixels=True).SOPInstanceUID
-        spool_file = node.spool.path_of(stored[uid].path)
+        spool_file = node.spool.layout.path_of(stored[uid].path)
         assert dataset_bytes(spool_file) == dataset_bytes(path), path.name
         assert dcmread(spool_file).file_meta.TransferSyntaxUID == stored[uid].transfer_syntax_uid
     wait_for(lambda: job_states(node) == [JobState.DONE] * len(files))  # one study each
@@ -130,8 +130,8 @@ def test_resend_under_another_study_keeps_the_first_copy(
     with node.database.session() as session:
         (instance,) = session.scalars(select(Instance))
         assert instance.duplicates_received == 1
-    assert dataset_bytes(node.spool.path_of(instance.path)) == dataset_bytes(first)
-    assert len(list(node.spool.incoming.glob("*/*.dcm"))) == 1  # the second copy was dropped
+    assert dataset_bytes(node.spool.layout.path_of(instance.path)) == dataset_bytes(first)
+    assert len(list(node.spool.layout.incoming.glob("*/*.dcm"))) == 1  # the second copy was dropped
     assert len(events(node, "instance.duplicate_differs")) == 1
 
 
@@ -141,8 +141,8 @@ def test_file_left_by_a_crash_before_registration_is_replaced(
     node = node_factory(completion={"quiet_seconds": 3600})
     ds = dicom_factory.ultrasound()
     path = dicom_factory.write(ds, tmp_path / "x.dcm")
-    target = node.spool.path_of(
-        node.spool.relative_path_for(study_uid=ds.StudyInstanceUID, sop_uid=ds.SOPInstanceUID)
+    target = node.spool.layout.path_of(
+        node.spool.layout.instance_path(study_uid=ds.StudyInstanceUID, sop_uid=ds.SOPInstanceUID)
     )
     target.parent.mkdir(parents=True)
     target.write_bytes(path.read_bytes()[:1000])  # half a file, never acknowledged
@@ -266,14 +266,14 @@ def test_malformed_instances_are_quarantined(
         assert scu.send_files(peer(node), [bad])[0].status == status
     assert "refused with" in caplog.text
     assert PYDICOM_ROOT_UID not in caplog.text  # UIDs identify: never in the logs
-    quarantined = sorted(node.spool.quarantine_dir.glob("*.dcm"))
+    quarantined = sorted(node.spool.layout.quarantine.glob("*.dcm"))
     assert len(quarantined) == 1
     assert quarantined[0].with_suffix(".txt").read_text().strip()
     assert (
         dataset_bytes(quarantined[0])
         == bad.read_bytes()[len(bad.read_bytes()) - len(dataset_bytes(quarantined[0])) :]
     )
-    assert list(node.spool.incoming.rglob("*.dcm")) == []
+    assert list(node.spool.layout.incoming.rglob("*.dcm")) == []
     assert scu.echo(peer(node)) == 0
 
 
@@ -394,9 +394,9 @@ def test_disk_full_answers_out_of_resources_and_keeps_nothing_half_written(
     assert set(rows) == {o.sop_instance_uid for o in accepted}
     sent = {o.sop_instance_uid: o.path for o in accepted}
     for uid, row in rows.items():
-        assert dataset_bytes(node.spool.path_of(row.path)) == dataset_bytes(sent[uid])
-    assert len(list(node.spool.incoming.rglob("*.dcm"))) == len(rows)
-    assert list(node.spool.tmp.iterdir()) == []
+        assert dataset_bytes(node.spool.layout.path_of(row.path)) == dataset_bytes(sent[uid])
+    assert len(list(node.spool.layout.incoming.rglob("*.dcm"))) == len(rows)
+    assert list(node.spool.layout.tmp.iterdir()) == []
     assert events(node, "instance.not_stored")
     (tiny_disk / "filler2").write_bytes(b"\0" * (node.spool.free_bytes() - 512 * 1024))
     with pytest.raises(scu.AssociationError):  # full: new associations are turned away
@@ -428,7 +428,7 @@ def test_database_down_answers_out_of_resources_then_recovers(
     try:
         outcome = scu.send_files(peer(node), [path])[0]
         assert outcome.status == StoreStatus.OUT_OF_RESOURCES
-        assert list(node.spool.incoming.rglob("*.dcm")) == []  # nothing half-written
+        assert list(node.spool.layout.incoming.rglob("*.dcm")) == []  # nothing half-written
         assert scu.echo(peer(node)) == 0
     finally:
         with psycopg.connect(admin, autocommit=True) as conn:
@@ -436,12 +436,12 @@ def test_database_down_answers_out_of_resources_then_recovers(
     assert scu.send_files(peer(node), [path])[0].status == 0
     with node.database.session() as session:
         assert session.scalar(select(func.count(Instance.id))) == 1
-    assert len(list(node.spool.incoming.rglob("*.dcm"))) == 1
+    assert len(list(node.spool.layout.incoming.rglob("*.dcm"))) == 1
 
 
 def test_partial_receptions_of_aborted_associations_are_swept(node_factory: Factory) -> None:
     node = node_factory()
-    abandoned, live = node.spool.tmp / "abandoned.dcm", node.spool.tmp / "live.dcm"
+    abandoned, live = node.spool.layout.tmp / "abandoned.dcm", node.spool.layout.tmp / "live.dcm"
     abandoned.write_bytes(b"\0" * 1000)
     live.write_bytes(b"\0" * 1000)
     day_ago = time.time() - 86_400
@@ -471,10 +471,10 @@ def test_writeback_starts_while_a_large_instance_is_received(
     path = dicom_factory.write(ds, tmp_path / "large.dcm")
     assert scu.send_files(peer(node), [path])[0].status == StoreStatus.SUCCESS
     assert len(started) >= 15
-    assert len(set(started)) == 1 and started[0].parent == node.spool.tmp
+    assert len(set(started)) == 1 and started[0].parent == node.spool.layout.tmp
     with node.database.session() as session:
         (instance,) = session.scalars(select(Instance))
-    assert dataset_bytes(node.spool.path_of(instance.path)) == dataset_bytes(path)
+    assert dataset_bytes(node.spool.layout.path_of(instance.path)) == dataset_bytes(path)
 
 
 def test_failed_fsync_answers_out_of_resources_and_registers_nothing(
@@ -489,8 +489,8 @@ def test_failed_fsync_answers_out_of_resources_and_registers_nothing(
         for i in range(2)
     )
     assert scu.send_files(peer(node), [first])[0].status == StoreStatus.SUCCESS
-    study_dir = node.spool.path_of(
-        node.spool.relative_path_for(study_uid=study, sop_uid="1")
+    study_dir = node.spool.layout.path_of(
+        node.spool.layout.instance_path(study_uid=study, sop_uid="1")
     ).parent
     synced_dirs: list[Path] = []
 

@@ -20,7 +20,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from dicom_node.cli import app
+from dicom_node.cli.main import app
 from models.checkpoints import load_checkpoint
 from models.segmentation import (
     Segmenter,
@@ -35,7 +35,7 @@ from models.segmentation.data import load_view, read_records, split_by_case
 from models.segmentation.letterbox import Letterbox
 from models.segmentation.metrics import dice
 from models.segmentation.training import evaluate_folder
-from pipeline.phantom import PhantomOptions, export_phantoms
+from phantoms import PhantomOptions, export_phantoms
 
 TINY = SegmenterConfig(input_height=64, input_width=96)
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

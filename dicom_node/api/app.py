@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 from importlib.metadata import version
-from pathlib import Path
 
 from fastapi import FastAPI
 
 from db.session import Database
 from dicom_node.api import dashboard, metrics, routes
 from dicom_node.settings import Settings
+from pipeline.spool import SpoolLayout
 
 
-def create_app(settings: Settings, database: Database, spool_root: Path) -> FastAPI:
-    """The app for a node with ``settings``, its job ``database`` and spool at ``spool_root``."""
+def create_app(settings: Settings, database: Database, spool: SpoolLayout) -> FastAPI:
+    """The app for a node with ``settings``, its job ``database`` and its ``spool``."""
     app = FastAPI(
         title="LLNM node admin API",
         version=version("llnm-node"),
@@ -24,7 +24,7 @@ def create_app(settings: Settings, database: Database, spool_root: Path) -> Fast
     )
     app.state.settings = settings
     app.state.database = database
-    app.state.spool_root = spool_root
+    app.state.spool = spool
     app.include_router(metrics.router)
     app.include_router(routes.router)
     dashboard.mount(app)

@@ -2,7 +2,7 @@
 
 Pages authenticate with the ``llnm_token`` cookie its login page sets and send a
 visitor without one to that page. Every read and write goes through
-:mod:`db.queries` and :mod:`db.exports`; actions are audited under the token's name.
+:mod:`db.jobs` and :mod:`db.exports`; actions are audited under the token's name.
 Nothing is loaded from outside the node: templates, CSS and the few lines of JS
 that poll job states are all served from this package.
 """
@@ -23,7 +23,7 @@ from fastapi.templating import Jinja2Templates
 from jinja2 import Environment, FileSystemLoader
 from sqlalchemy.orm import Session
 
-from db import exports, queries
+from db import exports, jobs, listings
 from db.models import ExportState, JobState
 from db.session import Database
 from dicom_node.api.auth import COOKIE, Caller, identify, presented_token, require_caller
@@ -140,7 +140,7 @@ def logout() -> Response:
 # --- job list ---------------------------------------------------------------------
 
 
-def result_text(summary: queries.JobSummary | None) -> str:
+def result_text(summary: listings.JobSummary | None) -> str:
     """A job's result in a few words: probability and risk stage, or the outcome."""
     if summary is None or summary.outcome is None:
         return "—"
@@ -160,13 +160,13 @@ def job_list(
     """Jobs, newest first, filtered by state and calling AE, a page at a time."""
     page = max(page, 1)
     with _session(request) as session:
-        jobs = queries.list_jobs(
+        jobs = listings.list_jobs(
             session,
-            queries.AdminFilter(states=_state_filter(state), calling_ae=ae.strip() or None),
+            listings.AdminFilter(states=_state_filter(state), calling_ae=ae.strip() or None),
             limit=PAGE_SIZE + 1,
             offset=(page - 1) * PAGE_SIZE,
         )
-        summaries = queries.job_summaries(session, job_ids=[job.id for job in jobs])
+        summaries = listings.job_summaries(session, job_ids=[job.id for job in jobs])
     return _render(
         request,
         "jobs.html",
@@ -186,7 +186,7 @@ def job_states(request: Request, _caller: JsonCaller, ids: str = "") -> dict[str
     """State, stage and result of the jobs ``ids`` (comma separated), for the list's polling."""
     wanted = [int(part) for part in ids.split(",")[:PAGE_SIZE] if part.strip().isdigit()]
     with _session(request) as session:
-        summaries = queries.job_summaries(session, job_ids=wanted)
+        summaries = listings.job_summaries(session, job_ids=wanted)
     return {
         str(job_id): {
             "state": summary.state,
@@ -234,12 +234,12 @@ def contribution_bars(contributions: dict[str, Any] | None) -> list[Bar]:
     ]
 
 
-def _heatmaps(request: Request, job_id: int, result: queries.ResultRow | None) -> list[Heatmap]:
-    return heatmaps(request.app.state.spool_root, job_id, result)
+def _heatmaps(request: Request, job_id: int, result: listings.ResultRow | None) -> list[Heatmap]:
+    return heatmaps(request.app.state.spool, job_id, result)
 
 
 def report_objects(
-    result: queries.ResultRow | None, rows: list[exports.ExportRow]
+    result: listings.ResultRow | None, rows: list[exports.ExportRow]
 ) -> list[ReportObject]:
     """The result's objects (SR, SC, SEG) with their exports; exported notices too."""
     kinds = {uid: kind.upper() for kind, uid, _ in listed_objects(result)}
@@ -260,7 +260,7 @@ def job_page(request: Request, _caller: PageCaller, job_id: int) -> HTMLResponse
     """One job: its result, heatmaps, report objects and timeline."""
     with _session(request) as session:
         detail = _detail_or_404(session, job_id)
-        summary = queries.job_summaries(session, job_ids=[job_id]).get(job_id)
+        summary = listings.job_summaries(session, job_ids=[job_id]).get(job_id)
         rows = exports.list_exports(session, job_id=job_id)
     shown = [(h.path.name, h.view) for h in _heatmaps(request, job_id, detail.result)]
     return _render(
@@ -278,10 +278,10 @@ def job_page(request: Request, _caller: PageCaller, job_id: int) -> HTMLResponse
     )
 
 
-def _detail_or_404(session: Session, job_id: int) -> queries.JobDetail:
+def _detail_or_404(session: Session, job_id: int) -> listings.JobDetail:
     try:
-        return queries.job_detail(session, job_id=job_id)
-    except queries.JobNotFoundError as exc:
+        return listings.job_detail(session, job_id=job_id)
+    except jobs.JobNotFoundError as exc:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"no job {job_id}") from exc
 
 
@@ -307,7 +307,7 @@ def _act(
     try:
         with _session(request) as session:
             message = action(session)
-    except (queries.JobNotFoundError, queries.JobStateError) as exc:
+    except (jobs.JobNotFoundError, jobs.JobStateError) as exc:
         return _redirect(url, str(exc), error=True)
     return _redirect(url, message)
 
@@ -332,7 +332,7 @@ def cancel(request: Request, caller: PageCaller, job_id: int) -> RedirectRespons
     """Cancel a job that has not finished."""
 
     def action(session: Session) -> str:
-        queries.cancel_job(session, job_id=job_id, requested_by=caller.name)
+        jobs.cancel_job(session, job_id=job_id, requested_by=caller.name)
         return f"Job {job_id} cancelled."
 
     return _act(request, job_id, "job", action)

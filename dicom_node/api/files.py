@@ -5,7 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from db.queries import ResultRow
+from db.listings import ResultRow
+from pipeline.spool import SpoolLayout
 
 
 def listed_objects(result: ResultRow | None) -> list[tuple[str, str, str]]:
@@ -14,9 +15,9 @@ def listed_objects(result: ResultRow | None) -> list[tuple[str, str, str]]:
     return [(str(o["kind"]), str(o["sop_instance_uid"]), str(o["path"])) for o in listed]
 
 
-def object_path(spool_root: Path, result: ResultRow | None, sop_instance_uid: str) -> Path | None:
+def object_path(spool: SpoolLayout, result: ResultRow | None, sop_instance_uid: str) -> Path | None:
     """The file of the listed object ``sop_instance_uid``; None if unlisted, gone or outside."""
-    root = spool_root.resolve()
+    root = spool.root
     for _, uid, relative in listed_objects(result):
         if uid == sop_instance_uid:
             path = (root / relative).resolve()
@@ -32,14 +33,14 @@ class Heatmap:
     view: str  # the plane ("transverse", "longitudinal"), or "" when unknown
 
 
-def heatmaps(spool_root: Path, job_id: int, result: ResultRow | None) -> list[Heatmap]:
+def heatmaps(spool: SpoolLayout, job_id: int, result: ResultRow | None) -> list[Heatmap]:
     """The heatmap overlays of the result's views, in view order, as far as they exist.
 
     The report stage writes ``work/job-N/report/<stem>_overlay.png`` beside each
     ``infer/<stem>.png`` that the result's ``views`` list.
     """
     views = ((result.detail or {}).get("views") or []) if result is not None else []
-    folder = spool_root / "work" / f"job-{job_id}" / "report"
+    folder = spool.work_dir(job_id) / "report"
     found = [
         Heatmap(
             folder / f"{PurePosixPath(str(view['heatmap'])).stem}_overlay.png",

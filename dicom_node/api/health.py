@@ -10,12 +10,13 @@ from pathlib import Path
 from fastapi import APIRouter, Request, Response, status
 from sqlalchemy.exc import SQLAlchemyError
 
-from db import admin_queries
+from db import metrics
 from db.session import Database
 from dicom_node.api.bundle import read_manifest
 from dicom_node.api.schemas import Check, CheckName, Health, Readiness
 from dicom_node.settings import Settings
 from models.bundle import BundleError
+from pipeline.spool import SpoolLayout
 
 router = APIRouter(prefix="/health", tags=["health"])
 log = logging.getLogger(__name__)
@@ -29,11 +30,11 @@ def health() -> Health:
 
 def _database(database: Database) -> None:
     with database.session() as session:
-        admin_queries.ping(session)
+        metrics.ping(session)
 
 
-def _spool(spool_root: Path) -> None:
-    with tempfile.NamedTemporaryFile(dir=spool_root / "tmp", prefix="ready-") as probe:
+def _spool(spool: SpoolLayout) -> None:
+    with tempfile.NamedTemporaryFile(dir=spool.tmp, prefix="ready-") as probe:
         probe.write(b"ok")
         probe.flush()
 
@@ -62,7 +63,7 @@ def ready(request: Request, response: Response) -> Readiness:
     settings: Settings = request.app.state.settings
     checks = [
         _check("database", lambda: _database(request.app.state.database), (SQLAlchemyError,)),
-        _check("spool", lambda: _spool(request.app.state.spool_root), (OSError,)),
+        _check("spool", lambda: _spool(request.app.state.spool), (OSError,)),
         _check("model_bundle", lambda: _bundle(settings.model.bundle_dir), (BundleError,)),
     ]
     ok = all(check.ok for check in checks)

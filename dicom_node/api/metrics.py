@@ -20,7 +20,7 @@ from prometheus_client.metrics_core import (
     Metric,
 )
 
-from db import admin_queries
+from db import metrics as db_metrics
 from db.session import Database
 from dicom_node.api.auth import Caller, require_caller
 from dicom_node.api.schemas import Problem
@@ -37,7 +37,7 @@ class DatabaseCollector:
     def collect(self) -> Iterator[Metric]:
         """One snapshot of the database as metric families."""
         with self._database.session() as session:
-            counts = admin_queries.node_counts(session)
+            counts = db_metrics.node_counts(session)
         received = CounterMetricFamily(
             "llnm_instances_received", "SOP instances stored (resent duplicates not counted)."
         )
@@ -64,7 +64,7 @@ class DatabaseCollector:
         yield _stage_histogram(counts.stage_durations)
 
 
-def _stage_histogram(durations: tuple[admin_queries.StageDurations, ...]) -> Metric:
+def _stage_histogram(durations: tuple[db_metrics.StageDurations, ...]) -> Metric:
     histogram = HistogramMetricFamily(
         "llnm_stage_duration_seconds", "Duration of finished stage runs.", labels=["stage"]
     )

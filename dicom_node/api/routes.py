@@ -10,7 +10,6 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, status
@@ -18,12 +17,13 @@ from fastapi import Path as PathParam
 from fastapi.responses import FileResponse
 from sqlalchemy.orm import Session
 
-from db import exports, queries
+from db import exports, jobs, listings
 from db.models import ExportState, JobState
 from dicom_node.api import files, health, schemas
 from dicom_node.api.auth import Caller, require_caller
 from dicom_node.api.bundle import bundle_summary
 from models.bundle import NOT_FOR_CLINICAL_USE, BundleError
+from pipeline.spool import SpoolLayout
 
 PREFIX = "/api/v1"
 MAX_ID = 2**31 - 1  # ids and offsets beyond any the database holds are refused, not overflowed
@@ -64,9 +64,9 @@ def _session(request: Request) -> Iterator[Session]:
     try:
         with request.app.state.database.session() as session:
             yield session
-    except queries.JobNotFoundError as exc:
+    except jobs.JobNotFoundError as exc:
         raise HTTPException(status.HTTP_404_NOT_FOUND, str(exc)) from exc
-    except queries.JobStateError as exc:
+    except jobs.JobStateError as exc:
         raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from exc
 
 
@@ -88,9 +88,9 @@ def _filters(
     until: Until = None,
     ae: Ae = None,
     patient: Patient = None,
-) -> queries.AdminFilter:
+) -> listings.AdminFilter:
     """The list filters of a request (a dependency: the same query parameters everywhere)."""
-    return queries.AdminFilter(
+    return listings.AdminFilter(
         states=state or (),
         since=_utc(since, "since"),
         until=_utc(until, "until"),
@@ -99,7 +99,7 @@ def _filters(
     )
 
 
-Filters = Annotated[queries.AdminFilter, Depends(_filters)]
+Filters = Annotated[listings.AdminFilter, Depends(_filters)]
 
 
 @api.get("/studies", tags=["studies"])
@@ -108,8 +108,8 @@ def list_studies(
 ) -> schemas.StudyPage:
     """Received studies, most recently received first; ``state`` filters by the newest job."""
     with _session(request) as session:
-        total = queries.count_studies(session, filters)
-        rows = queries.list_studies(session, filters, limit=limit, offset=offset)
+        total = listings.count_studies(session, filters)
+        rows = listings.list_studies(session, filters, limit=limit, offset=offset)
     items = [schemas.Study.model_validate(row, from_attributes=True) for row in rows]
     return schemas.StudyPage(total=total, limit=limit, offset=offset, items=items)
 
@@ -120,8 +120,8 @@ def list_jobs(
 ) -> schemas.JobPage:
     """Jobs, newest first, filtered by state, creation time, sending AE and pseudonym."""
     with _session(request) as session:
-        total = queries.count_jobs(session, filters)
-        rows = queries.list_jobs(session, filters, limit=limit, offset=offset)
+        total = listings.count_jobs(session, filters)
+        rows = listings.list_jobs(session, filters, limit=limit, offset=offset)
     items = [schemas.Job.model_validate(row, from_attributes=True) for row in rows]
     return schemas.JobPage(total=total, limit=limit, offset=offset, items=items)
 
@@ -130,14 +130,14 @@ def _job_link(job_id: int, tail: str) -> str:
     return f"{PREFIX}/jobs/{job_id}/{tail}"
 
 
-def _result(job_id: int, result: queries.ResultRow, spool_root: Path) -> schemas.Result:
+def _result(job_id: int, result: listings.ResultRow, spool: SpoolLayout) -> schemas.Result:
     objects = [
         schemas.ReportObject(
             kind=kind, sop_instance_uid=uid, href=_job_link(job_id, f"objects/{uid}")
         )
         for kind, uid, _ in files.listed_objects(result)
     ]
-    heatmaps = [h.path for h in files.heatmaps(spool_root, job_id, result)]
+    heatmaps = [h.path for h in files.heatmaps(spool, job_id, result)]
     return schemas.Result(
         outcome=result.outcome,
         probability=result.probability,
@@ -159,19 +159,19 @@ def _result(job_id: int, result: queries.ResultRow, spool_root: Path) -> schemas
 def get_job(request: Request, job_id: JobId) -> schemas.JobDetail:
     """One job: its result (with links to its report objects and heatmaps) and timeline."""
     with _session(request) as session:
-        detail = queries.job_detail(session, job_id=job_id)
+        detail = listings.job_detail(session, job_id=job_id)
     result = detail.result
     return schemas.JobDetail(
         job=schemas.Job.model_validate(detail.job, from_attributes=True),
         study_instance_uid=detail.study_instance_uid,
-        result=None if result is None else _result(job_id, result, request.app.state.spool_root),
+        result=None if result is None else _result(job_id, result, request.app.state.spool),
         events=[schemas.Event.model_validate(e, from_attributes=True) for e in detail.events],
     )
 
 
-def _result_of(request: Request, job_id: int) -> queries.ResultRow | None:
+def _result_of(request: Request, job_id: int) -> listings.ResultRow | None:
     with _session(request) as session:
-        return queries.job_detail(session, job_id=job_id).result
+        return listings.job_detail(session, job_id=job_id).result
 
 
 def _file_responses(description: str, media_type: str) -> dict[int | str, dict[str, Any]]:
@@ -195,9 +195,7 @@ def get_object(
     sop_instance_uid: Annotated[str, PathParam(max_length=64, pattern=r"^[0-9.]+$")],
 ) -> FileResponse:
     """A report object the job made (SR, heatmap SC, SEG); only those its result lists."""
-    path = files.object_path(
-        request.app.state.spool_root, _result_of(request, job_id), sop_instance_uid
-    )
+    path = files.object_path(request.app.state.spool, _result_of(request, job_id), sop_instance_uid)
     if path is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, "no such object of this job")
     return FileResponse(path, media_type="application/dicom", filename=f"{sop_instance_uid}.dcm")
@@ -213,7 +211,7 @@ def get_heatmap(
     request: Request, job_id: JobId, n: Annotated[int, PathParam(ge=1, le=64)]
 ) -> FileResponse:
     """The heatmap overlay PNG of the job's n-th view."""
-    found = files.heatmaps(request.app.state.spool_root, job_id, _result_of(request, job_id))
+    found = files.heatmaps(request.app.state.spool, job_id, _result_of(request, job_id))
     if n > len(found):
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"job {job_id} has no heatmap {n}")
     return FileResponse(found[n - 1].path, media_type="image/png")
@@ -224,7 +222,7 @@ def retry_job(request: Request, job_id: JobId, caller: CallerDep) -> schemas.Ret
     """Queue a failed or dead job again, or resend a done job's dead exports (audited)."""
     with _session(request) as session:
         resent = exports.retry_job_or_exports(session, job_id=job_id, requested_by=caller.name)
-        job = queries.get_job(session, job_id=job_id)
+        job = listings.get_job(session, job_id=job_id)
     return schemas.RetryOutcome(
         job=schemas.Job.model_validate(job, from_attributes=True),
         action="exports_queued" if resent else "job_queued",
@@ -236,8 +234,8 @@ def retry_job(request: Request, job_id: JobId, caller: CallerDep) -> schemas.Ret
 def cancel_job(request: Request, job_id: JobId, caller: CallerDep) -> schemas.Job:
     """Cancel a received, queued or running job (audited); a running one stops after its stage."""
     with _session(request) as session:
-        queries.cancel_job(session, job_id=job_id, requested_by=caller.name)
-        job = queries.get_job(session, job_id=job_id)
+        jobs.cancel_job(session, job_id=job_id, requested_by=caller.name)
+        job = listings.get_job(session, job_id=job_id)
     return schemas.Job.model_validate(job, from_attributes=True)
 
 

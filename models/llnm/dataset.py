@@ -17,7 +17,7 @@ gives the best achievable AUC. Other columns are ignored.
 
 Each view is cropped to its image area, standardised like the crop stage,
 and its features are extracted from its masks
-(:func:`pipeline.features.extract_view`); a view whose nodule mask is empty
+(:func:`imaging.features.extract_view`); a view whose nodule mask is empty
 counts as missing. The result is a :class:`FeatureTable` (letterboxed maps
 and scalars per patient and view), which ``save``/``load`` keep as
 safetensors + JSON (the "precomputed features" a run may start from).
@@ -38,9 +38,9 @@ from numpy.typing import NDArray
 from rich.progress import track
 from safetensors.torch import load_file, save_file
 
+from imaging.crop import standardise_brightness
+from imaging.features import View, extract_view
 from models.llnm.view_inputs import SHAPE_FEATURES, demographics, view_inputs
-from pipeline.crop import standardise_brightness
-from pipeline.features import View, extract_view
 
 CASES_CSV = "cases.csv"
 VIEWS: tuple[View, ...] = ("transverse", "longitudinal")

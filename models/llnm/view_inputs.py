@@ -23,7 +23,7 @@ import cv2
 import numpy as np
 from numpy.typing import NDArray
 
-from pipeline.features import Location, NoduleFeatures
+from imaging.features import Location, NoduleFeatures
 
 SHAPE_FEATURES = 4
 SIZE_SCALE_MM = 20.0

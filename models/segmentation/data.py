@@ -38,10 +38,10 @@ import torch
 from numpy.typing import NDArray
 from torch.utils.data import Dataset
 
+from imaging.crop import standardise_brightness
+from imaging.errors import StageError
 from models.segmentation.config import AnyConfig, Target
 from models.segmentation.letterbox import Letterbox, normalise
-from pipeline.crop import standardise_brightness
-from pipeline.stage import StageError
 
 CASES_FILE = "cases.jsonl"
 MANIFEST_FILE = "manifest.json"

@@ -10,8 +10,8 @@ import numpy as np
 import torch
 from numpy.typing import NDArray
 
+from imaging.decode import grey
 from models.segmentation.config import AnyConfig
-from pipeline.decode import grey
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,7 @@
 
 The rules are in :mod:`pipeline.deidentify` (Pixels, Fallback without
 regions). Decoding keeps every frame and, for grey images, the original bit
-depth, so it does not use :func:`pipeline.decode.decode_frames` (8-bit
+depth, so it does not use :func:`imaging.decode.decode_frames` (8-bit
 display values).
 """
 
@@ -21,8 +21,8 @@ from pydicom.dataelem import DataElement
 from pydicom.pixels.decoders.base import get_decoder
 from pydicom.pixels.processing import apply_color_lut, convert_color_space
 
-from pipeline.decode import frame_count
-from pipeline.stage import StageError
+from imaging.decode import frame_count
+from imaging.errors import StageError
 
 # Fallback image-area detector (images without a Sequence of Ultrasound Regions).
 DARK_LEVEL = 12 / 255  # of the full scale: brighter counts as image content

@@ -12,7 +12,7 @@ import hmac
 import uuid
 
 from db.models import PseudonymKind
-from db.queries import PseudonymEntry
+from db.pseudonyms import PseudonymEntry
 
 
 class Pseudonymizer:

@@ -24,8 +24,9 @@ from pydicom.sequence import Sequence
 from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, UID, ExplicitVRLittleEndian
 from sqlalchemy.orm import Session
 
-from db.queries import PseudonymEntry, save_pseudonyms
-from pipeline.contracts import DeidentifiedImage, DeidentifiedStudy, ModelInputs
+from db.pseudonyms import PseudonymEntry, save_pseudonyms
+from imaging.errors import StageError
+from pipeline.contracts import DeidentifiedImage, DeidentifiedStudy, JobContext, ModelInputs
 from pipeline.deidentify.headers import HeaderCleaner
 from pipeline.deidentify.identifiers import identifier_pattern, patient_identifiers
 from pipeline.deidentify.model_inputs import age_years, redact, sex
@@ -43,7 +44,7 @@ from pipeline.deidentify.pixels import (
 )
 from pipeline.deidentify.pseudonyms import Pseudonymizer
 from pipeline.intake import IntakeReport, UltrasoundImage
-from pipeline.stage import Stage, StageError
+from pipeline.stage import Stage
 
 
 @dataclass(frozen=True)
@@ -169,11 +170,9 @@ def deidentify(
     )
     return Deidentification(
         study=DeidentifiedStudy(
-            job_id=study.job_id,
+            job=JobContext(job_id=study.job_id, work_dir=study.work_dir, inputs=inputs),
             study_instance_uid=pseudonyms.uid(study.study_instance_uid),
             images=tuple(images),
-            inputs=inputs,
-            work_dir=study.work_dir,
         ),
         pseudonyms=pseudonyms.entries(),
         options=options,
@@ -228,7 +227,7 @@ def _deidentify_image(
 def summarize_deidentification(result: Deidentification) -> dict[str, Any]:
     """Counts and options for the audit trail: no identifiers, original or pseudonymous."""
     kinds = Counter(entry.kind.value for entry in result.pseudonyms)
-    inputs = result.study.inputs
+    inputs = result.study.job.inputs
     return {
         "images_written": len(result.study.images),
         "frames": sum(image.frames for image in result.study.images),

@@ -15,7 +15,7 @@ from highdicom.coding_schemes import CodingSchemeIdentificationItem
 from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
 
-from pipeline.report.inputs import MANUFACTURER
+from imaging.identity import MANUFACTURER
 
 SCHEME = "99LLNM"
 SCHEME_IDENTIFICATION = CodingSchemeIdentificationItem(

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from pydicom import Dataset, dcmread
 
-from db.queries import Prediction
+from db.results import Prediction
 from pipeline.report.inputs import ObjectKind, ReportObject
 
 # Series numbers of the node's series in the original study (high, so they sort last).

@@ -13,14 +13,12 @@ shows it legibly at the crop's own size.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import cv2
 import numpy as np
 from numpy.typing import NDArray
 
+from imaging.png import read_png
 from pipeline.report.inputs import ReportView
-from pipeline.segment import read_png
 
 RGB8 = NDArray[np.uint8]
 
@@ -144,28 +142,3 @@ def render_heatmap(view: ReportView, caption: str) -> RGB8:
     margin = _line_height(scale) // 2
     lines = [*wrap_text(caption, top.shape[1] - 2 * margin, scale), view_plane(view)]
     return np.vstack([top, _caption_band(lines, top.shape[1], scale)])
-
-
-def write_png(image: RGB8, path: Path) -> Path:
-    """Write an RGB image as PNG.
-
-    Raises
-    ------
-    OSError
-        If OpenCV cannot write ``path``.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if not cv2.imwrite(str(path), cv2.cvtColor(image, cv2.COLOR_RGB2BGR)):
-        raise OSError(f"could not write {path}")
-    return path
-
-
-def write_heatmap_png(view: ReportView, caption: str, path: Path) -> Path:
-    """Render the heatmap of ``view`` (:func:`render_heatmap`) and write it as PNG.
-
-    Raises
-    ------
-    OSError
-        If OpenCV cannot write ``path``.
-    """
-    return write_png(render_heatmap(view, caption), path)

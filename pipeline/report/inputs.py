@@ -10,19 +10,16 @@ objects stay in the node's spool until the export sends them back to the PACS.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from importlib.metadata import version
 from pathlib import Path
 from typing import Literal
 
 from pydicom.uid import UID, generate_uid
 
-from db.queries import Prediction
-from pipeline.features.stage import MeasuredView
+from db.results import Prediction
+from pipeline.contracts import JobContext
+from pipeline.features import MeasuredView
 
 ObjectKind = Literal["sr", "sc", "seg"]
-
-MANUFACTURER = "LLNM node (open source)"
-SOFTWARE_VERSION = version("llnm-node")
 
 
 @dataclass(frozen=True)
@@ -43,8 +40,7 @@ class ReportView:
 class ReportInput:
     """Everything the report builders need for one job."""
 
-    job_id: int
-    work_dir: Path
+    job: JobContext
     prediction: Prediction  # with the bundle's name, version and synthetic flag
     stage_probabilities: tuple[float, ...]  # risk stages 1-3
     views: tuple[ReportView, ...]  # one or two, in the order the model used them
@@ -53,7 +49,7 @@ class ReportInput:
     @property
     def out_dir(self) -> Path:
         """Where the objects are written: ``work_dir/report``."""
-        return self.work_dir / "report"
+        return self.job.work_dir / "report"
 
 
 @dataclass(frozen=True)

@@ -6,10 +6,10 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from db.models import PseudonymKind
-from db.queries import PseudonymEntry
+from db.pseudonyms import PseudonymEntry
+from imaging.errors import StageError
 from pipeline.infer import PredictedStudy
 from pipeline.report.inputs import ReportInput, ReportView
-from pipeline.stage import StageError
 
 
 def report_input(
@@ -41,8 +41,7 @@ def report_input(
             ReportView(measured=view, heatmap=heatmap, original=path, original_sop_instance_uid=uid)
         )
     return ReportInput(
-        job_id=predicted.job_id,
-        work_dir=predicted.work_dir,
+        job=predicted.job,
         prediction=predicted.prediction,
         stage_probabilities=predicted.stage_probabilities,
         views=tuple(views),

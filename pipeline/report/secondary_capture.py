@@ -16,6 +16,8 @@ from pydicom.sequence import Sequence as DicomSequence
 from pydicom.sr.codedict import codes
 from pydicom.uid import ExplicitVRLittleEndian
 
+from imaging.identity import MANUFACTURER, SOFTWARE_VERSION
+from imaging.png import write_png
 from pipeline.report.common import (
     SERIES_NUMBER,
     read_original,
@@ -23,15 +25,8 @@ from pipeline.report.common import (
     save_object,
     series_description,
 )
-from pipeline.report.heatmap import RGB8, render_heatmap, write_png
-from pipeline.report.inputs import (
-    MANUFACTURER,
-    SOFTWARE_VERSION,
-    ReportInput,
-    ReportObject,
-    ReportView,
-    object_uid,
-)
+from pipeline.report.heatmap import RGB8, render_heatmap
+from pipeline.report.inputs import ReportInput, ReportObject, ReportView, object_uid
 
 # highdicom needs a patient orientation to build an SC in the PATIENT coordinate
 # system; it is replaced by the original image's (usually empty: unknown).
@@ -68,9 +63,9 @@ def heatmap_sc(report: ReportInput, view: ReportView, number: int, pixels: RGB8)
         photometric_interpretation="RGB",
         bits_allocated=8,
         coordinate_system="PATIENT",
-        series_instance_uid=object_uid(report.job_id, "sc-series"),
+        series_instance_uid=object_uid(report.job.job_id, "sc-series"),
         series_number=SERIES_NUMBER["sc"],
-        sop_instance_uid=object_uid(report.job_id, "sc", str(number)),
+        sop_instance_uid=object_uid(report.job.job_id, "sc", str(number)),
         instance_number=number,
         manufacturer=MANUFACTURER,
         patient_orientation=_PLACEHOLDER_ORIENTATION,
@@ -103,10 +98,11 @@ def build_heatmap_scs(report: ReportInput) -> tuple[ReportObject, ...]:
     """
     caption = result_caption(report.prediction, report.clinical_use_label)
     objects = []
+    report.out_dir.mkdir(parents=True, exist_ok=True)
     for number, view in enumerate(report.views, start=1):
         pixels = render_heatmap(view, caption)
         stem = view.measured.segmented.crop.png_path.stem
-        write_png(pixels, report.out_dir / f"{stem}_heatmap_overlay.png")
+        write_png(report.out_dir / f"{stem}_heatmap_overlay.png", pixels)
         sc = heatmap_sc(report, view, number, pixels)
         objects.append(save_object(sc, report.out_dir / f"sc_{number}.dcm", "sc"))
     return tuple(objects)

@@ -29,17 +29,11 @@ from pydicom import Dataset
 from pydicom.sr.codedict import codes
 from pydicom.uid import ExplicitVRLittleEndian
 
-from pipeline.crop import ImageArea
+from imaging.crop import ImageArea
+from imaging.identity import MANUFACTURER, SOFTWARE_VERSION
+from imaging.png import read_png
 from pipeline.report.common import SERIES_NUMBER, read_original, save_object, series_description
-from pipeline.report.inputs import (
-    MANUFACTURER,
-    SOFTWARE_VERSION,
-    ReportInput,
-    ReportObject,
-    ReportView,
-    object_uid,
-)
-from pipeline.segment import read_png
+from pipeline.report.inputs import ReportInput, ReportObject, ReportView, object_uid
 
 log = logging.getLogger(__name__)
 
@@ -96,9 +90,9 @@ def _view_seg(report: ReportInput, view: ReportView, original: Dataset, number: 
         pixel_array=np.stack(masks, axis=-1)[None],  # (frames, rows, columns, segments)
         segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
         segment_descriptions=segment_descriptions(report),
-        series_instance_uid=object_uid(report.job_id, "seg-series"),
+        series_instance_uid=object_uid(report.job.job_id, "seg-series"),
         series_number=SERIES_NUMBER["seg"],
-        sop_instance_uid=object_uid(report.job_id, "seg", str(number)),
+        sop_instance_uid=object_uid(report.job.job_id, "seg", str(number)),
         instance_number=number,
         manufacturer=MANUFACTURER,
         manufacturer_model_name=MODEL_NAME,

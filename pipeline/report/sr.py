@@ -32,9 +32,11 @@ from pydicom.sr.coding import Code
 from pydicom.uid import generate_uid
 from scipy import ndimage
 
-from db.queries import Prediction
-from pipeline.features.extract import Location, NoduleFeatures, ViewFeatures
-from pipeline.features.geometry import Unavailable
+from db.results import Prediction
+from imaging.features.extract import Location, NoduleFeatures, ViewFeatures
+from imaging.features.geometry import Unavailable
+from imaging.identity import MANUFACTURER, SOFTWARE_VERSION
+from imaging.png import read_png
 from pipeline.report import codes
 from pipeline.report.common import (
     SERIES_NUMBER,
@@ -43,15 +45,7 @@ from pipeline.report.common import (
     save_object,
     series_description,
 )
-from pipeline.report.inputs import (
-    MANUFACTURER,
-    SOFTWARE_VERSION,
-    ReportInput,
-    ReportObject,
-    ReportView,
-    object_uid,
-)
-from pipeline.segment import read_png
+from pipeline.report.inputs import ReportInput, ReportObject, ReportView, object_uid
 
 MODEL_NAME = "LLNM node"
 _DEVICE_UID = generate_uid(entropy_srcs=["llnm-node device observer"])
@@ -83,7 +77,7 @@ def build_sr(report: ReportInput) -> ReportObject:
     ] = [
         _prediction_group(report, evidence, algorithm),
         *(
-            _view_group(report.job_id, number, view, image, algorithm, position)
+            _view_group(report.job.job_id, number, view, image, algorithm, position)
             for number, (view, image) in enumerate(zip(report.views, evidence, strict=True), 1)
         ),
     ]
@@ -98,7 +92,7 @@ def build_sr(report: ReportInput) -> ReportObject:
     dataset = _document(
         evidence,
         content,
-        uids=(object_uid(report.job_id, "sr-series"), object_uid(report.job_id, "sr")),
+        uids=(object_uid(report.job.job_id, "sr-series"), object_uid(report.job.job_id, "sr")),
         description=series_description("LLNM-Net AI result", report.clinical_use_label),
         equipment=[_equipment(prediction, report.clinical_use_label)],
     )
@@ -232,7 +226,7 @@ def _prediction_group(
     verdict = codes.POSITIVE if prediction.positive else codes.NEGATIVE
     return hd.sr.MeasurementsAndQualitativeEvaluations(
         tracking_identifier=hd.sr.TrackingIdentifier(
-            uid=object_uid(report.job_id, "sr-prediction"), identifier="LLNM prediction"
+            uid=object_uid(report.job.job_id, "sr-prediction"), identifier="LLNM prediction"
         ),
         finding_type=codes.METASTASIS,
         finding_sites=[hd.sr.FindingSite(codes.LATERAL_CERVICAL_LYMPH_NODE)],

@@ -24,9 +24,11 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from db import exports, queries
+from db import events, exports, jobs, pseudonyms, results
 from db.models import EventLevel
-from pipeline.features.stage import NO_NODULE_FOUND
+from imaging.sop_classes import ULTRASOUND_IMAGE_CLASSES
+from pipeline.contracts import instance_refs
+from pipeline.features import NO_NODULE_FOUND
 from pipeline.infer import PredictedStudy
 from pipeline.report.common import result_caption
 from pipeline.report.inputs import ReportInput, ReportObject, ReportOptions
@@ -34,7 +36,7 @@ from pipeline.report.reidentify import report_input
 from pipeline.report.secondary_capture import build_heatmap_scs
 from pipeline.report.segmentation import build_seg
 from pipeline.report.sr import build_sr, failure_sr, no_nodule_sr
-from pipeline.sop_classes import ULTRASOUND_IMAGE_CLASSES
+from pipeline.spool import SpoolLayout
 from pipeline.stage import Stage
 
 log = logging.getLogger(__name__)
@@ -58,7 +60,7 @@ def build_report(report: ReportInput, options: ReportOptions) -> ReportObjects:
     if options.segmentation:
         objects.extend(build_seg(report))
     return ReportObjects(
-        job_id=report.job_id,
+        job_id=report.job.job_id,
         caption=result_caption(report.prediction, report.clinical_use_label),
         objects=tuple(objects),
     )
@@ -75,63 +77,59 @@ def summarize_report(result: ReportObjects) -> dict[str, Any]:
     }
 
 
-def _relative(path: Path, spool_root: Path) -> str:
-    return path.resolve().relative_to(spool_root.resolve()).as_posix()
-
-
 def _queue(
     session: Session,
     job_id: int,
     objects: Sequence[ReportObject],
-    spool_root: Path,
+    spool: SpoolLayout,
     destinations_for: DestinationsFor,
 ) -> int:
-    source = queries.job_source(session, job_id=job_id)
+    source = jobs.job_source(session, job_id=job_id)
     return exports.queue_exports(
         session,
         job_id=job_id,
-        objects=[(o.sop_instance_uid, _relative(o.path, spool_root)) for o in objects],
+        objects=[(o.sop_instance_uid, spool.relative(o.path)) for o in objects],
         destinations=list(destinations_for(source.calling_ae)),
     )
 
 
 @dataclass(frozen=True)
 class _ReportSteps:
-    spool_root: Path
+    spool: SpoolLayout
     destinations_for: DestinationsFor
 
     def load(self, session: Session, job_id: int, predicted: PredictedStudy) -> ReportInput:
-        source = queries.job_source(session, job_id=job_id)
-        originals = {uid: self.spool_root / path for uid, _, _, path in source.instances}
+        source = jobs.job_source(session, job_id=job_id)
+        originals = {ref.sop_instance_uid: ref.path for ref in instance_refs(source, self.spool)}
         return report_input(
-            predicted, queries.pseudonyms_for_job(session, job_id=job_id), originals
+            predicted, pseudonyms.pseudonyms_for_job(session, job_id=job_id), originals
         )
 
     def store(self, session: Session, job_id: int, result: ReportObjects) -> ReportObjects:
-        queries.add_result_detail(
+        results.add_result_detail(
             session,
             job_id=job_id,
             objects=[
                 {
                     "kind": o.kind,
                     "sop_instance_uid": o.sop_instance_uid,
-                    "path": _relative(o.path, self.spool_root),
+                    "path": self.spool.relative(o.path),
                 }
                 for o in result.objects
             ],
         )
-        _queue(session, job_id, result.objects, self.spool_root, self.destinations_for)
+        _queue(session, job_id, result.objects, self.spool, self.destinations_for)
         return result
 
 
 def report_stage(
-    options: ReportOptions, spool_root: Path, destinations_for: DestinationsFor
+    options: ReportOptions, spool: SpoolLayout, destinations_for: DestinationsFor
 ) -> Stage[ReportInput, ReportObjects]:
     """The report stage; its objects are queued for ``destinations_for(calling AE)``.
 
     It follows the infer stage: ``load`` turns the :class:`PredictedStudy` into its input.
     """
-    steps = _ReportSteps(spool_root, destinations_for)
+    steps = _ReportSteps(spool, destinations_for)
     return Stage[ReportInput, ReportObjects](
         name="report",
         run=lambda report: build_report(report, options),
@@ -151,12 +149,12 @@ class Notices:
     def __init__(
         self,
         options: ReportOptions,
-        spool_root: Path,
+        spool: SpoolLayout,
         destinations_for: DestinationsFor,
         clinical_use_label: str | None,
     ) -> None:
         self._options = options
-        self._spool_root = spool_root
+        self._spool = spool
         self._destinations_for = destinations_for
         self._label = clinical_use_label
 
@@ -194,15 +192,15 @@ class Notices:
         self, session: Session, job_id: int, make: Callable[[Path, Path, int], ReportObject]
     ) -> None:
         try:
-            source = queries.job_source(session, job_id=job_id)
-            paths = [p for _, _, _, p in source.instances]
-            images = [p for _, c, _, p in source.instances if c in ULTRASOUND_IMAGE_CLASSES]
-            out_dir = self._spool_root / "work" / f"job-{job_id}" / "report"
-            notice = make(self._spool_root / (images or paths)[0], out_dir, len(images))
-            _queue(session, job_id, [notice], self._spool_root, self._destinations_for)
+            source = jobs.job_source(session, job_id=job_id)
+            refs = instance_refs(source, self._spool)
+            images = [r.path for r in refs if r.sop_class_uid in ULTRASOUND_IMAGE_CLASSES]
+            out_dir = self._spool.work_dir(job_id) / "report"
+            notice = make((images or [r.path for r in refs])[0], out_dir, len(images))
+            _queue(session, job_id, [notice], self._spool, self._destinations_for)
         except Exception as exc:  # boundary: a notice must never hide the job's own outcome
             log.exception("job %d: the notice SR could not be made", job_id)
-            queries.record_event(
+            events.record_event(
                 session,
                 kind="report.notice_failed",
                 level=EventLevel.ERROR,

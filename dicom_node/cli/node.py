@@ -1,0 +1,78 @@
+"""``llnm-node serve``, ``worker``, ``demo`` and ``db upgrade``: running the node."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from db.migrate import upgrade
+from db.session import Database
+from dicom_node.cli.common import ConfigOption, console, fail, settings_or_exit, setup_logging
+
+db_app = typer.Typer(no_args_is_help=True, help="Job database maintenance.")
+
+
+def serve(config: ConfigOption = None) -> None:
+    """Run the node: DICOM listener, completion watcher and job workers, until SIGTERM."""
+    from dicom_node.app.node import Node
+
+    settings = settings_or_exit(config)
+    setup_logging(settings.log_level)
+    node = Node(settings)
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    try:
+        node.start()
+    except OSError as exc:
+        node.stop()
+        raise fail("cannot start", exc) from exc
+    stop.wait()
+    logging.getLogger(__name__).info("stop requested; shutting down")
+    node.stop()
+
+
+def worker(
+    queues: Annotated[
+        str, typer.Option(help="Comma-separated queues: gpu (segment, infer), cpu (the rest).")
+    ] = "gpu,cpu",
+    concurrency: Annotated[int, typer.Option(min=1, help="Tasks run at once (threads).")] = 1,
+    config: ConfigOption = None,
+) -> None:
+    """Run a Celery worker for the distributed mode (needs executor.broker_url)."""
+    from dicom_node.app.worker import run_worker
+
+    settings = settings_or_exit(config)
+    setup_logging(settings.log_level)
+    try:
+        run_worker(
+            settings, [q.strip() for q in queues.split(",") if q.strip()], concurrency=concurrency
+        )
+    except ValueError as exc:
+        raise fail("", exc, code=2) from exc
+
+
+def demo(
+    data_dir: Annotated[
+        Path | None, typer.Option(help="Keep the demo's data here (default: a temporary folder).")
+    ] = None,
+) -> None:
+    """Start a node on the embedded default, send it sample ultrasound studies, show the jobs."""
+    from dicom_node.app.demo import run_demo
+
+    setup_logging("WARNING")
+    raise typer.Exit(run_demo(console, data_dir))
+
+
+@db_app.command("upgrade")
+def db_upgrade(config: ConfigOption = None) -> None:
+    """Create or migrate the job database schema to the newest revision."""
+    settings = settings_or_exit(config)
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    upgrade(Database(settings.resolved_database_url))
+    console.print("database is at the newest schema revision")

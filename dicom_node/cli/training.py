@@ -1,0 +1,175 @@
+"""``llnm-node phantom``, ``train-seg``, ``train`` and ``evaluate``: data sets and models."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from dicom_node.cli.common import console, fail
+
+
+def phantom(
+    out: Annotated[Path, typer.Option(help="Write dicom/ and dataset/ under this folder.")],
+    n: Annotated[int, typer.Option(min=1, help="Number of cases (studies).")] = 200,
+    seed: Annotated[int, typer.Option(min=0, help="Seed of the run; same seed, same files.")] = 0,
+    rgb: Annotated[bool, typer.Option("--rgb", help="RGB images instead of MONOCHROME2.")] = False,
+    regions: Annotated[
+        bool, typer.Option("--regions/--no-regions", help="Sequence of Ultrasound Regions.")
+    ] = True,
+    rows: Annotated[int, typer.Option(min=120)] = 480,
+    columns: Annotated[int, typer.Option(min=160)] = 640,
+) -> None:
+    """Write synthetic thyroid ultrasound studies and a training data set (NOT FOR CLINICAL USE)."""
+    from phantoms import PhantomOptions, export_phantoms
+
+    options = PhantomOptions(rgb=rgb, with_regions=regions, rows=rows, columns=columns)
+    summary = export_phantoms(out, n=n, seed=seed, options=options, progress=True)
+    auc = summary.best_achievable_auc
+    console.print(
+        f"{summary.cases} studies in {summary.dicom_dir}, data set in {summary.dataset_dir}; "
+        f"{summary.positives} LLNM-positive, {summary.reports} with a report; "
+        f"best achievable AUC {'n/a' if auc is None else f'{auc:.3f}'}"
+    )
+
+
+class SegTarget(StrEnum):
+    """What ``train-seg`` can train: the thyroid (UNet++) or the nodules (YOLOv8-seg)."""
+
+    thyroid = "thyroid"
+    nodule = "nodule"
+
+
+def train_seg(
+    target: Annotated[SegTarget, typer.Argument(help="thyroid: UNet++; nodule: YOLOv8n-seg.")],
+    data: Annotated[Path, typer.Option(help="Data set folder holding cases.jsonl (or dataset/).")],
+    out: Annotated[Path, typer.Option(help="Write weights, metrics, curve, checkpoint here.")],
+    epochs: Annotated[int, typer.Option(min=1, help="Total epochs (also when resuming).")] = 30,
+    batch_size: Annotated[int, typer.Option(min=1)] = 8,
+    seed: Annotated[int, typer.Option(min=0, help="Seeds the split, init and augmentation.")] = 0,
+    val_fraction: Annotated[float, typer.Option(min=0.01, max=0.99)] = 0.2,
+    patience: Annotated[int, typer.Option(min=1, help="Stop after N epochs without gain.")] = 6,
+    height: Annotated[int, typer.Option(min=32, help="Input height, multiple of 32.")] = 256,
+    width: Annotated[int, typer.Option(min=32, help="Input width, multiple of 32.")] = 320,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue from OUT/checkpoint.")] = False,
+    learning_rate: Annotated[float, typer.Option(min=1e-6, help="AdamW learning rate.")] = 1e-3,
+    half: Annotated[bool, typer.Option("--half", help="Keep the weights as float16.")] = False,
+    init_from: Annotated[
+        Path | None,
+        typer.Option(help="Fine-tune: start from this segmenter folder's weights (same config)."),
+    ] = None,
+) -> None:
+    """Train a segmenter (CPU or CUDA) on a data set folder; NOT FOR CLINICAL USE as is."""
+    from models.segmentation.config import AnyConfig, SegmenterConfig, YoloSegConfig
+    from models.segmentation.training import TrainOptions, train_segmenter
+
+    try:
+        config: AnyConfig = (
+            SegmenterConfig(input_height=height, input_width=width)
+            if target is SegTarget.thyroid
+            else YoloSegConfig(input_height=height, input_width=width)
+        )
+        options = TrainOptions(
+            epochs=epochs,
+            batch_size=batch_size,
+            seed=seed,
+            val_fraction=val_fraction,
+            patience=patience,
+            resume=resume,
+            learning_rate=learning_rate,
+            half_weights=half,
+            init_from=init_from,
+        )
+        result = train_segmenter(data, out, config, options)
+    except (FileNotFoundError, ValueError) as exc:
+        raise fail("cannot train", exc) from exc
+    console.print(
+        f"best validation Dice {result.best_val_dice:.4f} at epoch {result.best_epoch} "
+        f"of {result.epochs_run}{' (stopped early)' if result.stopped_early else ''}; "
+        f"weights in {result.out}"
+    )
+
+
+def train(
+    data: Annotated[Path, typer.Option(help="Data set folder holding cases.csv (or dataset/).")],
+    out: Annotated[Path, typer.Option(help="Run folder: weights, metrics, plots, checkpoint.")],
+    size: Annotated[str, typer.Option(help="Model size preset: tiny or base.")] = "tiny",
+    epochs: Annotated[int, typer.Option(min=1, help="Total epochs (also when resuming).")] = 40,
+    batch_size: Annotated[int, typer.Option(min=1)] = 16,
+    seed: Annotated[int, typer.Option(min=0, help="Seeds the split, init and shuffling.")] = 0,
+    val_fraction: Annotated[float, typer.Option(min=0.01, max=0.99)] = 0.2,
+    patience: Annotated[int, typer.Option(min=1, help="Stop after N epochs without gain.")] = 10,
+    learning_rate: Annotated[float, typer.Option(min=1e-7)] = 3e-4,
+    text_encoder: Annotated[
+        Path | None, typer.Option(help="Local BERT-family folder; default all-MiniLM-L6-v2.")
+    ] = None,
+    text_tokens: Annotated[
+        int | None,
+        typer.Option(min=1, help="Report tokens kept (default: the preset's 50, as the paper)."),
+    ] = None,
+    half: Annotated[bool, typer.Option("--half", help="Keep the weights as float16.")] = False,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue from OUT/checkpoint.")] = False,
+    withhold: Annotated[
+        list[str] | None,
+        typer.Option(help="Ablation: an input the model never sees (repeatable), e.g. report."),
+    ] = None,
+) -> None:
+    """Train LLNM-Net (TMDL); the kept epoch is the one with the best validation AUC."""
+    from models.llnm.config import TMDLConfig
+    from models.llnm.training import TMDLTrainOptions, train_tmdl
+
+    try:
+        config = TMDLConfig.preset(size, withheld=tuple(withhold or ()), text_tokens=text_tokens)
+        options = TMDLTrainOptions(
+            epochs=epochs,
+            batch_size=batch_size,
+            seed=seed,
+            val_fraction=val_fraction,
+            patience=patience,
+            learning_rate=learning_rate,
+            text_encoder=text_encoder,
+            half_weights=half,
+            resume=resume,
+        )
+        result = train_tmdl(data, out, config, options)
+    except (FileNotFoundError, ValueError) as exc:
+        raise fail("cannot train", exc) from exc
+    console.print(
+        f"best validation AUC {result.best_val_auc:.4f} at epoch {result.best_epoch} of "
+        f"{result.epochs_run}{' (stopped early)' if result.stopped_early else ''}; run in {out}"
+    )
+
+
+def evaluate(
+    model: Annotated[Path, typer.Option(help="Folder with model.safetensors + config.json.")],
+    data: Annotated[Path, typer.Option(help="Data set folder holding cases.csv (or dataset/).")],
+    out: Annotated[Path, typer.Option(help="Write evaluation.json, predictions and plots here.")],
+    threshold: Annotated[float, typer.Option(min=0.0, max=1.0)] = 0.5,
+    resamples: Annotated[int, typer.Option(min=1, help="Bootstrap resamples.")] = 1000,
+    seed: Annotated[int, typer.Option(min=0)] = 0,
+    text_encoder: Annotated[Path | None, typer.Option(help="Local BERT-family folder.")] = None,
+) -> None:
+    """Evaluate LLNM-Net: metrics with 95% bootstrap CIs, per-stage AUC, ROC/calibration/DCA."""
+    from models.llnm.assessment import AssessOptions, assess
+
+    try:
+        result = assess(
+            model,
+            data,
+            out,
+            AssessOptions(
+                threshold=threshold, resamples=resamples, seed=seed, text_encoder=text_encoder
+            ),
+        )
+    except (FileNotFoundError, ValueError, RuntimeError) as exc:
+        raise fail("cannot evaluate", exc) from exc
+    for name, estimate in result["metrics"].items():
+        value, low, high = estimate["value"], estimate["low"], estimate["high"]
+        console.print(f"{name:12s} {value:.3f}  (95% CI {low:.3f}-{high:.3f})")
+    if result["best_achievable_auc"] is not None:
+        console.print(f"best achievable AUC {result['best_achievable_auc']:.3f}")
+    if result["stage_auc"] is not None:
+        console.print(f"risk stage AUC (mean of one-vs-rest) {result['stage_auc']['mean']:.3f}")
+    console.print(f"written to {out}")

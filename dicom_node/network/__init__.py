@@ -1,0 +1,1 @@
+"""DICOM networking: storage SCP, durable spool, association policy, TLS, SCU, export."""

@@ -1,0 +1,363 @@
+"""Accepting one received instance: check, store durably, record, and pick the status.
+
+The C-STORE handler hands over the file pynetdicom wrote while receiving;
+nothing here decodes or re-encodes it. ``SUCCESS`` is returned only after the
+bytes are fsynced in the spool and the database row is committed.
+"""
+
+from __future__ import annotations
+
+import filecmp
+import logging
+import threading
+import zlib
+from concurrent.futures import Future
+from dataclasses import dataclass
+from pathlib import Path
+
+from pydicom import Dataset
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+
+from db import events, registration
+from db.models import EventLevel
+from db.session import Database
+from dicom_node.network.sop_classes import ACCEPTED_STORAGE_CLASSES, SECONDARY_CAPTURE_MODALITIES
+from dicom_node.network.spool import Placement, Spool, StoredFile
+from dicom_node.network.statuses import StoreStatus
+from imaging.dicom_files import UnreadableDicomError, read_header
+from imaging.identity import MANUFACTURER
+from imaging.sop_classes import SECONDARY_CAPTURE_CLASS
+
+log = logging.getLogger(__name__)
+
+_LOCK_STRIPES = 64
+
+
+@dataclass(frozen=True)
+class StoreRequest:
+    """A received C-STORE: where its bytes are and what the request said about them."""
+
+    path: Path
+    sop_class_uid: str
+    sop_instance_uid: str
+    calling_ae: str
+    peer_address: str
+
+
+class RefusedInstance(Exception):
+    """An instance the node will not store; carries the status to answer with."""
+
+    def __init__(self, status: StoreStatus, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+
+
+def _text(dataset: Dataset, keyword: str) -> str:
+    return str(dataset.get(keyword, "") or "").strip()
+
+
+def check_instance(request: StoreRequest) -> tuple[Dataset, str]:
+    """Parse the received header and check it against the request.
+
+    Returns the header dataset and its transfer syntax UID.
+
+    Raises
+    ------
+    RefusedInstance
+        With the C-STORE status and a reason an admin can act on.
+    """
+    try:
+        header = read_header(request.path)
+    except (UnreadableDicomError, zlib.error) as exc:
+        raise RefusedInstance(StoreStatus.CANNOT_UNDERSTAND, str(exc)) from exc
+    dataset = header.dataset
+    sop_class = _text(dataset, "SOPClassUID")
+    sop_instance = _text(dataset, "SOPInstanceUID")
+    if not sop_class or not sop_instance:
+        raise RefusedInstance(
+            StoreStatus.CANNOT_UNDERSTAND, "the data set has no SOP Class or SOP Instance UID"
+        )
+    if sop_class != request.sop_class_uid or sop_instance != request.sop_instance_uid:
+        raise RefusedInstance(
+            StoreStatus.DATASET_DOES_NOT_MATCH_SOP_CLASS,
+            # No UIDs in the text (it is logged; UIDs identify): the event and the
+            # quarantined file hold them.
+            "the data set's SOP Class/Instance UIDs differ from the C-STORE request's",
+        )
+    for keyword in ("StudyInstanceUID", "SeriesInstanceUID"):
+        if not _text(dataset, keyword):
+            raise RefusedInstance(
+                StoreStatus.DATASET_DOES_NOT_MATCH_SOP_CLASS, f"{keyword} is missing"
+            )
+    return dataset, str(header.transfer_syntax_uid)
+
+
+def is_result_object(dataset: Dataset) -> bool:
+    """Whether ``dataset`` is a result object an LLNM node made (its SR, SC or SEG).
+
+    A PACS that routes whole studies sends them back with the study; they are
+    no input and must not start a new job version.
+    """
+    return _text(dataset, "Manufacturer") == MANUFACTURER
+
+
+def check_modality(sop_class: str, dataset: Dataset) -> None:
+    """Refuse secondary captures of other modalities than ultrasound.
+
+    Raises
+    ------
+    RefusedInstance
+        With status 0xA900-class "SOP class not supported" and the modality.
+    """
+    modality = _text(dataset, "Modality")
+    if sop_class == SECONDARY_CAPTURE_CLASS and modality not in SECONDARY_CAPTURE_MODALITIES:
+        raise RefusedInstance(
+            StoreStatus.SOP_CLASS_NOT_SUPPORTED,
+            f"secondary capture of modality {modality or 'unknown'} is not ultrasound",
+        )
+
+
+class Ingestor:
+    """Stores received instances in the spool and the database."""
+
+    def __init__(self, *, spool: Spool, database: Database, min_free_bytes: int) -> None:
+        self._spool = spool
+        self._database = database
+        self._min_free_bytes = min_free_bytes
+        self._locks = tuple(threading.Lock() for _ in range(_LOCK_STRIPES))
+
+    def has_room(self) -> bool:
+        """Whether the spool has more free space than the configured minimum."""
+        try:
+            return self._spool.free_bytes() > self._min_free_bytes
+        except OSError:
+            return False
+
+    def sweep_abandoned(self, *, idle_s: float) -> None:
+        """Drop partial receptions of aborted associations and record that it happened."""
+        try:
+            removed = self._spool.sweep_tmp(idle_s=idle_s)
+        except OSError as exc:
+            log.error("cannot sweep the spool's tmp folder: %s", exc)
+            return
+        if removed:
+            log.warning("removed %d partial reception(s) of aborted associations", removed)
+            self.record_listener_event(
+                kind="spool.partial_removed",
+                level=EventLevel.WARNING,
+                message=f"removed {removed} partial reception(s) left by aborted associations",
+                detail={"files": removed, "idle_s": idle_s},
+            )
+
+    def accept(self, request: StoreRequest) -> StoreStatus:
+        """Handle one C-STORE; never raises."""
+        if not self.has_room():
+            return self._out_of_resources(
+                request, f"less than {self._min_free_bytes} bytes free in the spool"
+            )
+        if request.sop_class_uid not in ACCEPTED_STORAGE_CLASSES:
+            self._refused(
+                request,
+                StoreStatus.SOP_CLASS_NOT_SUPPORTED,
+                "not an ultrasound, secondary capture or structured report SOP class",
+                quarantine=False,
+            )
+            return StoreStatus.SOP_CLASS_NOT_SUPPORTED
+        synced = self._spool.start_sync(request.path)
+        try:
+            dataset, transfer_syntax = check_instance(request)
+            if is_result_object(dataset):
+                return self._own_result(request)
+            check_modality(request.sop_class_uid, dataset)
+        except RefusedInstance as refusal:
+            self._refused(request, refusal.status, refusal.reason, quarantine=True)
+            return refusal.status
+        lock = self._locks[hash(request.sop_instance_uid) % _LOCK_STRIPES]
+        with lock:
+            return self._store(request, dataset, transfer_syntax, synced)
+
+    def _store(
+        self, request: StoreRequest, dataset: Dataset, transfer_syntax: str, synced: Future[None]
+    ) -> StoreStatus:
+        """Place the file, then register it while the file and its folder are fsynced."""
+        try:
+            placement = self._spool.place(
+                request.path,
+                study_uid=_text(dataset, "StudyInstanceUID"),
+                sop_uid=request.sop_instance_uid,
+                synced=synced,
+            )
+        except FileExistsError:
+            return self._already_placed(request, dataset, transfer_syntax)
+        except OSError as exc:
+            return self._out_of_resources(request, f"cannot write to the spool: {exc}")
+        return self._register(request, dataset, transfer_syntax, placement)
+
+    def _register(
+        self, request: StoreRequest, dataset: Dataset, transfer_syntax: str, placement: Placement
+    ) -> StoreStatus:
+        """Write the row while the fsyncs run; it commits only once they are done."""
+        try:
+            with self._database.connection() as connection:
+                registered = registration.register_instance(
+                    connection,
+                    new=self._new_instance(request, dataset, transfer_syntax, placement.stored),
+                )
+                placement.wait()
+        except OSError as exc:  # an fsync failed: rolled back, and the file is gone
+            return self._out_of_resources(request, f"cannot write to the spool: {exc}")
+        except IntegrityError as exc:
+            # Registered before under another study: keep the first copy, count the resend.
+            self._drop(placement)
+            duplicate = self._duplicate(request)
+            if duplicate is None:
+                return self._out_of_resources(request, f"database refused the instance: {exc}")
+            return duplicate
+        except SQLAlchemyError as exc:
+            self._drop(placement)
+            return self._out_of_resources(request, f"database unavailable: {exc}")
+        log.debug(
+            "stored instance #%d (study #%d, job #%d) from %s",
+            registered.instance_id,
+            registered.study_id,
+            registered.job_id,
+            request.calling_ae,
+        )
+        return StoreStatus.SUCCESS
+
+    def _drop(self, placement: Placement) -> None:
+        """Remove a placed file whose row was not written, once its fsyncs are over."""
+        try:
+            placement.wait()
+            self._spool.discard(placement.stored)
+        except OSError as exc:
+            log.error("could not remove an unregistered file from the spool: %s", exc)
+
+    def _already_placed(
+        self, request: StoreRequest, dataset: Dataset, transfer_syntax: str
+    ) -> StoreStatus:
+        """A file is at the target: a resend, or what a crash before acknowledgement left."""
+        duplicate = self._duplicate(request)
+        if duplicate is not None:
+            return duplicate
+        try:
+            placement = self._spool.place(
+                request.path,
+                study_uid=_text(dataset, "StudyInstanceUID"),
+                sop_uid=request.sop_instance_uid,
+                replace=True,
+            )
+        except OSError as exc:
+            return self._out_of_resources(request, f"cannot write to the spool: {exc}")
+        return self._register(request, dataset, transfer_syntax, placement)
+
+    def _duplicate(self, request: StoreRequest) -> StoreStatus | None:
+        """Count a resend of a registered instance; None if the instance is not registered."""
+        try:
+            with self._database.session() as session:
+                existing = registration.find_instance(
+                    session, sop_instance_uid=request.sop_instance_uid
+                )
+                if existing is None:
+                    return None
+                registration.note_duplicate(
+                    session,
+                    instance=existing,
+                    same_bytes=filecmp.cmp(
+                        request.path, self._spool.layout.path_of(existing.path), shallow=False
+                    ),
+                    size_bytes=request.path.stat().st_size,
+                    calling_ae=request.calling_ae,
+                )
+        except SQLAlchemyError as exc:
+            return self._out_of_resources(request, f"database unavailable: {exc}")
+        except OSError as exc:
+            return self._out_of_resources(request, f"cannot read received file: {exc}")
+        log.info("duplicate from %s ignored (instance #%d)", request.calling_ae, existing.id)
+        return StoreStatus.SUCCESS
+
+    @staticmethod
+    def _new_instance(
+        request: StoreRequest, dataset: Dataset, transfer_syntax: str, stored: StoredFile
+    ) -> registration.NewInstance:
+        return registration.NewInstance(
+            sop_instance_uid=request.sop_instance_uid,
+            sop_class_uid=request.sop_class_uid,
+            series_instance_uid=_text(dataset, "SeriesInstanceUID"),
+            study_instance_uid=_text(dataset, "StudyInstanceUID"),
+            transfer_syntax_uid=transfer_syntax,
+            modality=_text(dataset, "Modality")[:16],
+            patient_id=_text(dataset, "PatientID")[:64],
+            issuer_of_patient_id=_text(dataset, "IssuerOfPatientID")[:64],
+            accession_number=_text(dataset, "AccessionNumber")[:16],
+            study_date=_text(dataset, "StudyDate")[:8],
+            path=stored.relative_path,
+            size_bytes=stored.size_bytes,
+            calling_ae=request.calling_ae,
+        )
+
+    def _own_result(self, request: StoreRequest) -> StoreStatus:
+        """Acknowledge a result object coming back with its study; it is not stored again."""
+        log.info("result object from %s acknowledged, not stored", request.calling_ae)
+        self.record_listener_event(
+            kind="instance.own_result",
+            level=EventLevel.INFO,
+            message=(
+                f"a result object of the node came back from {request.calling_ae}; "
+                "acknowledged, not stored (it is no input)"
+            ),
+            detail={"sop_instance_uid": request.sop_instance_uid},
+        )
+        return StoreStatus.SUCCESS
+
+    def _out_of_resources(self, request: StoreRequest, reason: str) -> StoreStatus:
+        log.error("instance from %s not stored: %s", request.calling_ae, reason)
+        self.record_listener_event(
+            kind="instance.not_stored",
+            level=EventLevel.ERROR,
+            message=f"instance from {request.calling_ae} not stored (answered 0xA700): {reason}",
+            detail={"sop_instance_uid": request.sop_instance_uid},
+        )
+        return StoreStatus.OUT_OF_RESOURCES
+
+    def _refused(
+        self, request: StoreRequest, status: StoreStatus, reason: str, *, quarantine: bool
+    ) -> None:
+        kept = None
+        if quarantine:
+            try:
+                kept = self._spool.quarantine(request.path, reason=reason)
+            except OSError as exc:
+                log.error("could not quarantine a refused instance: %s", exc)
+        log.warning("instance from %s refused with 0x%04X: %s", request.calling_ae, status, reason)
+        self.record_listener_event(
+            kind="instance.refused",
+            level=EventLevel.WARNING,
+            message=f"instance from {request.calling_ae} refused with 0x{status:04X}: {reason}",
+            detail={
+                "status": int(status),
+                "sop_class_uid": request.sop_class_uid,
+                "sop_instance_uid": request.sop_instance_uid,
+                "calling_ae": request.calling_ae,
+                "peer_address": request.peer_address,
+                "quarantined_as": kept,
+            },
+        )
+
+    def record_listener_event(
+        self,
+        *,
+        kind: str,
+        message: str,
+        level: EventLevel,
+        detail: dict[str, object] | None = None,
+    ) -> None:
+        """Record an event of the listener; a database outage only costs the record."""
+        try:
+            with self._database.session() as session:
+                events.record_event(
+                    session, kind=kind, message=message, level=level, detail=dict(detail or {})
+                )
+        except SQLAlchemyError as exc:
+            log.error("event %s not recorded (database unavailable): %s", kind, exc)

@@ -1,0 +1,109 @@
+"""Wires the DICOM listener: AE settings, presentation contexts and event handlers."""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from typing import Any
+
+from pynetdicom import AE, AllStoragePresentationContexts, _config, evt
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+
+from dicom_node.network.association_policy import handle_requested
+from dicom_node.network.ingest import Ingestor
+from dicom_node.network.sop_classes import (
+    ACCEPTED_STORAGE_CLASSES,
+    TRANSFER_SYNTAXES,
+    register_retired_storage_classes,
+)
+from dicom_node.network.spool import Spool
+from dicom_node.network.storage_scp import handle_echo, handle_store
+from dicom_node.network.tls import server_context
+from dicom_node.network.writeback import handle_pdu_received
+from dicom_node.settings import DicomSettings
+
+log = logging.getLogger(__name__)
+
+
+def configure_reception(spool: Spool) -> None:
+    """Process-wide pynetdicom set-up for durable, low-memory reception.
+
+    pynetdicom then writes each incoming data set straight to a temporary file
+    (never whole in memory); putting temporary files in the spool's ``tmp/``
+    makes the final placement a rename on the same file system.
+    """
+    _config.STORE_RECV_CHUNKED_DATASET = True
+    tempfile.tempdir = str(spool.layout.tmp)
+
+
+def build_ae(settings: DicomSettings) -> AE:
+    """An AE that accepts every storage SOP class (refusing non-ultrasound ones by status)."""
+    register_retired_storage_classes()
+    ae = AE(ae_title=settings.ae_title)
+    ae.maximum_associations = settings.max_associations
+    ae.maximum_pdu_size = settings.max_pdu
+    ae.acse_timeout = settings.acse_timeout_s
+    ae.dimse_timeout = settings.dimse_timeout_s
+    ae.network_timeout = settings.network_timeout_s
+    ae.require_called_aet = False  # checked by the association policy, which records it
+    storage_classes = {str(cx.abstract_syntax) for cx in AllStoragePresentationContexts}
+    for sop_class in sorted(storage_classes | ACCEPTED_STORAGE_CLASSES):
+        ae.add_supported_context(sop_class, list(TRANSFER_SYNTAXES))
+    ae.add_supported_context(Verification)
+    return ae
+
+
+class DicomListener:
+    """The running C-STORE/C-ECHO SCP."""
+
+    def __init__(self, settings: DicomSettings, ingestor: Ingestor) -> None:
+        self._settings = settings
+        self._ingestor = ingestor
+        self._server: Any = None
+
+    def start(self) -> None:
+        """Bind and serve in background threads."""
+        ae = build_ae(self._settings)
+        handlers: list[Any] = [
+            (evt.EVT_REQUESTED, handle_requested, [self._settings, self._ingestor]),
+            (evt.EVT_C_STORE, handle_store, [self._ingestor]),
+            (evt.EVT_C_ECHO, handle_echo),
+            (evt.EVT_PDU_RECV, handle_pdu_received),
+            (evt.EVT_CONN_CLOSE, self._after_connection),
+        ]
+        ssl_context = server_context(self._settings.tls) if self._settings.tls.enabled else None
+        self._server = ae.start_server(
+            (self._settings.host, self._settings.port),
+            block=False,
+            evt_handlers=handlers,
+            ssl_context=ssl_context,
+        )
+        log.info(
+            "listening as %s on %s:%d%s",
+            self._settings.ae_title,
+            self._settings.host,
+            self.port,
+            " (TLS)" if ssl_context else "",
+        )
+
+    def _after_connection(self, _event: Any) -> None:
+        """EVT_CONN_CLOSE: sweep partial files that no live association can still be writing.
+
+        A reception idle for longer than the network plus DIMSE timeouts has been
+        aborted by pynetdicom; twice that is the margin.
+        """
+        idle_s = 2 * (self._settings.network_timeout_s + self._settings.dimse_timeout_s)
+        self._ingestor.sweep_abandoned(idle_s=idle_s)
+
+    @property
+    def port(self) -> int:
+        """The bound port (useful when configured as 0)."""
+        if self._server is None:
+            raise RuntimeError("listener not started")
+        return int(self._server.server_address[1])
+
+    def stop(self) -> None:
+        """Stop accepting associations and close the open ones."""
+        if self._server is not None:
+            self._server.shutdown()
+            self._server = None

@@ -1,0 +1,191 @@
+"""The node's durable spool: received files and quarantine (layout: :mod:`pipeline.spool`).
+
+A file is placed by an atomic hard link; it and its folder are fsynced while
+the database row is written, and the row commits only after both fsyncs: a
+crash before the commit leaves at most an unregistered file at the target,
+which the resend of that instance replaces.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+import uuid
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+from pipeline.spool import SpoolLayout
+
+
+@dataclass(frozen=True)
+class StoredFile:
+    """A file placed in the spool."""
+
+    relative_path: str
+    size_bytes: int
+
+
+@dataclass(frozen=True)
+class Placement:
+    """A file linked into the spool whose fsyncs may still be running."""
+
+    stored: StoredFile
+    path: Path
+    pending: tuple[Future[None], ...]
+
+    def wait(self) -> StoredFile:
+        """Wait until the file and its folder are on disk.
+
+        Raises
+        ------
+        OSError
+            If an fsync failed; the file is then removed from its target.
+        """
+        try:
+            for fsync in self.pending:
+                fsync.result()
+        except OSError:
+            self.path.unlink(missing_ok=True)
+            raise
+        return self.stored
+
+
+def _fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class Spool:
+    """Durable file storage rooted at one folder."""
+
+    def __init__(self, root: Path, *, sync_threads: int = 8) -> None:
+        self.layout = SpoolLayout.at(root)
+        self._syncer = ThreadPoolExecutor(sync_threads, thread_name_prefix="spool-fsync")
+
+    def prepare(self) -> None:
+        """Create the folders and drop receptions a crash left half-done."""
+        layout = self.layout
+        for folder in (layout.tmp, layout.incoming, layout.quarantine, layout.work):
+            folder.mkdir(parents=True, exist_ok=True)
+        for leftover in layout.tmp.iterdir():
+            if leftover.is_file():
+                leftover.unlink()
+
+    def sweep_tmp(self, *, idle_s: float) -> int:
+        """Remove receptions nobody has written to for ``idle_s`` seconds; returns how many.
+
+        pynetdicom leaves the partial file of an aborted association behind;
+        a file still being received is rewritten with every fragment.
+        """
+        cutoff = time.time() - idle_s
+        removed = 0
+        for leftover in self.layout.tmp.iterdir():
+            try:
+                if leftover.is_file() and leftover.stat().st_mtime < cutoff:
+                    leftover.unlink()
+                    removed += 1
+            except FileNotFoundError:  # finished (and removed) meanwhile
+                continue
+        return removed
+
+    def _local(self, received: Path) -> Path:
+        """``received`` itself when on the spool's file system, else a copy in ``tmp/``."""
+        if received.stat().st_dev == self.layout.tmp.stat().st_dev:
+            return received
+        copy = self.layout.tmp / f"{uuid.uuid4().hex}.part"
+        shutil.copyfile(received, copy)
+        return copy
+
+    def start_sync(self, received: Path) -> Future[None]:
+        """Start writing a received file's bytes to disk (fsync) in the background.
+
+        The listener starts this first and checks the header meanwhile.
+        """
+        return self._syncer.submit(_fsync_file, received)
+
+    def place(
+        self,
+        received: Path,
+        *,
+        study_uid: str,
+        sop_uid: str,
+        replace: bool = False,
+        synced: Future[None] | None = None,
+    ) -> Placement:
+        """Give a received file its name in ``incoming/`` and start making that durable.
+
+        The file gets a second name (a hard link) at its target, so an existing
+        file there is never overwritten by accident: that raises
+        ``FileExistsError`` unless ``replace`` is set, which callers use only
+        for a file the database does not hold (a crash before acknowledgement).
+        ``received`` itself stays. ``synced`` is the ``start_sync`` of
+        ``received``, if one was started. The fsyncs of the file and its
+        folder run in the background; ``Placement.wait`` waits for them.
+
+        Raises
+        ------
+        FileExistsError
+            If a file is already at the target and ``replace`` is false.
+        OSError
+            If the disk is full or not writable; nothing is left at the target.
+        """
+        relative = self.layout.instance_path(study_uid=study_uid, sop_uid=sop_uid)
+        target = self.layout.path_of(relative)
+        local = self._local(received)
+        try:
+            size = local.stat().st_size
+            study_dir = target.parent
+            if not study_dir.is_dir():
+                study_dir.mkdir(parents=True, exist_ok=True)
+                _fsync_dir(self.layout.incoming)
+            if replace:
+                target.unlink(missing_ok=True)
+            os.link(local, target)
+        finally:
+            if local != received:
+                local.unlink(missing_ok=True)
+        file_synced = synced if synced is not None and local == received else None
+        return Placement(
+            stored=StoredFile(relative_path=relative, size_bytes=size),
+            path=target,
+            pending=(
+                file_synced or self._syncer.submit(_fsync_file, target),
+                self._syncer.submit(_fsync_dir, study_dir),
+            ),
+        )
+
+    def discard(self, stored: StoredFile) -> None:
+        """Remove a stored file whose database row could not be written."""
+        path = self.layout.path_of(stored.relative_path)
+        path.unlink(missing_ok=True)
+        _fsync_dir(path.parent)
+
+    def quarantine(self, received: Path, *, reason: str) -> str:
+        """Keep a refused file with its reason; returns its path relative to the root."""
+        name = uuid.uuid4().hex
+        target = self.layout.quarantine / f"{name}.dcm"
+        shutil.copyfile(received, target)
+        (self.layout.quarantine / f"{name}.txt").write_text(reason + "\n", encoding="utf-8")
+        return f"quarantine/{name}.dcm"
+
+    def close(self) -> None:
+        """Finish pending fsyncs and stop their threads."""
+        self._syncer.shutdown(wait=True)
+
+    def free_bytes(self) -> int:
+        """Free space on the spool's file system, for unprivileged writers."""
+        stats = os.statvfs(self.layout.root)
+        return stats.f_bavail * stats.f_frsize

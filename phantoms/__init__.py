@@ -1,0 +1,41 @@
+"""Synthetic thyroid ultrasound phantoms with known ground truth and LLNM labels.
+
+``make_case(seed)`` gives one patient's study: transverse and longitudinal
+B-mode images of one nodule as Ultrasound Image Storage datasets (burned-in
+identifiers outside the image area, optional Sequence of Ultrasound
+Regions), an optional Basic Text SR report, nodule and thyroid masks, the
+true nodule-capsule distance, and an LLNM label drawn from a known
+probability (:mod:`phantoms.labels`). ``export_phantoms`` writes a
+DICOM study folder and a training data set (:mod:`phantoms.dataset_export`).
+
+Modules: ``patient`` (identities), ``nodule`` (features, outline),
+``anatomy`` (neck and views), ``speckle`` (B-mode formation),
+``burned_text`` (screen layout), ``headers`` (DICOM), ``report`` (text),
+``labels`` (risk model), ``case`` (assembly), ``dataset_export`` (files).
+"""
+
+from phantoms.case import ImageTruth, PhantomCase, PhantomOptions, make_case
+from phantoms.dataset_export import ExportSummary, export_phantoms
+from phantoms.labels import (
+    STAGE_THRESHOLDS,
+    RiskFactors,
+    best_achievable_auc,
+    llnm_probability,
+    risk_stage,
+    roc_auc,
+)
+
+__all__ = [
+    "STAGE_THRESHOLDS",
+    "ExportSummary",
+    "ImageTruth",
+    "PhantomCase",
+    "PhantomOptions",
+    "RiskFactors",
+    "best_achievable_auc",
+    "export_phantoms",
+    "llnm_probability",
+    "make_case",
+    "risk_stage",
+    "roc_auc",
+]

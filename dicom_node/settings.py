@@ -11,9 +11,17 @@ from __future__ import annotations
 import ipaddress
 import os
 from pathlib import Path
-from typing import Any, Self
+from typing import Annotated, Any, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -194,18 +202,46 @@ class DestinationTLS(_Section):
     key_file: Path | None = None
 
 
-class Destination(_Section):
-    """A DICOM AE the results are sent to by C-STORE."""
+class _DestinationBase(_Section):
+    """What every export destination has, whatever its kind.
+
+    Each kind adds its own fields and ``returns_to(calling_ae)``: whether a study
+    sent by that AE gets its results back there (return to sender).
+    """
 
     name: str = Field(min_length=1, max_length=64)
+    # Send every job's results here, whoever sent the study.
+    always: bool = False
+
+
+class DimseDestination(_DestinationBase):
+    """A DICOM AE the results are sent to by C-STORE (``kind = "dimse"``, the default)."""
+
+    kind: Literal["dimse"] = "dimse"
     ae_title: str
     host: str
     port: int = Field(ge=1, le=65535)
     tls: DestinationTLS = Field(default_factory=DestinationTLS)
-    # Send every job's results here, whoever sent the study.
-    always: bool = False
 
     _check_ae = field_validator("ae_title")(_check_ae_title)
+
+    def returns_to(self, calling_ae: str) -> bool:
+        """Whether ``calling_ae`` is this AE."""
+        return self.ae_title == calling_ae.strip()
+
+
+def _destination_kind(value: Any) -> str:
+    """The tag of a destination table: its ``kind``, ``dimse`` when it names none."""
+    kind = value.get("kind", "dimse") if isinstance(value, dict) else getattr(value, "kind", None)
+    return str(kind or "dimse")
+
+
+# An export destination: a union tagged by ``kind``, one variant per kind, each delivered by
+# its module in dicom_node/network/senders/ (docs/ARCHITECTURE.md says how to add a kind).
+Destination = Annotated[
+    Annotated[DimseDestination, Tag("dimse")],
+    Discriminator(_destination_kind),
+]
 
 
 class ExportSettings(_Section):
@@ -237,7 +273,7 @@ class ExportSettings(_Section):
         return tuple(
             d.name
             for d in self.destinations
-            if d.always or (self.return_to_sender and d.ae_title == calling_ae.strip())
+            if d.always or (self.return_to_sender and d.returns_to(calling_ae))
         )
 
     def destination(self, name: str) -> Destination:

@@ -29,7 +29,7 @@ from dicom_node.cli.main import app
 from dicom_node.network.exporter import Exporter, RoundSummary
 from dicom_node.network.scu import AssociationError, Peer, echo
 from dicom_node.network.tls import client_context
-from dicom_node.settings import Destination, DestinationTLS, ExportSettings
+from dicom_node.settings import DestinationTLS, DimseDestination, ExportSettings
 from pipeline.spool import SpoolLayout
 
 pytestmark = [
@@ -142,7 +142,7 @@ def queue(database: Database, job_id: int, objects: list[tuple[str, str]], *dest
 
 def export_settings(port: int, **values: Any) -> ExportSettings:
     values = {"initial_backoff_s": 0.05, "max_backoff_s": 1.0, **values}
-    destination = Destination(name="archive", ae_title=SCP_AE, host="127.0.0.1", port=port)
+    destination = DimseDestination(name="archive", ae_title=SCP_AE, host="127.0.0.1", port=port)
     return ExportSettings(destinations=[destination], **values)
 
 
@@ -341,7 +341,7 @@ def test_tls_destination_with_client_certificate(
             key_file=certificates["client.key"],
         )
         destinations = [
-            Destination(name=name, ae_title=SCP_AE, host="127.0.0.1", port=scp.port, tls=tls)
+            DimseDestination(name=name, ae_title=SCP_AE, host="127.0.0.1", port=scp.port, tls=tls)
             for name, tls in (("anonymous", no_client_cert), ("archive", with_client_cert))
         ]
         queue(database, job_id, [(sop_uid, relative)], "anonymous", "archive")

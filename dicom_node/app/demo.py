@@ -23,8 +23,8 @@ from dicom_node.network import scu
 from dicom_node.settings import (
     ApiSettings,
     CompletionSettings,
-    Destination,
     DicomSettings,
+    DimseDestination,
     ExportSettings,
     Settings,
 )
@@ -141,7 +141,7 @@ def run_demo(console: Console, data_dir: Path | None) -> int:
             api=ApiSettings(port=0),
             export=ExportSettings(
                 destinations=[
-                    Destination(
+                    DimseDestination(
                         name="demo-pacs", ae_title=DEMO_PACS_AE, host="127.0.0.1", port=pacs_port
                     )
                 ],

@@ -1,4 +1,9 @@
-"""The exporter: sends queued result objects to their destinations by C-STORE, with retries."""
+"""The exporter: delivers queued result objects to their destinations, with retries.
+
+Each round takes the due exports, groups them by destination and hands each
+group to the destination's sender (:mod:`dicom_node.network.senders`, one per
+kind); what the sender says is recorded: sent, retried with backoff, or dead.
+"""
 
 from __future__ import annotations
 
@@ -14,9 +19,8 @@ from db import exports
 from db.exports import DueExport
 from db.models import ExportState, utcnow
 from db.session import Database
-from dicom_node.network.scu import Peer, SendOutcome, send_files
-from dicom_node.network.tls import client_context
-from dicom_node.settings import Destination, ExportSettings
+from dicom_node.network.senders import Outcome, sender_for
+from dicom_node.settings import ExportSettings
 from pipeline.spool import SpoolLayout
 
 log = logging.getLogger(__name__)
@@ -71,53 +75,40 @@ class Exporter:
 
     def _deliver(self, name: str, batch: list[DueExport], now: datetime) -> list[ExportState]:
         try:
-            peer = self._peer(self._settings.destination(name))
+            sender = sender_for(self._settings.destination(name), self._calling_ae)
         except KeyError:
             return self._fail(batch, f"destination {name!r} is no longer configured", now)
+        except LookupError as exc:
+            return self._fail(batch, str(exc), now)
         except OSError as exc:  # ssl.SSLError included
             return self._fail(batch, f"TLS setup for destination {name!r} failed: {exc}", now)
         present: list[DueExport] = []
         missing: list[DueExport] = []
         for export in batch:
-            (present if (self._spool.path_of(export.path)).is_file() else missing).append(export)
+            (present if self._spool.path_of(export.path).is_file() else missing).append(export)
         states = self._bury_missing(missing)
         if not present:
             return states
-        outcomes = send_files(peer, [self._spool.path_of(e.path) for e in present])
+        outcomes = sender.send([self._spool.path_of(e.path) for e in present])
         by_path = {outcome.path: outcome for outcome in outcomes}
         states.extend(self._record(name, present, by_path, now))
         return states
-
-    def _peer(self, destination: Destination) -> Peer:
-        tls = destination.tls
-        context = (
-            client_context(ca_file=tls.ca_file, cert_file=tls.cert_file, key_file=tls.key_file)
-            if tls.enabled
-            else None
-        )
-        return Peer(
-            host=destination.host,
-            port=destination.port,
-            called_ae=destination.ae_title,
-            calling_ae=self._calling_ae,
-            tls=context,
-        )
 
     def _record(
         self,
         name: str,
         batch: Sequence[DueExport],
-        by_path: dict[Path, SendOutcome],
+        by_path: dict[Path, Outcome],
         now: datetime,
     ) -> list[ExportState]:
         sent: dict[int, int] = {}
         failed: dict[tuple[str, int | None], list[DueExport]] = defaultdict(list)
         for export in batch:
             outcome = by_path[self._spool.path_of(export.path)]
-            if outcome.ok and outcome.status is not None:
+            if outcome.delivered and outcome.status is not None:
                 sent[export.id] = outcome.status
             else:
-                failed[(_describe(outcome), outcome.status)].append(export)
+                failed[(outcome.error or "not delivered", outcome.status)].append(export)
         if sent:
             with self._database.session() as session:
                 exports.mark_sent(session, statuses=sent)
@@ -179,9 +170,3 @@ class Exporter:
         self._stop.set()
         if self._thread.is_alive():
             self._thread.join()
-
-
-def _describe(outcome: SendOutcome) -> str:
-    if outcome.status is None:
-        return outcome.error or "no answer"
-    return f"destination answered C-STORE status 0x{outcome.status:04X}"

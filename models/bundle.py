@@ -23,10 +23,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import threading
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 MANIFEST_FILE = "manifest.json"
 FORMAT = "llnm-bundle/1"
@@ -184,3 +186,35 @@ def verify_bundle(folder: Path) -> Manifest:
         if sha256_file(present[relative]) != expected:
             raise BundleError(f"{folder}: {relative} does not match its sha256 in the manifest")
     return manifest
+
+
+T = TypeVar("T")
+
+
+class BundleLoader(Generic[T]):
+    """Loads something from a bundle on first call and returns the same thing after.
+
+    The bundle is verified first (:func:`verify_bundle`); ``load(folder,
+    manifest)`` does the rest. Thread-safe: concurrent first calls load once.
+    """
+
+    def __init__(self, bundle_dir: Path, load: Callable[[Path, Manifest], T]) -> None:
+        self.bundle_dir = bundle_dir
+        self._load = load
+        self._lock = threading.Lock()
+        self._loaded: T | None = None
+
+    def __call__(self) -> T:
+        """The loaded thing, loading it the first time.
+
+        Raises
+        ------
+        BundleError
+            If the bundle is not sealed, altered, or holds a disallowed file.
+        Exception
+            Whatever ``load`` raises (e.g. a component missing from the bundle).
+        """
+        with self._lock:
+            if self._loaded is None:
+                self._loaded = self._load(self.bundle_dir, verify_bundle(self.bundle_dir))
+            return self._loaded

@@ -22,7 +22,7 @@ Output
 
 from __future__ import annotations
 
-import threading
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,7 +34,7 @@ from sqlalchemy.orm import Session
 from db import results
 from imaging.errors import StageError
 from imaging.png import write_png
-from models.bundle import Manifest, verify_bundle
+from models.bundle import BundleLoader, Manifest
 from models.llnm.config import TMDLConfig
 from models.llnm.explain import explain
 from models.llnm.text import TextEncoder
@@ -63,43 +63,33 @@ class LoadedLlnm:
     device: torch.device
 
 
-class LlnmLoader:
-    """Loads a bundle's LLNM-Net on first call and returns the same one after (thread-safe)."""
+def load_llnm(
+    bundle_dir: Path, manifest: Manifest, device: torch.device | None = None
+) -> LoadedLlnm:
+    """The bundle's LLNM-Net with its text encoder on ``device`` (default: CUDA when present).
+
+    Raises
+    ------
+    StageError
+        If the bundle has no LLNM-Net component.
+    """
+    if LLNM_DIR not in manifest.architecture:
+        raise StageError(f"the model bundle {manifest.name} has no LLNM-Net ({LLNM_DIR}/)")
+    device = device or select_device()
+    model, config = load_tmdl(bundle_dir / LLNM_DIR, device)
+    reference = (manifest.text_encoder or {}).get("folder")
+    encoder = TextEncoder(
+        None if reference is None else Path(reference), device, config.text_tokens
+    )
+    threshold = manifest.metrics.get(LLNM_DIR, {}).get("threshold", DEFAULT_THRESHOLD)
+    return LoadedLlnm(model, config, encoder, manifest, float(threshold), device)
+
+
+class LlnmLoader(BundleLoader[LoadedLlnm]):
+    """The LLNM-Net of the bundle in ``bundle_dir``, loaded once (:func:`load_llnm`)."""
 
     def __init__(self, bundle_dir: Path, device: torch.device | None = None) -> None:
-        self.bundle_dir = bundle_dir
-        self._device = device
-        self._lock = threading.Lock()
-        self._loaded: LoadedLlnm | None = None
-
-    def __call__(self) -> LoadedLlnm:
-        """The model, loading it the first time.
-
-        Raises
-        ------
-        models.bundle.BundleError
-            If the bundle is not sealed, altered, or holds a disallowed file.
-        StageError
-            If the bundle has no LLNM-Net component.
-        """
-        with self._lock:
-            if self._loaded is None:
-                manifest = verify_bundle(self.bundle_dir)
-                if LLNM_DIR not in manifest.architecture:
-                    raise StageError(
-                        f"the model bundle {manifest.name} has no LLNM-Net ({LLNM_DIR}/)"
-                    )
-                device = self._device or select_device()
-                model, config = load_tmdl(self.bundle_dir / LLNM_DIR, device)
-                reference = (manifest.text_encoder or {}).get("folder")
-                encoder = TextEncoder(
-                    None if reference is None else Path(reference), device, config.text_tokens
-                )
-                threshold = manifest.metrics.get(LLNM_DIR, {}).get("threshold", DEFAULT_THRESHOLD)
-                self._loaded = LoadedLlnm(
-                    model, config, encoder, manifest, float(threshold), device
-                )
-            return self._loaded
+        super().__init__(bundle_dir, functools.partial(load_llnm, device=device))
 
 
 @dataclass(frozen=True)

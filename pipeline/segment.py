@@ -23,7 +23,6 @@ Next
 from __future__ import annotations
 
 import functools
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,7 +33,7 @@ from numpy.typing import NDArray
 
 from imaging.errors import StageError
 from imaging.png import read_png, write_mask
-from models.bundle import Manifest, verify_bundle
+from models.bundle import BundleLoader, Manifest
 from models.segmentation import Segmenter, load_segmenter, segment
 from pipeline.batching import MicroBatcher
 from pipeline.contracts import JobContext, Skipped
@@ -86,39 +85,31 @@ class Segmenters:
         )
 
 
-class SegmenterLoader:
-    """Loads a bundle's segmenters on first call and returns the same ones after (thread-safe)."""
+def load_segmenters(
+    bundle_dir: Path, manifest: Manifest, device: torch.device | None = None
+) -> Segmenters:
+    """The bundle's two segmenters on ``device`` (default: CUDA when present).
+
+    Raises
+    ------
+    FileNotFoundError
+        If the bundle lacks a segmenter's weights or config.
+    ValueError
+        If a segmenter finds something other than its folder says.
+    """
+    nodule = load_segmenter(bundle_dir / NODULE_DIR, device)
+    thyroid = load_segmenter(bundle_dir / THYROID_DIR, device)
+    for name, segmenter in ((NODULE_DIR, nodule), (THYROID_DIR, thyroid)):
+        if segmenter.config.target != name:
+            raise ValueError(f"{bundle_dir / name} finds {segmenter.config.target!r}")
+    return Segmenters.of(nodule, thyroid, manifest)
+
+
+class SegmenterLoader(BundleLoader[Segmenters]):
+    """The segmenters of the bundle in ``bundle_dir``, loaded once (:func:`load_segmenters`)."""
 
     def __init__(self, bundle_dir: Path, device: torch.device | None = None) -> None:
-        self.bundle_dir = bundle_dir
-        self._device = device
-        self._lock = threading.Lock()
-        self._loaded: Segmenters | None = None
-
-    def __call__(self) -> Segmenters:
-        """The segmenters, loading them the first time.
-
-        Raises
-        ------
-        models.bundle.BundleError
-            If the bundle is not sealed, altered, or holds a disallowed file.
-        FileNotFoundError
-            If the bundle lacks a segmenter's weights or config.
-        ValueError
-            If a segmenter finds something other than its folder says.
-        """
-        with self._lock:
-            if self._loaded is None:
-                manifest = verify_bundle(self.bundle_dir)
-                nodule = load_segmenter(self.bundle_dir / NODULE_DIR, self._device)
-                thyroid = load_segmenter(self.bundle_dir / THYROID_DIR, self._device)
-                for name, segmenter in ((NODULE_DIR, nodule), (THYROID_DIR, thyroid)):
-                    if segmenter.config.target != name:
-                        raise ValueError(
-                            f"{self.bundle_dir / name} finds {segmenter.config.target!r}"
-                        )
-                self._loaded = Segmenters.of(nodule, thyroid, manifest)
-            return self._loaded
+        super().__init__(bundle_dir, functools.partial(load_segmenters, device=device))
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -13,6 +12,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from db import jobs
 from db.models import utcnow
 from db.session import Database
+from dicom_node.network.polling import Poller
 from pipeline.executors import Executor
 
 log = logging.getLogger(__name__)
@@ -50,9 +50,7 @@ class CompletionWatcher:
         self._executor = executor
         self._stalled = stalled
         self._quiet = timedelta(seconds=quiet_seconds)
-        self._poll_seconds = poll_seconds
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="llnm-watcher", daemon=True)
+        self._poller = Poller("watcher", poll_seconds, self.tick, survives=(SQLAlchemyError,))
 
     def tick(self) -> list[int]:
         """One pass; returns the ids of the jobs handed to the executor."""
@@ -82,19 +80,10 @@ class CompletionWatcher:
                 permanent=False,
             )
 
-    def _loop(self) -> None:
-        while not self._stop.wait(self._poll_seconds):
-            try:
-                self.tick()
-            except SQLAlchemyError as exc:  # boundary: keep watching through an outage
-                log.error("completion watcher: database unavailable: %s", exc)
-
     def start(self) -> None:
         """Start polling in a background thread."""
-        self._thread.start()
+        self._poller.start()
 
     def stop(self) -> None:
         """Stop polling and wait for the current pass."""
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join()
+        self._poller.stop()

@@ -8,7 +8,6 @@ kind); what the sender says is recorded: sent, retried with backoff, or dead.
 from __future__ import annotations
 
 import logging
-import threading
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -19,6 +18,7 @@ from db import exports
 from db.exports import DueExport
 from db.models import ExportState, utcnow
 from db.session import Database
+from dicom_node.network.polling import Poller
 from dicom_node.network.senders import Outcome, sender_for
 from dicom_node.settings import ExportSettings
 from pipeline.spool import SpoolLayout
@@ -53,8 +53,7 @@ class Exporter:
         self._spool = spool
         self._settings = settings
         self._calling_ae = calling_ae
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="llnm-exporter", daemon=True)
+        self._poller = Poller("exporter", settings.poll_seconds, self._round, survives=(Exception,))
 
     def run_round(self, now: datetime | None = None) -> RoundSummary:
         """Send every export due at ``now`` (default: the current time) once."""
@@ -151,22 +150,15 @@ class Exporter:
             log.error("export: %d result file(s) missing from the spool", len(missing))
         return [ExportState.DEAD] * len(missing)
 
-    def _loop(self) -> None:
-        while not self._stop.wait(self._settings.poll_seconds):
-            try:
-                summary = self.run_round()
-            except Exception:  # boundary: the exporter must outlive any one failure
-                log.exception("exporter: round failed; trying again next poll")
-                continue
-            if summary != RoundSummary():
-                log.debug("exporter round: %s", summary)
+    def _round(self) -> None:
+        summary = self.run_round()
+        if summary != RoundSummary():
+            log.debug("exporter round: %s", summary)
 
     def start(self) -> None:
         """Start polling in a background thread."""
-        self._thread.start()
+        self._poller.start()
 
     def stop(self) -> None:
         """Stop polling and wait for the current round."""
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join()
+        self._poller.stop()

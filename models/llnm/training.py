@@ -23,18 +23,15 @@ On CUDA the forward pass runs under bf16 autocast.
 from __future__ import annotations
 
 import json
-import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from numpy.typing import NDArray
-from rich.progress import Progress
 from torch.nn import functional
 
-from models.checkpoints import load_checkpoint, save_checkpoint
 from models.llnm.config import TMDLConfig
 from models.llnm.dataset import (
     FeatureTable,
@@ -48,37 +45,30 @@ from models.llnm.evaluation_plots import plot_calibration, plot_roc
 from models.llnm.text import TextEncoder
 from models.llnm.tmdl import TMDL, TMDLBatch
 from models.llnm.weights import save_tmdl
-from models.schedule import begin_epoch, seed_everything
+from models.schedule import seed_everything
 from models.segmentation.segmenter import select_device
+from models.training_loop import LoopOptions, run_record, train_epochs
 from models.training_plots import plot_training_curve
 
 METRICS_FILE = "metrics.json"
-CHECKPOINT_DIR = "checkpoint"
 
 
 @dataclass(frozen=True)
-class TMDLTrainOptions:
-    """How to train; ``epochs`` is the total, also when resuming."""
+class TMDLTrainOptions(LoopOptions):
+    """How to train LLNM-Net (:class:`~models.training_loop.LoopOptions`, other defaults)."""
 
     epochs: int = 40
     batch_size: int = 16
-    seed: int = 0
-    val_fraction: float = 0.2
     patience: int = 10
     learning_rate: float = 3e-4
-    final_lr_fraction: float = 0.05
     weight_decay: float = 0.01
     stage_loss_weight: float = 0.5
-    resume: bool = False
-    progress: bool = True
-    half_weights: bool = False
     text_encoder: Path | None = None  # None: the packaged all-MiniLM-L6-v2
 
     def __post_init__(self) -> None:
-        if min(self.epochs, self.batch_size, self.patience) < 1:
-            raise ValueError("epochs, batch_size and patience must be at least 1")
-        if self.learning_rate <= 0 or self.weight_decay < 0 or self.stage_loss_weight < 0:
-            raise ValueError("learning_rate must be positive, the weights not negative")
+        super().__post_init__()
+        if self.stage_loss_weight < 0:
+            raise ValueError("stage_loss_weight must not be negative")
 
 
 @dataclass(frozen=True)
@@ -181,6 +171,59 @@ class TMDLTrainResult:
     stopped_early: bool
 
 
+@dataclass
+class _TMDLTask:
+    """LLNM-Net's part of the shared epoch loop (keeps the last validation for the best epoch)."""
+
+    out: Path
+    data: Path
+    model: TMDL
+    config: TMDLConfig
+    options: TMDLTrainOptions
+    device: torch.device
+    table: FeatureTable
+    text: ReportTokens
+    train_rows: NDArray[np.int64]
+    val_rows: NDArray[np.int64]
+    encoder: TextEncoder
+    last_validation: tuple[NDArray[np.int64], NDArray[np.float64]] | None = None
+
+    def batches(self, seed: int) -> list[NDArray[np.int64]]:
+        rows = self.train_rows
+        order = rows[np.random.default_rng(seed).permutation(len(rows))]
+        size = self.options.batch_size
+        return [order[i : i + size] for i in range(0, len(order), size)]
+
+    def loss(self, rows: NDArray[np.int64]) -> tuple[torch.Tensor, int]:
+        batch = make_batch(self.table, self.text, rows).to(self.device)
+        index = torch.from_numpy(rows)
+        labels = torch.from_numpy(self.table.labels)[index].to(self.device)
+        stages = torch.from_numpy(self.table.stages)[index].to(self.device)
+        with _autocast(self.device):
+            loss = _loss(self.model, batch, labels, stages, self.options.stage_loss_weight)
+        return loss, len(rows)
+
+    def validate(self) -> dict[str, float]:
+        table = self.table.subset(self.val_rows)
+        text = ReportTokens(self.text.tokens[self.val_rows], self.text.present[self.val_rows])
+        probabilities, _ = predict(self.model, table, text, self.device)
+        self.last_validation = (table.labels, probabilities)
+        return {"val_auc": roc_auc(table.labels, probabilities)}
+
+    def keep_best(self, trainer: dict[str, Any]) -> None:
+        save_tmdl(self.out, self.model, self.config, half=self.options.half_weights)
+        if self.last_validation is None:
+            raise RuntimeError("keep_best runs after validate")
+        labels, probabilities = self.last_validation
+        _validation_plots(self.out, labels, probabilities)
+        trainer["best_val_metrics"] = binary_metrics(labels, probabilities)
+
+    def record(self, trainer: dict[str, Any]) -> None:
+        _write_metrics(self.out, self.options, trainer, self.data, self.encoder)
+        plot_training_curve(trainer["history"], self.out / "training_curve.png",
+                            "LLNM-Net (TMDL)", scores=(("val_auc", "AUC"),))  # fmt: skip
+
+
 def train_tmdl(
     data: Path, out: Path, config: TMDLConfig, options: TMDLTrainOptions
 ) -> TMDLTrainResult:
@@ -206,7 +249,6 @@ def train_tmdl(
         raise ValueError(
             f"the text encoder is {encoder.width} wide, the config {config.text_width}"
         )
-    text = ReportTokens.encode(table.reports, encoder)
     split = {
         "train_patients": len(train_rows),
         "val_patients": len(val_rows),
@@ -216,92 +258,35 @@ def train_tmdl(
     }
     seed_everything(options.seed)
     model = TMDL(config).to(device)
-    optimizer = torch.optim.AdamW(
-        model.parameters(), lr=options.learning_rate, weight_decay=options.weight_decay
+    task = _TMDLTask(
+        out=out,
+        data=data,
+        model=model,
+        config=config,
+        options=options,
+        device=device,
+        table=table,
+        text=ReportTokens.encode(table.reports, encoder),
+        train_rows=train_rows,
+        val_rows=val_rows,
+        encoder=encoder,
     )
-    trainer: dict[str, Any] = {
-        "epoch": 0, "best_epoch": 0, "best_val_auc": -1.0, "seed": options.seed,
-        "val_fraction": options.val_fraction, "split": split, "history": [],
-    }  # fmt: skip
-    if options.resume:
-        checkpoint = load_checkpoint(out / CHECKPOINT_DIR)
-        saved = checkpoint.trainer
-        if checkpoint.config != config.to_dict() or (saved["seed"], saved["split"]) != (
-            options.seed,
-            split,
-        ):
-            raise ValueError("config, seed or the data set differ from the checkpoint's")
-        model.load_state_dict(checkpoint.model_state, strict=True)
-        optimizer.load_state_dict(checkpoint.optimizer_state)
-        trainer = saved
-    val_table = table.subset(val_rows)
-    val_text = ReportTokens(text.tokens[val_rows], text.present[val_rows])
-    labels = torch.from_numpy(table.labels)
-    stages = torch.from_numpy(table.stages)
-    history: list[dict[str, Any]] = trainer["history"]
-    with Progress(disable=not options.progress) as progress:
-        for epoch in range(trainer["epoch"] + 1, options.epochs + 1):
-            if trainer["epoch"] - trainer["best_epoch"] >= options.patience:
-                break
-            started = time.monotonic()
-            seed, rate = begin_epoch(
-                optimizer,
-                seed=options.seed,
-                learning_rate=options.learning_rate,
-                final_fraction=options.final_lr_fraction,
-                epochs=options.epochs,
-                epoch=epoch,
-            )
-            order = train_rows[np.random.default_rng(seed).permutation(len(train_rows))]
-            batches = [
-                order[i : i + options.batch_size] for i in range(0, len(order), options.batch_size)
-            ]
-            task = progress.add_task(f"epoch {epoch}/{options.epochs}", total=len(batches))
-            model.train()
-            total = 0.0
-            for rows in batches:
-                batch = make_batch(table, text, rows).to(device)
-                index = torch.from_numpy(rows)
-                with _autocast(device):
-                    loss = _loss(model, batch, labels[index].to(device), stages[index].to(device),
-                                 options.stage_loss_weight)  # fmt: skip
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()  # type: ignore[no-untyped-call]
-                optimizer.step()
-                total += float(loss.item()) * len(rows)
-                progress.update(
-                    task, advance=1, description=f"epoch {epoch} loss {loss.item():.4f}"
-                )
-            probabilities, _ = predict(model, val_table, val_text, device)
-            row = {
-                "epoch": epoch,
-                "learning_rate": rate,
-                "train_loss": total / len(train_rows),
-                "val_auc": roc_auc(val_table.labels, probabilities),
-                "seconds": round(time.monotonic() - started, 2),
-            }
-            history.append(row)
-            progress.console.print(
-                f"epoch {epoch}: loss {row['train_loss']:.4f}  val AUC {row['val_auc']:.4f}  "
-                f"{row['seconds']} s"
-            )
-            if row["val_auc"] > trainer["best_val_auc"]:
-                trainer["best_epoch"], trainer["best_val_auc"] = epoch, row["val_auc"]
-                save_tmdl(out, model, config, half=options.half_weights)
-                _validation_plots(out, val_table.labels, probabilities)
-                trainer["best_val_metrics"] = binary_metrics(val_table.labels, probabilities)
-            trainer["epoch"] = epoch
-            save_checkpoint(out / CHECKPOINT_DIR, model, optimizer, config.to_dict(), trainer)
-            _write_metrics(out, options, trainer, data, encoder)
-            plot_training_curve(history, out / "training_curve.png", "LLNM-Net (TMDL)",
-                                scores=(("val_auc", "AUC"),))  # fmt: skip
-    stale = trainer["epoch"] - trainer["best_epoch"] >= options.patience
+    result = train_epochs(
+        out,
+        model,
+        options.optimizer(model),
+        config=config.to_dict(),
+        split=split,
+        score="val_auc",
+        options=options,
+        task=task,
+    )
     return TMDLTrainResult(
         out=out,
-        epochs_run=trainer["epoch"],
-        best_epoch=trainer["best_epoch"],
-        best_val_auc=trainer["best_val_auc"],
-        stopped_early=stale and trainer["epoch"] < options.epochs,
+        epochs_run=result.epochs_run,
+        best_epoch=result.best_epoch,
+        best_val_auc=result.best_score,
+        stopped_early=result.stopped_early,
     )
 
 
@@ -319,25 +304,13 @@ def _validation_plots(
 def _write_metrics(
     out: Path, options: TMDLTrainOptions, trainer: dict[str, Any], data: Path, encoder: TextEncoder
 ) -> None:
-    manifest = read_data_manifest(data)
-    options_json = {
-        k: str(v) if isinstance(v, Path) else v
-        for k, v in asdict(options).items()
-        if k not in ("resume", "progress", "half_weights")
-    }
+    record = run_record(options, trainer, data, read_data_manifest(data))
     metrics = {
         "target": "llnm",
-        "best_epoch": trainer["best_epoch"],
-        "best_val_auc": trainer["best_val_auc"],
+        "best_epoch": record.pop("best_epoch"),
+        "best_val_auc": trainer["best_score"],
         "best_val_metrics": trainer.get("best_val_metrics"),
-        "history": trainer["history"],
-        "split": trainer["split"],
-        "options": options_json,
+        **record,
         "text_encoder": {"folder": str(encoder.folder), "width": encoder.width},
-        "training_data": {
-            "path": str(data),
-            "synthetic": manifest.get("synthetic"),
-            "intended_use": manifest.get("intended_use"),
-        },
     }
     (out / METRICS_FILE).write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")

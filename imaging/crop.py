@@ -54,13 +54,11 @@ from pydicom import Dataset
 
 from imaging.decode import FrameRule, Image8, grey, select_frame
 from imaging.errors import StageError
+from imaging.standard.ultrasound_regions import PhysicalUnits, RegionDataType, RegionSpatialFormat
 
 RegionRule = Literal["largest", "union"]
 AreaSource = Literal["regions", "detected"]
 
-SPATIAL_FORMAT_2D = 1
-DATA_TYPE_TISSUE = 1
-UNITS_CM = 3
 # Fallback detector: content is brighter than this grey level and its grey levels vary
 # (standard deviation over a DETECT_WINDOW square) by more than DETECT_TEXTURE.
 DETECT_DARK = 10
@@ -75,26 +73,6 @@ HIGH_PERCENTILE = 99.5
 # Channels of a "grey" colour pixel differ by at most this many levels.
 GREY_TOLERANCE = 12
 GREY_SHARE = 0.995
-
-_SPATIAL_FORMATS = {0: "none", 1: "2D", 2: "M-mode", 3: "spectral", 4: "waveform", 5: "graphics"}
-_DATA_TYPES = {
-    0: "none",
-    1: "tissue",
-    2: "colour flow",
-    3: "PW spectral Doppler",
-    4: "CW spectral Doppler",
-    5: "Doppler mean trace",
-    6: "Doppler mode trace",
-    7: "Doppler max trace",
-    8: "volume trace",
-    10: "ECG trace",
-    11: "pulse trace",
-    12: "phonocardiogram trace",
-    13: "grey bar",
-    14: "colour bar",
-    15: "integrated backscatter",
-    16: "area trace",
-}
 
 
 @dataclass(frozen=True)
@@ -141,19 +119,23 @@ class CroppedImage:
         return self.area.mm_per_pixel is not None
 
 
+def _meaning(enumeration: type[RegionSpatialFormat | RegionDataType], value: int) -> str:
+    try:
+        return enumeration(value).meaning
+    except ValueError:
+        return f"{enumeration.__name__} {value}"
+
+
 def _region_label(region: Dataset) -> str:
     spatial = int(region.get("RegionSpatialFormat", 0) or 0)
     data_type = int(region.get("RegionDataType", 0) or 0)
-    return (
-        f"{_DATA_TYPES.get(data_type, f'data type {data_type}')}"
-        f" ({_SPATIAL_FORMATS.get(spatial, f'format {spatial}')})"
-    )
+    return f"{_meaning(RegionDataType, data_type)} / {_meaning(RegionSpatialFormat, spatial)}"
 
 
 def _region_calibration(region: Dataset) -> tuple[float, float] | None:
     units = (region.get("PhysicalUnitsXDirection"), region.get("PhysicalUnitsYDirection"))
     deltas = (region.get("PhysicalDeltaX"), region.get("PhysicalDeltaY"))
-    if units != (UNITS_CM, UNITS_CM) or None in deltas:
+    if units != (PhysicalUnits.CM, PhysicalUnits.CM) or None in deltas:
         return None
     dx, dy = float(deltas[0]), float(deltas[1])
     if not (math.isfinite(dx) and math.isfinite(dy) and dx > 0 and dy > 0):
@@ -201,8 +183,8 @@ def region_area(
     tissue = [
         r
         for r in regions
-        if r.get("RegionSpatialFormat") == SPATIAL_FORMAT_2D
-        and r.get("RegionDataType") == DATA_TYPE_TISSUE
+        if r.get("RegionSpatialFormat") == RegionSpatialFormat.TWO_D
+        and r.get("RegionDataType") == RegionDataType.TISSUE
     ]
     if not tissue:
         found = ", ".join(_region_label(r) for r in regions)

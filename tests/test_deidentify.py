@@ -26,8 +26,8 @@ from db.session import Database
 from dicom_factory import text_report, ultrasound, write
 from imaging.dicom_files import read_header
 from imaging.errors import StageError
+from imaging.standard.basic_profile import PATTERN_ROWS
 from phantoms import PhantomOptions, make_case
-from pipeline.confidentiality_profile import RULES
 from pipeline.contracts import InstanceRef, StudyInput
 from pipeline.deidentify import (
     DEIDENTIFY,
@@ -38,6 +38,7 @@ from pipeline.deidentify import (
     deidentify,
     summarize_deidentification,
 )
+from pipeline.deidentify.confidentiality_profile import RULES
 from pipeline.intake import IntakeReport, intake
 
 
@@ -113,10 +114,10 @@ def _assert_absent(strings: list[str], result: Deidentification) -> None:
 
 
 def test_profile_table_has_the_standard_actions() -> None:
-    assert len(RULES) > 400
+    assert len(RULES) > 600
     expected = {
         0x00100010: "Z",  # Patient's Name
-        0x00100020: "Z",  # Patient ID
+        0x00100020: "Z/D",  # Patient ID (Z before 2024b)
         0x00100030: "Z",  # Patient's Birth Date
         0x00080050: "Z",  # Accession Number
         0x00080090: "Z",  # Referring Physician's Name
@@ -153,6 +154,17 @@ def test_profile_table_has_the_standard_actions() -> None:
     assert RULES[0x00102110].patient_characteristics == "C"  # Allergies
     assert RULES[0x00080020].temporal and RULES[0x00080030].temporal  # Study Date/Time
     assert not RULES[0x00100030].temporal  # Birth Date: no option keeps it
+
+
+def test_profile_pattern_rows_are_the_safety_nets_of_the_header_cleaner() -> None:
+    # Rows naming groups of attributes are not in RULES: the header cleaner removes private
+    # attributes, curves and overlays outright. A new edition adding a pattern row needs a rule.
+    assert {(row.pattern, row.basic) for row in PATTERN_ROWS} == {
+        ("(50xx,xxxx)", "X"),
+        ("(60xx,3000)", "X"),
+        ("(60xx,4000)", "X"),
+        ("PRIVATE", "X"),
+    }
 
 
 def _rich_instance(**kwargs: Any) -> Dataset:

@@ -315,7 +315,8 @@ def test_dockerfile_pins_torch_and_runs_as_a_non_root_user(kind: str) -> None:
     assert json.loads(cmd[-1]) == (["serve"] if kind == "cpu" else ["worker", "--queues", "gpu"])
     env = " ".join(args for keyword, args in instructions if keyword == "ENV")
     assert f"LLNM_DATA_DIR={SPOOL_PATH}" in env
-    for package in ("dicom_node", "pipeline", "models", "db"):
+    installed = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    for package in (pattern.rstrip("*") for pattern in installed["packages"]["find"]["include"]):
         assert ("COPY", f"{package} {package}") in instructions, f"{kind}: {package} not copied"
 
 

@@ -6,7 +6,7 @@ touched. Only these copies, the model inputs (age, sex, redacted report text)
 and counts leave this stage; the pseudonym map goes to the job database
 (:func:`~.stage.keep_pseudonyms`) and never downstream.
 
-Attributes (Table E.1-1, :mod:`pipeline.confidentiality_profile`)
+Attributes (Table E.1-1, :mod:`pipeline.deidentify.confidentiality_profile`)
     ``X`` removes; ``Z`` leaves a zero-length value (an empty sequence for SQ);
     ``D`` puts a dummy of the VR (``ANONYMIZED`` for text and names, 0 for
     numbers, 19000101 / 000000 for dates and times; a sequence keeps its items,

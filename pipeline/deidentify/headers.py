@@ -1,4 +1,4 @@
-"""Header cleaning: Table E.1-1 of :mod:`pipeline.confidentiality_profile` and the safety nets.
+"""Header cleaning: Table E.1-1 (:mod:`.confidentiality_profile`) and the safety nets.
 
 How the profile's actions and this node's extra rules are applied is described
 in :mod:`pipeline.deidentify` (Attributes, Beyond the table).
@@ -18,7 +18,7 @@ from pydicom.tag import BaseTag
 from pydicom.uid import UID
 
 from db.models import PseudonymKind
-from pipeline.confidentiality_profile import RULES, BasicAction, ProfileRule
+from pipeline.deidentify.confidentiality_profile import RULES, BasicAction, ProfileRule
 from pipeline.deidentify.options import DeidentificationOptions, LongitudinalDates
 from pipeline.deidentify.pseudonyms import Pseudonymizer
 from pipeline.deidentify.values import parse_da, text_values

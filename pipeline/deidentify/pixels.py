@@ -23,6 +23,7 @@ from pydicom.pixels.processing import apply_color_lut, convert_color_space
 
 from imaging.decode import frame_count
 from imaging.errors import StageError
+from imaging.standard.ultrasound_regions import RegionSpatialFormat
 
 # Fallback image-area detector (images without a Sequence of Ultrasound Regions).
 DARK_LEVEL = 12 / 255  # of the full scale: brighter counts as image content
@@ -111,7 +112,7 @@ def region_area(dataset: Dataset, rows: int, columns: int) -> NDArray[np.bool_]:
     """Union of the 2D regions (Region Spatial Format 1); the Max corners are inclusive."""
     area = np.zeros((rows, columns), dtype=bool)
     for region in dataset.SequenceOfUltrasoundRegions:
-        if region.get("RegionSpatialFormat") != 1:
+        if region.get("RegionSpatialFormat") != RegionSpatialFormat.TWO_D:
             continue
         corners = [
             region.get(k)

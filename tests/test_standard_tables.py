@@ -128,3 +128,24 @@ def test_the_tables_import_nothing_but_the_standard_library() -> None:
             for name in names:
                 top = name.partition(".")[0]
                 assert top in sys.stdlib_module_names or top == "imaging", f"{path}: {name}"
+
+
+def test_the_basic_actions_agree_with_a_second_maintained_reading_of_the_table() -> None:
+    """Kitware's dicom-anonymizer (edition 2026c) reads Table E.1-1 independently."""
+    from dicomanonymizer.dicom_anonymization_databases import dicomfields_2026c as kitware
+
+    lists = {"D_TAGS": "D", "Z_TAGS": "Z", "X_TAGS": "X", "U_TAGS": "U", "Z_D_TAGS": "Z/D",
+             "X_Z_TAGS": "X/Z", "X_D_TAGS": "X/D", "X_Z_D_TAGS": "X/Z/D",
+             "X_Z_U_STAR_TAGS": "X/Z/U*"}  # fmt: skip
+    theirs = {
+        (tag[0] << 16) | tag[1]: action
+        for name, action in lists.items()
+        for tag in getattr(kitware, name)
+        if len(tag) == 2  # (group, element); masks are the pattern rows
+    }
+    ours = {row.tag: row.basic for row in basic_profile.ROWS}
+    shared = ours.keys() & theirs.keys()
+    assert len(shared) > 600
+    assert {tag: ours[tag] for tag in shared} == {tag: theirs[tag] for tag in shared}
+    assert sorted(ours.keys() - theirs.keys()) == [0x3004007F]  # added in 2026d
+    assert not theirs.keys() - ours.keys()

@@ -88,7 +88,7 @@ def test_each_table_records_its_edition_and_source_and_a_command_prints_them() -
             f"{package} {distribution(package).version}, DICOM {module.EDITION}; do not edit"
         )
     result = subprocess.run(
-        [sys.executable, "-m", "imaging.standard"],
+        [str(Path(sys.executable).parent / "llnm-node"), "standard-tables"],
         cwd=ROOT,
         capture_output=True,
         text=True,

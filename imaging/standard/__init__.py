@@ -3,7 +3,7 @@
 ``scripts/generate_standard_tables.py`` writes the modules of this package from
 installed source packages; each module records the table it holds (``TABLE``),
 the edition of the standard (``EDITION``) and its source (``SOURCE``).
-``python -m imaging.standard`` prints them.
+``llnm-node standard-tables`` prints them.
 """
 
 from imaging.standard import basic_profile, ultrasound_regions

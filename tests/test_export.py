@@ -7,6 +7,8 @@ import json
 import shutil
 import subprocess
 import time
+import types
+import typing
 from collections.abc import Callable, Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -14,6 +16,7 @@ from typing import Any
 
 import pytest
 from conftest import free_port
+from pydantic import ValidationError
 from pydicom.filereader import read_file_meta_info
 from sqlalchemy import select
 from typer.testing import CliRunner
@@ -28,8 +31,9 @@ from dicom_node.app.node import Node
 from dicom_node.cli.main import app
 from dicom_node.network.exporter import Exporter, RoundSummary
 from dicom_node.network.scu import AssociationError, Peer, echo
+from dicom_node.network.senders import registered_variants
 from dicom_node.network.tls import client_context
-from dicom_node.settings import DestinationTLS, DimseDestination, ExportSettings
+from dicom_node.settings import Destination, DestinationTLS, DimseDestination, ExportSettings
 from pipeline.spool import SpoolLayout
 
 pytestmark = [
@@ -355,3 +359,27 @@ def test_tls_destination_with_client_certificate(
         assert dataset_bytes(received) == dataset_bytes(spool / relative)
     finally:
         scp.stop()
+
+
+def _variants(union: object) -> set[type]:
+    """The settings classes of a (possibly one-member, Annotated) tagged union."""
+    if typing.get_origin(union) is typing.Annotated:
+        return _variants(typing.get_args(union)[0])
+    if typing.get_origin(union) in (typing.Union, types.UnionType):
+        return set().union(*(_variants(member) for member in typing.get_args(union)))
+    assert isinstance(union, type)
+    return {union}
+
+
+def test_every_destination_kind_has_a_sender() -> None:
+    assert _variants(Destination) == {DimseDestination}
+    assert registered_variants() == _variants(Destination)
+
+
+def test_destinations_are_tagged_by_kind_dimse_by_default() -> None:
+    table = {"name": "pacs", "ae_title": "PACS", "host": "10.0.0.5", "port": 104}
+    default = ExportSettings(destinations=[table])
+    explicit = ExportSettings(destinations=[{**table, "kind": "dimse"}])
+    assert default == explicit and isinstance(default.destinations[0], DimseDestination)
+    with pytest.raises(ValidationError, match="stow-rs"):
+        ExportSettings(destinations=[{**table, "kind": "stow-rs"}])

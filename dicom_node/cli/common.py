@@ -6,13 +6,15 @@ import dataclasses
 import json
 import logging
 import sys
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 import typer
 from pydantic import ValidationError
 from rich.console import Console
+from rich.table import Table
 
 from db.listings import AdminFilter
 from db.models import JobState
@@ -115,3 +117,34 @@ def admin_filter(
         calling_ae=ae,
         patient_pseudonym=patient,
     )
+
+
+Row = TypeVar("Row")
+
+
+def listing_command(
+    rows_of: Callable[..., Sequence[Row]], table_of: Callable[[Sequence[Row]], Table]
+) -> Callable[..., None]:
+    """A ``list`` command: the admin filter options, a table or ``--json``.
+
+    ``rows_of(session, filter, limit=...)`` is the listing query (:mod:`db.listings`).
+    """
+
+    def command(
+        config: ConfigOption = None,
+        state: StateOption = None,
+        since: SinceOption = None,
+        until: UntilOption = None,
+        ae: AeOption = None,
+        patient: PatientOption = None,
+        limit: LimitOption = 50,
+        as_json: JsonOption = False,
+    ) -> None:
+        with database(config).session() as session:
+            rows = rows_of(session, admin_filter(state, since, until, ae, patient), limit=limit)
+        if as_json:
+            print_json(rows)
+        else:
+            console.print(table_of(rows))
+
+    return command

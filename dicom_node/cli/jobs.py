@@ -4,50 +4,27 @@ from __future__ import annotations
 
 import getpass
 import socket
+from collections.abc import Sequence
 
 import typer
 from rich.table import Table
 
 from db import exports, jobs, listings
 from dicom_node.cli.common import (
-    AeOption,
     ConfigOption,
     JsonOption,
-    LimitOption,
-    PatientOption,
-    SinceOption,
-    StateOption,
-    UntilOption,
-    admin_filter,
     console,
     database,
     fail,
     format_time,
+    listing_command,
     print_json,
 )
 
 jobs_app = typer.Typer(no_args_is_help=True, help="Inspect and retry jobs.")
 
 
-@jobs_app.command("list")
-def jobs_list(
-    config: ConfigOption = None,
-    state: StateOption = None,
-    since: SinceOption = None,
-    until: UntilOption = None,
-    ae: AeOption = None,
-    patient: PatientOption = None,
-    limit: LimitOption = 50,
-    as_json: JsonOption = False,
-) -> None:
-    """List jobs, newest first."""
-    with database(config).session() as session:
-        rows = listings.list_jobs(
-            session, admin_filter(state, since, until, ae, patient), limit=limit
-        )
-    if as_json:
-        print_json(rows)
-        return
+def _jobs_table(rows: Sequence[listings.JobRow]) -> Table:
     table = Table(
         "job", "study", "ver", "state", "stage", "tries", "patient", "AE", "updated", "error"
     )
@@ -64,7 +41,12 @@ def jobs_list(
             format_time(r.updated_at),
             (r.error or "")[:60],
         )
-    console.print(table)
+    return table
+
+
+jobs_app.command("list", help="List jobs, newest first.")(
+    listing_command(listings.list_jobs, _jobs_table)
+)
 
 
 @jobs_app.command("show")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -35,6 +35,37 @@ def phantom(
     )
 
 
+Epochs = Annotated[int, typer.Option(min=1, help="Total epochs (also when resuming).")]
+BatchSize = Annotated[int, typer.Option(min=1)]
+ValFraction = Annotated[float, typer.Option(min=0.01, max=0.99)]
+Patience = Annotated[int, typer.Option(min=1, help="Stop after N epochs without gain.")]
+Resume = Annotated[bool, typer.Option("--resume", help="Continue from OUT/checkpoint.")]
+Half = Annotated[bool, typer.Option("--half", help="Keep the weights as float16.")]
+
+
+def _run(
+    epochs: int,
+    batch_size: int,
+    seed: int,
+    val_fraction: float,
+    patience: int,
+    learning_rate: float,
+    half: bool,
+    resume: bool,
+) -> dict[str, Any]:
+    """The options every trainer shares (:class:`models.training_loop.LoopOptions`)."""
+    return {
+        "epochs": epochs,
+        "batch_size": batch_size,
+        "seed": seed,
+        "val_fraction": val_fraction,
+        "patience": patience,
+        "learning_rate": learning_rate,
+        "half_weights": half,
+        "resume": resume,
+    }
+
+
 class SegTarget(StrEnum):
     """What ``train-seg`` can train: the thyroid (UNet++) or the nodules (YOLOv8-seg)."""
 
@@ -46,16 +77,16 @@ def train_seg(
     target: Annotated[SegTarget, typer.Argument(help="thyroid: UNet++; nodule: YOLOv8n-seg.")],
     data: Annotated[Path, typer.Option(help="Data set folder holding cases.jsonl (or dataset/).")],
     out: Annotated[Path, typer.Option(help="Write weights, metrics, curve, checkpoint here.")],
-    epochs: Annotated[int, typer.Option(min=1, help="Total epochs (also when resuming).")] = 30,
-    batch_size: Annotated[int, typer.Option(min=1)] = 8,
+    epochs: Epochs = 30,
+    batch_size: BatchSize = 8,
     seed: Annotated[int, typer.Option(min=0, help="Seeds the split, init and augmentation.")] = 0,
-    val_fraction: Annotated[float, typer.Option(min=0.01, max=0.99)] = 0.2,
-    patience: Annotated[int, typer.Option(min=1, help="Stop after N epochs without gain.")] = 6,
+    val_fraction: ValFraction = 0.2,
+    patience: Patience = 6,
     height: Annotated[int, typer.Option(min=32, help="Input height, multiple of 32.")] = 256,
     width: Annotated[int, typer.Option(min=32, help="Input width, multiple of 32.")] = 320,
-    resume: Annotated[bool, typer.Option("--resume", help="Continue from OUT/checkpoint.")] = False,
+    resume: Resume = False,
     learning_rate: Annotated[float, typer.Option(min=1e-6, help="AdamW learning rate.")] = 1e-3,
-    half: Annotated[bool, typer.Option("--half", help="Keep the weights as float16.")] = False,
+    half: Half = False,
     init_from: Annotated[
         Path | None,
         typer.Option(help="Fine-tune: start from this segmenter folder's weights (same config)."),
@@ -71,17 +102,8 @@ def train_seg(
             if target is SegTarget.thyroid
             else YoloSegConfig(input_height=height, input_width=width)
         )
-        options = TrainOptions(
-            epochs=epochs,
-            batch_size=batch_size,
-            seed=seed,
-            val_fraction=val_fraction,
-            patience=patience,
-            resume=resume,
-            learning_rate=learning_rate,
-            half_weights=half,
-            init_from=init_from,
-        )
+        run = _run(epochs, batch_size, seed, val_fraction, patience, learning_rate, half, resume)
+        options = TrainOptions(**run, init_from=init_from)
         result = train_segmenter(data, out, config, options)
     except (FileNotFoundError, ValueError) as exc:
         raise fail("cannot train", exc) from exc
@@ -96,11 +118,11 @@ def train(
     data: Annotated[Path, typer.Option(help="Data set folder holding cases.csv (or dataset/).")],
     out: Annotated[Path, typer.Option(help="Run folder: weights, metrics, plots, checkpoint.")],
     size: Annotated[str, typer.Option(help="Model size preset: tiny or base.")] = "tiny",
-    epochs: Annotated[int, typer.Option(min=1, help="Total epochs (also when resuming).")] = 40,
-    batch_size: Annotated[int, typer.Option(min=1)] = 16,
+    epochs: Epochs = 40,
+    batch_size: BatchSize = 16,
     seed: Annotated[int, typer.Option(min=0, help="Seeds the split, init and shuffling.")] = 0,
-    val_fraction: Annotated[float, typer.Option(min=0.01, max=0.99)] = 0.2,
-    patience: Annotated[int, typer.Option(min=1, help="Stop after N epochs without gain.")] = 10,
+    val_fraction: ValFraction = 0.2,
+    patience: Patience = 10,
     learning_rate: Annotated[float, typer.Option(min=1e-7)] = 3e-4,
     text_encoder: Annotated[
         Path | None, typer.Option(help="Local BERT-family folder; default all-MiniLM-L6-v2.")
@@ -109,8 +131,8 @@ def train(
         int | None,
         typer.Option(min=1, help="Report tokens kept (default: the preset's 50, as the paper)."),
     ] = None,
-    half: Annotated[bool, typer.Option("--half", help="Keep the weights as float16.")] = False,
-    resume: Annotated[bool, typer.Option("--resume", help="Continue from OUT/checkpoint.")] = False,
+    half: Half = False,
+    resume: Resume = False,
     withhold: Annotated[
         list[str] | None,
         typer.Option(help="Ablation: an input the model never sees (repeatable), e.g. report."),
@@ -122,17 +144,8 @@ def train(
 
     try:
         config = TMDLConfig.preset(size, withheld=tuple(withhold or ()), text_tokens=text_tokens)
-        options = TMDLTrainOptions(
-            epochs=epochs,
-            batch_size=batch_size,
-            seed=seed,
-            val_fraction=val_fraction,
-            patience=patience,
-            learning_rate=learning_rate,
-            text_encoder=text_encoder,
-            half_weights=half,
-            resume=resume,
-        )
+        run = _run(epochs, batch_size, seed, val_fraction, patience, learning_rate, half, resume)
+        options = TMDLTrainOptions(**run, text_encoder=text_encoder)
         result = train_tmdl(data, out, config, options)
     except (FileNotFoundError, ValueError) as exc:
         raise fail("cannot train", exc) from exc

@@ -100,13 +100,10 @@ class ImageArea:
         return self.y1 - self.y0
 
 
-@dataclass(frozen=True)
-class CroppedImage:
-    """A standardised crop: uint8 (H, W) grey or (H, W, 3) RGB, never resized."""
+class Calibration:
+    """The calibration of a crop, from the image ``area`` it was cut from."""
 
-    pixels: Image8
     area: ImageArea
-    frame_index: int
 
     @property
     def mm_per_pixel(self) -> tuple[float, float] | None:
@@ -117,6 +114,15 @@ class CroppedImage:
     def calibrated(self) -> bool:
         """Whether millimetre distances can be measured on this crop."""
         return self.area.mm_per_pixel is not None
+
+
+@dataclass(frozen=True)
+class CroppedImage(Calibration):
+    """A standardised crop: uint8 (H, W) grey or (H, W, 3) RGB, never resized."""
+
+    pixels: Image8
+    area: ImageArea
+    frame_index: int
 
 
 def _meaning(enumeration: type[RegionSpatialFormat | RegionDataType], value: int) -> str:

@@ -16,7 +16,7 @@ from typing import Any
 from pydicom import Dataset, dcmread
 from pydicom.errors import InvalidDicomError
 
-from imaging.crop import ImageArea, crop_image
+from imaging.crop import Calibration, ImageArea, crop_image
 from imaging.errors import StageError
 from imaging.png import write_png
 from pipeline.contracts import (
@@ -30,7 +30,7 @@ from pipeline.stage import Stage
 
 
 @dataclass(frozen=True)
-class CroppedView:
+class CroppedView(Calibration):
     """One image's crop, saved as PNG; ``view`` is the View Code Sequence meaning if any."""
 
     sop_instance_uid: str
@@ -41,16 +41,6 @@ class CroppedView:
     columns: int
     colour: bool
     view: str | None
-
-    @property
-    def mm_per_pixel(self) -> tuple[float, float] | None:
-        """(x, y) pixel spacing in mm, or None when uncalibrated."""
-        return self.area.mm_per_pixel
-
-    @property
-    def calibrated(self) -> bool:
-        """Whether millimetre distances can be measured on this crop."""
-        return self.area.mm_per_pixel is not None
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,10 @@
 """The distributed executor: each stage of a job is a Celery task on its stage's queue.
 
 Messages carry only ``(job id, stage index, attempt)``: no paths, no patient data.
-A stage's output goes to the next stage's worker through the shared spool
-(:mod:`pipeline.stage_outputs`). The node claims a job and sends its first
+A stage's output goes to the next stage's worker through the shared spool, as
+the folder ``work_dir/stages/NN-name`` (:mod:`pipeline.stage_outputs`), read
+back as the stage's ``output_type``; a planted or corrupt folder only fails to
+load, and the job is retried from its first stage. The node claims a job and sends its first
 stage; each worker runs one stage, saves its output, and sends the next stage
 to that stage's queue (``gpu`` for segment and infer, ``cpu`` for the rest).
 
@@ -25,6 +27,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from celery import Celery
@@ -33,7 +36,8 @@ from sqlalchemy.orm import Session
 from db import jobs
 from db.session import Database
 from pipeline.runner import JobNotices, JobRunner
-from pipeline.stage_outputs import load_output, output_path, save_output
+from pipeline.stage import Stage
+from pipeline.stage_outputs import load_output, save_output
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +63,25 @@ def celery_app(broker_url: str, *, visibility_timeout_s: float) -> Celery:
         worker_hijack_root_logger=False,
     )
     return app
+
+
+def stage_output_dir(work_dir: Path, index: int, stage: str) -> Path:
+    """Where stage number ``index`` (0-based) called ``stage`` leaves its output."""
+    return work_dir / "stages" / f"{index:02d}-{stage}"
+
+
+def _output_type(stage: Stage[Any, Any]) -> type[Any]:
+    """The type ``stage``'s output is saved and loaded as between workers."""
+    if stage.output_type is None:
+        raise ValueError(f"stage {stage.name} declares no output_type: it cannot run on workers")
+    return stage.output_type
+
+
+def _previous_output(runner: JobRunner, job_id: int, index: int) -> Any:
+    """The output stage ``index - 1`` of job ``job_id`` left in the spool."""
+    previous = runner.stages[index - 1]
+    directory = stage_output_dir(runner.spool.work_dir(job_id), index - 1, previous.name)
+    return load_output(directory, _output_type(previous), root=runner.spool.root)
 
 
 def send_stage(app: Celery, runner: JobRunner, job_id: int, index: int, attempt: int) -> None:
@@ -96,12 +119,9 @@ def run_stage_task(app: Celery, runner: JobRunner, job_id: int, index: int, atte
         log.info("job %d: stage %d of attempt %d is stale; dropped", job_id, index, attempt)
         return "stale"
     stages = runner.stages
-    work_dir = runner.spool.work_dir(job_id)
     try:
         value: Any = (
-            runner.study_input(job_id)
-            if index == 0
-            else load_output(output_path(work_dir, index - 1, stages[index - 1].name))
+            runner.study_input(job_id) if index == 0 else _previous_output(runner, job_id, index)
         )
     except Exception as exc:  # boundary: a lost or unreadable output re-runs the job
         runner.fail(job_id, stages[index].name, f"input not readable: {exc}", permanent=False)
@@ -112,7 +132,8 @@ def run_stage_task(app: Celery, runner: JobRunner, job_id: int, index: int, atte
     if index + 1 == len(stages):
         runner.finish(job_id)
         return "done"
-    save_output(output_path(work_dir, index, stages[index].name), step.value)
+    directory = stage_output_dir(runner.spool.work_dir(job_id), index, stages[index].name)
+    save_output(directory, step.value, root=runner.spool.root)
     send_stage(app, runner, job_id, index + 1, attempt)
     return "next"
 
@@ -142,7 +163,15 @@ class WorkerTasks:
 
 
 def register_tasks(app: Celery, tasks: WorkerTasks) -> None:
-    """Register the stage and notice tasks on ``app`` for a worker process."""
+    """Register the stage and notice tasks on ``app`` for a worker process.
+
+    Raises
+    ------
+    ValueError
+        If a stage before the last declares no ``output_type``.
+    """
+    for earlier in tasks.runner.stages[:-1]:
+        _output_type(earlier)
 
     @app.task(name=STAGE_TASK)  # type: ignore[untyped-decorator]
     def stage(job_id: int, index: int, attempt: int) -> str:

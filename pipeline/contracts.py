@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
 from pydicom import Dataset
 
@@ -110,6 +110,8 @@ class DeidentifiedImage:
 @dataclass(frozen=True)
 class DeidentifiedStudy:
     """The study after de-identification: what every later stage works from."""
+
+    SCHEMA_VERSION: ClassVar[int] = 1  # of the stage output file (pipeline.stage_outputs)
 
     job: JobContext
     study_instance_uid: str  # pseudonymous

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from pydicom import Dataset, dcmread
 from pydicom.errors import InvalidDicomError
@@ -46,6 +46,8 @@ class CroppedView(Calibration):
 @dataclass(frozen=True)
 class CroppedStudy:
     """The crop stage's output: one crop per usable image, the rest skipped with a reason."""
+
+    SCHEMA_VERSION: ClassVar[int] = 1  # of the stage output file (pipeline.stage_outputs)
 
     job: JobContext
     images: tuple[CroppedView, ...]
@@ -125,4 +127,6 @@ def summarize_crop(study: CroppedStudy) -> dict[str, Any]:
     }
 
 
-CROP = Stage[DeidentifiedStudy, CroppedStudy](name="crop", run=crop, summarize=summarize_crop)
+CROP = Stage[DeidentifiedStudy, CroppedStudy](
+    name="crop", run=crop, summarize=summarize_crop, output_type=CroppedStudy
+)

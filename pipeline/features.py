@@ -18,7 +18,7 @@ No nodule
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 from sqlalchemy.orm import Session
 
@@ -45,6 +45,8 @@ class MeasuredView:
 @dataclass(frozen=True)
 class MeasuredStudy:
     """The features stage's output."""
+
+    SCHEMA_VERSION: ClassVar[int] = 1  # of the stage output file (pipeline.stage_outputs)
 
     job: JobContext
     views: tuple[MeasuredView, ...]
@@ -132,4 +134,5 @@ FEATURES = Stage[SegmentedStudy, MeasuredStudy](
     run=measure,
     summarize=summarize_measures,
     store=conclude_without_nodule,
+    output_type=MeasuredStudy,
 )

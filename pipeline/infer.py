@@ -25,7 +25,7 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -95,6 +95,8 @@ class LlnmLoader(BundleLoader[LoadedLlnm]):
 @dataclass(frozen=True)
 class PredictedStudy:
     """The infer stage's output: the prediction and what it was made from."""
+
+    SCHEMA_VERSION: ClassVar[int] = 1  # of the stage output file (pipeline.stage_outputs)
 
     job: JobContext
     views: tuple[MeasuredView, ...]  # the views the model saw
@@ -250,4 +252,5 @@ def infer_stage(loader: LlnmLoader) -> Stage[MeasuredStudy, PredictedStudy]:
         summarize=summarize_prediction,
         queue="gpu",
         store=store_prediction,
+        output_type=PredictedStudy,
     )

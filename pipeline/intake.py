@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 from pydicom import Dataset
 from pydicom.uid import UID
@@ -50,6 +50,8 @@ class SeriesCount:
 @dataclass(frozen=True)
 class IntakeReport:
     """What the study holds, for the stages after intake."""
+
+    SCHEMA_VERSION: ClassVar[int] = 1  # of the stage output file (pipeline.stage_outputs)
 
     study: StudyInput
     images: tuple[UltrasoundImage, ...]
@@ -172,4 +174,6 @@ def intake(study: StudyInput) -> IntakeReport:
     )
 
 
-INTAKE = Stage[StudyInput, IntakeReport](name="intake", run=intake, summarize=summarize_intake)
+INTAKE = Stage[StudyInput, IntakeReport](
+    name="intake", run=intake, summarize=summarize_intake, output_type=IntakeReport
+)

@@ -25,7 +25,7 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -127,6 +127,8 @@ class SegmentedView:
 class SegmentedStudy:
     """The segment stage's output: every crop with its two masks."""
 
+    SCHEMA_VERSION: ClassVar[int] = 1  # of the stage output file (pipeline.stage_outputs)
+
     job: JobContext
     views: tuple[SegmentedView, ...]
     skipped: tuple[Skipped, ...]
@@ -182,4 +184,5 @@ def segment_stage(loader: SegmenterLoader) -> Stage[CroppedStudy, SegmentedStudy
         run=lambda study: segment_study(study, loader()),
         summarize=summarize_segmentation,
         queue="gpu",
+        output_type=SegmentedStudy,
     )

@@ -40,3 +40,7 @@ class Stage(Generic[In, Out]):
     # transaction that records the stage, and returns what the next stage receives
     # (or a JobConcluded, which ends the job there).
     store: Callable[[Session, int, Out], Any] | None = None
+    # The class of what the stage passes on (``store``'s return if it has one, else
+    # ``run``'s): the distributed mode saves it for the next stage's worker, which loads
+    # it as this type (:mod:`pipeline.stage_outputs`). Every stage but the last needs one.
+    output_type: type[Any] | None = None

@@ -93,13 +93,14 @@ def test_messages_carry_only_ids_and_a_study_runs_through_worker_processes(
     assert "llnm.stage" in cluster.log("gpu") and "llnm.stage" in cluster.log("cpu")
     stages = sorted((tmp_path / "data" / "spool" / "work" / f"job-{done.id}" / "stages").iterdir())
     assert [p.name for p in stages] == [
-        "00-intake.pkl",
-        "01-deidentify.pkl",
-        "02-crop.pkl",
-        "03-segment.pkl",
-        "04-features.pkl",
-        "05-infer.pkl",
+        "00-intake",
+        "01-deidentify",
+        "02-crop",
+        "03-segment",
+        "04-features",
+        "05-infer",
     ]
+    assert all((p / "output.json").is_file() for p in stages)  # JSON and .npy, no pickle
 
 
 def test_a_gpu_worker_killed_mid_stage_hands_its_task_to_another(

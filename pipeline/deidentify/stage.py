@@ -265,6 +265,7 @@ def deidentify_stage(options: DeidentificationOptions) -> Stage[IntakeReport, De
         run=functools.partial(deidentify, options=options),
         summarize=summarize_deidentification,
         store=keep_pseudonyms,
+        output_type=DeidentifiedStudy,
     )
 
 

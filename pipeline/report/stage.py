@@ -20,7 +20,7 @@ import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from sqlalchemy.orm import Session
 
@@ -48,6 +48,8 @@ DestinationsFor = Callable[[str], Sequence[str]]
 @dataclass(frozen=True)
 class ReportObjects:
     """The report stage's output: the objects made for the PACS, SR first."""
+
+    SCHEMA_VERSION: ClassVar[int] = 1  # of the stage output file (pipeline.stage_outputs)
 
     job_id: int
     caption: str
@@ -136,6 +138,7 @@ def report_stage(
         summarize=summarize_report,
         load=steps.load,
         store=steps.store,
+        output_type=ReportObjects,
     )
 
 

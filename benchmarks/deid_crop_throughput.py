@@ -49,6 +49,7 @@ from pipeline.contracts import InstanceRef, StudyInput  # noqa: E402
 from pipeline.crop import crop  # noqa: E402
 from pipeline.deidentify import deidentify  # noqa: E402
 from pipeline.intake import intake  # noqa: E402
+from pipeline.spool import SpoolLayout  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 ROWS, COLUMNS = 480, 640
@@ -71,11 +72,14 @@ def _pin_to_one_core() -> int | None:
 def _write_corpus(root: Path, studies: int, seed: int, regions: bool) -> list[StudyInput]:
     inputs: list[StudyInput] = []
     options = PhantomOptions(with_regions=regions, rows=ROWS, columns=COLUMNS)
+    spool = SpoolLayout.at(root)
     for number in range(studies):
         case = make_case(seed + number, options)
         refs = []
         for ds in case.datasets:
-            path = root / "spool" / f"{number:05d}" / f"{ds.SOPInstanceUID}.dcm"
+            path = spool.path_of(
+                spool.instance_path(study_uid=str(ds.StudyInstanceUID), sop_uid=ds.SOPInstanceUID)
+            )
             path.parent.mkdir(parents=True, exist_ok=True)
             ds.save_as(path, enforce_file_format=True)
             refs.append(InstanceRef.of(ds, path))
@@ -84,7 +88,7 @@ def _write_corpus(root: Path, studies: int, seed: int, regions: bool) -> list[St
                 job_id=number + 1,
                 study_instance_uid=str(case.datasets[0].StudyInstanceUID),
                 instances=tuple(refs),
-                work_dir=root / "work" / f"job-{number + 1}",
+                work_dir=spool.work_dir(number + 1),
             )
         )
     return inputs

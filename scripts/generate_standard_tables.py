@@ -208,7 +208,8 @@ def render_basic_profile(source: Source) -> str:
         "Modified Dates (``modified_dates``), and Retain Patient Characteristics\n"
         "(``patient_characteristics``), None where the option does not name the attribute.\n"
         "Action codes are those of Table E.1-1a. :data:`ROWS` holds the rows of single tags\n"
-        "in tag order, :data:`PATTERN_ROWS` those naming groups of attributes.\n"
+        "in tag order, :data:`PATTERN_ROWS` those naming groups of attributes. Longer than\n"
+        "500 lines because it is the standard's table, one row a line.\n"
         '"""\n'
         "\n"
         "from typing import Final, Literal, NamedTuple\n"

@@ -7,7 +7,8 @@ Longitudinal Temporal Information with Full Dates (``full_dates``) and with
 Modified Dates (``modified_dates``), and Retain Patient Characteristics
 (``patient_characteristics``), None where the option does not name the attribute.
 Action codes are those of Table E.1-1a. :data:`ROWS` holds the rows of single tags
-in tag order, :data:`PATTERN_ROWS` those naming groups of attributes.
+in tag order, :data:`PATTERN_ROWS` those naming groups of attributes. Longer than
+500 lines because it is the standard's table, one row a line.
 """
 
 from typing import Final, Literal, NamedTuple

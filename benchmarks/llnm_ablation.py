@@ -57,7 +57,7 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
             {
                 "variant": name,
                 "withheld": list(withheld),
-                "best_val_auc": trained.best_val_auc,
+                "best_val_auc": trained.best_score,
                 "test_auc": auc["value"],
                 "test_auc_low": auc["low"],
                 "test_auc_high": auc["high"],

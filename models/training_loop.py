@@ -92,9 +92,11 @@ class Task(Protocol[B_contra]):
 
 
 @dataclass(frozen=True)
-class LoopResult:
-    """What a run ended with."""
+class TrainResult:
+    """What a run ended with; ``score`` names ``best_score`` (e.g. ``val_auc``)."""
 
+    out: Path
+    score: str
     epochs_run: int
     best_epoch: int
     best_score: float
@@ -147,7 +149,7 @@ def train_epochs(
     score: str,
     options: LoopOptions,
     task: Task[B],
-) -> LoopResult:
+) -> TrainResult:
     """Train ``model`` epoch by epoch, keeping the epoch with the highest ``score``.
 
     ``score`` is a key of :meth:`Task.validate`'s scores. The checkpoint goes
@@ -212,7 +214,9 @@ def train_epochs(
             save_checkpoint(folder, model, optimizer, config, trainer)
             task.record(trainer)
     stale = trainer["epoch"] - trainer["best_epoch"] >= options.patience
-    return LoopResult(
+    return TrainResult(
+        out=out,
+        score=score,
         epochs_run=trainer["epoch"],
         best_epoch=trainer["best_epoch"],
         best_score=trainer["best_score"],

@@ -108,7 +108,7 @@ def train_seg(
     except (FileNotFoundError, ValueError) as exc:
         raise fail("cannot train", exc) from exc
     console.print(
-        f"best validation Dice {result.best_val_dice:.4f} at epoch {result.best_epoch} "
+        f"best validation Dice {result.best_score:.4f} at epoch {result.best_epoch} "
         f"of {result.epochs_run}{' (stopped early)' if result.stopped_early else ''}; "
         f"weights in {result.out}"
     )
@@ -150,7 +150,7 @@ def train(
     except (FileNotFoundError, ValueError) as exc:
         raise fail("cannot train", exc) from exc
     console.print(
-        f"best validation AUC {result.best_val_auc:.4f} at epoch {result.best_epoch} of "
+        f"best validation AUC {result.best_score:.4f} at epoch {result.best_epoch} of "
         f"{result.epochs_run}{' (stopped early)' if result.stopped_early else ''}; run in {out}"
     )
 

@@ -47,7 +47,7 @@ from models.llnm.tmdl import TMDL, TMDLBatch
 from models.llnm.weights import save_tmdl
 from models.schedule import seed_everything
 from models.segmentation.segmenter import select_device
-from models.training_loop import LoopOptions, run_record, train_epochs
+from models.training_loop import LoopOptions, TrainResult, run_record, train_epochs
 from models.training_plots import plot_training_curve
 
 METRICS_FILE = "metrics.json"
@@ -160,17 +160,6 @@ def class_balance(labels: NDArray[np.int64]) -> dict[str, int]:
     return {"positive": int(labels.sum()), "negative": int(len(labels) - labels.sum())}
 
 
-@dataclass(frozen=True)
-class TMDLTrainResult:
-    """What a run ended with."""
-
-    out: Path
-    epochs_run: int
-    best_epoch: int
-    best_val_auc: float
-    stopped_early: bool
-
-
 @dataclass
 class _TMDLTask:
     """LLNM-Net's part of the shared epoch loop (keeps the last validation for the best epoch)."""
@@ -224,9 +213,7 @@ class _TMDLTask:
                             "LLNM-Net (TMDL)", scores=(("val_auc", "AUC"),))  # fmt: skip
 
 
-def train_tmdl(
-    data: Path, out: Path, config: TMDLConfig, options: TMDLTrainOptions
-) -> TMDLTrainResult:
+def train_tmdl(data: Path, out: Path, config: TMDLConfig, options: TMDLTrainOptions) -> TrainResult:
     """Train (or continue) LLNM-Net on ``data`` and write ``out`` (module docstring).
 
     Raises
@@ -271,7 +258,7 @@ def train_tmdl(
         val_rows=val_rows,
         encoder=encoder,
     )
-    result = train_epochs(
+    return train_epochs(
         out,
         model,
         options.optimizer(model),
@@ -280,13 +267,6 @@ def train_tmdl(
         score="val_auc",
         options=options,
         task=task,
-    )
-    return TMDLTrainResult(
-        out=out,
-        epochs_run=result.epochs_run,
-        best_epoch=result.best_epoch,
-        best_val_auc=result.best_score,
-        stopped_early=result.stopped_early,
     )
 
 

@@ -47,7 +47,7 @@ from models.segmentation.data import (
 from models.segmentation.metrics import dice, iou
 from models.segmentation.segmenter import Segmenter, select_device
 from models.segmentation.weights import load_segmenter, save_segmenter
-from models.training_loop import LoopOptions, run_record, train_epochs
+from models.training_loop import LoopOptions, TrainResult, run_record, train_epochs
 from models.training_plots import plot_training_curve
 
 METRICS_FILE = "metrics.json"
@@ -59,18 +59,6 @@ class TrainOptions(LoopOptions):
     """How to train a segmenter (:class:`~models.training_loop.LoopOptions` and its defaults)."""
 
     init_from: Path | None = None  # a segmenter folder whose weights start the run
-
-
-@dataclass(frozen=True)
-class TrainResult:
-    """What a training run ended with."""
-
-    out: Path
-    epochs_run: int
-    best_epoch: int
-    best_val_dice: float
-    stopped_early: bool
-    history: list[dict[str, Any]]
 
 
 def evaluate(
@@ -182,7 +170,7 @@ def train_segmenter(data: Path, out: Path, config: AnyConfig, options: TrainOpti
         loss_fn=training_loss(config),
         manifest=read_manifest(data),
     )
-    result = train_epochs(
+    return train_epochs(
         out,
         model,
         options.optimizer(model),
@@ -191,14 +179,6 @@ def train_segmenter(data: Path, out: Path, config: AnyConfig, options: TrainOpti
         score="val_dice",
         options=options,
         task=task,
-    )
-    return TrainResult(
-        out=out,
-        epochs_run=result.epochs_run,
-        best_epoch=result.best_epoch,
-        best_val_dice=result.best_score,
-        stopped_early=result.stopped_early,
-        history=result.history,
     )
 
 

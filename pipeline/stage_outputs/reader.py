@@ -18,6 +18,7 @@ from pipeline.stage_outputs.schema import (
     DOCUMENT,
     FORMAT,
     HEADER_KEYS,
+    KINDS,
     NON_FINITE,
     NPY_HEADERS,
     OPEN_FLAGS,
@@ -41,21 +42,7 @@ class Reader:
         self.dir_fd = dir_fd
         self.root = root
         self._by_kind: dict[str, Callable[[Any, Any, str], Any]] = {
-            "any": self._any,
-            "none": self._none,
-            "bool": self._bool,
-            "int": self._int,
-            "float": self._float,
-            "str": self._str,
-            "path": self._path,
-            "literal": self._literal,
-            "enum": self._enum,
-            "union": self._union,
-            "dataclass": self._dataclass,
-            "tuple": self._tuple,
-            "list": self._list,
-            "dict": self._dict,
-            "array": self._array,
+            kind: getattr(self, f"_{kind}") for kind in KINDS
         }
 
     def error(self, where: str, problem: str) -> StageOutputError:

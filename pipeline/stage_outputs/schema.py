@@ -23,6 +23,10 @@ TAG_KEYS = frozenset({"kind", "value"})
 _ARRAY_KINDS = "biufc"  # bool, signed, unsigned, float, complex
 NON_FINITE = {"nan": math.nan, "inf": math.inf, "-inf": -math.inf}
 _LITERAL_TYPES = (str, int, bool, NoneType)
+# Every kind of value :func:`kind_of` tells apart; the reader and the writer have a
+# method ``_<kind>`` for each.
+KINDS = ("any", "none", "bool", "int", "float", "str", "path", "literal", "enum", "union",
+         "dataclass", "tuple", "list", "dict", "array")  # fmt: skip
 _SCALARS: dict[Any, str] = {
     NoneType: "none",
     bool: "bool",

@@ -15,6 +15,7 @@ import numpy as np
 
 from pipeline.stage_outputs.schema import (
     DOCUMENT,
+    KINDS,
     REPLACE_TRIES,
     array_problem,
     at,
@@ -35,21 +36,7 @@ class Writer:
         self.root = root
         self.arrays: list[np.ndarray[Any, Any]] = []
         self._by_kind: dict[str, Callable[[Any, Any, str], Any]] = {
-            "any": self._any,
-            "none": self._none,
-            "bool": self._bool,
-            "int": self._int,
-            "float": self._float,
-            "str": self._str,
-            "path": self._path,
-            "literal": self._literal,
-            "enum": self._enum,
-            "union": self._union,
-            "dataclass": self._dataclass,
-            "tuple": self._tuple,
-            "list": self._list,
-            "dict": self._dict,
-            "array": self._array,
+            kind: getattr(self, f"_{kind}") for kind in KINDS
         }
 
     def encode(self, value: Any, hint: Any, where: str) -> Any:

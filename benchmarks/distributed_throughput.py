@@ -38,8 +38,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from celery_cluster import Cluster
 from report_cases import write_case
+from test_imaging_jobs import finished_jobs
 
-from db import listings
 from dicom_node.app.node import Node
 from dicom_node.network import scu
 from dicom_node.settings import Settings
@@ -77,16 +77,10 @@ def send_and_wait(node: Node, paths: list[Path], studies: int) -> float:
     started = time.monotonic()
     if not all(o.ok for o in scu.send_files(peer, paths)):
         raise RuntimeError("the node refused a phantom instance")
-    deadline = started + TIMEOUT_S
-    while time.monotonic() < deadline:
-        with node.database.session() as session:
-            jobs = listings.list_jobs(session)
-        if len(jobs) == studies and all(j.state in {"done", "failed", "dead"} for j in jobs):
-            if any(j.state != "done" for j in jobs):
-                raise RuntimeError(f"jobs did not succeed: {jobs}")
-            return time.monotonic() - started
-        time.sleep(0.2)
-    raise TimeoutError("jobs did not finish in time")
+    jobs = finished_jobs(node, studies, timeout=started + TIMEOUT_S - time.monotonic())
+    if any(j.state != "done" for j in jobs):
+        raise RuntimeError(f"jobs did not succeed: {jobs}")
+    return time.monotonic() - started
 
 
 def in_process(root: Path, paths: list[Path], studies: int) -> float:

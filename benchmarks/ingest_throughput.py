@@ -37,14 +37,11 @@ import platform
 import resource
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -55,17 +52,20 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 from rich.table import Table
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+
+from harness import Process, free_port, log_tail, stop_all, write_toml
+from orthanc_peer import ORTHANC_AE, ORTHANC_BIN, Orthanc
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent
 NODE_BIN = VENV_BIN / "llnm-node"
-ORTHANC_BIN = Path("/usr/sbin/Orthanc")
 
 CORPUS_VERSION = 2
 ROWS, COLUMNS = 480, 640
 STUDIES = 20
 SENDERS_CONCURRENT = 4
 NODE_AE = "LLNM_NODE"
-ORTHANC_AE = "ORTHANC"
 BARE_AE = "BARE_SCP"
 CALLING_AE = "BENCH_SCU"
 STARTUP_TIMEOUT_S = 90.0
@@ -106,19 +106,6 @@ console = Console() if sys.stdout.isatty() else Console(width=150)
 
 
 # --- helpers -------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    """A TCP port on loopback that nobody listens on right now.
-
-    Returns
-    -------
-    int
-        The port number.
-    """
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def find_dcmtk_tool(name: str) -> Path:
@@ -280,48 +267,6 @@ def children_cpu_seconds() -> float:
     """
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     return usage.ru_utime + usage.ru_stime
-
-
-def log_tail(path: Path, lines: int = 25) -> str:
-    """The last lines of a log file, for error messages.
-
-    Parameters
-    ----------
-    path
-        The log file.
-    lines
-        How many lines.
-
-    Returns
-    -------
-    str
-        The text (empty if the file is missing).
-    """
-    try:
-        text = path.read_text(errors="replace")
-    except OSError:
-        return ""
-    return "\n".join(text.splitlines()[-lines:])
-
-
-def stop_process(proc: subprocess.Popen[Any], timeout: float = STOP_TIMEOUT_S) -> None:
-    """Terminate a child process, killing it if it does not exit in time.
-
-    Parameters
-    ----------
-    proc
-        The child.
-    timeout
-        Seconds to wait after SIGTERM before SIGKILL.
-    """
-    if proc.poll() is not None:
-        return
-    proc.terminate()
-    try:
-        proc.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(timeout=10)
 
 
 # --- corpus --------------------------------------------------------------------------
@@ -575,8 +520,7 @@ class Receiver:
         self.echoscu = echoscu
         self.port = free_port()
         self.log_path = workdir / f"{self.name}.log"
-        self.proc: subprocess.Popen[bytes] | None = None
-        self._log_file: Any = None
+        self.process: Process | None = None
 
     def command(self) -> list[str]:
         """The command line that starts the receiver."""
@@ -585,53 +529,35 @@ class Receiver:
     def prepare(self) -> None:
         """Write configuration files; called before the process starts."""
 
-    def wait_ready(self, deadline: float) -> None:
-        """Block until the receiver answers C-ECHO.
+    def ready(self) -> bool:
+        """Whether the receiver answers C-ECHO."""
+        echo = subprocess.run(
+            [
+                str(self.echoscu),
+                *("-aet", CALLING_AE, "-aec", self.ae_title, "-to", "2"),
+                *("127.0.0.1", str(self.port)),
+            ],
+            capture_output=True,
+            timeout=30,
+            check=False,
+        )
+        return echo.returncode == 0
 
-        Parameters
-        ----------
-        deadline
-            ``time.monotonic()`` value after which to give up.
+    def start(self) -> None:
+        """Start the process and wait until it accepts associations.
 
         Raises
         ------
-        RuntimeError
-            If the process exits or does not answer before ``deadline``.
+        AssertionError
+            If the process exits or is not ``ready`` within the startup timeout.
         """
-        while time.monotonic() < deadline:
-            self._check_alive()
-            echo = subprocess.run(
-                [
-                    str(self.echoscu),
-                    *("-aet", CALLING_AE, "-aec", self.ae_title, "-to", "2"),
-                    *("127.0.0.1", str(self.port)),
-                ],
-                capture_output=True,
-                timeout=30,
-                check=False,
-            )
-            if echo.returncode == 0:
-                return
-            time.sleep(0.2)
-        raise RuntimeError(f"{self.name} did not answer C-ECHO in time\n{log_tail(self.log_path)}")
-
-    def _check_alive(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            code = None if self.proc is None else self.proc.returncode
-            raise RuntimeError(f"{self.name} exited ({code})\n{log_tail(self.log_path)}")
-
-    def start(self) -> None:
-        """Start the process and wait until it accepts associations."""
         self.prepare()
-        self._log_file = self.log_path.open("wb")
-        self.proc = subprocess.Popen(
-            self.command(),
-            stdout=self._log_file,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            cwd=self.workdir,
+        self.process = Process(
+            self.command(), log_path=self.log_path, cwd=self.workdir, grace_s=STOP_TIMEOUT_S
         )
-        self.wait_ready(time.monotonic() + STARTUP_TIMEOUT_S)
+        self.process.start().wait_until(
+            self.ready, timeout=STARTUP_TIMEOUT_S, what=f"{self.name} to answer C-ECHO"
+        )
 
     def stored_instances(self) -> int:
         """How many instances the receiver holds now."""
@@ -639,15 +565,12 @@ class Receiver:
 
     def cpu_seconds(self) -> float:
         """CPU seconds the receiver process has used so far."""
-        return float("nan") if self.proc is None else process_cpu_seconds(self.proc.pid)
+        return float("nan") if self.process is None else process_cpu_seconds(self.process.pid)
 
     def stop(self) -> None:
-        """Stop the process (SIGTERM, then SIGKILL) and close its log."""
-        if self.proc is not None:
-            stop_process(self.proc)
-        if self._log_file is not None:
-            self._log_file.close()
-            self._log_file = None
+        """Stop the process (SIGTERM, then SIGKILL)."""
+        if self.process is not None:
+            self.process.stop()
 
 
 class BareReceiver(Receiver):
@@ -690,15 +613,13 @@ class NodeReceiver(Receiver):
 
     def prepare(self) -> None:
         """Write the TOML configuration (durability defaults, no jobs during the run)."""
-        self.config_path.write_text(
-            f"data_dir = {json.dumps(str(self.data_dir))}\n"  # a JSON string is a TOML string
-            'log_level = "WARNING"\n'
-            "[dicom]\n"
-            'host = "127.0.0.1"\n'
-            f"port = {self.port}\n"
-            "[completion]\n"
-            "quiet_seconds = 3600\n"
-        )
+        settings = {
+            "data_dir": self.data_dir,
+            "log_level": "WARNING",
+            "dicom": {"host": "127.0.0.1", "port": self.port},
+            "completion": {"quiet_seconds": 3600},
+        }
+        write_toml(self.config_path, settings)
 
     def stored_instances(self) -> int:
         """Sum of ``instance_count`` over ``llnm-node studies list --json``.
@@ -744,7 +665,7 @@ class OrthancReceiver(Receiver):
 
     def __init__(self, workdir: Path, echoscu: Path) -> None:
         super().__init__(workdir, echoscu)
-        self.http_port = free_port()
+        self.orthanc = Orthanc(self.port, free_port(), self.log_path)
         self.config_path = workdir / "orthanc.json"
 
     def command(self) -> list[str]:
@@ -762,43 +683,18 @@ class OrthancReceiver(Receiver):
             "StorageDirectory": str(storage),
             "IndexDirectory": str(index),
             "DicomPort": self.port,
-            "HttpPort": self.http_port,
+            "HttpPort": self.orthanc.http_port,
             **ORTHANC_OVERRIDES,
         }
         self.config_path.write_text(json.dumps(config, indent=2))
 
-    def _get(self, path: str) -> Any:
-        url = f"http://127.0.0.1:{self.http_port}{path}"
-        with urllib.request.urlopen(url, timeout=5) as response:
-            return json.loads(response.read())
-
-    def wait_ready(self, deadline: float) -> None:
-        """Poll ``/system`` until Orthanc's REST API answers, then C-ECHO it.
-
-        Parameters
-        ----------
-        deadline
-            ``time.monotonic()`` value after which to give up.
-
-        Raises
-        ------
-        RuntimeError
-            If Orthanc exits or does not come up before ``deadline``.
-        """
-        while time.monotonic() < deadline:
-            self._check_alive()
-            try:
-                self._get("/system")
-                break
-            except (urllib.error.URLError, ConnectionError, TimeoutError):
-                time.sleep(0.2)
-        else:
-            raise RuntimeError(f"Orthanc did not come up in time\n{log_tail(self.log_path)}")
-        super().wait_ready(deadline)
+    def ready(self) -> bool:
+        """Whether Orthanc's REST API answers and then C-ECHO does."""
+        return self.orthanc.answers() and super().ready()
 
     def stored_instances(self) -> int:
         """``CountInstances`` of ``/statistics``."""
-        return int(self._get("/statistics")["CountInstances"])
+        return int(self.orthanc.get("/statistics")["CountInstances"])
 
 
 RECEIVER_CLASSES: dict[str, Callable[[Path, Path], Receiver]] = {
@@ -847,33 +743,19 @@ def run_bare_scp(port: int, store_dir: Path) -> None:
 def run_node_unsynced(config: Path) -> None:
     """``llnm-node serve --config CONFIG`` without durability, to price it (never a setting).
 
-    Every check, the spool placement and the database registration run as in
-    the node; only the spool's fsyncs are skipped and SQLite commits with
-    ``synchronous = OFF``. The gap to ``node`` is what durability costs, the gap
-    to ``bare`` what the node's checks and bookkeeping cost.
+    The node's own ``Node`` with ``durable=False``: every check, the spool
+    placement and the database registration run as in the node; only the
+    spool's fsyncs are skipped and SQLite commits with ``synchronous = OFF``.
+    The gap to ``node`` is what durability costs, the gap to ``bare`` what the
+    node's checks and bookkeeping cost.
     """
-    from sqlalchemy import Engine, event
+    from dicom_node.app.node import Node
+    from dicom_node.cli.common import settings_or_exit, setup_logging
+    from dicom_node.cli.node import run_until_stopped
 
-    import db.session
-    from dicom_node.cli.main import app
-    from dicom_node.network import spool
-
-    def skip_fsync(path: Path) -> None:
-        return None
-
-    configure = db.session._configure_sqlite
-
-    def configure_unsynced(engine: Engine) -> None:
-        configure(engine)
-
-        @event.listens_for(engine, "connect")
-        def _no_sync(dbapi_connection: Any, _record: Any) -> None:
-            dbapi_connection.execute("PRAGMA synchronous = OFF")
-
-    spool._fsync_file = skip_fsync
-    spool._fsync_dir = skip_fsync
-    db.session._configure_sqlite = configure_unsynced
-    app(["serve", "--config", str(config)])
+    settings = settings_or_exit(config)
+    setup_logging(settings.log_level)
+    run_until_stopped(Node(settings, durable=False))
 
 
 # --- runs ----------------------------------------------------------------------------
@@ -946,34 +828,28 @@ def send_all(
         Wall seconds from the first start to the last exit, exit codes, and the
         senders' CPU seconds.
     """
-    procs: list[subprocess.Popen[bytes]] = []
-    logs = []
+    senders = [
+        Process(
+            [
+                str(storescu),
+                *("-aet", CALLING_AE, "-aec", called_ae),
+                *("+sd", "+r", "+sp", "*.dcm"),
+                *("127.0.0.1", str(port), str(folder)),
+            ],
+            log_path=logdir / f"storescu-{k}.log",
+            grace_s=5,
+        )
+        for k, folder in enumerate(folders)
+    ]
     cpu_before = children_cpu_seconds()
     try:
         start = time.perf_counter()
-        for k, folder in enumerate(folders):
-            log = (logdir / f"storescu-{k}.log").open("wb")
-            logs.append(log)
-            procs.append(
-                subprocess.Popen(
-                    [
-                        str(storescu),
-                        *("-aet", CALLING_AE, "-aec", called_ae),
-                        *("+sd", "+r", "+sp", "*.dcm"),
-                        *("127.0.0.1", str(port), str(folder)),
-                    ],
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    stdin=subprocess.DEVNULL,
-                )
-            )
-        codes = [proc.wait(timeout=SEND_TIMEOUT_S) for proc in procs]
+        for sender in senders:
+            sender.start()
+        codes = [sender.wait(SEND_TIMEOUT_S) for sender in senders]
         elapsed = time.perf_counter() - start
     finally:
-        for proc in procs:
-            stop_process(proc, timeout=5)
-        for log in logs:
-            log.close()
+        stop_all(senders)
     return elapsed, codes, children_cpu_seconds() - cpu_before
 
 

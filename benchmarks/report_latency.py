@@ -32,7 +32,8 @@ from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from orthanc_peer import ORTHANC_AE, Orthanc, free_port, running_orthanc
+from harness import free_port, wait_for
+from orthanc_peer import ORTHANC_AE, Orthanc, running_orthanc
 from report_cases import write_case
 
 from db import listings
@@ -52,17 +53,21 @@ def _percentile(values: list[float], q: float) -> float:
 
 
 def _wait_for_sr(orthanc: Orthanc, study_uid: str) -> float:
-    deadline = time.monotonic() + TIMEOUT_S
-    while time.monotonic() < deadline:
-        series = orthanc.series_of_study(study_uid)
-        if any(
+    def has_sr() -> bool:
+        return any(
             s["MainDicomTags"].get("Modality") == "SR"
             and s["MainDicomTags"].get("SeriesNumber") == "9901"
-            for s in series
-        ):
-            return time.monotonic()
-        time.sleep(POLL_S)
-    raise TimeoutError(f"no SR for a study in {TIMEOUT_S:.0f} s\n{orthanc.log_tail()}")
+            for s in orthanc.series_of_study(study_uid)
+        )
+
+    wait_for(
+        has_sr,
+        timeout=TIMEOUT_S,
+        what="the SR of a study in Orthanc",
+        interval=POLL_S,
+        describe=orthanc.log_tail,
+    )
+    return time.monotonic()
 
 
 def _stage_seconds(node: Node) -> dict[str, list[float]]:

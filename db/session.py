@@ -14,12 +14,14 @@ from sqlalchemy.orm import Session, sessionmaker
 SQLITE_BUSY_TIMEOUT_MS = 10_000
 
 
-def _configure_sqlite(engine: Engine) -> None:
+def _configure_sqlite(engine: Engine, *, durable: bool) -> None:
     """Durable, concurrent SQLite: WAL, fsync on commit, write lock taken at BEGIN.
 
     pysqlite's own transaction handling is switched off so that SQLAlchemy's
-    BEGIN (made IMMEDIATE) and SAVEPOINTs work as documented.
+    BEGIN (made IMMEDIATE) and SAVEPOINTs work as documented. Not ``durable``:
+    ``synchronous = OFF`` (no fsync at all) instead of ``FULL``.
     """
+    synchronous = "FULL" if durable else "OFF"
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
@@ -27,7 +29,7 @@ def _configure_sqlite(engine: Engine) -> None:
         cursor = dbapi_connection.cursor()
         cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
         cursor.execute("PRAGMA journal_mode = WAL")
-        cursor.execute("PRAGMA synchronous = FULL")
+        cursor.execute(f"PRAGMA synchronous = {synchronous}")
         cursor.execute("PRAGMA foreign_keys = ON")
         cursor.close()
 
@@ -37,17 +39,30 @@ def _configure_sqlite(engine: Engine) -> None:
 
 
 class Database:
-    """An engine plus a session factory; one per process and URL."""
+    """An engine plus a session factory; one per process and URL.
 
-    def __init__(self, url: str, *, echo: bool = False) -> None:
+    Parameters
+    ----------
+    url
+        SQLAlchemy URL of a SQLite file or a PostgreSQL database.
+    echo
+        Log every statement.
+    durable
+        False commits without waiting for the disk: SQLite ``synchronous =
+        OFF``, PostgreSQL ``synchronous_commit = off``. It exists only so that
+        the ingest benchmark can price durability; it is never a node setting.
+    """
+
+    def __init__(self, url: str, *, echo: bool = False, durable: bool = True) -> None:
         self.url = url
         if url.startswith("sqlite"):
             self.engine = create_engine(
                 url, echo=echo, connect_args={"check_same_thread": False, "timeout": 10}
             )
-            _configure_sqlite(self.engine)
+            _configure_sqlite(self.engine, durable=durable)
         else:
-            self.engine = create_engine(url, echo=echo, pool_pre_ping=True)
+            options = {} if durable else {"options": "-c synchronous_commit=off"}
+            self.engine = create_engine(url, echo=echo, pool_pre_ping=True, connect_args=options)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
         # SQLite has one writer at a time and every transaction here writes (BEGIN
         # IMMEDIATE). Queueing this process's transactions on a lock keeps threads from

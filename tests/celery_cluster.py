@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
 import sys
-import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from harness import Process, environ_without, stop_all, wait_for
+from test_imaging_jobs import finished_jobs
 
 from db import listings
 from dicom_node.app.node import Node
@@ -41,7 +41,7 @@ class Cluster:
             executor={"broker_url": broker_url, **executor},
         )
         self.node = Node(self.settings)
-        self.workers: dict[str, subprocess.Popen[bytes]] = {}
+        self.workers: dict[str, Process] = {}
 
     def start_node(self) -> Node:
         """Start the node (migrates the database the workers use)."""
@@ -49,64 +49,55 @@ class Cluster:
         return self.node
 
     def start_worker(self, name: str, queues: str, *, concurrency: int = 1) -> None:
-        """Start ``llnm-node worker --queues queues`` in its own process group."""
-        log = (self.root / f"worker-{name}.log").open("ab")
-        env = {k: v for k, v in os.environ.items() if not k.startswith("LLNM_")}
-        self.workers[name] = subprocess.Popen(
+        """Start ``llnm-node worker --queues queues`` in its own process group; wait until ready."""
+        worker = Process(
             [str(LLNM_NODE_EXE), "worker", "--queues", queues, "--concurrency", str(concurrency)],
-            env={**env, **self.env},
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
+            log_path=self.root / f"worker-{name}.log",
+            env={**environ_without("LLNM_"), **self.env},
+            own_session=True,
         )
-        self._wait_ready(name)
-
-    def _wait_ready(self, name: str) -> None:
-        deadline = time.monotonic() + WORKER_READY_TIMEOUT_S
-        while time.monotonic() < deadline:
-            if self.workers[name].poll() is not None:
-                raise RuntimeError(f"worker {name} exited\n{self.log(name)}")
-            if " ready." in self.log(name):
-                return
-            time.sleep(0.2)
-        raise RuntimeError(f"worker {name} did not become ready\n{self.log(name)}")
+        self.workers[name] = worker.start()
+        worker.wait_until(
+            lambda: " ready." in worker.log(),
+            timeout=WORKER_READY_TIMEOUT_S,
+            what=f"worker {name} to be ready",
+        )
 
     def log(self, name: str) -> str:
         """The worker's output so far."""
-        return (self.root / f"worker-{name}.log").read_text(errors="replace")
+        return self.workers[name].log()
 
     def kill_worker(self, name: str) -> None:
         """kill -9 the worker's whole process group (no warm shutdown, no acknowledgement)."""
-        proc = self.workers.pop(name)
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=10)
+        self.workers[name].kill()
 
     def jobs(self) -> list[listings.JobRow]:
         """Every job, newest first."""
         with self.node.database.session() as session:
             return listings.list_jobs(session)
 
+    def wait_for_a_job(
+        self, matches: Callable[[listings.JobRow], bool], what: str, interval: float
+    ) -> None:
+        """Wait up to 60 s until some job ``matches``."""
+        wait_for(
+            lambda: any(matches(job) for job in self.jobs()),
+            timeout=60,
+            what=what,
+            interval=interval,
+            describe=lambda: f"jobs: {self.jobs()}",
+        )
+
     def wait_jobs(self, count: int, timeout: float = 180.0) -> list[listings.JobRow]:
         """Wait until ``count`` jobs exist and all are done, failed or dead."""
-        deadline = time.monotonic() + timeout
-        jobs: list[listings.JobRow] = []
-        while time.monotonic() < deadline:
-            jobs = self.jobs()
-            if len(jobs) == count and all(j.state in {"done", "failed", "dead"} for j in jobs):
-                return jobs
-            time.sleep(0.2)
-        logs = "\n".join(f"--- {n}\n{self.log(n)[-3000:]}" for n in self.workers)
-        raise AssertionError(f"jobs did not finish: {jobs}\n{logs}")
+
+        def logs() -> str:
+            return "\n".join(f"--- {n}\n{w.log()[-3000:]}" for n, w in self.workers.items())
+
+        return finished_jobs(self.node, count, timeout, describe=logs)
 
     def stop(self) -> None:
-        """SIGTERM every worker (warm shutdown), then stop the node."""
-        for proc in self.workers.values():
-            proc.terminate()
-        for proc in self.workers.values():
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(timeout=10)
+        """SIGTERM every worker (warm shutdown; SIGKILL after 30 s), then stop the node."""
+        stop_all(self.workers.values())
         self.workers.clear()
         self.node.stop()

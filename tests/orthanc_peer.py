@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import json
-import socket
-import subprocess
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -13,6 +10,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from harness import Process, free_port, log_tail
 
 ORTHANC_BIN = Path("/usr/sbin/Orthanc")
 ORTHANC_AE = "ORTHANC"
@@ -26,13 +25,6 @@ function OnStableStudy(studyId, tags, metadata)
   RestApiPost('/modalities/{NODE_MODALITY}/store', studyId)
 end
 """
-
-
-def free_port() -> int:
-    """A TCP port nobody listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass(frozen=True)
@@ -71,25 +63,41 @@ class Orthanc:
             return []
         return list(self.get(f"/studies/{found[0]}/series?expand"))
 
+    def answers(self) -> bool:
+        """Whether the REST API answers (Orthanc is up)."""
+        try:
+            self.get("/system")
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            return False
+        return True
+
     def log_tail(self, lines: int = 30) -> str:
         """The last lines of Orthanc's log, for failure messages."""
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return ""
+        return log_tail(self.log_path, lines)
 
 
-def _wait_ready(orthanc: Orthanc, proc: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + STARTUP_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"Orthanc exited ({proc.returncode})\n{orthanc.log_tail()}")
-        try:
-            orthanc.get("/system")
-            return
-        except (urllib.error.URLError, ConnectionError, TimeoutError):
-            time.sleep(0.2)
-    raise RuntimeError(f"Orthanc did not come up in time\n{orthanc.log_tail()}")
+@contextmanager
+def start_orthanc(
+    workdir: Path, settings: dict[str, Any], *, dicom_port: int | None = None
+) -> Iterator[Orthanc]:
+    """Orthanc with ``settings``, its folders under ``workdir`` and its ports; stopped on exit.
+
+    ``dicom_port`` is a free port unless given; the HTTP port always is.
+    """
+    workdir.mkdir(parents=True, exist_ok=True)
+    orthanc = Orthanc(dicom_port or free_port(), free_port(), workdir / "orthanc.log")
+    config = {
+        "StorageDirectory": str(workdir / "storage"),
+        "IndexDirectory": str(workdir / "index"),
+        "DicomPort": orthanc.dicom_port,
+        "HttpPort": orthanc.http_port,
+        **settings,
+    }
+    (workdir / "orthanc.json").write_text(json.dumps(config, indent=2))
+    argv = [str(ORTHANC_BIN), str(workdir / "orthanc.json")]
+    with Process(argv, log_path=orthanc.log_path, cwd=workdir) as process:
+        process.wait_until(orthanc.answers, timeout=STARTUP_TIMEOUT_S, what="Orthanc's REST API")
+        yield orthanc
 
 
 @contextmanager
@@ -103,16 +111,11 @@ def running_orthanc(
 ) -> Iterator[Orthanc]:
     """Start Orthanc on ``dicom_port`` with the node as modality ``llnm``; stop it on exit."""
     workdir.mkdir(parents=True, exist_ok=True)
-    orthanc = Orthanc(dicom_port, free_port(), workdir / "orthanc.log")
     lua = workdir / "route.lua"
     lua.write_text(ROUTE_STABLE_STUDIES)
-    config = {
+    settings = {
         "Name": "llnm-test-pacs",
-        "StorageDirectory": str(workdir / "storage"),
-        "IndexDirectory": str(workdir / "index"),
         "DicomAet": ORTHANC_AE,
-        "DicomPort": orthanc.dicom_port,
-        "HttpPort": orthanc.http_port,
         "RemoteAccessAllowed": False,
         "AuthenticationEnabled": False,
         "DicomCheckCalledAet": False,
@@ -120,22 +123,5 @@ def running_orthanc(
         "StableAge": 1,
         "LuaScripts": [str(lua)] if route_stable_studies else [],
     }
-    (workdir / "orthanc.json").write_text(json.dumps(config, indent=2))
-    with orthanc.log_path.open("wb") as log:
-        proc = subprocess.Popen(
-            [str(ORTHANC_BIN), str(workdir / "orthanc.json")],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            cwd=workdir,
-        )
-        try:
-            _wait_ready(orthanc, proc)
-            yield orthanc
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=10)
+    with start_orthanc(workdir, settings, dicom_port=dicom_port) as orthanc:
+        yield orthanc

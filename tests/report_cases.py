@@ -7,7 +7,7 @@ from pathlib import Path
 from pydicom import dcmread
 
 from models.demo import DEMO_BUNDLE_DIR
-from phantoms import PhantomCase, make_case
+from phantoms import PhantomCase
 from pipeline.contracts import InstanceRef, StudyInput
 from pipeline.crop import crop
 from pipeline.deidentify.options import DEFAULT_OPTIONS
@@ -60,8 +60,3 @@ def predicted_case(
     predicted = infer_study(measured, _LLNM())
     originals = {r.sop_instance_uid: r.path for r in refs}
     return report_input(predicted, deidentified.pseudonyms, originals), predicted
-
-
-def report_case(tmp_path: Path, seed: int = 1, *, job_id: int = 1) -> ReportInput:
-    """The report input of phantom ``seed`` (both views have a nodule for seeds 1-3)."""
-    return predicted_case(make_case(seed), tmp_path, job_id=job_id)[0]

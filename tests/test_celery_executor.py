@@ -5,8 +5,6 @@ from __future__ import annotations
 import base64
 import json
 import shutil
-import socket
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,7 +12,7 @@ from pathlib import Path
 import pytest
 import redis
 from celery_cluster import Cluster
-from conftest import free_port
+from harness import Process, accepts_connections, free_port, wait_for
 from test_imaging_jobs import send
 
 from db import listings
@@ -63,10 +61,7 @@ def test_messages_carry_only_ids_and_a_study_runs_through_worker_processes(
     assert case.report_dataset is not None
     send(cluster.node, [*case.datasets, case.report_dataset], tmp_path / "case")
     broker = redis.Redis.from_url(SYSTEM_REDIS)
-    deadline = time.monotonic() + 30
-    while not broker.llen("cpu"):
-        assert time.monotonic() < deadline, "the node sent no task"
-        time.sleep(0.1)
+    wait_for(lambda: broker.llen("cpu"), timeout=30, what="the node to send a task")
     (raw,) = broker.lrange("cpu", 0, -1)
     text = raw.decode() if isinstance(raw, bytes) else str(raw)
     message = json.loads(text)
@@ -110,10 +105,7 @@ def test_a_gpu_worker_killed_mid_stage_hands_its_task_to_another(
     cluster.start_worker("gpu-a", "gpu")
     case = make_case(2)
     send(cluster.node, [*case.datasets], tmp_path / "case")
-    deadline = time.monotonic() + 60
-    while not any(j.stage == "segment" for j in cluster.jobs()):
-        assert time.monotonic() < deadline, cluster.jobs()
-        time.sleep(0.02)
+    cluster.wait_for_a_job(lambda j: j.stage == "segment", "a job in the segment stage", 0.02)
     cluster.kill_worker("gpu-a")  # while it loads the models or segments
     cluster.start_worker("gpu-b", "gpu")
     (job,) = cluster.wait_jobs(1)
@@ -126,20 +118,14 @@ def test_a_gpu_worker_killed_mid_stage_hands_its_task_to_another(
     assert len(set(_report_objects(cluster, job.id))) == 3
 
 
-def _redis_server(port: int, log: Path) -> subprocess.Popen[bytes]:
-    server = subprocess.Popen(
-        ["redis-server", "--port", str(port), "--save", "", "--appendonly", "no"],
-        stdout=log.open("ab"),
-        stderr=subprocess.STDOUT,
+def _redis_server(port: int, log: Path) -> Process:
+    server = Process(
+        ["redis-server", "--port", str(port), "--save", "", "--appendonly", "no"], log_path=log
+    ).start()
+    server.wait_until(
+        lambda: accepts_connections(port), timeout=10, what="redis-server", interval=0.05
     )
-    deadline = time.monotonic() + 10
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            return server
-        except OSError:
-            assert time.monotonic() < deadline, log.read_text()
-            time.sleep(0.05)
+    return server
 
 
 @pytest.mark.skipif(shutil.which("redis-server") is None, reason="redis-server is missing")
@@ -157,12 +143,8 @@ def test_redis_restarted_mid_run_loses_no_study(tmp_path: Path, postgres_url: st
         node = cluster.start_node()
         cluster.start_worker("all", "gpu,cpu")
         send(node, [*make_case(3).datasets], tmp_path / "first")
-        deadline = time.monotonic() + 60
-        while not any(j.state == "running" for j in cluster.jobs()):
-            assert time.monotonic() < deadline, cluster.jobs()
-            time.sleep(0.05)
+        cluster.wait_for_a_job(lambda j: j.state == "running", "a running job", 0.05)
         server.kill()  # no persistence: whatever was queued is gone
-        server.wait(timeout=10)
         send(node, [*make_case(4).datasets], tmp_path / "second")  # the node keeps accepting
         time.sleep(2.0)
         server = _redis_server(port, tmp_path / "redis.log")
@@ -170,5 +152,4 @@ def test_redis_restarted_mid_run_loses_no_study(tmp_path: Path, postgres_url: st
     finally:
         cluster.stop()
         server.kill()
-        server.wait(timeout=10)
     assert [j.state for j in jobs] == ["done", "done"], jobs

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
+from typing import Any
 
 import pytest
+from harness import wait_for, write_toml
 from typer.testing import CliRunner
 
 import dicom_factory
@@ -19,9 +20,9 @@ runner = CliRunner()
 
 
 def write_config(tmp_path: Path, database_url: str) -> Path:
-    config = tmp_path / "node.toml"
-    config.write_text(f'data_dir = "{tmp_path / "data"}"\ndatabase_url = "{database_url}"\n')
-    return config
+    return write_toml(
+        tmp_path / "node.toml", {"data_dir": tmp_path / "data", "database_url": database_url}
+    )
 
 
 def invoke(*args: str) -> tuple[int, str]:
@@ -53,14 +54,23 @@ def test_send_list_show_retry(tmp_path: Path, database_url: str, node_factory) -
     assert invoke("echo", "127.0.0.1", str(node.port))[0] == 0
     assert invoke("echo", "127.0.0.1", str(node.port), "--aec", "WRONG")[0] == 1
 
-    deadline = time.monotonic() + 15
-    while True:
+    def listed_jobs() -> list[dict[str, Any]]:
         code, out = invoke("jobs", "list", "--config", config, "--json")
-        jobs = json.loads(out)
-        if len(jobs) == 2 and all(j["state"] in ("done", "failed") for j in jobs):
-            break
-        assert time.monotonic() < deadline, jobs
-        time.sleep(0.2)
+        assert code == 0, out
+        return list(json.loads(out))
+
+    def both_finished() -> list[dict[str, Any]]:
+        jobs = listed_jobs()
+        finished = len(jobs) == 2 and all(j["state"] in ("done", "failed") for j in jobs)
+        return jobs if finished else []
+
+    jobs = wait_for(
+        both_finished,
+        timeout=15,
+        what="both jobs to finish",
+        interval=0.2,
+        describe=lambda: str(listed_jobs()),
+    )
     failed = next(j for j in jobs if j["state"] == "failed")
     done = next(j for j in jobs if j["state"] == "done")
     assert failed["calling_ae"] == "MY_PACS" and "no usable ultrasound image" in failed["error"]
@@ -84,16 +94,15 @@ def test_send_list_show_retry(tmp_path: Path, database_url: str, node_factory) -
     code, out = invoke("jobs", "retry", str(failed["id"]), "--config", config)
     assert code == 0
     database = Database(database_url)
-    deadline = time.monotonic() + 15
-    while True:  # the running node picks the retried job up and runs it again
+
+    def rerun_events() -> list[str]:  # the running node picks the retried job up again
         with database.session() as session:
             retried = session.get_one(Job, failed["id"])
-            if retried.state == JobState.FAILED and retried.attempts == 1:
-                events = [e.kind for e in retried.events]
-                if events.count("stage.started") == 2:
-                    break
-        assert time.monotonic() < deadline
-        time.sleep(0.2)
+            events = [e.kind for e in retried.events]
+            rerun = retried.state == JobState.FAILED and retried.attempts == 1
+        return events if rerun and events.count("stage.started") == 2 else []
+
+    events = wait_for(rerun_events, timeout=15, what="the retried job to run again", interval=0.2)
     assert "job.retry_requested" in events
     database.dispose()
 
@@ -107,8 +116,7 @@ def test_bad_arguments_are_usage_errors(tmp_path: Path, args: list[str]) -> None
 
 
 def test_bad_config_is_a_clear_error(tmp_path: Path) -> None:
-    bad = tmp_path / "bad.toml"
-    bad.write_text('[dicom]\nhost = "0.0.0.0"\n')
+    bad = write_toml(tmp_path / "bad.toml", {"dicom": {"host": "0.0.0.0"}})
     code, out = invoke("jobs", "list", "--config", str(bad))
     assert code == 2 and "allowed_callers" in out
     code, out = invoke("jobs", "list", "--config", str(tmp_path / "missing.toml"))

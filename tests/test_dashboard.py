@@ -9,15 +9,14 @@ from __future__ import annotations
 
 import re
 import shutil
-import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
 import httpx
 import pytest
-from conftest import free_port
+from harness import free_port, wait_for
 from pydicom.dataset import Dataset
 from pydicom.uid import RLELossless
 from pynetdicom import AE, StoragePresentationContexts, evt
@@ -79,13 +78,6 @@ def _corrupt_dataset() -> Dataset:
     return broken
 
 
-def _wait(check: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.2)
-
-
 @pytest.fixture(scope="module")
 def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
     """A node whose only destination is down (one attempt per export), with two jobs sent."""
@@ -133,8 +125,18 @@ def _export_states(site: Site, job_id: int) -> set[str]:
 def _settled(site: Site) -> None:
     """Wait until the site's two jobs finished and their exports gave up."""
     jobs = site.jobs.values()
-    _wait(lambda: all(_job_state(site, j) in FINISHED for j in jobs), 300, "the jobs")
-    _wait(lambda: all(_export_states(site, j) == {"dead"} for j in jobs), 60, "dead exports")
+    wait_for(
+        lambda: all(_job_state(site, j) in FINISHED for j in jobs),
+        timeout=300,
+        what="the jobs",
+        interval=0.2,
+    )
+    wait_for(
+        lambda: all(_export_states(site, j) == {"dead"} for j in jobs),
+        timeout=60,
+        what="dead exports",
+        interval=0.2,
+    )
 
 
 @pytest.fixture
@@ -325,7 +327,12 @@ def _retry_dead_export(browser: WebDriver, site: Site, shots: Path) -> None:
         )
         assert f"export(s) of job {job_id} queued again" in flash.text
         assert browser.current_url.endswith("/ui/exports")
-        _wait(lambda: _export_states(site, job_id) == {"sent"}, 60, "the resend")
+        wait_for(
+            lambda: _export_states(site, job_id) == {"sent"},
+            timeout=60,
+            what="the resend",
+            interval=0.2,
+        )
     finally:
         server.shutdown()
     browser.get(f"{site.url}/ui/jobs/{job_id}")

@@ -225,3 +225,20 @@ def test_concurrent_first_instances_of_one_study(database: Database) -> None:
         assert session.scalar(select(func.count(Job.id))) == 1
         assert session.scalar(select(func.count(Instance.id))) == 8
         assert session.scalars(select(Study)).one().instance_count == 8
+
+
+@pytest.mark.parametrize(("options", "durable"), [({}, True), ({"durable": False}, False)])
+def test_commits_wait_for_the_disk_unless_made_not_durable(
+    database_url: str, options: dict[str, bool], durable: bool
+) -> None:
+    db = Database(database_url, **options)
+    try:
+        with db.connection() as connection:
+            if database_url.startswith("sqlite"):
+                setting = connection.exec_driver_sql("PRAGMA synchronous").scalar()
+                assert setting == (2 if durable else 0)  # FULL or OFF
+            else:
+                setting = connection.exec_driver_sql("SHOW synchronous_commit").scalar()
+                assert setting == ("on" if durable else "off")
+    finally:
+        db.dispose()

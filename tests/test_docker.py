@@ -15,14 +15,14 @@ import shutil
 import subprocess
 import time
 import tomllib
-import urllib.error
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml  # type: ignore[import-untyped]  # PyYAML (an ultralytics dependency), no stubs
-from orthanc_peer import ORTHANC_BIN, Orthanc, free_port
+from harness import free_port, wait_for
+from orthanc_peer import ORTHANC_BIN, Orthanc, start_orthanc
 from pydantic import BaseModel
 from pydicom.uid import generate_uid
 from pynetdicom import AE, StoragePresentationContexts, evt
@@ -391,47 +391,17 @@ def orthanc_with_rule(tmp_path: Path, fake_node: _FakeNode) -> Iterator[Orthanc]
     """The Debian Orthanc running docker/orthanc/route-to-llnm.lua, the fake node as ``llnm``."""
     if not ORTHANC_BIN.exists():
         pytest.fail(f"{ORTHANC_BIN} missing: scripts/setup.sh installs the orthanc package")
-    orthanc = Orthanc(free_port(), free_port(), tmp_path / "orthanc.log")
-    config = {
+    settings = {
         "Name": "llnm-rule-test",
-        "StorageDirectory": str(tmp_path / "storage"),
-        "IndexDirectory": str(tmp_path / "index"),
         "DicomAet": "ORTHANC",
-        "DicomPort": orthanc.dicom_port,
-        "HttpPort": orthanc.http_port,
         "RemoteAccessAllowed": False,
         "AuthenticationEnabled": False,
         "DicomModalities": {"llnm": ["LLNM_NODE", "127.0.0.1", fake_node.port]},
         "StableAge": 1,
         "LuaScripts": [str(LUA_SCRIPT)],
     }
-    (tmp_path / "orthanc.json").write_text(json.dumps(config))
-    with orthanc.log_path.open("wb") as log:
-        proc = subprocess.Popen(
-            [str(ORTHANC_BIN), str(tmp_path / "orthanc.json")],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            cwd=tmp_path,
-        )
-        try:
-            deadline = time.monotonic() + 60
-            while True:
-                assert proc.poll() is None, f"Orthanc exited\n{orthanc.log_tail()}"
-                try:
-                    orthanc.get("/system")
-                    break
-                except (urllib.error.URLError, ConnectionError, TimeoutError):
-                    assert time.monotonic() < deadline, f"Orthanc not up\n{orthanc.log_tail()}"
-                    time.sleep(0.2)
-            yield orthanc
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=10)
+    with start_orthanc(tmp_path, settings) as orthanc:
+        yield orthanc
 
 
 def _upload(orthanc: Orthanc, tmp_path: Path, study_uid: str, seed: int) -> str:
@@ -457,24 +427,29 @@ def _store_as_node(orthanc: Orthanc, study_uid: str) -> str:
     return sop_uid
 
 
-def _wait_until(condition: Callable[[], bool], orthanc: Orthanc, what: str) -> None:
-    deadline = time.monotonic() + 30
-    while not condition():
-        assert time.monotonic() < deadline, f"{what} in time\n{orthanc.log_tail()}"
-        time.sleep(0.2)
-
-
 def test_orthanc_rule_routes_stable_studies_once_and_never_the_nodes_results(
     orthanc_with_rule: Orthanc, fake_node: _FakeNode, tmp_path: Path
 ) -> None:
     orthanc = orthanc_with_rule
     study_uid = generate_uid()
     first = _upload(orthanc, tmp_path, study_uid, seed=1)
-    _wait_until(lambda: fake_node.received == [first], orthanc, "study not routed")
+    wait_for(
+        lambda: fake_node.received == [first],
+        timeout=30,
+        what="the study to be routed",
+        interval=0.2,
+        describe=orthanc.log_tail,
+    )
 
     result = _store_as_node(orthanc, study_uid)  # the node's SR/SC coming back
     later = _upload(orthanc, tmp_path, study_uid, seed=2)  # an image sent after the analysis
-    _wait_until(lambda: later in fake_node.received, orthanc, "later image not routed")
+    wait_for(
+        lambda: later in fake_node.received,
+        timeout=30,
+        what="the later image to be routed",
+        interval=0.2,
+        describe=orthanc.log_tail,
+    )
     time.sleep(3.0)  # two more StableAge periods: nothing else may follow
 
     assert fake_node.received == [first, later]

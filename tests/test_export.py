@@ -5,8 +5,6 @@ from __future__ import annotations
 import itertools
 import json
 import shutil
-import subprocess
-import time
 import types
 import typing
 from collections.abc import Callable, Iterator
@@ -15,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import free_port
+from harness import Process, free_port, wait_for, write_toml
 from pydantic import ValidationError
 from pydicom.filereader import read_file_meta_info
 from sqlalchemy import select
@@ -52,22 +50,22 @@ class StoreSCP:
         self.folder = folder
         self.port = port
         self._tls = tls  # the certificates fixture: TLS with client certificates required
-        self._proc: subprocess.Popen[bytes] | None = None
+        tls_options = []
+        if tls is not None:
+            tls_options = ["+tls", str(tls["server.key"]), str(tls["server.pem"])]
+            tls_options += ["+cf", str(tls["ca.pem"]), "-rc"]
+        options = ["-aet", SCP_AE, "-od", str(folder), "+B", "+uf"]
+        self._process = Process(
+            ["storescp", *tls_options, *options, str(port)],
+            log_path=folder.with_name(f"{folder.name}-storescp.log"),
+            grace_s=10,
+        )
 
     def start(self) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
-        tls = []
-        if self._tls is not None:
-            t = self._tls
-            tls = ["+tls", str(t["server.key"]), str(t["server.pem"]), "+cf", str(t["ca.pem"])]
-            tls += ["-rc"]
-        options = ["-aet", SCP_AE, "-od", str(self.folder), "+B", "+uf"]
-        self._proc = subprocess.Popen(
-            ["storescp", *tls, *options, str(self.port)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+        self._process.start().wait_until(
+            self._answers_echo, timeout=15, what="storescp to listen", interval=0.05
         )
-        wait_for(self._answers_echo, "storescp to listen")
 
     def _answers_echo(self) -> bool:
         context = None
@@ -86,9 +84,7 @@ class StoreSCP:
         return sorted(self.folder.glob("*")) if self.folder.is_dir() else []
 
     def stop(self) -> None:
-        if self._proc is not None:
-            self._proc.terminate()
-            self._proc.wait(timeout=10)
+        self._process.stop()
 
 
 @pytest.fixture
@@ -97,14 +93,6 @@ def scp(tmp_path: Path) -> Iterator[StoreSCP]:
     peer = StoreSCP(tmp_path / "received", free_port())
     yield peer
     peer.stop()
-
-
-def wait_for(predicate: Callable[[], bool], what: str, timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
 
 
 def make_done_job(database: Database, *, ae: str = "PACS") -> int:
@@ -232,17 +220,15 @@ def test_down_then_up_backs_off_and_delivers_once(
     assert (row.state, row.attempts) == ("sent", 4)
 
 
-def write_config(tmp_path: Path, database_url: str) -> str:
-    config = tmp_path / "node.toml"
-    config.write_text(f'data_dir = "{tmp_path / "data"}"\ndatabase_url = "{database_url}"\n')
-    return str(config)
-
-
 def test_dead_after_max_attempts_then_cli_resend(
     database: Database, database_url: str, tmp_path: Path, scp: StoreSCP
 ) -> None:
     runner = CliRunner()
-    config = write_config(tmp_path, database_url)
+    config = str(
+        write_toml(
+            tmp_path / "node.toml", {"data_dir": tmp_path / "data", "database_url": database_url}
+        )
+    )
     spool = tmp_path / "spool"
     job_id = make_done_job(database)
     queue(database, job_id, [write_result(spool, job_id)], "archive")
@@ -322,8 +308,10 @@ def test_node_exports_in_the_background(
     sop_uid, relative = write_result(node.spool.layout.root, job_id)
     queue(node.database, job_id, [(sop_uid, relative)], "archive")
 
-    wait_for(lambda: len(scp.received()) == 1, "the exporter to deliver")
-    wait_for(lambda: rows(node.database)[0].state == "sent", "the export to be marked sent")
+    delivered = "the exporter to deliver"
+    wait_for(lambda: len(scp.received()) == 1, timeout=15, what=delivered, interval=0.05)
+    marked = "the export to be marked sent"
+    wait_for(lambda: rows(node.database)[0].state == "sent", timeout=15, what=marked, interval=0.05)
     [received] = scp.received()
     assert str(read_file_meta_info(received).MediaStorageSOPInstanceUID) == sop_uid
 

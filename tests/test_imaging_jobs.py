@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from pathlib import Path
 
+from harness import wait_for
 from pydicom import Dataset
 from pydicom.uid import RLELossless
 from sqlalchemy import select
@@ -17,6 +17,7 @@ from dicom_node.network import scu
 from phantoms import PhantomOptions, make_case
 
 Factory = Callable[..., Node]
+FINISHED = {"done", "failed", "dead"}
 
 
 def send(node: Node, datasets: list[Dataset], folder: Path) -> None:
@@ -29,15 +30,23 @@ def send(node: Node, datasets: list[Dataset], folder: Path) -> None:
     assert [o.status for o in scu.send_files(peer, paths)] == [0] * len(paths)
 
 
-def finished_jobs(node: Node, count: int, timeout: float = 60.0) -> list[listings.JobRow]:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+def finished_jobs(
+    node: Node, count: int, timeout: float = 60.0, describe: Callable[[], str] | None = None
+) -> list[listings.JobRow]:
+    """Wait until ``count`` jobs exist and all are done, failed or dead; they, newest first."""
+
+    def jobs() -> list[listings.JobRow]:
         with node.database.session() as session:
-            jobs = listings.list_jobs(session)
-        if len(jobs) == count and all(j.state in {"done", "failed", "dead"} for j in jobs):
-            return jobs
-        time.sleep(0.1)
-    raise AssertionError(f"jobs did not finish: {jobs}")
+            return listings.list_jobs(session)
+
+    def finished() -> list[listings.JobRow]:
+        found = jobs()
+        return found if len(found) == count and all(j.state in FINISHED for j in found) else []
+
+    def why() -> str:
+        return f"jobs: {jobs()}" + ("" if describe is None else f"\n{describe()}")
+
+    return wait_for(finished, timeout=timeout, what=f"{count} finished job(s)", describe=why)
 
 
 def test_corrupt_pixel_stream_fails_its_job_and_the_node_goes_on(

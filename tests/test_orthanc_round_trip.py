@@ -6,7 +6,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from orthanc_peer import ORTHANC_AE, Orthanc, free_port, running_orthanc
+from harness import free_port, wait_for
+from orthanc_peer import ORTHANC_AE, Orthanc, running_orthanc
 from report_cases import write_case
 from test_imaging_jobs import Factory
 
@@ -18,14 +19,19 @@ ROUND_TRIP_TIMEOUT_S = 180.0
 
 
 def _wait_for_results(orthanc: Orthanc, study_uid: str) -> list[dict[str, Any]]:
-    deadline = time.monotonic() + ROUND_TRIP_TIMEOUT_S
-    while time.monotonic() < deadline:
+    def results() -> list[dict[str, Any]]:
         series = orthanc.series_of_study(study_uid)
         modalities = {s["MainDicomTags"].get("Modality") for s in series}
-        if "SR" in modalities and len(series) >= 4:  # 2 images + report SR + results
-            return series
-        time.sleep(0.5)
-    raise AssertionError(f"no results in Orthanc in time\n{orthanc.log_tail()}")
+        done = "SR" in modalities and len(series) >= 4  # 2 images + report SR + results
+        return series if done else []
+
+    return wait_for(
+        results,
+        timeout=ROUND_TRIP_TIMEOUT_S,
+        what="the results in Orthanc",
+        interval=0.5,
+        describe=orthanc.log_tail,
+    )
 
 
 def test_a_study_routed_by_orthanc_gets_its_sr_and_heatmaps_back_in_the_same_study(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from harness import wait_for
 from pydicom import dcmread
 from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset
@@ -54,14 +55,13 @@ def _send_as_pacs(node: Node, datasets: list[Dataset], folder: Path) -> None:
 
 
 def _delivered(node: Node, pacs: DemoPacs, count: int, timeout: float = 60.0) -> list[Dataset]:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    def sent() -> list[exports.ExportRow]:
         with node.database.session() as session:
             rows = exports.list_exports(session)
-        if len(rows) >= count and all(r.state == ExportState.SENT for r in rows):
-            return [dcmread(pacs.received[r.sop_instance_uid]) for r in rows]
-        time.sleep(0.1)
-    raise AssertionError(f"exports not delivered: {rows}")
+        return rows if len(rows) >= count and all(r.state == ExportState.SENT for r in rows) else []
+
+    rows = wait_for(sent, timeout=timeout, what=f"{count} export(s) delivered")
+    return [dcmread(pacs.received[r.sop_instance_uid]) for r in rows]
 
 
 def test_a_study_gets_sr_heatmaps_and_segs_back_in_its_own_study(

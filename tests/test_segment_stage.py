@@ -13,6 +13,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from harness import write_toml
 from numpy.typing import NDArray
 from test_imaging_jobs import Factory, finished_jobs, send
 from typer.testing import CliRunner
@@ -107,10 +108,9 @@ def test_no_nodule_found_is_a_done_job_with_its_own_result(
     assert all(v["reason"] == "no nodule found in the nodule mask" for v in summary["views"])
     masks = sorted((node.spool.layout.work_dir(job.id) / "segment").glob("*_nodule.png"))
     assert len(masks) == 2 and not any(read_grey(m).any() for m in masks)
-    config = node.settings.data_dir / "node.toml"
-    config.write_text(
-        f'data_dir = "{node.settings.data_dir}"\n'
-        f'database_url = "{node.settings.resolved_database_url}"\n'
+    config = write_toml(
+        node.settings.data_dir / "node.toml",
+        {"data_dir": node.settings.data_dir, "database_url": node.settings.resolved_database_url},
     )
     shown = runner.invoke(app, ["jobs", "show", str(job.id), "--config", str(config)])
     assert shown.exit_code == 0 and "result: no_nodule_found" in shown.output

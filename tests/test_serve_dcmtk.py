@@ -10,12 +10,10 @@ database (read with plain SQL). Nothing is mocked.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import re
 import shutil
 import signal
-import socket
 import struct
 import subprocess
 import sys
@@ -28,7 +26,14 @@ from typing import Any
 
 import numpy as np
 import pytest
-from conftest import free_port
+from harness import (
+    Process,
+    accepts_connections,
+    environ_without,
+    free_port,
+    wait_for,
+    write_toml,
+)
 from pydicom import dcmread
 from pydicom.encaps import generate_frames
 from pydicom.filereader import read_file_meta_info
@@ -69,20 +74,6 @@ needs_dcmtk = pytest.mark.skipif(
 # --- the serve process ------------------------------------------------------------
 
 
-def _toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return repr(value)
-    if isinstance(value, str):
-        return json.dumps(value)  # a JSON string of plain text is a TOML basic string
-    if isinstance(value, list):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    if isinstance(value, dict):
-        return "{ " + ", ".join(f"{k} = {_toml_value(v)}" for k, v in value.items()) + " }"
-    raise TypeError(f"no TOML for {value!r}")
-
-
 def _echo_status(port: int) -> int | None:
     """C-ECHO the node from pynetdicom as ``TEST_AE``; the status, or None without an answer."""
     ae = AE(ae_title=TEST_AE)
@@ -115,101 +106,66 @@ class ServeProcess:
         self.data_dir = root / "data"
         self.spool = self.data_dir / "spool"
         self.port = free_port()
-        self.config = root / "llnm.toml"
-        self.log_path = root / "serve.log"
         self.database_url = database_url or f"sqlite:///{self.data_dir.resolve() / 'llnm.db'}"
-        self.proc: subprocess.Popen[bytes] | None = None
         self._engine: Engine | None = None
-        lines = [
-            f"data_dir = {_toml_value(str(self.data_dir))}",
-            f"database_url = {_toml_value(database_url)}",
-            'log_level = "INFO"',
-            "",
-            "[dicom]",
-            'host = "127.0.0.1"',
-            f"port = {self.port}",
-            f"ae_title = {_toml_value(NODE_AE)}",
-        ]
+        dicom: dict[str, Any] = {"host": "127.0.0.1", "port": self.port, "ae_title": NODE_AE}
         if allowed_callers:
-            callers = [{"ae_title": ae} for ae in allowed_callers]
-            lines.append(f"allowed_callers = {_toml_value(callers)}")
-        lines += [
-            "",
-            "[completion]",
-            f"quiet_seconds = {_toml_value(float(quiet_seconds))}",
-            f"poll_seconds = {_toml_value(float(poll_seconds))}",
-            "",
-            "[api]",
-            "port = 0  # a free port: several nodes run at once",
-            "",
-        ]
-        self.config.write_text("\n".join(lines), encoding="utf-8")
+            dicom["allowed_callers"] = [{"ae_title": ae} for ae in allowed_callers]
+        settings = {
+            "data_dir": self.data_dir,
+            "database_url": database_url,
+            "log_level": "INFO",
+            "dicom": dicom,
+            "completion": {"quiet_seconds": quiet_seconds, "poll_seconds": poll_seconds},
+            "api": {"port": 0},  # a free port: several nodes run at once
+        }
+        self.config = write_toml(root / "llnm.toml", settings)
+        self.process = Process(
+            [str(LLNM_NODE_EXE), "serve", "--config", str(self.config)],
+            log_path=root / "serve.log",
+            env=environ_without("LLNM_"),
+            cwd=root,
+            own_session=True,
+            grace_s=STOP_TIMEOUT_S,
+        )
 
     # process control
 
     def start(self) -> None:
         """Launch ``llnm-node serve`` (returns at once; see ``wait_ready``)."""
-        assert self.proc is None or self.proc.poll() is not None, "already running"
-        env = {k: v for k, v in os.environ.items() if not k.startswith("LLNM_")}
-        with self.log_path.open("ab") as log:
-            log.write(f"=== start {time.strftime('%H:%M:%S')} ===\n".encode())
-            log.flush()
-            self.proc = subprocess.Popen(
-                [str(LLNM_NODE_EXE), "serve", "--config", str(self.config)],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                env=env,
-                cwd=self.root,
-                start_new_session=True,
-            )
+        self.process.start()
 
     def wait_ready(self, timeout: float = START_TIMEOUT_S) -> None:
         """Wait until the node answers a C-ECHO (it listens only after migration and recovery)."""
-        assert self.proc is not None
-        deadline = time.monotonic() + timeout
-        while True:
-            if self.proc.poll() is not None:
-                pytest.fail(f"serve exited with {self.proc.returncode} at start:\n{self.log()}")
-            with contextlib.suppress(OSError):
-                # a cheap TCP probe first; pynetdicom logs an error for every refused connect
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
-                if _echo_status(self.port) == 0x0000:
-                    return
-            if time.monotonic() > deadline:
-                pytest.fail(
-                    f"serve did not listen on port {self.port} in {timeout} s:\n{self.log()}"
-                )
-            time.sleep(0.05)
+        self.process.wait_until(
+            self._answers_echo,
+            timeout=timeout,
+            what=f"serve to answer C-ECHO on port {self.port}",
+            interval=0.05,
+        )
+
+    def _answers_echo(self) -> bool:
+        # a cheap TCP probe first; pynetdicom logs an error for every refused connect
+        return accepts_connections(self.port) and _echo_status(self.port) == 0x0000
 
     @property
     def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
+        return self.process.pid
 
     def is_running(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
+        return self.process.running()
 
-    def terminate(self, timeout: float = STOP_TIMEOUT_S) -> int:
-        """SIGTERM, and SIGKILL if it is not gone after ``timeout``; returns the exit code."""
-        assert self.proc is not None
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout)
-        return int(self.proc.returncode)
+    def terminate(self) -> int:
+        """SIGTERM, and SIGKILL if it is not gone after 10 s; returns the exit code."""
+        code = self.process.stop()
+        assert code is not None, "serve was never started"
+        return code
 
     def kill9(self) -> int:
-        assert self.proc is not None
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(self.proc.pid, signal.SIGKILL)
-        return int(self.proc.wait(STOP_TIMEOUT_S))
+        return self.process.kill()
 
     def log(self) -> str:
-        return self.log_path.read_text(encoding="utf-8", errors="replace")
+        return self.process.log()
 
     # the node's database, read and written with plain SQL
 
@@ -244,8 +200,7 @@ class ServeProcess:
         return rows[0]
 
     def close(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.terminate()
+        self.process.stop()
         if self._engine is not None:
             self._engine.dispose()
             self._engine = None
@@ -460,14 +415,6 @@ def group_without_shared_uids(paths: Sequence[Path]) -> list[list[Path]]:
         else:
             groups.append([path])
     return groups
-
-
-def wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.1)
 
 
 def spool_files(node: ServeProcess, folder: str) -> list[Path]:
@@ -740,7 +687,11 @@ def _rejection(node: ServeProcess, text_in_message: str) -> Any:
     def matching() -> list[Any]:
         return [e for e in node.events("association.rejected") if text_in_message in e.message]
 
-    wait_for(lambda: bool(matching()), 10, f"an association.rejected event for {text_in_message}")
+    wait_for(
+        lambda: bool(matching()),
+        timeout=10,
+        what=f"an association.rejected event for {text_in_message}",
+    )
     (event,) = matching()
     return event
 
@@ -874,8 +825,8 @@ def test_sigterm_stops_cleanly_and_restart_recovers_running_job(
     assert raw_store(node.port, files) == [0x0000, 0x0000]
     wait_for(
         lambda: [_job_of(node, s).state for s in (done_study, interrupted_study)] == ["done"] * 2,
-        90,  # a cold process loads the segmenters and LLNM-Net first
-        "both jobs done",
+        timeout=90,  # a cold process loads the segmenters and LLNM-Net first
+        what="both jobs done",
     )
 
     started = time.monotonic()
@@ -890,7 +841,11 @@ def test_sigterm_stops_cleanly_and_restart_recovers_running_job(
 
     node.start()
     node.wait_ready()
-    wait_for(lambda: _job_of(node, interrupted_study).state == "done", 90, "recovered job done")
+    wait_for(
+        lambda: _job_of(node, interrupted_study).state == "done",
+        timeout=90,
+        what="the recovered job done",
+    )
     recovered = _job_of(node, interrupted_study)
     assert (recovered.id, recovered.version, recovered.attempts) == (job.id, 1, 2)
     (event,) = node.events("job.recovered")
@@ -915,8 +870,7 @@ def test_demo_runs_with_no_network(tmp_path: Path) -> None:
         "if ip -o link show | grep -v ': lo:'; then exit 97; fi; "  # nothing but loopback
         f'exec "{LLNM_NODE_EXE}" demo --data-dir "{tmp_path / "demo"}"'
     )
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LLNM_")}
-    env["COLUMNS"] = "200"
+    env = {**environ_without("LLNM_"), "COLUMNS": "200"}
     result = subprocess.run(
         ["unshare", "--net", "sh", "-c", script],
         capture_output=True,

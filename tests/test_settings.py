@@ -1,6 +1,7 @@
 from pathlib import Path
 
 import pytest
+from harness import write_toml
 from pydantic import ValidationError
 
 from dicom_node.settings import AllowedCaller, DicomSettings, load_settings
@@ -18,10 +19,13 @@ def test_defaults_are_embedded_and_loopback(
 
 
 def test_toml_then_environment_precedence(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    config = tmp_path / "node.toml"
-    config.write_text(
-        'data_dir = "/srv/llnm"\n[dicom]\nport = 4000\nae_title = "NODE_A"\n'
-        "[completion]\nquiet_seconds = 12\n"
+    config = write_toml(
+        tmp_path / "node.toml",
+        {
+            "data_dir": "/srv/llnm",
+            "dicom": {"port": 4000, "ae_title": "NODE_A"},
+            "completion": {"quiet_seconds": 12},
+        },
     )
     monkeypatch.setenv("LLNM_DICOM__PORT", "5000")
     settings = load_settings(config)
@@ -32,8 +36,7 @@ def test_toml_then_environment_precedence(tmp_path: Path, monkeypatch: pytest.Mo
 
 
 def test_config_from_environment_variable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    config = tmp_path / "node.toml"
-    config.write_text("[dicom]\nport = 4100\n")
+    config = write_toml(tmp_path / "node.toml", {"dicom": {"port": 4100}})
     monkeypatch.setenv("LLNM_CONFIG", str(config))
     assert load_settings().dicom.port == 4100
 
@@ -41,8 +44,7 @@ def test_config_from_environment_variable(tmp_path: Path, monkeypatch: pytest.Mo
 def test_missing_file_and_unknown_keys_are_errors(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError):
         load_settings(tmp_path / "absent.toml")
-    config = tmp_path / "typo.toml"
-    config.write_text("[dicom]\nprot = 4000\n")
+    config = write_toml(tmp_path / "typo.toml", {"dicom": {"prot": 4000}})
     with pytest.raises(ValidationError, match="prot"):
         load_settings(config)
 

@@ -1,3 +1,4 @@
+import os
 from pathlib import Path
 
 import pytest
@@ -72,4 +73,33 @@ def test_discard_removes_file(tmp_path: Path) -> None:
     received.write_bytes(b"x")
     stored = spool.place(received, study_uid="1", sop_uid="2").wait()
     spool.discard(stored)
+    assert not spool.layout.path_of(stored.relative_path).exists()
+
+
+@pytest.mark.parametrize(
+    ("options", "fsyncs"),
+    # the file, the new study folder, incoming/ and, after the discard, the study folder again
+    [({}, 4), ({"durable": False}, 0)],
+    ids=["default-durable", "not-durable"],
+)
+def test_a_spool_fsyncs_unless_made_not_durable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, options: dict[str, bool], fsyncs: int
+) -> None:
+    synced: list[int] = []
+    real_fsync = os.fsync
+
+    def counting_fsync(fd: int) -> None:
+        synced.append(fd)
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", counting_fsync)
+    spool = Spool(tmp_path / "spool", **options)
+    spool.prepare()
+    received = spool.layout.tmp / "rx"
+    received.write_bytes(b"x")
+    placement = spool.place(received, study_uid="1", sop_uid="2", synced=spool.start_sync(received))
+    stored = placement.wait()
+    spool.discard(stored)
+    spool.close()
+    assert len(synced) == fsyncs
     assert not spool.layout.path_of(stored.relative_path).exists()

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from harness import wait_for
 from pydicom import dcmread
 from pydicom.uid import PYDICOM_ROOT_UID, SecondaryCaptureImageStorage, generate_uid
 from pynetdicom import AE
@@ -53,18 +54,20 @@ def events(node: Node, kind: str) -> list[Event]:
         return list(session.scalars(select(Event).where(Event.kind == kind)))
 
 
-# Jobs run the whole pipeline (segmenters and LLNM-Net on the CPU): allow for a busy CI machine.
-def wait_for(predicate: Callable[[], bool], timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        time.sleep(0.05)
-
-
 def job_states(node: Node) -> list[JobState]:
     with node.database.session() as session:
         return list(session.scalars(select(Job.state).order_by(Job.id)))
+
+
+def wait_for_jobs(node: Node, *states: JobState) -> None:
+    """Wait until the node's jobs, oldest first, are in ``states``."""
+    wait_for(
+        lambda: job_states(node) == list(states),
+        timeout=60,  # jobs run the whole pipeline on the CPU: allow for a busy CI machine
+        what=f"jobs {[str(s) for s in states]}",
+        interval=0.05,
+        describe=lambda: f"jobs now: {job_states(node)}",
+    )
 
 
 VENDOR = [
@@ -91,7 +94,7 @@ def test_vendor_files_stored_byte_for_byte_and_analysed(
         spool_file = node.spool.layout.path_of(stored[uid].path)
         assert dataset_bytes(spool_file) == dataset_bytes(path), path.name
         assert dcmread(spool_file).file_meta.TransferSyntaxUID == stored[uid].transfer_syntax_uid
-    wait_for(lambda: job_states(node) == [JobState.DONE] * len(files))  # one study each
+    wait_for_jobs(node, *[JobState.DONE] * len(files))  # one study each
 
 
 def test_resend_is_deduplicated(node_factory: Factory, tmp_path: Path, vendor_dir: Path) -> None:
@@ -163,12 +166,12 @@ def test_study_over_several_associations_is_one_job_and_late_instance_a_new_vers
             dicom_factory.ultrasound(study_uid=study, seed=i), tmp_path / f"{i}.dcm"
         )
         assert scu.send_files(peer(node), [path])[0].ok
-    wait_for(lambda: job_states(node) == [JobState.DONE])
+    wait_for_jobs(node, JobState.DONE)
     late = dicom_factory.write(
         dicom_factory.ultrasound(study_uid=study, seed=9), tmp_path / "l.dcm"
     )
     assert scu.send_files(peer(node), [late])[0].ok
-    wait_for(lambda: job_states(node) == [JobState.DONE, JobState.DONE])
+    wait_for_jobs(node, JobState.DONE, JobState.DONE)
     with node.database.session() as session:
         versions = list(session.scalars(select(Job.version).order_by(Job.id)))
         assert versions == [1, 2]
@@ -184,7 +187,7 @@ def test_report_sr_is_found_by_intake(node_factory: Factory, tmp_path: Path) -> 
         tmp_path / "r.dcm",
     )
     assert all(o.ok for o in scu.send_files(peer(node), [image, report]))
-    wait_for(lambda: job_states(node) == [JobState.DONE])
+    wait_for_jobs(node, JobState.DONE)
     done = [e for e in events(node, "stage.done") if e.detail and e.detail["stage"] == "intake"]
     summary = done[0].detail["summary"]  # type: ignore[index]
     assert summary["report_found"] is True
@@ -200,7 +203,7 @@ def test_study_without_usable_images_fails_with_reason(
         dicom_factory.text_report(study_uid=generate_uid(), text="report only"), tmp_path / "r.dcm"
     )
     assert scu.send_files(peer(node), [report])[0].ok
-    wait_for(lambda: job_states(node) == [JobState.FAILED])
+    wait_for_jobs(node, JobState.FAILED)
     with node.database.session() as session:
         error = session.scalars(select(Job.error)).one()
     assert error is not None and "no usable ultrasound image" in error
@@ -447,7 +450,7 @@ def test_partial_receptions_of_aborted_associations_are_swept(node_factory: Fact
     day_ago = time.time() - 86_400
     os.utime(abandoned, (day_ago, day_ago))
     scu.echo(peer(node))  # the sweep runs when an association's connection closes
-    wait_for(lambda: not abandoned.exists())
+    wait_for(lambda: not abandoned.exists(), timeout=60, what="the sweep", interval=0.05)
     assert live.exists()
     (event,) = events(node, "spool.partial_removed")
     assert event.detail == {"files": 1, "idle_s": 240.0}

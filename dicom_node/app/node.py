@@ -28,12 +28,30 @@ log = logging.getLogger(__name__)
 
 
 class Node:
-    """Start and stop everything ``llnm-node serve`` runs."""
+    """Start and stop everything ``llnm-node serve`` runs.
 
-    def __init__(self, settings: Settings, *, stages: Sequence[Stage[Any, Any]] | None = None):
+    Parameters
+    ----------
+    settings
+        The node's settings.
+    stages
+        The pipeline's stages (default: the full pipeline).
+    durable
+        False gives the spool and the database no fsyncs (see ``Spool`` and
+        ``Database``). It exists only so that the ingest benchmark can price
+        durability; it is never a node setting.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        stages: Sequence[Stage[Any, Any]] | None = None,
+        durable: bool = True,
+    ):
         self.settings = settings
-        self.database = Database(settings.resolved_database_url)
-        self.spool = Spool(settings.data_dir / "spool")
+        self.database = Database(settings.resolved_database_url, durable=durable)
+        self.spool = Spool(settings.data_dir / "spool", durable=durable)
         app = distributed_app(settings)
         self.distributed = app is not None
         self.executor: Executor

@@ -6,13 +6,16 @@ import logging
 import signal
 import threading
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from db.migrate import upgrade
 from db.session import Database
 from dicom_node.cli.common import ConfigOption, console, fail, settings_or_exit, setup_logging
+
+if TYPE_CHECKING:
+    from dicom_node.app.node import Node
 
 db_app = typer.Typer(no_args_is_help=True, help="Job database maintenance.")
 
@@ -23,7 +26,11 @@ def serve(config: ConfigOption = None) -> None:
 
     settings = settings_or_exit(config)
     setup_logging(settings.log_level)
-    node = Node(settings)
+    run_until_stopped(Node(settings))
+
+
+def run_until_stopped(node: Node) -> None:
+    """Start ``node``, run it until SIGTERM or SIGINT, then stop it."""
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())

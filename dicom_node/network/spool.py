@@ -69,11 +69,31 @@ def _fsync_dir(path: Path) -> None:
 
 
 class Spool:
-    """Durable file storage rooted at one folder."""
+    """Durable file storage rooted at one folder.
 
-    def __init__(self, root: Path, *, sync_threads: int = 8) -> None:
+    Parameters
+    ----------
+    root
+        The spool's folder.
+    sync_threads
+        Threads that run the fsyncs.
+    durable
+        False skips every fsync (all else is unchanged). It exists only so that
+        the ingest benchmark can price durability; it is never a node setting.
+    """
+
+    def __init__(self, root: Path, *, sync_threads: int = 8, durable: bool = True) -> None:
         self.layout = SpoolLayout.at(root)
         self._syncer = ThreadPoolExecutor(sync_threads, thread_name_prefix="spool-fsync")
+        self.durable = durable
+
+    def _sync_file(self, path: Path) -> None:
+        if self.durable:
+            _fsync_file(path)
+
+    def _sync_dir(self, path: Path) -> None:
+        if self.durable:
+            _fsync_dir(path)
 
     def prepare(self) -> None:
         """Create the folders and drop receptions a crash left half-done."""
@@ -114,7 +134,7 @@ class Spool:
 
         The listener starts this first and checks the header meanwhile.
         """
-        return self._syncer.submit(_fsync_file, received)
+        return self._syncer.submit(self._sync_file, received)
 
     def place(
         self,
@@ -150,7 +170,7 @@ class Spool:
             study_dir = target.parent
             if not study_dir.is_dir():
                 study_dir.mkdir(parents=True, exist_ok=True)
-                _fsync_dir(self.layout.incoming)
+                self._sync_dir(self.layout.incoming)
             if replace:
                 target.unlink(missing_ok=True)
             os.link(local, target)
@@ -162,8 +182,8 @@ class Spool:
             stored=StoredFile(relative_path=relative, size_bytes=size),
             path=target,
             pending=(
-                file_synced or self._syncer.submit(_fsync_file, target),
-                self._syncer.submit(_fsync_dir, study_dir),
+                file_synced or self._syncer.submit(self._sync_file, target),
+                self._syncer.submit(self._sync_dir, study_dir),
             ),
         )
 
@@ -171,7 +191,7 @@ class Spool:
         """Remove a stored file whose database row could not be written."""
         path = self.layout.path_of(stored.relative_path)
         path.unlink(missing_ok=True)
-        _fsync_dir(path.parent)
+        self._sync_dir(path.parent)
 
     def quarantine(self, received: Path, *, reason: str) -> str:
         """Keep a refused file with its reason; returns its path relative to the root."""

@@ -15,11 +15,30 @@ stages the last; the node and every worker mount the same root.
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
 _UID_RE = re.compile(r"^[0-9]+(\.[0-9]+)*$")
+
+
+def fsync_file(path: Path) -> None:
+    """Wait until the bytes of the file at ``path`` are on disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_dir(path: Path) -> None:
+    """Wait until the entries of folder ``path`` (names added, renamed, removed) are on disk."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _name_for_uid(uid: str) -> str:

@@ -502,7 +502,7 @@ def test_failed_fsync_answers_out_of_resources_and_registers_nothing(
         raise OSError(errno.EIO, "Input/output error")
 
     with monkeypatch.context() as patch:
-        patch.setattr(spool_module, "_fsync_dir", failing_fsync)
+        patch.setattr(spool_module, "fsync_dir", failing_fsync)
         assert scu.send_files(peer(node), [second])[0].status == StoreStatus.OUT_OF_RESOURCES
     assert synced_dirs == [study_dir]
     with node.database.session() as session:

@@ -16,7 +16,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.spool import SpoolLayout
+from pipeline.spool import SpoolLayout, fsync_dir, fsync_file
 
 
 @dataclass(frozen=True)
@@ -52,22 +52,6 @@ class Placement:
         return self.stored
 
 
-def _fsync_file(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 class Spool:
     """Durable file storage rooted at one folder.
 
@@ -89,11 +73,11 @@ class Spool:
 
     def _sync_file(self, path: Path) -> None:
         if self.durable:
-            _fsync_file(path)
+            fsync_file(path)
 
     def _sync_dir(self, path: Path) -> None:
         if self.durable:
-            _fsync_dir(path)
+            fsync_dir(path)
 
     def prepare(self) -> None:
         """Create the folders and drop receptions a crash left half-done."""

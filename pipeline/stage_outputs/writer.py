@@ -13,6 +13,7 @@ from typing import IO, Any, TypeVar, get_args
 
 import numpy as np
 
+from pipeline.spool import fsync_dir
 from pipeline.stage_outputs.schema import (
     DOCUMENT,
     KINDS,
@@ -174,20 +175,12 @@ def write_folder(folder: Path, text: str, arrays: list[np.ndarray[Any, Any]]) ->
     with (folder / DOCUMENT).open("xb") as file:
         file.write(text.encode("ascii"))
         _sync(file)
-    _fsync_dir(folder)
+    fsync_dir(folder)
 
 
 def _sync(file: IO[bytes]) -> None:
     file.flush()
     os.fsync(file.fileno())
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def sibling(directory: Path, suffix: str) -> Path:
@@ -205,7 +198,7 @@ def swap_in(staging: Path, directory: Path) -> None:
                 raise
             _retire(directory)
         else:
-            _fsync_dir(directory.parent)
+            fsync_dir(directory.parent)
             return
     raise OSError(errno.EEXIST, "other writers keep replacing the stage output", str(directory))
 

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from dicom_node.cli.common import console, fail
+
+if TYPE_CHECKING:
+    from models.training_loop import TrainResult
 
 
 def phantom(
@@ -66,6 +69,14 @@ def _run(
     }
 
 
+def _print_result(result: TrainResult, score: str) -> None:
+    stopped = " (stopped early)" if result.stopped_early else ""
+    console.print(
+        f"best validation {score} {result.best_score:.4f} at epoch {result.best_epoch} "
+        f"of {result.epochs_run}{stopped}; run in {result.out}"
+    )
+
+
 class SegTarget(StrEnum):
     """What ``train-seg`` can train: the thyroid (UNet++) or the nodules (YOLOv8-seg)."""
 
@@ -107,11 +118,7 @@ def train_seg(
         result = train_segmenter(data, out, config, options)
     except (FileNotFoundError, ValueError) as exc:
         raise fail("cannot train", exc) from exc
-    console.print(
-        f"best validation Dice {result.best_score:.4f} at epoch {result.best_epoch} "
-        f"of {result.epochs_run}{' (stopped early)' if result.stopped_early else ''}; "
-        f"weights in {result.out}"
-    )
+    _print_result(result, "Dice")
 
 
 def train(
@@ -149,10 +156,7 @@ def train(
         result = train_tmdl(data, out, config, options)
     except (FileNotFoundError, ValueError) as exc:
         raise fail("cannot train", exc) from exc
-    console.print(
-        f"best validation AUC {result.best_score:.4f} at epoch {result.best_epoch} of "
-        f"{result.epochs_run}{' (stopped early)' if result.stopped_early else ''}; run in {out}"
-    )
+    _print_result(result, "AUC")
 
 
 def evaluate(

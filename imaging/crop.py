@@ -9,7 +9,7 @@ Image area from regions
     ``region_rule="union"`` their bounding union. Region Location Max X1/Y1
     are inclusive in DICOM; :class:`ImageArea` bounds are exclusive and
     clipped to the image. Regions that are all something else (colour flow,
-    spectral Doppler, M-mode, traces) are a :class:`~pipeline.stage.StageError`:
+    spectral Doppler, M-mode, traces) are a :class:`~imaging.errors.StageError`:
     there is no B-mode image to analyse.
 Calibration
     Physical Units X and Y Direction both 3 (cm) and positive Physical Delta

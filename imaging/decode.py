@@ -8,7 +8,7 @@ Transfer syntaxes
     JPEG baseline/extended by pylibjpeg-libjpeg or Pillow; JPEG lossless by
     pylibjpeg-libjpeg; JPEG-LS by pyjpegls; JPEG 2000 and HTJ2K by
     pylibjpeg-openjpeg (or Pillow). A syntax without an installed plugin is a
-    :class:`~pipeline.stage.StageError`.
+    :class:`~imaging.errors.StageError`.
 Colour
     ``PALETTE COLOR`` goes through its (possibly segmented) lookup table to RGB;
     ``YBR_FULL``, ``YBR_FULL_422``, ``YBR_ICT`` and ``YBR_RCT`` become RGB in

@@ -1,11 +1,11 @@
 """The distributed executor: each stage of a job is a Celery task on its stage's queue.
 
 Messages carry only ``(job id, stage index, attempt)``: no paths, no patient data.
-A stage's output goes to the next stage's worker through the shared spool, as
-the folder ``work_dir/stages/NN-name`` (:mod:`pipeline.stage_outputs`), read
-back as the stage's ``output_type``; a planted or corrupt folder only fails to
-load, and the job is retried from its first stage. The node claims a job and sends its first
-stage; each worker runs one stage, saves its output, and sends the next stage
+A stage's output goes to the next stage's worker through the shared spool
+(:meth:`SpoolLayout.stage_output`, :mod:`pipeline.stage_outputs`), read back
+as the stage's ``output_type``; a planted or corrupt folder only fails to
+load, and the job is retried from its first stage. The node claims a job and
+sends its first stage; each worker runs one stage, saves its output, and sends the next stage
 to that stage's queue (``gpu`` for segment and infer, ``cpu`` for the rest).
 
 Delivery
@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from celery import Celery
@@ -65,11 +64,6 @@ def celery_app(broker_url: str, *, visibility_timeout_s: float) -> Celery:
     return app
 
 
-def stage_output_dir(work_dir: Path, index: int, stage: str) -> Path:
-    """Where stage number ``index`` (0-based) called ``stage`` leaves its output."""
-    return work_dir / "stages" / f"{index:02d}-{stage}"
-
-
 def _output_type(stage: Stage[Any, Any]) -> type[Any]:
     """The type ``stage``'s output is saved and loaded as between workers."""
     if stage.output_type is None:
@@ -80,7 +74,7 @@ def _output_type(stage: Stage[Any, Any]) -> type[Any]:
 def _previous_output(runner: JobRunner, job_id: int, index: int) -> Any:
     """The output stage ``index - 1`` of job ``job_id`` left in the spool."""
     previous = runner.stages[index - 1]
-    directory = stage_output_dir(runner.spool.work_dir(job_id), index - 1, previous.name)
+    directory = runner.spool.stage_output(job_id, index - 1, previous.name)
     return load_output(directory, _output_type(previous), root=runner.spool.root)
 
 
@@ -132,7 +126,7 @@ def run_stage_task(app: Celery, runner: JobRunner, job_id: int, index: int, atte
     if index + 1 == len(stages):
         runner.finish(job_id)
         return "done"
-    directory = stage_output_dir(runner.spool.work_dir(job_id), index, stages[index].name)
+    directory = runner.spool.stage_output(job_id, index, stages[index].name)
     save_output(directory, step.value, root=runner.spool.root)
     send_stage(app, runner, job_id, index + 1, attempt)
     return "next"

@@ -6,7 +6,8 @@ Under the spool root::
     incoming/<study>/<sop>.dcm   stored instances, bytes exactly as received
     quarantine/<id>.dcm + .txt   refused instances kept for inspection, with the reason
     work/job-<id>/               a job's files: de-identified copies, crops, masks,
-                                 heatmaps, stage outputs, result objects
+                                 heatmaps, result objects
+    work/job-<id>/stages/NN-name/  stage NN's output for the next stage's worker
 
 The listener writes the first three (:mod:`dicom_node.network.spool`), the
 stages the last; the node and every worker mount the same root.
@@ -82,6 +83,10 @@ class SpoolLayout:
     def work_dir(self, job_id: int) -> Path:
         """The folder of job ``job_id`` (not created here)."""
         return self.work / f"job-{job_id}"
+
+    def stage_output(self, job_id: int, index: int, stage: str) -> Path:
+        """Where stage number ``index`` (0-based) called ``stage`` of a job leaves its output."""
+        return self.work_dir(job_id) / "stages" / f"{index:02d}-{stage}"
 
     def instance_path(self, *, study_uid: str, sop_uid: str) -> str:
         """Where an instance is stored, relative to the root."""

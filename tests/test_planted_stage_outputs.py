@@ -23,7 +23,7 @@ from test_stage_outputs import Payload, real_outputs
 
 from db.session import Database
 from models.demo import DEMO_BUNDLE_DIR
-from pipeline.celery_executor import celery_app, run_stage_task, stage_output_dir
+from pipeline.celery_executor import celery_app, run_stage_task
 from pipeline.graph import default_stages
 from pipeline.report.inputs import ReportOptions
 from pipeline.runner import JobRunner, RetryPolicy
@@ -89,7 +89,7 @@ def test_a_planted_output_runs_nothing_and_the_job_fails_cleanly(
     )
     attempt = runner.claim(job_id)
     assert attempt is not None
-    folder = stage_output_dir(spool.work_dir(job_id), FEATURES, "features")
+    folder = spool.stage_output(job_id, FEATURES, "features")
     save_output(folder, real_outputs(spool.root)["features"], root=spool.root)
     marker = tmp_path / "marker"
     PLANTS[plant](folder, marker)

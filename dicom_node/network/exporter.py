@@ -39,7 +39,7 @@ class RoundSummary:
 
 
 class Exporter:
-    """Polls the database for due exports and delivers them, one association per destination."""
+    """Polls the database for due exports and delivers them, one sender call per destination."""
 
     def __init__(
         self,
@@ -74,9 +74,11 @@ class Exporter:
 
     def _deliver(self, name: str, batch: list[DueExport], now: datetime) -> list[ExportState]:
         try:
-            sender = sender_for(self._settings.destination(name), self._calling_ae)
+            destination = self._settings.destination(name)
         except KeyError:
             return self._fail(batch, f"destination {name!r} is no longer configured", now)
+        try:
+            sender = sender_for(destination, self._calling_ae)
         except LookupError as exc:
             return self._fail(batch, str(exc), now)
         except OSError as exc:  # ssl.SSLError included

@@ -22,7 +22,7 @@ fields are ignored. For example::
          "image_area": [96, 40, 880, 620]}]}
 
 Crops go through the pipeline's brightness standardisation
-(:func:`pipeline.crop.standardise_brightness`) and to grey, as at inference.
+(:func:`imaging.crop.standardise_brightness`) and to grey, as at inference.
 """
 
 from __future__ import annotations

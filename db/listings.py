@@ -60,6 +60,8 @@ class JobRow:
     created_at: datetime
     updated_at: datetime
     error: str | None
+    outcome: str | None  # the result's outcome once there is one (predicted, not_assessed, ...)
+    reason: str | None  # the scope gate's coded reason of a not_assessed result
 
 
 @dataclass(frozen=True)
@@ -79,6 +81,7 @@ class ResultRow:
     """A job's result: a prediction, or the outcome that explains why there is none."""
 
     outcome: str
+    reason: str | None  # the scope gate's code when the outcome is not_assessed
     probability: float | None
     threshold: float | None
     positive: bool | None
@@ -114,6 +117,8 @@ def _job_row(job: Job) -> JobRow:
         created_at=job.created_at,
         updated_at=job.updated_at,
         error=job.error,
+        outcome=None if job.result is None else job.result.outcome,
+        reason=None if job.result is None else job.result.reason,
     )
 
 
@@ -160,7 +165,7 @@ def list_jobs(
     """Jobs, newest first, filtered by state, creation time, sending AE and pseudonym."""
     query = (
         _job_query(select(Job), filters)
-        .options(selectinload(Job.study).selectinload(Study.patient))
+        .options(selectinload(Job.study).selectinload(Study.patient), selectinload(Job.result))
         .order_by(Job.id.desc())
         .limit(limit)
         .offset(offset)
@@ -204,6 +209,7 @@ def job_detail(session: Session, *, job_id: int) -> JobDetail:
         r = job.result
         result = ResultRow(
             outcome=r.outcome,
+            reason=r.reason,
             probability=r.probability,
             threshold=r.threshold,
             positive=r.positive,
@@ -293,6 +299,7 @@ class JobSummary:
     stage: str | None
     study_date: str
     outcome: str | None
+    reason: str | None
     probability: float | None
     threshold: float | None
     risk_stage: int | None
@@ -314,6 +321,7 @@ def job_summaries(session: Session, *, job_ids: Sequence[int]) -> dict[int, JobS
             stage=stage,
             study_date=study_date,
             outcome=None if result is None else result.outcome,
+            reason=None if result is None else result.reason,
             probability=None if result is None else result.probability,
             threshold=None if result is None else result.threshold,
             risk_stage=None if result is None else result.risk_stage,

@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 from sqlalchemy import SQLColumnExpression, case, func, select
 from sqlalchemy.orm import Session
 
-from db.models import Event, ExportAttempt, ExportState, Instance, Job, JobState
+from db.models import Event, ExportAttempt, ExportState, Instance, Job, JobState, Result
 
 _K = TypeVar("_K")
 
@@ -40,6 +40,8 @@ class NodeCounts:
     job_failures: dict[JobState, int]  # failed / dead transitions ever recorded
     exports_by_state: dict[ExportState, int]  # every state, zero included
     stage_durations: tuple[StageDurations, ...]
+    results_by_outcome: dict[str, int]  # predicted, no_nodule_found, not_assessed, ...
+    not_assessed_by_reason: dict[str, int]  # the scope gate's reason codes present
 
 
 def ping(session: Session) -> None:
@@ -59,6 +61,13 @@ def node_counts(session: Session, *, buckets: Sequence[float] = STAGE_BUCKETS) -
         job_failures={state: failures.get(kind, 0) for kind, state in failure_kinds.items()},
         exports_by_state={state: exports.get(state, 0) for state in ExportState},
         stage_durations=stage_durations(session, buckets=buckets),
+        results_by_outcome=_grouped_counts(session, Result.outcome, Result.id),
+        not_assessed_by_reason={
+            str(reason): count
+            for reason, count in _grouped_counts(
+                session, Result.reason, Result.id, Result.reason.is_not(None)
+            ).items()
+        },
     )
 
 

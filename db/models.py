@@ -240,6 +240,8 @@ class Result(Base):
     risk_stage: Mapped[int | None] = mapped_column(Integer, default=None)
     # Why there is no probability (e.g. no nodule found), when there is none.
     outcome: Mapped[str] = mapped_column(String(32), default="predicted")
+    # The scope gate's coded reason when the outcome is not_assessed (imaging.scope_reasons).
+    reason: Mapped[str | None] = mapped_column(String(32), default=None, index=True)
     bundle_name: Mapped[str] = mapped_column(String(128), default="")
     bundle_version: Mapped[str] = mapped_column(String(32), default="")
     synthetic_bundle: Mapped[bool] = mapped_column(default=False)

@@ -5,15 +5,11 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from sqlalchemy import (
-    select,
-)
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from db.jobs import JobStateError
-from db.models import (
-    Result,
-)
+from db.models import Result
 
 
 @dataclass(frozen=True)
@@ -36,16 +32,20 @@ def save_result(
     *,
     job_id: int,
     outcome: str,
+    reason: str | None = None,
     detail: dict[str, Any] | None = None,
     prediction: Prediction | None = None,
 ) -> Result:
-    """Record the job's result, replacing the one an earlier attempt may have left."""
+    """Record the job's result, replacing the one an earlier attempt may have left.
+
+    ``reason`` is the coded reason of an outcome without a prediction (not assessed).
+    """
     existing = session.scalar(select(Result).where(Result.job_fk == job_id))
     if existing is not None:
         session.delete(existing)
         session.flush()
     values = {} if prediction is None else asdict(prediction)
-    result = Result(job_fk=job_id, outcome=outcome, detail=detail, **values)
+    result = Result(job_fk=job_id, outcome=outcome, reason=reason, detail=detail, **values)
     session.add(result)
     session.flush()
     return result
@@ -63,3 +63,9 @@ def add_result_detail(session: Session, *, job_id: int, **detail: Any) -> None:
     if result is None:
         raise JobStateError(f"job {job_id} has no result to add to")
     result.detail = {**(result.detail or {}), **detail}
+
+
+def result_detail(session: Session, *, job_id: int) -> dict[str, Any]:
+    """The detail of job ``job_id``'s result ({} without a result or a detail)."""
+    result = session.scalar(select(Result).where(Result.job_fk == job_id))
+    return {} if result is None or result.detail is None else dict(result.detail)

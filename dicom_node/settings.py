@@ -29,6 +29,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from imaging.scope import ScopeRules
 from models.demo import DEMO_BUNDLE_DIR
 
 CONFIG_ENV_VAR = "LLNM_CONFIG"
@@ -182,6 +183,33 @@ class ModelSettings(_Section):
     bundle_dir: Path = DEMO_BUNDLE_DIR
 
 
+class ScopeSettings(_Section):
+    """What this site counts as a thyroid study: the scope gate's rules (imaging.scope).
+
+    Patterns are regular expressions (case-insensitive, matched anywhere) per
+    attribute: BodyPartExamined, StudyDescription, ProtocolName,
+    RequestedProcedureDescription, ExamType (Image Type value 3). An image
+    matching a deny pattern is not assessed; an attribute with allow patterns
+    must match one of them when it holds a value.
+    """
+
+    modalities: list[str] = Field(default_factory=lambda: ["US"], min_length=1)
+    allow: dict[str, list[str]] = Field(default_factory=dict)
+    # Added to the built-in patterns of clearly non-thyroid exams (imaging.scope.DEFAULT_DENY).
+    deny: dict[str, list[str]] = Field(default_factory=dict)
+    # False: only this site's deny patterns apply.
+    default_deny: bool = True
+
+    @model_validator(mode="after")
+    def _check_patterns(self) -> Self:
+        self.rules()  # raises ValueError naming a bad attribute or pattern
+        return self
+
+    def rules(self) -> ScopeRules:
+        """The rules the intake stage applies."""
+        return ScopeRules.from_mapping(self.model_dump())
+
+
 class ReportSettings(_Section):
     """What the report stage makes besides the SR and the heatmap secondary captures."""
 
@@ -191,6 +219,8 @@ class ReportSettings(_Section):
     failure_report: bool = True
     # A job whose segmenter found no nodule sends a short SR that says so.
     no_nodule_report: bool = True
+    # A study the scope gate did not assess sends a short SR that says why.
+    not_assessed_report: bool = True
 
 
 class DestinationTLS(_Section):
@@ -329,6 +359,7 @@ class Settings(BaseSettings):
     executor: ExecutorSettings = Field(default_factory=ExecutorSettings)
     model: ModelSettings = Field(default_factory=ModelSettings)
     report: ReportSettings = Field(default_factory=ReportSettings)
+    scope: ScopeSettings = Field(default_factory=ScopeSettings)
     export: ExportSettings = Field(default_factory=ExportSettings)
     api: ApiSettings = Field(default_factory=ApiSettings)
 

@@ -62,3 +62,17 @@ class Exclusion:
     def text(self) -> str:
         """``reason.text`` with the detail in brackets when there is one."""
         return f"{self.reason.text} ({self.detail})" if self.detail else self.reason.text
+
+
+def outcome_text(outcome: str, reason: str | None) -> str:
+    """A result without a probability in a few words: "not assessed: colour Doppler image".
+
+    An unknown reason code (from a newer node) is shown as the code.
+    """
+    words = outcome.replace("_", " ")
+    if reason is None:
+        return words
+    try:
+        return f"{words}: {Reason(reason).text}"
+    except ValueError:
+        return f"{words}: {reason}"

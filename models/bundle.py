@@ -143,6 +143,33 @@ def seal_bundle(
     return manifest
 
 
+def reseal_bundle(folder: Path, **metrics: Any) -> Manifest:
+    """Seal ``folder`` again after files were added or replaced, keeping its manifest's fields.
+
+    ``metrics`` entries are added to (or replace those of) the manifest's metrics.
+
+    Raises
+    ------
+    BundleError
+        As :func:`seal_bundle`, or if the folder has no readable manifest.
+    """
+    path = folder / MANIFEST_FILE
+    try:
+        old = Manifest(**json.loads(path.read_text(encoding="utf-8")))
+    except (OSError, json.JSONDecodeError, TypeError) as exc:
+        raise BundleError(f"{path} cannot be read: {exc}") from exc
+    return seal_bundle(
+        folder,
+        name=old.name,
+        version=old.version,
+        intended_use=old.intended_use,
+        training_data=old.training_data,
+        input_spec=old.input_spec,
+        text_encoder=old.text_encoder,
+        metrics={**old.metrics, **metrics},
+    )
+
+
 def clinical_use_label(folder: Path) -> str | None:
     """The label of what the bundle in ``folder`` makes, without verifying its files.
 

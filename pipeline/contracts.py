@@ -10,6 +10,7 @@ from typing import ClassVar, Literal
 from pydicom import Dataset
 
 from db.jobs import JobSource
+from imaging.scope_reasons import Exclusion
 from pipeline.spool import SpoolLayout
 
 
@@ -70,6 +71,14 @@ def summarize_skipped(skipped: Sequence[Skipped]) -> list[dict[str, str]]:
 
 
 @dataclass(frozen=True)
+class ExcludedImage:
+    """An image the scope gate left out (its SOP Instance UID as the stage knew it) and why."""
+
+    sop_instance_uid: str
+    exclusion: Exclusion
+
+
+@dataclass(frozen=True)
 class ModelInputs:
     """What the model reads besides the pixels; never written into a DICOM copy."""
 
@@ -111,8 +120,9 @@ class DeidentifiedImage:
 class DeidentifiedStudy:
     """The study after de-identification: what every later stage works from."""
 
-    SCHEMA_VERSION: ClassVar[int] = 1  # of the stage output file (pipeline.stage_outputs)
+    SCHEMA_VERSION: ClassVar[int] = 2  # of the stage output file (pipeline.stage_outputs)
 
     job: JobContext
     study_instance_uid: str  # pseudonymous
     images: tuple[DeidentifiedImage, ...]
+    excluded: tuple[ExcludedImage, ...] = ()  # by intake's rules; pseudonymous UIDs

@@ -9,15 +9,23 @@ Views
 Features
     :func:`imaging.features.extract_view` on the crop, both masks and the
     crop's calibration (the index nodule rule is there).
+Scope gate
+    The index nodule's detection confidence is the highest confidence of the
+    nodule detections covering it (the segment stage's confidence map inside
+    its mask and box). With bundle scope statistics, a view whose index
+    nodule is less confident than the bundle's limit is excluded
+    (``low_nodule_confidence``).
 No nodule
     A study none of whose views holds a nodule is not an error: the stage
     records a job result with outcome ``no_nodule_found`` (listing the views
-    looked at) and the job ends there, done.
+    looked at) and the job ends there, done. A study whose only nodules were
+    below the confidence limit is not assessed instead (:mod:`pipeline.scope`).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar
 
 from sqlalchemy.orm import Session
@@ -25,7 +33,17 @@ from sqlalchemy.orm import Session
 from db import results
 from imaging.features.extract import View, ViewFeatures, extract_view, summarize
 from imaging.png import read_png
-from pipeline.contracts import JobContext
+from imaging.scope_reasons import Exclusion, Reason
+from models.bundle import BundleLoader, Manifest
+from models.scope import ScopeStatistics, ViewLimits, load_scope
+from pipeline.contracts import ExcludedImage, JobContext
+from pipeline.scope import (
+    NotAssessed,
+    describe_excluded,
+    gated,
+    gated_summary,
+    not_assessed,
+)
 from pipeline.segment import SegmentedStudy, SegmentedView
 from pipeline.stage import JobConcluded, Stage
 
@@ -40,16 +58,18 @@ class MeasuredView:
 
     segmented: SegmentedView
     features: ViewFeatures
+    nodule_confidence: float | None  # of the index nodule's detection; None without one
 
 
 @dataclass(frozen=True)
 class MeasuredStudy:
     """The features stage's output."""
 
-    SCHEMA_VERSION: ClassVar[int] = 1  # of the stage output file (pipeline.stage_outputs)
+    SCHEMA_VERSION: ClassVar[int] = 2  # of the stage output file (pipeline.stage_outputs)
 
     job: JobContext
     views: tuple[MeasuredView, ...]
+    excluded: tuple[ExcludedImage, ...] = ()
 
     @property
     def nodule_found(self) -> bool:
@@ -78,19 +98,51 @@ def measure_view(view: SegmentedView) -> MeasuredView:
         If a PNG cannot be read.
     """
     crop = view.crop
+    nodules = read_png(view.nodule_mask, grey=True)
     features = extract_view(
         read_png(crop.png_path),
-        read_png(view.nodule_mask, grey=True),
+        nodules,
         read_png(view.thyroid_mask, grey=True),
         crop.mm_per_pixel,
         view=view_plane(crop.view),
     )
-    return MeasuredView(segmented=view, features=features)
+    confidence = None
+    if features.index is not None:
+        x0, y0, x1, y1 = features.index.box
+        inside = read_png(view.nodule_confidence, grey=True)[y0:y1, x0:x1]
+        covered = inside[nodules[y0:y1, x0:x1] > 0]
+        confidence = float(covered.max()) / 255.0 if covered.size else 0.0
+    return MeasuredView(segmented=view, features=features, nodule_confidence=confidence)
 
 
-def measure(study: SegmentedStudy) -> MeasuredStudy:
-    """Features of every view of ``study``."""
-    return MeasuredStudy(job=study.job, views=tuple(measure_view(view) for view in study.views))
+def confidence_exclusion(view: MeasuredView, limits: ViewLimits | None) -> Exclusion | None:
+    """Why ``view``'s index nodule is too uncertain to assess, or None (module docstring)."""
+    confidence = view.nodule_confidence
+    if limits is None or confidence is None or confidence >= limits.nodule_confidence:
+        return None
+    return Exclusion(
+        Reason.LOW_NODULE_CONFIDENCE,
+        f"confidence {confidence:.2f} < {limits.nodule_confidence:.2f}",
+    )
+
+
+def measure(
+    study: SegmentedStudy, scope: ScopeStatistics | None = None
+) -> MeasuredStudy | NotAssessed:
+    """Features of every view of ``study``; uncertain index nodules excluded (module doc)."""
+    limits = None if scope is None else scope.limits
+    views: list[MeasuredView] = []
+    excluded: list[ExcludedImage] = []
+    for view in study.views:
+        measured = measure_view(view)
+        exclusion = confidence_exclusion(measured, limits)
+        if exclusion is None:
+            views.append(measured)
+        else:
+            excluded.append(ExcludedImage(view.crop.sop_instance_uid, exclusion))
+    if excluded and not any(v.features.index is not None for v in views):
+        return not_assessed(study.job.job_id, excluded, before=study.excluded)
+    return MeasuredStudy(job=study.job, views=tuple(views), excluded=(*study.excluded, *excluded))
 
 
 def summarize_measures(study: MeasuredStudy) -> dict[str, Any]:
@@ -101,10 +153,14 @@ def summarize_measures(study: MeasuredStudy) -> dict[str, Any]:
             {
                 "sop_instance_uid": v.segmented.crop.sop_instance_uid,
                 "thyroid_found": v.segmented.thyroid_pixels > 0,
+                "nodule_confidence": None
+                if v.nodule_confidence is None
+                else round(v.nodule_confidence, 3),
                 **summarize(v.features),
             }
             for v in study.views
         ],
+        "excluded": describe_excluded(study.excluded),
     }
 
 
@@ -124,15 +180,29 @@ def conclude_without_nodule(
                 {"sop_instance_uid": v.segmented.crop.sop_instance_uid, "view": v.features.view}
                 for v in study.views
             ],
+            "excluded": describe_excluded(study.excluded),
         },
     )
     return JobConcluded(NO_NODULE_FOUND)
 
 
-FEATURES = Stage[SegmentedStudy, MeasuredStudy](
-    name="features",
-    run=measure,
-    summarize=summarize_measures,
-    store=conclude_without_nodule,
-    output_type=MeasuredStudy,
-)
+class ScopeLoader(BundleLoader[ScopeStatistics | None]):
+    """The scope statistics of the bundle in ``bundle_dir``, loaded once (:func:`load_scope`)."""
+
+    def __init__(self, bundle_dir: Path) -> None:
+        super().__init__(bundle_dir, _scope_of)
+
+
+def _scope_of(bundle_dir: Path, _manifest: Manifest) -> ScopeStatistics | None:
+    return load_scope(bundle_dir)
+
+
+def features_stage(scope: ScopeLoader) -> Stage[SegmentedStudy, MeasuredStudy | NotAssessed]:
+    """The features stage, gating with the scope statistics ``scope`` provides."""
+    return Stage[SegmentedStudy, MeasuredStudy | NotAssessed](
+        name="features",
+        run=lambda study: measure(study, scope()),
+        summarize=gated_summary(summarize_measures),
+        store=gated(conclude_without_nodule),
+        output_type=MeasuredStudy,
+    )

@@ -6,10 +6,17 @@ Model
     all-MiniLM-L6-v2 when it names none), loaded once per process after the
     bundle's checksums are verified (:class:`LlnmLoader`). The decision
     threshold is the manifest's ``metrics.llnm.threshold`` (default 0.5).
+Scope gate
+    Every view with an index nodule gets an out-of-distribution score: the
+    Mahalanobis distance of its LLNM-Net embedding to the bundle's training
+    views (:mod:`models.scope`). A view over the bundle's threshold is
+    excluded (``out_of_distribution``, "score 41.2 > 18.0"); a study left
+    with none is not assessed and no probability is computed. A bundle
+    without scope statistics says so in the result (``ood.available``).
 Views
-    Views whose index nodule was found are used, at most two: the first
-    transverse and the first longitudinal one when there are both, else the
-    first two in study order. Age, sex and the redacted report text come from
+    Of the views in scope whose index nodule was found, at most two are used:
+    the first transverse and the first longitudinal one when there are both,
+    else the first two in study order. Age, sex and the redacted report text come from
     de-identification; a missing report or a single view is fine.
 Output
     The LLNM probability, positive at the threshold, the risk stage (1-3) and
@@ -34,6 +41,7 @@ from sqlalchemy.orm import Session
 from db import results
 from imaging.errors import StageError
 from imaging.png import write_png
+from imaging.scope_reasons import Exclusion, Reason
 from models.bundle import BundleLoader, Manifest
 from models.llnm.config import TMDLConfig
 from models.llnm.explain import explain
@@ -41,9 +49,11 @@ from models.llnm.text import TextEncoder
 from models.llnm.tmdl import TMDL, TMDLBatch
 from models.llnm.view_inputs import demographics, unletterbox, view_inputs
 from models.llnm.weights import load_tmdl
+from models.scope import ScopeStatistics, load_scope
 from models.segmentation.segmenter import select_device
-from pipeline.contracts import JobContext, ModelInputs
+from pipeline.contracts import ExcludedImage, JobContext, ModelInputs
 from pipeline.features import MeasuredStudy, MeasuredView
+from pipeline.scope import NotAssessed, describe_excluded, gated, gated_summary, not_assessed
 from pipeline.stage import Stage
 
 LLNM_DIR = "llnm"
@@ -61,6 +71,7 @@ class LoadedLlnm:
     manifest: Manifest
     threshold: float
     device: torch.device
+    scope: ScopeStatistics | None  # None: the bundle has no scope statistics (no OOD check)
 
 
 def load_llnm(
@@ -82,7 +93,9 @@ def load_llnm(
         None if reference is None else Path(reference), device, config.text_tokens
     )
     threshold = manifest.metrics.get(LLNM_DIR, {}).get("threshold", DEFAULT_THRESHOLD)
-    return LoadedLlnm(model, config, encoder, manifest, float(threshold), device)
+    return LoadedLlnm(
+        model, config, encoder, manifest, float(threshold), device, load_scope(bundle_dir)
+    )
 
 
 class LlnmLoader(BundleLoader[LoadedLlnm]):
@@ -96,7 +109,7 @@ class LlnmLoader(BundleLoader[LoadedLlnm]):
 class PredictedStudy:
     """The infer stage's output: the prediction and what it was made from."""
 
-    SCHEMA_VERSION: ClassVar[int] = 1  # of the stage output file (pipeline.stage_outputs)
+    SCHEMA_VERSION: ClassVar[int] = 2  # of the stage output file (pipeline.stage_outputs)
 
     job: JobContext
     views: tuple[MeasuredView, ...]  # the views the model saw
@@ -104,11 +117,14 @@ class PredictedStudy:
     stage_probabilities: tuple[float, ...]
     heatmaps: tuple[Path, ...]  # one per used view, at crop resolution
     clinical_use_label: str | None
+    ood_scores: tuple[float, ...] | None = None  # per used view; None without statistics
+    ood_threshold: float | None = None
+    excluded: tuple[ExcludedImage, ...] = ()
 
 
-def choose_views(study: MeasuredStudy) -> tuple[MeasuredView, ...]:
+def choose_views(views: tuple[MeasuredView, ...]) -> tuple[MeasuredView, ...]:
     """At most two views with a nodule, a transverse and a longitudinal one first."""
-    found = [v for v in study.views if v.features.index is not None]
+    found = [v for v in views if v.features.index is not None]
     transverse = [v for v in found if v.features.view == "transverse"]
     longitudinal = [v for v in found if v.features.view == "longitudinal"]
     if transverse and longitudinal:
@@ -160,7 +176,38 @@ def _write_heatmap(path: Path, view: MeasuredView, heatmap: np.ndarray[Any, Any]
     return write_png(path, canvas)
 
 
-def infer_study(study: MeasuredStudy, llnm: LoadedLlnm) -> PredictedStudy:
+def view_embeddings(
+    views: tuple[MeasuredView, ...], inputs: ModelInputs, llnm: LoadedLlnm
+) -> np.ndarray[Any, np.dtype[np.float64]]:
+    """LLNM-Net's embedding (V, W) of each view (with the study's text and demographics)."""
+    batch, _ = _batch(views, inputs, llnm)
+    with torch.inference_mode():
+        output = llnm.model.eval()(batch)
+    return np.asarray(output.view_embeddings[0].double().cpu().numpy())
+
+
+def _in_distribution(
+    study: MeasuredStudy, llnm: LoadedLlnm
+) -> tuple[tuple[MeasuredView, ...], dict[str, float], list[ExcludedImage]]:
+    """The views with a nodule within the training range, every view's score, and the rest."""
+    found = tuple(v for v in study.views if v.features.index is not None)
+    if llnm.scope is None or not found:
+        return found, {}, []
+    distribution = llnm.scope.embedding
+    scores = distribution.distances(view_embeddings(found, study.job.inputs, llnm))
+    kept, excluded = [], []
+    for view, score in zip(found, scores, strict=True):
+        if score <= distribution.threshold:
+            kept.append(view)
+            continue
+        detail = f"score {score:.1f} > {distribution.threshold:.1f}"
+        exclusion = Exclusion(Reason.OUT_OF_DISTRIBUTION, detail)
+        excluded.append(ExcludedImage(view.segmented.crop.sop_instance_uid, exclusion))
+    uids = [v.segmented.crop.sop_instance_uid for v in found]
+    return tuple(kept), dict(zip(uids, map(float, scores), strict=True)), excluded
+
+
+def infer_study(study: MeasuredStudy, llnm: LoadedLlnm) -> PredictedStudy | NotAssessed:
     """Predict LLNM for ``study`` with explanations (module docstring).
 
     Raises
@@ -168,7 +215,10 @@ def infer_study(study: MeasuredStudy, llnm: LoadedLlnm) -> PredictedStudy:
     StageError
         If no view holds a nodule (the features stage ends such jobs before).
     """
-    views = choose_views(study)
+    in_scope, scores, excluded = _in_distribution(study, llnm)
+    if excluded and not in_scope:
+        return not_assessed(study.job.job_id, excluded, before=study.excluded)
+    views = choose_views(in_scope)
     if not views:
         raise StageError("no view with a nodule to predict from")
     batch, report_used = _batch(views, study.job.inputs, llnm)
@@ -199,6 +249,11 @@ def infer_study(study: MeasuredStudy, llnm: LoadedLlnm) -> PredictedStudy:
         stage_probabilities=tuple(float(p) for p in stages),
         heatmaps=heatmaps,
         clinical_use_label=manifest.clinical_use_label,
+        ood_scores=None
+        if llnm.scope is None
+        else tuple(scores[v.segmented.crop.sop_instance_uid] for v in views),
+        ood_threshold=None if llnm.scope is None else llnm.scope.embedding.threshold,
+        excluded=(*study.excluded, *excluded),
     )
 
 
@@ -214,6 +269,14 @@ def _detail(study: PredictedStudy) -> dict[str, Any]:
             for v, heatmap in zip(study.views, study.heatmaps, strict=True)
         ],
         "clinical_use_label": study.clinical_use_label,
+        "ood": {
+            "available": study.ood_scores is not None,
+            "threshold": None if study.ood_threshold is None else round(study.ood_threshold, 2),
+            "scores": None
+            if study.ood_scores is None
+            else [round(score, 2) for score in study.ood_scores],
+        },
+        "excluded": describe_excluded(study.excluded),
     }
 
 
@@ -244,13 +307,13 @@ def store_prediction(session: Session, job_id: int, study: PredictedStudy) -> Pr
     return study
 
 
-def infer_stage(loader: LlnmLoader) -> Stage[MeasuredStudy, PredictedStudy]:
+def infer_stage(loader: LlnmLoader) -> Stage[MeasuredStudy, PredictedStudy | NotAssessed]:
     """The infer stage, using the model ``loader`` provides."""
-    return Stage(
+    return Stage[MeasuredStudy, PredictedStudy | NotAssessed](
         name="infer",
         run=lambda study: infer_study(study, loader()),
-        summarize=summarize_prediction,
+        summarize=gated_summary(summarize_prediction),
         queue="gpu",
-        store=store_prediction,
+        store=gated(store_prediction),
         output_type=PredictedStudy,
     )

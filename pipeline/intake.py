@@ -1,4 +1,12 @@
-"""Study intake: the first stage; what arrived, what is usable, and the report text."""
+"""Study intake: the first stage; what arrived, what is usable, and the report text.
+
+Scope gate: every ultrasound image's header goes through the site's scope
+rules (:func:`imaging.scope.header_exclusion`: modality, allow/deny patterns)
+and its Sequence of Ultrasound Regions (:func:`imaging.scope.region_exclusion`:
+Doppler, no B-mode region, split screen). An excluded image is not
+de-identified or analysed; a study with images that are all excluded is not
+assessed (:mod:`pipeline.scope`).
+"""
 
 from __future__ import annotations
 
@@ -11,8 +19,10 @@ from pydicom.uid import UID
 
 from imaging.dicom_files import UnreadableDicomError, read_header
 from imaging.errors import StageError
+from imaging.scope import ScopeRules, header_exclusion, region_exclusion
 from imaging.sop_classes import SECONDARY_CAPTURE_CLASS, SR_CLASSES, ULTRASOUND_IMAGE_CLASSES
-from pipeline.contracts import InstanceRef, Skipped, StudyInput, summarize_skipped
+from pipeline.contracts import ExcludedImage, InstanceRef, Skipped, StudyInput, summarize_skipped
+from pipeline.scope import NotAssessed, describe_excluded, gated, gated_summary, not_assessed
 from pipeline.stage import Stage
 
 
@@ -58,6 +68,7 @@ class IntakeReport:
     reports: tuple[ReportDocument, ...]
     series: tuple[SeriesCount, ...]
     skipped: tuple[Skipped, ...]
+    excluded: tuple[ExcludedImage, ...] = ()  # by the scope rules; original UIDs
 
 
 def summarize_intake(report: IntakeReport) -> dict[str, Any]:
@@ -71,6 +82,7 @@ def summarize_intake(report: IntakeReport) -> dict[str, Any]:
         "report_found": bool(report.reports),
         "report_characters": sum(len(r.text) for r in report.reports),
         "skipped": summarize_skipped(report.skipped),
+        "excluded": describe_excluded(report.excluded),
     }
 
 
@@ -103,14 +115,18 @@ def _image_problem(sop_class: str, dataset: Dataset, has_pixels: bool) -> str | 
     return None
 
 
-def intake(study: StudyInput) -> IntakeReport:
+def intake(study: StudyInput, rules: ScopeRules | None = None) -> IntakeReport | NotAssessed:
     """Read every instance's header and sort the study into images, reports and the rest.
+
+    ``rules`` are the site's scope rules (default: :class:`~imaging.scope.ScopeRules`'s).
 
     Raises
     ------
     StageError
-        If the study holds no usable ultrasound image.
+        If the study holds no usable ultrasound image and none was excluded.
     """
+    rules = rules or ScopeRules()
+    excluded: list[ExcludedImage] = []
     images: list[UltrasoundImage] = []
     reports: list[ReportDocument] = []
     skipped: list[Skipped] = []
@@ -142,6 +158,10 @@ def intake(study: StudyInput) -> IntakeReport:
         if problem:
             skipped.append(Skipped(ref.sop_instance_uid, problem))
             continue
+        exclusion = header_exclusion(dataset, rules) or region_exclusion(dataset)
+        if exclusion is not None:
+            excluded.append(ExcludedImage(ref.sop_instance_uid, exclusion))
+            continue
         images.append(
             UltrasoundImage(
                 ref=ref,
@@ -154,6 +174,8 @@ def intake(study: StudyInput) -> IntakeReport:
                 has_ultrasound_regions="SequenceOfUltrasoundRegions" in dataset,
             )
         )
+    if not images and excluded:
+        return not_assessed(study.job_id, excluded)
     if not images:
         found = "; ".join(f"{s.sop_instance_uid}: {s.reason}" for s in skipped)
         if reports:
@@ -171,9 +193,19 @@ def intake(study: StudyInput) -> IntakeReport:
             for (uid, modality), n in series.items()
         ),
         skipped=tuple(skipped),
+        excluded=tuple(excluded),
     )
 
 
-INTAKE = Stage[StudyInput, IntakeReport](
-    name="intake", run=intake, summarize=summarize_intake, output_type=IntakeReport
-)
+def intake_stage(rules: ScopeRules) -> Stage[StudyInput, IntakeReport | NotAssessed]:
+    """The intake stage with the site's scope ``rules``."""
+    return Stage[StudyInput, IntakeReport | NotAssessed](
+        name="intake",
+        run=lambda study: intake(study, rules),
+        summarize=gated_summary(summarize_intake),
+        store=gated(),
+        output_type=IntakeReport,
+    )
+
+
+INTAKE = intake_stage(ScopeRules())

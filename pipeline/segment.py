@@ -14,7 +14,15 @@ Segmenters
 Masks
     Both masks come back at the crop's resolution and are written next to the
     crops as ``work_dir/segment/NNN_nodule.png`` and ``NNN_thyroid.png`` (0 or
-    255; NNN as the crop's), for the report and heatmap stages.
+    255; NNN as the crop's), for the report and heatmap stages, with the
+    nodule detections' confidence map ``NNN_nodule_confidence.png`` (0-255
+    for 0-1) that the features stage reads the index nodule's confidence from.
+Scope gate
+    A view is used only when the thyroid is there as in training: a non-empty
+    mask and, when the bundle has scope statistics (:mod:`models.scope`), the
+    mask's share of the crop and its mean probability within the ranges seen
+    in training. Other views are excluded (``no_thyroid``); a study left with
+    none is not assessed (:mod:`pipeline.scope`).
 Next
     :mod:`pipeline.features` reads the crops and masks and measures the
     nodules; a study with no nodule ends there with its own job result.
@@ -32,12 +40,22 @@ import torch
 from numpy.typing import NDArray
 
 from imaging.errors import StageError
-from imaging.png import read_png, write_mask
+from imaging.png import read_png, write_mask, write_png
+from imaging.scope_reasons import Exclusion, Reason
 from models.bundle import BundleLoader, Manifest
-from models.segmentation import Segmenter, load_segmenter, segment
+from models.scope import ScopeStatistics, ViewLimits, load_scope
+from models.segmentation import Segmenter, load_segmenter, predict_probabilities
+from models.segmentation.nodule import yolo_outputs
 from pipeline.batching import MicroBatcher
-from pipeline.contracts import JobContext, Skipped
+from pipeline.contracts import ExcludedImage, JobContext, Skipped
 from pipeline.crop import CroppedStudy, CroppedView
+from pipeline.scope import (
+    NotAssessed,
+    describe_excluded,
+    gated,
+    gated_summary,
+    not_assessed,
+)
 from pipeline.stage import Stage
 
 NODULE_DIR = "nodule"
@@ -48,37 +66,48 @@ THYROID_DIR = "thyroid"
 MAX_BATCH_VIEWS = 32
 
 Crop = NDArray[np.uint8]
-Mask = NDArray[np.bool_]
+Probability = NDArray[np.float32]
+NoduleMaps = tuple[Probability, Probability]  # mask probability, detection confidence
 
 
 @dataclass(frozen=True)
 class Segmenters:
     """The two segmenters of a model bundle, its manifest, and their batched mask makers.
 
-    ``nodule_masks``/``thyroid_masks`` map crops to masks at the crops' sizes and
-    batch concurrent calls (several jobs at once) into one forward pass.
+    ``nodule_masks``/``thyroid_masks`` map crops to probability maps at the crops'
+    sizes (the nodule's with its confidence map) and batch concurrent calls
+    (several jobs at once) into one forward pass. ``scope`` is the bundle's
+    scope statistics, None for a bundle without them.
     """
 
     nodule: Segmenter
     thyroid: Segmenter
     manifest: Manifest
-    nodule_masks: MicroBatcher[Crop, Mask]
-    thyroid_masks: MicroBatcher[Crop, Mask]
+    scope: ScopeStatistics | None
+    nodule_masks: MicroBatcher[Crop, NoduleMaps]
+    thyroid_masks: MicroBatcher[Crop, Probability]
 
     @classmethod
-    def of(cls, nodule: Segmenter, thyroid: Segmenter, manifest: Manifest) -> Segmenters:
+    def of(
+        cls,
+        nodule: Segmenter,
+        thyroid: Segmenter,
+        manifest: Manifest,
+        scope: ScopeStatistics | None = None,
+    ) -> Segmenters:
         """The segmenters with their batchers."""
         return cls(
             nodule=nodule,
             thyroid=thyroid,
             manifest=manifest,
+            scope=scope,
             nodule_masks=MicroBatcher(
-                functools.partial(segment, nodule, target="nodule"),
+                functools.partial(yolo_outputs, nodule),
                 max_items=MAX_BATCH_VIEWS,
                 name="nodule",
             ),
             thyroid_masks=MicroBatcher(
-                functools.partial(segment, thyroid, target="thyroid"),
+                functools.partial(predict_probabilities, thyroid),
                 max_items=MAX_BATCH_VIEWS,
                 name="thyroid",
             ),
@@ -102,7 +131,7 @@ def load_segmenters(
     for name, segmenter in ((NODULE_DIR, nodule), (THYROID_DIR, thyroid)):
         if segmenter.config.target != name:
             raise ValueError(f"{bundle_dir / name} finds {segmenter.config.target!r}")
-    return Segmenters.of(nodule, thyroid, manifest)
+    return Segmenters.of(nodule, thyroid, manifest, load_scope(bundle_dir))
 
 
 class SegmenterLoader(BundleLoader[Segmenters]):
@@ -119,23 +148,53 @@ class SegmentedView:
     crop: CroppedView
     nodule_mask: Path
     thyroid_mask: Path
+    nodule_confidence: Path  # detection confidence map, 0-255 for 0-1
     nodule_pixels: int
     thyroid_pixels: int
+    thyroid_confidence: float  # mean thyroid probability inside the mask (0 when empty)
+
+    @property
+    def thyroid_area(self) -> float:
+        """The thyroid mask's share of the crop."""
+        return self.thyroid_pixels / float(self.crop.rows * self.crop.columns)
 
 
 @dataclass(frozen=True)
 class SegmentedStudy:
-    """The segment stage's output: every crop with its two masks."""
+    """The segment stage's output: the crops in scope with their two masks."""
 
-    SCHEMA_VERSION: ClassVar[int] = 1  # of the stage output file (pipeline.stage_outputs)
+    SCHEMA_VERSION: ClassVar[int] = 2  # of the stage output file (pipeline.stage_outputs)
 
     job: JobContext
     views: tuple[SegmentedView, ...]
     skipped: tuple[Skipped, ...]
+    excluded: tuple[ExcludedImage, ...] = ()
 
 
-def segment_study(study: CroppedStudy, segmenters: Segmenters) -> SegmentedStudy:
-    """Segment every crop of ``study`` and write the masks next to the crops.
+def thyroid_exclusion(view: SegmentedView, limits: ViewLimits | None) -> Exclusion | None:
+    """Why ``view`` lacks a thyroid as the segmenter saw it in training, or None (module doc)."""
+    if view.thyroid_pixels == 0:
+        return Exclusion(Reason.NO_THYROID, "empty thyroid mask")
+    if limits is None:
+        return None
+    area, confidence = view.thyroid_area, view.thyroid_confidence
+    if area not in limits.thyroid_area:
+        seen = limits.thyroid_area
+        return Exclusion(
+            Reason.NO_THYROID,
+            f"thyroid area {area:.1%} outside {seen.low:.1%}-{seen.high:.1%} seen in training",
+        )
+    if confidence not in limits.thyroid_confidence:
+        seen = limits.thyroid_confidence
+        return Exclusion(
+            Reason.NO_THYROID,
+            f"thyroid confidence {confidence:.2f} outside {seen.low:.2f}-{seen.high:.2f}",
+        )
+    return None
+
+
+def segment_study(study: CroppedStudy, segmenters: Segmenters) -> SegmentedStudy | NotAssessed:
+    """Segment every crop of ``study``, write the masks next to the crops, gate the thyroid.
 
     Raises
     ------
@@ -148,19 +207,41 @@ def segment_study(study: CroppedStudy, segmenters: Segmenters) -> SegmentedStudy
     crops = [read_png(view.png_path) for view in study.images]
     nodules = segmenters.nodule_masks(crops)
     thyroids = segmenters.thyroid_masks(crops)
-    views = []
-    for view, nodule, thyroid in zip(study.images, nodules, thyroids, strict=True):
+    nodule_threshold = segmenters.nodule.config.threshold
+    thyroid_threshold = segmenters.thyroid.config.threshold
+    limits = None if segmenters.scope is None else segmenters.scope.limits
+    views: list[SegmentedView] = []
+    excluded: list[ExcludedImage] = []
+    for view, (nodule_p, confidence), thyroid_p in zip(
+        study.images, nodules, thyroids, strict=True
+    ):
         stem = view.png_path.stem
-        views.append(
-            SegmentedView(
-                crop=view,
-                nodule_mask=write_mask(out_dir / f"{stem}_nodule.png", nodule),
-                thyroid_mask=write_mask(out_dir / f"{stem}_thyroid.png", thyroid),
-                nodule_pixels=int(np.count_nonzero(nodule)),
-                thyroid_pixels=int(np.count_nonzero(thyroid)),
-            )
+        nodule, thyroid = nodule_p > nodule_threshold, thyroid_p > thyroid_threshold
+        segmented = SegmentedView(
+            crop=view,
+            nodule_mask=write_mask(out_dir / f"{stem}_nodule.png", nodule),
+            thyroid_mask=write_mask(out_dir / f"{stem}_thyroid.png", thyroid),
+            nodule_confidence=write_png(
+                out_dir / f"{stem}_nodule_confidence.png",
+                np.clip(np.rint(confidence * 255.0), 0, 255).astype(np.uint8),
+            ),
+            nodule_pixels=int(np.count_nonzero(nodule)),
+            thyroid_pixels=int(np.count_nonzero(thyroid)),
+            thyroid_confidence=float(thyroid_p[thyroid].mean()) if thyroid.any() else 0.0,
         )
-    return SegmentedStudy(job=study.job, views=tuple(views), skipped=study.skipped)
+        exclusion = thyroid_exclusion(segmented, limits)
+        if exclusion is None:
+            views.append(segmented)
+        else:
+            excluded.append(ExcludedImage(view.sop_instance_uid, exclusion))
+    if not views:
+        return not_assessed(study.job.job_id, excluded, before=study.excluded)
+    return SegmentedStudy(
+        job=study.job,
+        views=tuple(views),
+        skipped=study.skipped,
+        excluded=(*study.excluded, *excluded),
+    )
 
 
 def summarize_segmentation(study: SegmentedStudy) -> dict[str, Any]:
@@ -171,18 +252,22 @@ def summarize_segmentation(study: SegmentedStudy) -> dict[str, Any]:
                 "sop_instance_uid": v.crop.sop_instance_uid,
                 "nodule_pixels": v.nodule_pixels,
                 "thyroid_pixels": v.thyroid_pixels,
+                "thyroid_area": round(v.thyroid_area, 4),
+                "thyroid_confidence": round(v.thyroid_confidence, 3),
             }
             for v in study.views
         ],
+        "excluded": describe_excluded(study.excluded),
     }
 
 
-def segment_stage(loader: SegmenterLoader) -> Stage[CroppedStudy, SegmentedStudy]:
+def segment_stage(loader: SegmenterLoader) -> Stage[CroppedStudy, SegmentedStudy | NotAssessed]:
     """The segment stage, using the segmenters ``loader`` provides."""
     return Stage(
         name="segment",
         run=lambda study: segment_study(study, loader()),
-        summarize=summarize_segmentation,
+        summarize=gated_summary(summarize_segmentation),
         queue="gpu",
+        store=gated(),
         output_type=SegmentedStudy,
     )

@@ -28,6 +28,7 @@ from db.models import ExportState, JobState
 from db.session import Database
 from dicom_node.api.auth import COOKIE, Caller, identify, presented_token, require_caller
 from dicom_node.api.files import Heatmap, heatmaps, listed_objects
+from imaging.scope_reasons import outcome_text
 
 _HERE = Path(__file__).parent
 _FLASH = "llnm_flash"
@@ -145,7 +146,7 @@ def result_text(summary: listings.JobSummary | None) -> str:
     if summary is None or summary.outcome is None:
         return "—"
     if summary.probability is None:
-        return summary.outcome.replace("_", " ")
+        return outcome_text(summary.outcome, summary.reason)
     return f"{summary.probability:.2f} · stage {summary.risk_stage}"
 
 

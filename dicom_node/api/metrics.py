@@ -24,6 +24,7 @@ from db import metrics as db_metrics
 from db.session import Database
 from dicom_node.api.auth import Caller, require_caller
 from dicom_node.api.schemas import Problem
+from imaging.scope_reasons import Reason
 
 router = APIRouter(tags=["metrics"])
 
@@ -61,6 +62,21 @@ class DatabaseCollector:
         for export_state, count in counts.exports_by_state.items():
             exports.add_metric([export_state.value], count)
         yield exports
+        outcomes = CounterMetricFamily(
+            "llnm_results", "Job results by outcome (predicted, not_assessed, ...).",
+            labels=["outcome"],
+        )  # fmt: skip
+        for outcome, count in sorted(counts.results_by_outcome.items()):
+            outcomes.add_metric([outcome], count)
+        yield outcomes
+        reasons = CounterMetricFamily(
+            "llnm_not_assessed",
+            "Studies not assessed by the scope gate, by coded reason.",
+            labels=["reason"],
+        )
+        for reason in Reason:
+            reasons.add_metric([reason.value], counts.not_assessed_by_reason.get(reason.value, 0))
+        yield reasons
         yield _stage_histogram(counts.stage_durations)
 
 

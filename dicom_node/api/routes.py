@@ -138,8 +138,12 @@ def _result(job_id: int, result: listings.ResultRow, spool: SpoolLayout) -> sche
         for kind, uid, _ in files.listed_objects(result)
     ]
     heatmaps = [h.path for h in files.heatmaps(spool, job_id, result)]
+    detail = result.detail or {}
     return schemas.Result(
         outcome=result.outcome,
+        reason=result.reason,
+        reason_text=detail.get("text") if result.reason is not None else None,
+        excluded=list(detail.get("excluded", [])),
         probability=result.probability,
         threshold=result.threshold,
         positive=result.positive,

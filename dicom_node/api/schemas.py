@@ -140,6 +140,10 @@ class Result(BaseModel):
     """The model's answer, or the outcome that explains why there is none."""
 
     outcome: str
+    # Not assessed: the scope gate's coded reason, its wording, and the images left out.
+    reason: str | None
+    reason_text: str | None
+    excluded: list[dict[str, str]]
     probability: float | None
     threshold: float | None
     positive: bool | None

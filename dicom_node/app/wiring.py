@@ -61,6 +61,7 @@ def job_runner(
             spool=spool,
             report=ReportOptions(**settings.report.model_dump()),
             destinations_for=settings.export.destinations_for,
+            scope=settings.scope.rules(),
         )
         if stages is None
         else stages,

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import tempfile
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -11,6 +13,11 @@ import typer
 
 from dicom_node.cli.common import console, fail
 from models.bundle import NOT_FOR_CLINICAL_USE, BundleError, seal_bundle, verify_bundle
+from models.scope import DEFAULT_PERCENTILE
+from phantoms import make_case
+from phantoms.dataset_export import case_seed
+from pipeline.offline import write_study
+from pipeline.scope_fit import fit_bundle_scope
 
 SYNTHETIC_USE = (
     "Demonstration, testing and integration only; trained on synthetic thyroid phantoms. "
@@ -97,4 +104,74 @@ def verify(folder: Annotated[Path, typer.Argument(help="The bundle folder.")]) -
     console.print(
         f"{manifest.name} {manifest.version}: {len(manifest.files)} files verified; "
         f"components {', '.join(sorted(manifest.architecture))}{label}"
+    )
+
+
+def _study_folders(root: Path) -> list[list[Path]]:
+    """Each sub-folder of ``root`` holding ``*.dcm`` files is one study."""
+    folders = sorted(p for p in root.iterdir() if p.is_dir())
+    studies = [sorted(folder.glob("*.dcm")) for folder in folders]
+    return [study for study in studies if study]
+
+
+def _phantom_studies(seed: int, start: int, count: int, out: Path) -> Iterator[list[Path]]:
+    for index in range(start, start + count):
+        case = make_case(case_seed(seed, index))
+        datasets = [*case.datasets, *([case.report_dataset] if case.report_dataset else [])]
+        yield write_study(datasets, out / case.case_id)
+
+
+@bundle_app.command("fit-scope")
+def fit_scope(
+    folder: Annotated[Path, typer.Argument(help="The bundle folder (sealed again afterwards).")],
+    data: Annotated[
+        Path | None,
+        typer.Option(help="Training-like studies: one sub-folder of DICOM files per study."),
+    ] = None,
+    validation: Annotated[
+        Path | None, typer.Option(help="Separate validation studies, laid out like --data.")
+    ] = None,
+    phantoms: Annotated[
+        int, typer.Option(help="Without --data: fit on this many phantoms of --seed.")
+    ] = 300,
+    validation_phantoms: Annotated[int, typer.Option(help="Validation phantoms after them.")] = 150,
+    seed: Annotated[int, typer.Option(help="Phantom seed (the demo bundle's: 1).")] = 1,
+    percentile: Annotated[
+        float, typer.Option(min=50.0, max=100.0, help="OOD threshold percentile.")
+    ] = DEFAULT_PERCENTILE,
+) -> None:
+    """Fit the scope gate's statistics (view limits, OOD threshold) into a bundle."""
+    train: Iterable[Sequence[Path]]
+    held: Iterable[Sequence[Path]]
+    with tempfile.TemporaryDirectory(prefix="llnm-fit-scope-") as scratch:
+        if data is not None:
+            if validation is None:
+                raise fail("--data needs --validation", ValueError("no validation studies"))
+            train_folders, held_folders = _study_folders(data), _study_folders(validation)
+            train, held = train_folders, held_folders
+            fitted_on: dict[str, Any] = {"data": str(data), "validation": str(validation)}
+            sizes = (len(train_folders), len(held_folders))
+        else:
+            out = Path(scratch)
+            train = _phantom_studies(seed, 0, phantoms, out / "train")
+            held = _phantom_studies(seed, phantoms, validation_phantoms, out / "validation")
+            fitted_on = {
+                "data": f"phantoms of seed {seed}",
+                "train_cases": f"0-{phantoms - 1}",
+                "validation_cases": f"{phantoms}-{phantoms + validation_phantoms - 1}",
+                "synthetic": True,
+            }
+            sizes = (phantoms, validation_phantoms)
+        try:
+            summary = fit_bundle_scope(
+                folder, train, held, percentile=percentile, fitted_on=fitted_on, sizes=sizes
+            )
+        except (BundleError, ValueError) as exc:
+            raise fail("the scope statistics could not be fitted", exc) from exc
+    limits = summary["limits"]
+    console.print(
+        f"OOD threshold {summary['ood_threshold']} (validation percentile {percentile:g}); "
+        f"thyroid area {limits['thyroid_area']['low']:.3f}-{limits['thyroid_area']['high']:.3f}, "
+        f"nodule confidence >= {limits['nodule_confidence']:.2f}; "
+        f"{summary['fitted_on']['train_views']} + {summary['fitted_on']['validation_views']} views"
     )

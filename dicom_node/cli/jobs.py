@@ -20,14 +20,16 @@ from dicom_node.cli.common import (
     listing_command,
     print_json,
 )
+from imaging.scope_reasons import outcome_text
 
 jobs_app = typer.Typer(no_args_is_help=True, help="Inspect and retry jobs.")
 
 
 def _jobs_table(rows: Sequence[listings.JobRow]) -> Table:
     table = Table(
-        "job", "study", "ver", "state", "stage", "tries", "patient", "AE", "updated", "error"
-    )
+        "job", "study", "ver", "state", "stage", "tries", "patient", "AE", "updated", "result",
+        "error",
+    )  # fmt: skip
     for r in rows:
         table.add_row(
             str(r.id),
@@ -39,6 +41,7 @@ def _jobs_table(rows: Sequence[listings.JobRow]) -> Table:
             r.patient_pseudonym,
             r.calling_ae,
             format_time(r.updated_at),
+            "" if r.outcome is None else outcome_text(r.outcome, r.reason),
             (r.error or "")[:60],
         )
     return table
@@ -76,6 +79,10 @@ def jobs_show(job_id: int, config: ConfigOption = None, as_json: JsonOption = Fa
         stage = "" if result.risk_stage is None else f"  risk stage {result.risk_stage}"
         synthetic = "  [yellow]NOT FOR CLINICAL USE[/yellow]" if result.synthetic_bundle else ""
         console.print(f"result: [bold]{result.outcome}[/bold]{probability}{stage}{synthetic}")
+        if result.reason is not None:
+            console.print(f"not assessed: {(result.detail or {}).get('text', result.reason)}")
+            for image in (result.detail or {}).get("excluded", []):
+                console.print(f"  excluded {image['sop_instance_uid']}: {image['text']}")
     table = Table("time", "level", "event", "message")
     for e in detail.events:
         table.add_row(format_time(e.created_at), e.level, e.kind, e.message)

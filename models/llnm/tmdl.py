@@ -80,6 +80,7 @@ class TMDLOutput:
     logit: torch.Tensor  # (B,) patient LLNM logit = mean of the present views' logits
     stage_logits: torch.Tensor  # (B, stages) mean over present views
     view_logits: torch.Tensor  # (B, V), 0 where the view is absent (or dropped in training)
+    view_embeddings: torch.Tensor  # (B, V, W): the pooled tokens the heads read, per view
     attentions: list[torch.Tensor] | None  # per self-attention block (M, H, N, N)
 
 
@@ -361,6 +362,7 @@ class TMDL(nn.Module):
             logit=view_logits.sum(dim=1) / count,
             stage_logits=view_stages.sum(dim=1) / count[:, None],
             view_logits=view_logits,
+            view_embeddings=pooled.view(b, v, -1),
             attentions=attentions if return_attention else None,
         )
 

@@ -87,29 +87,38 @@ def yolo_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tenso
     return total
 
 
-def _merged_probability(
+def _merged_maps(
     detections: torch.Tensor, proto: torch.Tensor, shape: tuple[int, int]
-) -> torch.Tensor:
-    """Maximum over detections (N, 6 + 32) of their box-cut mask probabilities at ``shape``."""
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mask probability and detection confidence maps at ``shape`` of detections (N, 6 + 32).
+
+    The probability is the maximum over detections of their box-cut mask
+    probabilities; the confidence map holds, where a detection's mask
+    probability exceeds 0.5, the highest confidence among those detections.
+    """
     if len(detections) == 0:
-        return torch.zeros(shape, device=proto.device)
+        empty = torch.zeros(shape, device=proto.device)
+        return empty, empty
     channels, mh, mw = proto.shape  # (32, h, w)
     logits = (detections[:, 6:] @ proto.float().view(channels, -1)).view(-1, mh, mw)
     upsampled = functional.interpolate(logits[None], shape, mode="bilinear", align_corners=False)
     probability = crop_mask(torch.sigmoid(upsampled[0]), detections[:, :4])  # (N, H, W)
-    merged: torch.Tensor = probability.amax(0)
-    return merged
+    confidence = (probability > 0.5) * detections[:, 4, None, None].float()
+    return probability.amax(0), confidence.amax(0)
 
 
-def yolo_probabilities(
+def yolo_outputs(
     segmenter: Segmenter, crops: Sequence[NDArray[np.uint8]], batch_size: int = 16
-) -> list[NDArray[np.float32]]:
-    """Nodule probabilities (H, W) of each crop at its own resolution; 0 where nothing was found."""
+) -> list[tuple[NDArray[np.float32], NDArray[np.float32]]]:
+    """Per crop at its own resolution: nodule probability and detection confidence maps.
+
+    Both are 0 where nothing was found (see :func:`_merged_maps`).
+    """
     config = segmenter.config
     if not isinstance(config, YoloSegConfig):
-        raise ValueError("yolo_probabilities needs a YOLOv8-seg segmenter")
+        raise ValueError("yolo_outputs needs a YOLOv8-seg segmenter")
     shape = (config.input_height, config.input_width)
-    out: list[NDArray[np.float32]] = []
+    out: list[tuple[NDArray[np.float32], NDArray[np.float32]]] = []
     for batch, boxes in prepared_batches(crops, config, batch_size):  # (B, 1, H, W)
         with torch.inference_mode():
             (raw, protos), _ = segmenter.model(batch.to(segmenter.device))
@@ -117,9 +126,16 @@ def yolo_probabilities(
                 raw, config.confidence, config.iou, nc=config.classes,
                 max_det=config.max_detections,
             )  # fmt: skip
-            maps = [
-                _merged_probability(d, p, shape).float().cpu().numpy()
-                for d, p in zip(kept, protos, strict=True)
-            ]
-        out.extend(box.restore(m) for m, box in zip(maps, boxes, strict=True))
+            maps = [_merged_maps(d, p, shape) for d, p in zip(kept, protos, strict=True)]
+        out.extend(
+            (box.restore(p.float().cpu().numpy()), box.restore(c.float().cpu().numpy()))
+            for (p, c), box in zip(maps, boxes, strict=True)
+        )
     return out
+
+
+def yolo_probabilities(
+    segmenter: Segmenter, crops: Sequence[NDArray[np.uint8]], batch_size: int = 16
+) -> list[NDArray[np.float32]]:
+    """Nodule probabilities (H, W) of each crop at its own resolution; 0 where nothing was found."""
+    return [probability for probability, _ in yolo_outputs(segmenter, crops, batch_size)]

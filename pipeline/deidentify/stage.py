@@ -26,7 +26,13 @@ from sqlalchemy.orm import Session
 
 from db.pseudonyms import PseudonymEntry, save_pseudonyms
 from imaging.errors import StageError
-from pipeline.contracts import DeidentifiedImage, DeidentifiedStudy, JobContext, ModelInputs
+from pipeline.contracts import (
+    DeidentifiedImage,
+    DeidentifiedStudy,
+    ExcludedImage,
+    JobContext,
+    ModelInputs,
+)
 from pipeline.deidentify.headers import HeaderCleaner
 from pipeline.deidentify.identifiers import identifier_pattern, patient_identifiers
 from pipeline.deidentify.model_inputs import age_years, redact, sex
@@ -173,6 +179,10 @@ def deidentify(
             job=JobContext(job_id=study.job_id, work_dir=study.work_dir, inputs=inputs),
             study_instance_uid=pseudonyms.uid(study.study_instance_uid),
             images=tuple(images),
+            excluded=tuple(
+                ExcludedImage(pseudonyms.uid(e.sop_instance_uid), e.exclusion)
+                for e in report.excluded
+            ),
         ),
         pseudonyms=pseudonyms.entries(),
         options=options,

@@ -39,6 +39,7 @@ DEVICE = codes.DCM.Device  # DCM 121007, the observer type
 PROCESSING_EQUIPMENT = codes.DCM.ProcessingEquipment
 ANALYSIS_FAILED = _private("FAILED", "LLNM analysis failed")  # failure SR title
 NO_NODULE_FOUND = _private("NO-NODULE", "LLNM analysis: no nodule found")  # its SR title
+NOT_ASSESSED = _private("NOT-ASSESSED", "LLNM analysis: not assessed")  # its SR title
 
 # Study-level finding: lateral lymph node metastasis.
 METASTASIS = codes.SCT.Metastasis  # SCT 128462008

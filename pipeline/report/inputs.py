@@ -45,6 +45,8 @@ class ReportInput:
     stage_probabilities: tuple[float, ...]  # risk stages 1-3
     views: tuple[ReportView, ...]  # one or two, in the order the model used them
     clinical_use_label: str | None  # NOT FOR CLINICAL USE for a synthetic bundle
+    # Images of the study the scope gate left out: "original SOP Instance UID: why".
+    not_used: tuple[str, ...] = ()
 
     @property
     def out_dir(self) -> Path:
@@ -59,6 +61,7 @@ class ReportOptions:
     segmentation: bool = False  # also make a DICOM SEG of the nodule and thyroid masks
     failure_report: bool = True  # a failed job sends a short SR saying why
     no_nodule_report: bool = True  # a job that found no nodule sends a short SR saying so
+    not_assessed_report: bool = True  # a study outside the model's scope: a short SR saying why
 
 
 @dataclass(frozen=True)

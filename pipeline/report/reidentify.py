@@ -46,4 +46,8 @@ def report_input(
         stage_probabilities=predicted.stage_probabilities,
         views=tuple(views),
         clinical_use_label=predicted.clinical_use_label,
+        not_used=tuple(
+            f"{original_uid.get(e.sop_instance_uid, e.sop_instance_uid)}: {e.exclusion.text}"
+            for e in predicted.excluded
+        ),
     )

@@ -51,6 +51,7 @@ MODEL_NAME = "LLNM node"
 _DEVICE_UID = generate_uid(entropy_srcs=["llnm-node device observer"])
 _SIMPLIFY_PX = 1.0  # Douglas-Peucker tolerance of the outline, crop pixels
 _MAX_REASON = 1000  # characters of a failure reason kept in the failure SR
+_MAX_LISTED = 8  # excluded images named in a not-assessed SR
 
 
 def build_sr(report: ReportInput) -> ReportObject:
@@ -87,7 +88,10 @@ def build_sr(report: ReportInput) -> ReportObject:
         imaging_measurements=groups,
     )[0]
     content.ContentSequence.append(
-        _qualitative_evaluations(result_caption(prediction, report.clinical_use_label))
+        _qualitative_evaluations(
+            result_caption(prediction, report.clinical_use_label),
+            [f"Image not used: {line}" for line in report.not_used],
+        )
     )
     dataset = _document(
         evidence,
@@ -146,6 +150,41 @@ def no_nodule_sr(
         text=(
             f"The nodule segmenter found no thyroid nodule in the {views} image(s) of this "
             f"study (job {job_id}); no LLNM prediction was made."
+        ),
+        clinical_use_label=clinical_use_label,
+    )
+
+
+def not_assessed_sr(
+    evidence: Path,
+    *,
+    out_dir: Path,
+    job_id: int,
+    reason: str,
+    excluded: Sequence[str],
+    clinical_use_label: str | None,
+) -> ReportObject:
+    """Write a short SR saying the study was not assessed, why, and which images were left out.
+
+    ``reason`` is the study's reason in words ("colour Doppler image"); ``excluded``
+    one line per image left out. Written to ``out_dir / "not_assessed_sr.dcm"``.
+
+    Raises
+    ------
+    OSError, pydicom.errors.InvalidDicomError
+        If ``evidence`` cannot be read.
+    """
+    images = "; ".join(excluded[:_MAX_LISTED]) + ("; ..." if len(excluded) > _MAX_LISTED else "")
+    return _notice_sr(
+        evidence,
+        out_dir / "not_assessed_sr.dcm",
+        job_id=job_id,
+        title=codes.NOT_ASSESSED,
+        series_title="LLNM-Net: not assessed",
+        text=_shorten(
+            f"Not assessed: {reason}. The model assesses grey-scale B-mode thyroid views "
+            f"like those it was trained on; this study (job {job_id}) had none, so no LLNM "
+            f"prediction was made." + (f" Images not used: {images}." if images else "")
         ),
         clinical_use_label=clinical_use_label,
     )
@@ -363,13 +402,15 @@ def _text(name: Code, value: str) -> hd.sr.TextContentItem:
     )
 
 
-def _qualitative_evaluations(caption: str) -> hd.sr.ContainerContentItem:
-    """TID 1500's closing "Qualitative Evaluations" container holding the result caption."""
+def _qualitative_evaluations(caption: str, notes: Sequence[str]) -> hd.sr.ContainerContentItem:
+    """TID 1500's closing "Qualitative Evaluations": the result caption, then ``notes``."""
     container = hd.sr.ContainerContentItem(
         name=codes.QUALITATIVE_EVALUATIONS,
         relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
     )
-    container.ContentSequence = hd.sr.ContentSequence([_text(codes.RESULT, caption)])
+    container.ContentSequence = hd.sr.ContentSequence(
+        [_text(codes.RESULT, caption), *(_text(codes.RESULT, _shorten(n)) for n in notes)]
+    )
     return container
 
 

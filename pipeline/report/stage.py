@@ -10,8 +10,9 @@ Output
     masks, all in the original study. The ``store`` step lists them in the
     job's result and queues them for export to the study's destinations.
 Notices
-    A job that failed for good, or found no nodule, gets (when configured) a
-    short SR saying so and why, queued for export like a result (:class:`Notices`).
+    A job that failed for good, found no nodule, or was not assessed by the
+    scope gate gets (when configured) a short SR saying so and why, queued for
+    export like a result (:class:`Notices`).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from typing import Any, ClassVar
 from sqlalchemy.orm import Session
 
 from db import events, exports, jobs, pseudonyms, results
-from db.models import EventLevel
+from db.models import EventLevel, PseudonymKind
 from imaging.sop_classes import ULTRASOUND_IMAGE_CLASSES
 from pipeline.contracts import instance_refs
 from pipeline.features import NO_NODULE_FOUND
@@ -35,7 +36,8 @@ from pipeline.report.inputs import ReportInput, ReportObject, ReportOptions
 from pipeline.report.reidentify import report_input
 from pipeline.report.secondary_capture import build_heatmap_scs
 from pipeline.report.segmentation import build_seg
-from pipeline.report.sr import build_sr, failure_sr, no_nodule_sr
+from pipeline.report.sr import build_sr, failure_sr, no_nodule_sr, not_assessed_sr
+from pipeline.scope import NOT_ASSESSED
 from pipeline.spool import SpoolLayout
 from pipeline.stage import Stage
 
@@ -143,7 +145,7 @@ def report_stage(
 
 
 class Notices:
-    """Short SRs for jobs without a prediction: failed for good, or no nodule found.
+    """Short SRs for jobs without a prediction: failed for good, no nodule, not assessed.
 
     Each is made and queued for export like a result when the options ask for
     it; a notice that cannot be made is an event, never an exception.
@@ -177,7 +179,30 @@ class Notices:
             )
 
     def concluded(self, session: Session, job_id: int, outcome: str) -> None:
-        """Send the no-nodule SR of job ``job_id`` (``report.no_nodule_report``)."""
+        """Send the no-nodule or not-assessed SR of job ``job_id`` when the options ask."""
+        if outcome == NOT_ASSESSED and self._options.not_assessed_report:
+            detail = results.result_detail(session, job_id=job_id)
+            original = {
+                e.pseudonym: e.original
+                for e in pseudonyms.pseudonyms_for_job(session, job_id=job_id)
+                if e.kind is PseudonymKind.UID
+            }
+            self._send(
+                session,
+                job_id,
+                lambda evidence, out_dir, _: not_assessed_sr(
+                    evidence,
+                    out_dir=out_dir,
+                    job_id=job_id,
+                    reason=str(detail.get("text", "outside the model's scope")),
+                    excluded=[
+                        f"{original.get(image['sop_instance_uid'], image['sop_instance_uid'])}: "
+                        f"{image['text']}"
+                        for image in detail.get("excluded", [])
+                    ],
+                    clinical_use_label=self._label,
+                ),
+            )
         if outcome == NO_NODULE_FOUND and self._options.no_nodule_report:
             self._send(
                 session,

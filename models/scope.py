@@ -1,0 +1,182 @@
+"""What a bundle's models saw in training: the limits and the embedding statistics of the gate.
+
+Layout in a bundle::
+
+    scope/statistics.json        limits, threshold, percentile, what they were fitted on
+    scope/embedding.safetensors  mean (D,) and precision (D, D) of LLNM-Net's view embedding
+
+The manifest's ``metrics.scope`` repeats the threshold and its percentile.
+
+Limits
+    Per assessed view: the thyroid segmenter's mask area as a share of the crop
+    and its mean probability inside the mask, and the index nodule's detection
+    confidence, each bounded by low/high percentiles of the fitting views
+    (:data:`LIMIT_PERCENTILES`) widened by :data:`LIMIT_MARGIN` of the range.
+Out-of-distribution score
+    The Mahalanobis distance of a view's LLNM-Net embedding (the pooled token
+    vector the heads read) to the fitting views: mean and a Ledoit-Wolf
+    shrunk covariance of the training views; the threshold is the
+    ``percentile`` (default 99) of the distances of separate validation views.
+A bundle without ``scope/`` still loads: its views are checked only for a
+non-empty thyroid mask, and the OOD check is reported unavailable.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from numpy.typing import NDArray
+from safetensors.torch import load_file, save_file
+
+SCOPE_DIR = "scope"
+STATISTICS_FILE = "statistics.json"
+EMBEDDING_FILE = "embedding.safetensors"
+LIMIT_PERCENTILES = (0.5, 99.5)
+LIMIT_MARGIN = 0.25
+DEFAULT_PERCENTILE = 99.0
+
+Floats = NDArray[np.float64]
+
+
+@dataclass(frozen=True)
+class Range:
+    """A closed interval ``low``..``high``."""
+
+    low: float
+    high: float
+
+    def __contains__(self, value: object) -> bool:
+        return isinstance(value, float | int) and self.low <= value <= self.high
+
+
+@dataclass(frozen=True)
+class ViewLimits:
+    """The segmenters' outputs seen in training, per view."""
+
+    thyroid_area: Range  # share of the crop inside the thyroid mask
+    thyroid_confidence: Range  # mean thyroid probability inside the mask
+    nodule_confidence: float  # lowest index nodule detection confidence accepted
+
+
+@dataclass(frozen=True)
+class EmbeddingDistribution:
+    """Mean and precision of the training views' embeddings, and the OOD threshold."""
+
+    mean: Floats  # (D,)
+    precision: Floats  # (D, D)
+    threshold: float
+    percentile: float
+
+    def distances(self, embeddings: NDArray[np.floating[Any]]) -> Floats:
+        """Mahalanobis distance of each row of ``embeddings`` (N, D)."""
+        centred = np.asarray(embeddings, dtype=np.float64) - self.mean
+        squared = np.einsum("nd,de,ne->n", centred, self.precision, centred)
+        return np.sqrt(np.maximum(squared, 0.0))
+
+
+@dataclass(frozen=True)
+class ScopeStatistics:
+    """A bundle's scope: the view limits and the embedding distribution."""
+
+    limits: ViewLimits
+    embedding: EmbeddingDistribution
+    fitted_on: dict[str, Any]  # what the statistics came from (data, counts, seeds)
+
+
+def fit_range(values: NDArray[np.floating[Any]]) -> Range:
+    """The :data:`LIMIT_PERCENTILES` of ``values``, widened by :data:`LIMIT_MARGIN`."""
+    low, high = (float(v) for v in np.percentile(values, LIMIT_PERCENTILES))
+    margin = LIMIT_MARGIN * (high - low)
+    return Range(low - margin, high + margin)
+
+
+def shrunk_covariance(x: Floats) -> Floats:
+    """Ledoit-Wolf: the covariance of rows ``x`` (N, D) shrunk towards a scaled identity."""
+    n, d = x.shape
+    centred = x - x.mean(axis=0)
+    sample = centred.T @ centred / n
+    target = np.trace(sample) / d
+    spread = np.sum((sample - target * np.eye(d)) ** 2)
+    # sum over rows of ||x x^T - S||^2 = ||x||^4 - 2 x^T S x + ||S||^2
+    norms = np.sum(centred**2, axis=1)
+    quadratic = np.einsum("nd,de,ne->n", centred, sample, centred)
+    beta = float(np.sum(norms**2 - 2.0 * quadratic) + n * np.sum(sample**2)) / n**2
+    shrinkage = 0.0 if spread == 0 else min(1.0, beta / float(spread))
+    return np.asarray(shrinkage * target * np.eye(d) + (1.0 - shrinkage) * sample)
+
+
+def fit_embedding(
+    train: NDArray[np.floating[Any]],
+    validation: NDArray[np.floating[Any]],
+    percentile: float = DEFAULT_PERCENTILE,
+) -> EmbeddingDistribution:
+    """Mean and shrunk precision of ``train``; threshold at ``percentile`` of ``validation``.
+
+    Raises
+    ------
+    ValueError
+        If either set has fewer than two rows or their widths differ.
+    """
+    x = np.asarray(train, dtype=np.float64)
+    v = np.asarray(validation, dtype=np.float64)
+    if x.ndim != 2 or v.ndim != 2 or len(x) < 2 or len(v) < 2 or x.shape[1] != v.shape[1]:
+        raise ValueError(f"need (N, D) train and validation embeddings, got {x.shape}, {v.shape}")
+    precision = np.linalg.inv(shrunk_covariance(x))
+    fitted = EmbeddingDistribution(x.mean(axis=0), precision, 0.0, percentile)
+    threshold = float(np.percentile(fitted.distances(v), percentile))
+    return EmbeddingDistribution(fitted.mean, precision, threshold, percentile)
+
+
+def save_scope(bundle_dir: Path, statistics: ScopeStatistics) -> dict[str, Any]:
+    """Write ``scope/`` into ``bundle_dir``; returns the manifest's ``metrics.scope`` entry.
+
+    The bundle must be sealed again afterwards (:func:`models.bundle.reseal_bundle`).
+    """
+    folder = bundle_dir / SCOPE_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    embedding = statistics.embedding
+    save_file(
+        {
+            "mean": torch.from_numpy(embedding.mean.copy()),
+            "precision": torch.from_numpy(embedding.precision.copy()),
+        },
+        folder / EMBEDDING_FILE,
+    )
+    summary = {
+        "ood_threshold": round(embedding.threshold, 4),
+        "ood_percentile": embedding.percentile,
+        "embedding_width": int(embedding.mean.shape[0]),
+        "limits": asdict(statistics.limits),
+        "fitted_on": statistics.fitted_on,
+    }
+    (folder / STATISTICS_FILE).write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    return summary
+
+
+def load_scope(bundle_dir: Path) -> ScopeStatistics | None:
+    """The scope statistics of the (verified) bundle in ``bundle_dir``; None without ``scope/``."""
+    folder = bundle_dir / SCOPE_DIR
+    if not (folder / STATISTICS_FILE).is_file():
+        return None
+    summary = json.loads((folder / STATISTICS_FILE).read_text(encoding="utf-8"))
+    tensors = load_file(folder / EMBEDDING_FILE)
+    limits = summary["limits"]
+    return ScopeStatistics(
+        limits=ViewLimits(
+            thyroid_area=Range(**limits["thyroid_area"]),
+            thyroid_confidence=Range(**limits["thyroid_confidence"]),
+            nodule_confidence=float(limits["nodule_confidence"]),
+        ),
+        embedding=EmbeddingDistribution(
+            mean=tensors["mean"].double().numpy(),
+            precision=tensors["precision"].double().numpy(),
+            threshold=float(summary["ood_threshold"]),
+            percentile=float(summary["ood_percentile"]),
+        ),
+        fitted_on=dict(summary["fitted_on"]),
+    )

@@ -7,11 +7,16 @@ Regions), an optional Basic Text SR report, nodule and thyroid masks, the
 true nodule-capsule distance, and an LLNM label drawn from a known
 probability (:mod:`phantoms.labels`). ``export_phantoms`` writes a
 DICOM study folder and a training data set (:mod:`phantoms.dataset_export`).
+``shifted_options`` and ``make_variant`` give inputs a scope gate must
+handle: the same case rendered with shifted gain, speckle or depth, and
+out-of-scope studies (colour Doppler, split screen, no gland, extreme gain
+or noise; :mod:`phantoms.out_of_scope`).
 
 Modules: ``patient`` (identities), ``nodule`` (features, outline),
 ``anatomy`` (neck and views), ``speckle`` (B-mode formation),
 ``burned_text`` (screen layout), ``headers`` (DICOM), ``report`` (text),
-``labels`` (risk model), ``case`` (assembly), ``dataset_export`` (files).
+``labels`` (risk model), ``case`` (assembly), ``dataset_export`` (files),
+``out_of_scope`` (shifted and out-of-scope variants).
 """
 
 from phantoms.case import ImageTruth, PhantomCase, PhantomOptions, make_case
@@ -24,6 +29,7 @@ from phantoms.labels import (
     risk_stage,
     roc_auc,
 )
+from phantoms.out_of_scope import VariantCase, make_variant, shifted_options
 
 __all__ = [
     "STAGE_THRESHOLDS",
@@ -32,10 +38,13 @@ __all__ = [
     "PhantomCase",
     "PhantomOptions",
     "RiskFactors",
+    "VariantCase",
     "best_achievable_auc",
     "export_phantoms",
     "llnm_probability",
     "make_case",
+    "make_variant",
     "risk_stage",
     "roc_auc",
+    "shifted_options",
 ]

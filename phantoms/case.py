@@ -5,11 +5,18 @@ and options give the same pixels, headers and UIDs. Separate child streams
 feed the encounter, the nodule, the anatomy, each view's texture and speckle,
 the label and the report, so changing one part's sampling leaves the others
 as they were.
+
+The rendering options ``gain_shift_db``, ``speckle_scale`` and
+``depth_scale`` shift the images' appearance (see
+:func:`phantoms.out_of_scope.shifted_options`) but not the patient, the
+nodule, the truth distances or the label. They enter the UIDs only when not
+neutral, so a case with neutral shifts is byte-for-byte what it was before
+they existed.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 import cv2
@@ -17,7 +24,7 @@ import numpy as np
 from numpy.typing import NDArray
 from pydicom import Dataset
 
-from phantoms.anatomy import Scene, sample_neck, scenes
+from phantoms.anatomy import Neck, Scene, sample_neck, scenes
 from phantoms.burned_text import (
     Box,
     Layout,
@@ -46,12 +53,28 @@ ViewName = Literal["transverse", "longitudinal"]
 
 @dataclass(frozen=True)
 class PhantomOptions:
-    """How the images are encoded."""
+    """How the images are rendered and encoded.
+
+    Raises
+    ------
+    ValueError
+        If ``speckle_scale`` is not positive or ``depth_scale`` is below 1
+        (a shallower field of view could cut the nodule off).
+    """
 
     rgb: bool = False  # RGB (3 samples/pixel) instead of MONOCHROME2
     with_regions: bool = True  # include the Sequence of Ultrasound Regions
     rows: int = 480
     columns: int = 640
+    gain_shift_db: float = 0.0  # added to the scanner gain of both views
+    speckle_scale: float = 1.0  # multiplies the speckle grain size (point spread function)
+    depth_scale: float = 1.0  # multiplies the imaging depth: same anatomy, more mm per pixel
+
+    def __post_init__(self) -> None:
+        if not self.speckle_scale > 0:
+            raise ValueError(f"speckle_scale must be positive, not {self.speckle_scale}")
+        if not self.depth_scale >= 1:
+            raise ValueError(f"depth_scale must be at least 1, not {self.depth_scale}")
 
 
 @dataclass(frozen=True, eq=False)
@@ -98,7 +121,28 @@ class PhantomCase:
 
 
 def _key(seed: int, options: PhantomOptions) -> str:
-    return f"{seed}:{int(options.rgb)}:{int(options.with_regions)}:{options.rows}x{options.columns}"
+    key = f"{seed}:{int(options.rgb)}:{int(options.with_regions)}:{options.rows}x{options.columns}"
+    shifts = (
+        ("gain", options.gain_shift_db, 0.0),
+        ("speckle", options.speckle_scale, 1.0),
+        ("depth", options.depth_scale, 1.0),
+    )
+    return key + "".join(
+        f":{name}={value!r}" for name, value, neutral in shifts if value != neutral
+    )
+
+
+def _deepened(neck: Neck, scale: float) -> Neck:
+    """The neck seen with ``scale`` times the depth and width, the anatomy centred as before."""
+    width = neck.width_mm * scale
+    dx = (width - neck.width_mm) / 2
+    return replace(
+        neck,
+        lobe_x=neck.lobe_x + dx,
+        lobe_z_x=neck.lobe_z_x + dx,
+        width_mm=width,
+        depth_mm=neck.depth_mm * scale,
+    )
 
 
 def _extent(scene: Scene) -> tuple[float, float]:
@@ -113,12 +157,18 @@ def _frame(
     rng: np.random.Generator,
     enc: Encounter,
     settings: tuple[int, int, int],
+    options: PhantomOptions,
 ) -> tuple[NDArray[np.uint8], NDArray[np.bool_], NDArray[np.bool_], tuple[Box, ...]]:
     """Render one view into an RGB frame; returns frame, masks and text boxes."""
     gain, dynamic_range, frequency = settings
     maps, nodule, thyroid = scene.tissue(layout.area_shape, spacing, rng)
     bmode = render_bmode(
-        maps, spacing_mm=spacing, rng=rng, dynamic_range_db=dynamic_range, gain_db=gain - 55
+        maps,
+        spacing_mm=spacing,
+        rng=rng,
+        dynamic_range_db=dynamic_range,
+        gain_db=gain + options.gain_shift_db - 55,
+        speckle_scale=options.speckle_scale,
     )
     x0, y0, x1, y1 = layout.image_area
     frame = np.zeros((layout.rows, layout.columns, 3), dtype=np.uint8)
@@ -137,7 +187,7 @@ def _frame(
             f"{'RT' if scene.neck.side == 'right' else 'LT'} LOBE",
             enc.transducer,
             f"{frequency / 1000:.0f}MHz",
-            f"Gn {gain}",
+            f"Gn {round(gain + options.gain_shift_db)}",
             f"DR {dynamic_range}",
             f"D {scene.neck.depth_mm / 10:.1f}cm",
         ),
@@ -174,12 +224,14 @@ def make_case(seed: int, options: PhantomOptions = PhantomOptions()) -> PhantomC
     )
     key = _key(seed, options)
     ids = StudyIds.derive(key)
-    views = scenes(neck, spec)
+    views = scenes(neck, spec)  # the truth's geometry
+    shown = scenes(_deepened(neck, options.depth_scale), spec)  # what the images show
+    spacing *= options.depth_scale
     truths: list[ImageTruth] = []
     datasets: list[Dataset] = []
     phi = list(enc.phi)
-    for number, (scene, rng) in enumerate(zip(views, view_rngs, strict=True), start=1):
-        frame, nodule, thyroid, boxes = _frame(scene, layout, spacing, rng, enc, settings)
+    for number, (view, scene, rng) in enumerate(zip(views, shown, view_rngs, strict=True), 1):
+        frame, nodule, thyroid, boxes = _frame(scene, layout, spacing, rng, enc, settings, options)
         pixels = (
             frame
             if options.rgb
@@ -205,7 +257,7 @@ def make_case(seed: int, options: PhantomOptions = PhantomOptions()) -> PhantomC
                 nodule_mask=nodule,
                 thyroid_mask=thyroid,
                 text_boxes=boxes,
-                capsule_distance_mm=scene.capsule_distance_mm(),
+                capsule_distance_mm=view.capsule_distance_mm(),
                 pixels=pixels,
             )
         )

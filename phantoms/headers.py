@@ -169,21 +169,28 @@ def ultrasound_image(
     ds.BurnedInAnnotation = "YES"
     ds.LossyImageCompression = "00"
     ds.TransducerData = [enc.transducer, "", ""]
+    set_pixels(ds, frame)
+    if header.with_regions:
+        ds.SequenceOfUltrasoundRegions = Sequence([_region(header)])
+    private = add_private_block(ds, enc)
+    return ds, private
+
+
+def set_pixels(ds: Dataset, frame: NDArray[np.uint8]) -> None:
+    """Store ``frame`` (rows, columns[, 3]) as 8-bit MONOCHROME2 or RGB pixel data of ``ds``."""
     rgb = frame.ndim == 3
     ds.Rows, ds.Columns = int(frame.shape[0]), int(frame.shape[1])
     ds.SamplesPerPixel = 3 if rgb else 1
     ds.PhotometricInterpretation = "RGB" if rgb else "MONOCHROME2"
     if rgb:
         ds.PlanarConfiguration = 0
+    elif "PlanarConfiguration" in ds:
+        del ds.PlanarConfiguration
     ds.BitsAllocated = 8
     ds.BitsStored = 8
     ds.HighBit = 7
     ds.PixelRepresentation = 0
-    if header.with_regions:
-        ds.SequenceOfUltrasoundRegions = Sequence([_region(header)])
-    private = add_private_block(ds, enc)
     ds.PixelData = np.ascontiguousarray(frame).tobytes()
-    return ds, private
 
 
 def _region(header: ImageHeader) -> Dataset:

@@ -56,16 +56,21 @@ def render_bmode(
     rng: np.random.Generator,
     dynamic_range_db: float,
     gain_db: float,
+    speckle_scale: float = 1.0,
 ) -> NDArray[np.uint8]:
-    """Form the 8-bit B-mode image of ``maps`` (same shape as the maps)."""
+    """Form the 8-bit B-mode image of ``maps`` (same shape as the maps).
+
+    ``speckle_scale`` multiplies the point spread function's widths, and with
+    them the speckle's correlation length (the grain size).
+    """
     h, w = maps.echo.shape
     transmitted = np.exp(-np.cumsum(maps.attenuation, axis=0) * np.float32(spacing_mm))
     intensity = maps.echo * transmitted + maps.artefact
     scatter = rng.standard_normal((h, w, 2)).astype(np.float32)
     scatter *= np.sqrt(np.maximum(intensity, 0.0))[:, :, None]
-    # Point spread function: about 0.12 mm axial, 0.28 mm lateral (sigma).
-    sigma_x = max(0.28 / spacing_mm, 0.5)
-    sigma_y = max(0.12 / spacing_mm, 0.4)
+    # Point spread function: about 0.12 mm axial, 0.28 mm lateral (sigma) at speckle_scale 1.
+    sigma_x = max(0.28 * speckle_scale / spacing_mm, 0.5)
+    sigma_y = max(0.12 * speckle_scale / spacing_mm, 0.4)
     kx = cv2.getGaussianKernel(2 * int(3 * sigma_x) + 1, sigma_x)
     ky = cv2.getGaussianKernel(2 * int(3 * sigma_y) + 1, sigma_y)
     norm = float(np.sqrt(2.0 * (kx**2).sum() * (ky**2).sum()))

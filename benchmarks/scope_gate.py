@@ -47,7 +47,7 @@ from rich.progress import track
 from rich.table import Table
 
 from models.demo import DEMO_BUNDLE_DIR
-from models.llnm.evaluation import bootstrap_auc
+from models.llnm.evaluation import bootstrap
 from phantoms import PhantomOptions, make_case
 from phantoms.dataset_export import case_seed
 from phantoms.out_of_scope import VARIANTS, make_variant, shifted_options
@@ -97,8 +97,8 @@ def _case_datasets(seed: int, options: PhantomOptions = PhantomOptions()) -> lis
 def _auc(labels: Sequence[int], scores: Sequence[float]) -> dict[str, float | None]:
     if len(set(labels)) < 2:
         return {"auc": None, "low": None, "high": None, "n": len(labels)}
-    result = bootstrap_auc(np.asarray(labels), np.asarray(scores), resamples=500, seed=0)
-    return {"auc": result.auc, "low": result.low, "high": result.high, "n": len(labels)}
+    auc = bootstrap(np.asarray(labels), np.asarray(scores), resamples=500, seed=0)["auc"]
+    return {"auc": auc.value, "low": auc.low, "high": auc.high, "n": len(labels)}
 
 
 def _fmt(auc: dict[str, float | None]) -> str:

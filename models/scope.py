@@ -76,7 +76,7 @@ class EmbeddingDistribution:
         """Mahalanobis distance of each row of ``embeddings`` (N, D)."""
         centred = np.asarray(embeddings, dtype=np.float64) - self.mean
         squared = np.einsum("nd,de,ne->n", centred, self.precision, centred)
-        return np.sqrt(np.maximum(squared, 0.0))
+        return np.asarray(np.sqrt(np.maximum(squared, 0.0)), dtype=np.float64)
 
 
 @dataclass(frozen=True)
@@ -126,7 +126,7 @@ def fit_embedding(
     v = np.asarray(validation, dtype=np.float64)
     if x.ndim != 2 or v.ndim != 2 or len(x) < 2 or len(v) < 2 or x.shape[1] != v.shape[1]:
         raise ValueError(f"need (N, D) train and validation embeddings, got {x.shape}, {v.shape}")
-    precision = np.linalg.inv(shrunk_covariance(x))
+    precision = np.asarray(np.linalg.inv(shrunk_covariance(x)), dtype=np.float64)
     fitted = EmbeddingDistribution(x.mean(axis=0), precision, 0.0, percentile)
     threshold = float(np.percentile(fitted.distances(v), percentile))
     return EmbeddingDistribution(fitted.mean, precision, threshold, percentile)

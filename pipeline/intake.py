@@ -19,11 +19,14 @@ from pydicom.uid import UID
 
 from imaging.dicom_files import UnreadableDicomError, read_header
 from imaging.errors import StageError
+from imaging.scope_reasons import Exclusion
 from imaging.scope import ScopeRules, header_exclusion, region_exclusion
 from imaging.sop_classes import SECONDARY_CAPTURE_CLASS, SR_CLASSES, ULTRASOUND_IMAGE_CLASSES
 from pipeline.contracts import ExcludedImage, InstanceRef, Skipped, StudyInput, summarize_skipped
 from pipeline.scope import NotAssessed, describe_excluded, gated, gated_summary, not_assessed
 from pipeline.stage import Stage
+
+DEFAULT_RULES = ScopeRules()
 
 
 @dataclass(frozen=True)
@@ -115,17 +118,23 @@ def _image_problem(sop_class: str, dataset: Dataset, has_pixels: bool) -> str | 
     return None
 
 
-def intake(study: StudyInput, rules: ScopeRules | None = None) -> IntakeReport | NotAssessed:
+def _exclusion(dataset: Dataset, rules: ScopeRules) -> Exclusion | None:
+    return header_exclusion(dataset, rules) or region_exclusion(dataset)
+
+
+def intake(
+    study: StudyInput, rules: ScopeRules | None = DEFAULT_RULES
+) -> IntakeReport | NotAssessed:
     """Read every instance's header and sort the study into images, reports and the rest.
 
-    ``rules`` are the site's scope rules (default: :class:`~imaging.scope.ScopeRules`'s).
+    ``rules`` are the site's scope rules; None turns the header and region gate
+    off (to study later stages on images the model would not assess).
 
     Raises
     ------
     StageError
         If the study holds no usable ultrasound image and none was excluded.
     """
-    rules = rules or ScopeRules()
     excluded: list[ExcludedImage] = []
     images: list[UltrasoundImage] = []
     reports: list[ReportDocument] = []
@@ -158,7 +167,7 @@ def intake(study: StudyInput, rules: ScopeRules | None = None) -> IntakeReport |
         if problem:
             skipped.append(Skipped(ref.sop_instance_uid, problem))
             continue
-        exclusion = header_exclusion(dataset, rules) or region_exclusion(dataset)
+        exclusion = None if rules is None else _exclusion(dataset, rules)
         if exclusion is not None:
             excluded.append(ExcludedImage(ref.sop_instance_uid, exclusion))
             continue
@@ -208,4 +217,4 @@ def intake_stage(rules: ScopeRules) -> Stage[StudyInput, IntakeReport | NotAsses
     )
 
 
-INTAKE = intake_stage(ScopeRules())
+INTAKE = intake_stage(DEFAULT_RULES)

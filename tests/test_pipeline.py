@@ -15,9 +15,11 @@ from db import events, jobs, listings, registration, results
 from db.models import Job, JobState
 from db.session import Database
 from imaging.errors import StageError
+from imaging.scope_reasons import Reason
 from pipeline.contracts import InstanceRef, StudyInput
-from pipeline.intake import INTAKE, intake
+from pipeline.intake import INTAKE, IntakeReport, intake
 from pipeline.runner import JobRunner, RetryPolicy
+from pipeline.scope import NotAssessed
 from pipeline.spool import SpoolLayout
 from pipeline.stage import JobConcluded, Stage
 
@@ -49,17 +51,23 @@ def test_intake_sorts_vendor_images_reports_and_rejects(vendor_dir: Path, tmp_pa
     broken = tmp_path / "broken.dcm"
     shutil.copy(vendor_dir / "US1_J2KR.dcm", broken)
     broken.write_bytes(broken.read_bytes()[:-100])
-    report = intake(
-        study(
-            vendor_dir / "gdcm-US-ALOKA-16.dcm",
-            vendor_dir / "color3d_jpeg_baseline.dcm",
-            vendor_dir / "color-pl.dcm",
-            sr,
-            sc_ct,
-            broken,
-            work=tmp_path,
-        )
+    instances = study(
+        vendor_dir / "gdcm-US-ALOKA-16.dcm",
+        vendor_dir / "color3d_jpeg_baseline.dcm",
+        vendor_dir / "color-pl.dcm",
+        sr,
+        sc_ct,
+        broken,
+        work=tmp_path,
     )
+    # With the site's scope rules none of these vendor images is a thyroid B-mode view.
+    gated = intake(instances)
+    assert isinstance(gated, NotAssessed)
+    assert [e.exclusion.reason for e in gated.excluded] == [Reason.STUDY_OUT_OF_SCOPE] * 3
+    assert INTAKE.summarize(gated)["not_assessed"] == "study_out_of_scope"
+    # The sorting itself, with the gate off.
+    report = intake(instances, None)
+    assert isinstance(report, IntakeReport)
     assert [i.ref.path.name for i in report.images] == [
         "gdcm-US-ALOKA-16.dcm",
         "color3d_jpeg_baseline.dcm",

@@ -20,9 +20,11 @@ from numpy.typing import NDArray
 from db.results import Prediction
 from imaging.crop import ImageArea
 from imaging.features import Location, Unavailable, ViewFeatures, extract_view
+from imaging.scope_reasons import Exclusion, Reason
 from pipeline.contracts import (
     DeidentifiedImage,
     DeidentifiedStudy,
+    ExcludedImage,
     InstanceRef,
     JobContext,
     ModelInputs,
@@ -273,8 +275,11 @@ def _masks() -> tuple[NDArray[np.uint8], NDArray[np.bool_], NDArray[np.bool_]]:
 def _view(work: Path, n: int, features: ViewFeatures) -> MeasuredView:
     area = ImageArea(10, 20, 110, 100, (0.1, 0.12) if features.calibrated else None, "regions")
     crop = CroppedView(f"2.25.{n}", work / "crop" / f"{n:03d}.png", area, 0, 80, 100, False, None)
-    segmented = SegmentedView(crop, work / "segment" / f"{n:03d}_nodule.png", work / "x.png", 9, 99)
-    return MeasuredView(segmented, features)
+    segment = work / "segment"
+    segmented = SegmentedView(
+        crop, segment / f"{n:03d}_nodule.png", work / "x.png", segment / "c.png", 9, 99, 0.87
+    )
+    return MeasuredView(segmented, features, None if features.index is None else 0.62)
 
 
 def real_outputs(root: Path) -> dict[str, object]:
@@ -288,7 +293,11 @@ def real_outputs(root: Path) -> dict[str, object]:
     assert unlocated.index is not None and isinstance(unlocated.index.location, Unavailable)
     views = (_view(work, 0, located), _view(work, 1, unlocated), _view(work, 2, empty))
     crops = tuple(v.segmented.crop for v in views)
-    skipped = (Skipped("2.25.4", "colour flow only"),)
+    skipped = (Skipped("2.25.4", "unreadable"),)
+    excluded = (
+        ExcludedImage("2.25.12", Exclusion(Reason.COLOUR_DOPPLER)),
+        ExcludedImage("2.25.13", Exclusion(Reason.OUT_OF_DISTRIBUTION, "score 41.2 > 18.0")),
+    )
     inputs = ModelInputs(age_years=51.5, sex="F", report_text="left lobe nodule")
     job = JobContext(3, work, inputs)
     ref = InstanceRef("2.25.5", "1.2.840.10008.5.1.4.1.1.6.1", "2.25.6", root / "in" / "5.dcm")
@@ -312,15 +321,24 @@ def real_outputs(root: Path) -> dict[str, object]:
             reports=(ReportDocument(ref, "Findings: nodule"),),
             series=(SeriesCount("2.25.6", "US", 1),),
             skipped=(Skipped("2.25.11", "SOP class Basic Text SR"),),
+            excluded=excluded,
         ),
-        "deidentify": DeidentifiedStudy(job, "2.25.1", (image_ref,)),
-        "crop": CroppedStudy(job=job, images=crops, skipped=skipped),
+        "deidentify": DeidentifiedStudy(job, "2.25.1", (image_ref,), excluded),
+        "crop": CroppedStudy(job=job, images=crops, skipped=skipped, excluded=excluded),
         "segment": SegmentedStudy(
-            job=job, views=tuple(v.segmented for v in views), skipped=skipped
+            job=job, views=tuple(v.segmented for v in views), skipped=skipped, excluded=excluded
         ),
-        "features": MeasuredStudy(job=job, views=views),
+        "features": MeasuredStudy(job=job, views=views, excluded=excluded),
         "infer": PredictedStudy(
-            job, views[:2], prediction, (0.2, 0.5, 0.3), (work / "h.png",), None
+            job,
+            views[:2],
+            prediction,
+            (0.2, 0.5, 0.3),
+            (work / "h.png",),
+            None,
+            ood_scores=(3.5, 4.25),
+            ood_threshold=12.0,
+            excluded=excluded,
         ),
         "report": ReportObjects(job_id=3, caption="LLNM positive", objects=(sr,)),
     }

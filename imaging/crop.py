@@ -149,7 +149,14 @@ def _region_calibration(region: Dataset) -> tuple[float, float] | None:
     return (dx * 10.0, dy * 10.0)
 
 
-def _region_box(region: Dataset, rows: int, columns: int) -> tuple[int, int, int, int]:
+def region_box(region: Dataset, rows: int, columns: int) -> tuple[int, int, int, int]:
+    """A region's location as exclusive bounds ``x0, y0, x1, y1`` clipped to the image.
+
+    Raises
+    ------
+    StageError
+        If the location is missing or nothing of the region lies inside the image.
+    """
     keys = (
         "RegionLocationMinX0",
         "RegionLocationMinY0",
@@ -200,7 +207,7 @@ def region_area(
     problems: list[str] = []
     for region in tissue:
         try:
-            boxes.append(_region_box(region, rows, columns))
+            boxes.append(region_box(region, rows, columns))
         except StageError as exc:
             problems.append(str(exc))
             continue
@@ -249,6 +256,34 @@ def _extent(
     return (start if start >= low - slack else low, stop if stop <= high + slack else high)
 
 
+def content_mask(pixels: Image8) -> NDArray[np.uint8]:
+    """1 where the frame is brighter than :data:`DETECT_DARK` and textured, else 0."""
+    g = grey(pixels)
+    window = (DETECT_WINDOW, DETECT_WINDOW)
+    levels = g.astype(np.float32)
+    mean = cv2.blur(levels, window)
+    variance = cv2.blur(levels * levels, window) - mean * mean
+    return ((g > DETECT_DARK) & (variance > DETECT_TEXTURE**2)).astype(np.uint8)
+
+
+def _squares(rows: int, columns: int) -> tuple[int, int]:
+    """Sides of the closing and the opening squares (odd: no half-pixel shift)."""
+    short = min(rows, columns)
+    return max(3, short // 60) | 1, max(5, short // 12) | 1
+
+
+def block_mask(content: NDArray[np.uint8]) -> NDArray[np.uint8]:
+    """``content`` closed with a small square and opened with a large one (see the module notes).
+
+    What is left are image blocks: text, rulers, grey and colour bars are gone.
+    """
+    close, opened = _squares(*content.shape)
+    mask = cv2.morphologyEx(content, cv2.MORPH_CLOSE, np.ones((close, close), np.uint8))
+    return np.asarray(
+        cv2.morphologyEx(mask, cv2.MORPH_OPEN, np.ones((opened, opened), np.uint8)), np.uint8
+    )
+
+
 def detect_area(pixels: Image8) -> ImageArea:
     """Find the B-mode area of an image without ultrasound regions (see the module notes).
 
@@ -257,18 +292,10 @@ def detect_area(pixels: Image8) -> ImageArea:
     StageError
         If no bright, textured area large enough is found.
     """
-    g = grey(pixels)
-    rows, columns = g.shape
-    window = (DETECT_WINDOW, DETECT_WINDOW)
-    levels = g.astype(np.float32)
-    mean = cv2.blur(levels, window)
-    variance = cv2.blur(levels * levels, window) - mean * mean
-    content = ((g > DETECT_DARK) & (variance > DETECT_TEXTURE**2)).astype(np.uint8)
-    short = min(rows, columns)
-    close = max(3, short // 60) | 1  # odd squares: no half-pixel shift
-    opened = max(5, short // 12) | 1
-    mask = cv2.morphologyEx(content, cv2.MORPH_CLOSE, np.ones((close, close), np.uint8))
-    mask = cv2.morphologyEx(mask, cv2.MORPH_OPEN, np.ones((opened, opened), np.uint8))
+    content = content_mask(pixels)
+    rows, columns = content.shape
+    _, opened = _squares(rows, columns)
+    mask = block_mask(content)
     contours, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
     if not contours:
         raise StageError("no ultrasound image area found (no textured area)")

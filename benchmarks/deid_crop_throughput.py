@@ -49,6 +49,7 @@ from pipeline.contracts import InstanceRef, StudyInput  # noqa: E402
 from pipeline.crop import crop  # noqa: E402
 from pipeline.deidentify import deidentify  # noqa: E402
 from pipeline.intake import intake  # noqa: E402
+from pipeline.scope import NotAssessed  # noqa: E402
 from pipeline.spool import SpoolLayout  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -103,6 +104,8 @@ def _measure(studies: list[StudyInput], warmup: int) -> dict[str, Any]:
         t0 = time.perf_counter()
         report = intake(study)
         t1 = time.perf_counter()
+        if isinstance(report, NotAssessed):
+            raise RuntimeError(f"study {number} not assessed: {report.exclusion.text}")
         source = deidentify(report).study
         t2 = time.perf_counter()
         cropped = crop(source)

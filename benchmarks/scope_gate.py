@@ -66,7 +66,7 @@ def vendor_files() -> list[Path]:
     for name in sorted(get_testdata_files("*")):
         try:
             ds = dcmread(name, stop_before_pixels=True)
-        except Exception:  # noqa: BLE001 - the test data holds deliberately broken files
+        except Exception:
             continue
         if ds.get("Modality") == "US" and "PixelData" in dcmread(name):
             found.append(Path(name))
@@ -83,14 +83,15 @@ class Runner:
         self.count = 0
 
     def run(self, datasets: Sequence[Dataset], *, gate: bool = True) -> StudyOutcome:
+        """The outcome of the study ``datasets``, with the model-level gate or without."""
         self.count += 1
         folder = self.scratch / str(self.count)
         paths = write_study(datasets, folder / "in")
         return run_study(paths, folder / "work", self.gated if gate else self.ungated)
 
 
-def _case_datasets(seed: int, options: PhantomOptions = PhantomOptions()) -> list[Dataset]:
-    case = make_case(seed, options)
+def _case_datasets(seed: int, options: PhantomOptions | None = None) -> list[Dataset]:
+    case = make_case(seed, options or PhantomOptions())
     return [*case.datasets, *([case.report_dataset] if case.report_dataset else [])]
 
 

@@ -2,21 +2,25 @@
 
 Layout in a bundle::
 
-    scope/statistics.json        limits, threshold, percentile, what they were fitted on
-    scope/embedding.safetensors  mean (D,) and precision (D, D) of LLNM-Net's view embedding
+    scope/statistics.json        limits, thresholds, percentile, what they were fitted on
+    scope/embedding.safetensors  mean (D,) and precision (D, D) of each embedding
 
-The manifest's ``metrics.scope`` repeats the threshold and its percentile.
+The manifest's ``metrics.scope`` repeats the statistics.json summary.
 
 Limits
     Per assessed view: the thyroid segmenter's mask area as a share of the crop
     and its mean probability inside the mask, and the index nodule's detection
     confidence, each bounded by low/high percentiles of the fitting views
     (:data:`LIMIT_PERCENTILES`) widened by :data:`LIMIT_MARGIN` of the range.
-Out-of-distribution score
-    The Mahalanobis distance of a view's LLNM-Net embedding (the pooled token
-    vector the heads read) to the fitting views: mean and a Ledoit-Wolf
-    shrunk covariance of the training views; the threshold is the
-    ``percentile`` (default 99) of the distances of separate validation views.
+Out-of-distribution scores
+    Two embeddings of each view, each with its own distribution: ``image``,
+    what the thyroid segmenter's encoder made of the whole crop
+    (:func:`models.segmentation.thyroid.unet_outputs`; checked in the segment
+    stage, before any nodule is looked for), and ``llnm``, LLNM-Net's pooled
+    token vector that its heads read (checked in the infer stage). A score is
+    the Mahalanobis distance to the fitting views (their mean and Ledoit-Wolf
+    shrunk covariance); its threshold is the ``percentile`` (default 99) of
+    the distances of separate validation views.
 A bundle without ``scope/`` still loads: its views are checked only for a
 non-empty thyroid mask, and the OOD check is reported unavailable.
 """
@@ -32,6 +36,8 @@ import numpy as np
 import torch
 from numpy.typing import NDArray
 from safetensors.torch import load_file, save_file
+
+from models.bundle import BundleError
 
 SCOPE_DIR = "scope"
 STATISTICS_FILE = "statistics.json"
@@ -84,15 +90,24 @@ class ScopeStatistics:
     """A bundle's scope: the view limits and the embedding distribution."""
 
     limits: ViewLimits
-    embedding: EmbeddingDistribution
+    image: EmbeddingDistribution  # the thyroid segmenter's encoder, whole crop
+    llnm: EmbeddingDistribution  # LLNM-Net's view embedding
     fitted_on: dict[str, Any]  # what the statistics came from (data, counts, seeds)
+
+    @property
+    def distributions(self) -> dict[str, EmbeddingDistribution]:
+        """Both embedding distributions by name."""
+        return {"image": self.image, "llnm": self.llnm}
 
 
 def fit_range(values: NDArray[np.floating[Any]]) -> Range:
-    """The :data:`LIMIT_PERCENTILES` of ``values``, widened by :data:`LIMIT_MARGIN`."""
+    """The :data:`LIMIT_PERCENTILES` of shares ``values``, widened by :data:`LIMIT_MARGIN`.
+
+    A share never goes below 0 or above 1, and neither do the bounds.
+    """
     low, high = (float(v) for v in np.percentile(values, LIMIT_PERCENTILES))
     margin = LIMIT_MARGIN * (high - low)
-    return Range(low - margin, high + margin)
+    return Range(max(low - margin, 0.0), min(high + margin, 1.0))
 
 
 def shrunk_covariance(x: Floats) -> Floats:
@@ -139,18 +154,20 @@ def save_scope(bundle_dir: Path, statistics: ScopeStatistics) -> dict[str, Any]:
     """
     folder = bundle_dir / SCOPE_DIR
     folder.mkdir(parents=True, exist_ok=True)
-    embedding = statistics.embedding
-    save_file(
-        {
-            "mean": torch.from_numpy(embedding.mean.copy()),
-            "precision": torch.from_numpy(embedding.precision.copy()),
-        },
-        folder / EMBEDDING_FILE,
-    )
+    tensors = {}
+    for name, distribution in statistics.distributions.items():
+        tensors[f"{name}.mean"] = torch.from_numpy(distribution.mean.copy())
+        tensors[f"{name}.precision"] = torch.from_numpy(distribution.precision.copy())
+    save_file(tensors, folder / EMBEDDING_FILE)
     summary = {
-        "ood_threshold": round(embedding.threshold, 4),
-        "ood_percentile": embedding.percentile,
-        "embedding_width": int(embedding.mean.shape[0]),
+        "ood": {
+            name: {
+                "threshold": round(d.threshold, 4),
+                "percentile": d.percentile,
+                "width": int(d.mean.shape[0]),
+            }
+            for name, d in statistics.distributions.items()
+        },
         "limits": asdict(statistics.limits),
         "fitted_on": statistics.fitted_on,
     }
@@ -159,12 +176,38 @@ def save_scope(bundle_dir: Path, statistics: ScopeStatistics) -> dict[str, Any]:
 
 
 def load_scope(bundle_dir: Path) -> ScopeStatistics | None:
-    """The scope statistics of the (verified) bundle in ``bundle_dir``; None without ``scope/``."""
+    """The scope statistics of the (verified) bundle in ``bundle_dir``; None without ``scope/``.
+
+    Raises
+    ------
+    BundleError
+        If the statistics are incomplete or of another layout.
+    """
     folder = bundle_dir / SCOPE_DIR
     if not (folder / STATISTICS_FILE).is_file():
         return None
+    try:
+        return _read_scope(folder)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise BundleError(
+            f"{folder} holds unreadable scope statistics ({type(exc).__name__}: {exc}); "
+            "fit them again with llnm-node bundle fit-scope"
+        ) from exc
+
+
+def _read_scope(folder: Path) -> ScopeStatistics:
     summary = json.loads((folder / STATISTICS_FILE).read_text(encoding="utf-8"))
     tensors = load_file(folder / EMBEDDING_FILE)
+
+    def distribution(name: str) -> EmbeddingDistribution:
+        ood = summary["ood"][name]
+        return EmbeddingDistribution(
+            mean=tensors[f"{name}.mean"].double().numpy(),
+            precision=tensors[f"{name}.precision"].double().numpy(),
+            threshold=float(ood["threshold"]),
+            percentile=float(ood["percentile"]),
+        )
+
     limits = summary["limits"]
     return ScopeStatistics(
         limits=ViewLimits(
@@ -172,11 +215,7 @@ def load_scope(bundle_dir: Path) -> ScopeStatistics | None:
             thyroid_confidence=Range(**limits["thyroid_confidence"]),
             nodule_confidence=float(limits["nodule_confidence"]),
         ),
-        embedding=EmbeddingDistribution(
-            mean=tensors["mean"].double().numpy(),
-            precision=tensors["precision"].double().numpy(),
-            threshold=float(summary["ood_threshold"]),
-            percentile=float(summary["ood_percentile"]),
-        ),
+        image=distribution("image"),
+        llnm=distribution("llnm"),
         fitted_on=dict(summary["fitted_on"]),
     )

@@ -16,11 +16,9 @@ from typing import Any, ClassVar
 from pydicom import Dataset, dcmread
 from pydicom.errors import InvalidDicomError
 
-from imaging.crop import Calibration, ImageArea, crop_frame, image_area
-from imaging.decode import select_frame
+from imaging.crop import Calibration, ImageArea, crop_image
 from imaging.errors import StageError
 from imaging.png import write_png
-from imaging.scope import pixel_exclusion
 from pipeline.contracts import (
     DeidentifiedImage,
     DeidentifiedStudy,
@@ -29,13 +27,7 @@ from pipeline.contracts import (
     Skipped,
     summarize_skipped,
 )
-from pipeline.scope import (
-    NotAssessed,
-    describe_excluded,
-    gated,
-    gated_summary,
-    not_assessed,
-)
+from pipeline.scope import describe_excluded
 from pipeline.stage import Stage
 
 
@@ -73,17 +65,12 @@ def _view(ds: Dataset) -> str | None:
     return str(meaning) if meaning else None
 
 
-def _crop_one(image: DeidentifiedImage, out_dir: Path, index: int) -> CroppedView | ExcludedImage:
+def _crop_one(image: DeidentifiedImage, out_dir: Path, index: int) -> CroppedView:
     try:
         ds = dcmread(image.path)
     except (InvalidDicomError, ValueError, EOFError) as exc:
         raise StageError(f"file cannot be read: {exc}") from exc
-    frame = select_frame(ds)
-    area = image_area(ds, frame.pixels)
-    exclusion = pixel_exclusion(frame.pixels, area)
-    if exclusion is not None:
-        return ExcludedImage(image.sop_instance_uid, exclusion)
-    cropped = crop_frame(frame, area)
+    cropped = crop_image(ds)
     png = out_dir / f"{index:03d}.png"
     write_png(png, cropped.pixels, speckle=True)
     return CroppedView(
@@ -98,32 +85,22 @@ def _crop_one(image: DeidentifiedImage, out_dir: Path, index: int) -> CroppedVie
     )
 
 
-def crop(study: DeidentifiedStudy) -> CroppedStudy | NotAssessed:
-    """Crop every image of the study in scope into ``work_dir/crop``.
-
-    Unusable images are skipped, out-of-scope ones excluded (module docstring).
+def crop(study: DeidentifiedStudy) -> CroppedStudy:
+    """Crop every image of the study into ``work_dir/crop``; unusable images are skipped.
 
     Raises
     ------
     StageError
-        If no image of the study could be cropped and none was excluded.
+        If no image of the study could be cropped.
     """
     out_dir = study.job.folder("crop")
     views: list[CroppedView] = []
     skipped: list[Skipped] = []
-    excluded: list[ExcludedImage] = []
     for index, image in enumerate(study.images):
         try:
-            result = _crop_one(image, out_dir, index)
+            views.append(_crop_one(image, out_dir, index))
         except StageError as exc:
             skipped.append(Skipped(image.sop_instance_uid, str(exc)))
-            continue
-        if isinstance(result, ExcludedImage):
-            excluded.append(result)
-        else:
-            views.append(result)
-    if not views and excluded:
-        return not_assessed(study.job.job_id, excluded, before=study.excluded)
     if not views:
         reasons = "; ".join(f"{s.sop_instance_uid}: {s.reason}" for s in skipped)
         raise StageError(f"no image of the study could be cropped ({reasons or 'no images'})")
@@ -131,7 +108,7 @@ def crop(study: DeidentifiedStudy) -> CroppedStudy | NotAssessed:
         job=study.job,
         images=tuple(views),
         skipped=tuple(skipped),
-        excluded=(*study.excluded, *excluded),
+        excluded=study.excluded,
     )
 
 
@@ -159,10 +136,6 @@ def summarize_crop(study: CroppedStudy) -> dict[str, Any]:
     }
 
 
-CROP = Stage[DeidentifiedStudy, CroppedStudy | NotAssessed](
-    name="crop",
-    run=crop,
-    summarize=gated_summary(summarize_crop),
-    store=gated(),
-    output_type=CroppedStudy,
+CROP = Stage[DeidentifiedStudy, CroppedStudy](
+    name="crop", run=crop, summarize=summarize_crop, output_type=CroppedStudy
 )

@@ -193,7 +193,7 @@ def _in_distribution(
     found = tuple(v for v in study.views if v.features.index is not None)
     if llnm.scope is None or not found:
         return found, {}, []
-    distribution = llnm.scope.embedding
+    distribution = llnm.scope.llnm
     scores = distribution.distances(view_embeddings(found, study.job.inputs, llnm))
     kept, excluded = [], []
     for view, score in zip(found, scores, strict=True):
@@ -252,7 +252,7 @@ def infer_study(study: MeasuredStudy, llnm: LoadedLlnm) -> PredictedStudy | NotA
         ood_scores=None
         if llnm.scope is None
         else tuple(scores[v.segmented.crop.sop_instance_uid] for v in views),
-        ood_threshold=None if llnm.scope is None else llnm.scope.embedding.threshold,
+        ood_threshold=None if llnm.scope is None else llnm.scope.llnm.threshold,
         excluded=(*study.excluded, *excluded),
     )
 

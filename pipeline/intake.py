@@ -1,26 +1,32 @@
 """Study intake: the first stage; what arrived, what is usable, and the report text.
 
 Scope gate: every ultrasound image's header goes through the site's scope
-rules (:func:`imaging.scope.header_exclusion`: modality, allow/deny patterns)
-and its Sequence of Ultrasound Regions (:func:`imaging.scope.region_exclusion`:
-Doppler, no B-mode region, split screen). An excluded image is not
-de-identified or analysed; a study with images that are all excluded is not
-assessed (:mod:`pipeline.scope`).
+rules (:func:`imaging.scope.header_exclusion`: modality, allow/deny patterns),
+its Sequence of Ultrasound Regions (:func:`imaging.scope.region_exclusion`:
+Doppler, no B-mode region, split screen) and then its pixels
+(:func:`imaging.scope.pixel_exclusion` on the frame the crop stage will use,
+the middle one: colour overlay, split screen without regions). An excluded
+image is not de-identified or analysed; a study whose images are all excluded
+is not assessed (:mod:`pipeline.scope`).
 """
 
 from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar
 
-from pydicom import Dataset
+from pydicom import Dataset, dcmread
+from pydicom.errors import InvalidDicomError
 from pydicom.uid import UID
 
+from imaging.crop import image_area
+from imaging.decode import select_frame
 from imaging.dicom_files import UnreadableDicomError, read_header
 from imaging.errors import StageError
+from imaging.scope import ScopeRules, header_exclusion, pixel_exclusion, region_exclusion
 from imaging.scope_reasons import Exclusion
-from imaging.scope import ScopeRules, header_exclusion, region_exclusion
 from imaging.sop_classes import SECONDARY_CAPTURE_CLASS, SR_CLASSES, ULTRASOUND_IMAGE_CLASSES
 from pipeline.contracts import ExcludedImage, InstanceRef, Skipped, StudyInput, summarize_skipped
 from pipeline.scope import NotAssessed, describe_excluded, gated, gated_summary, not_assessed
@@ -118,8 +124,23 @@ def _image_problem(sop_class: str, dataset: Dataset, has_pixels: bool) -> str | 
     return None
 
 
-def _exclusion(dataset: Dataset, rules: ScopeRules) -> Exclusion | None:
-    return header_exclusion(dataset, rules) or region_exclusion(dataset)
+def _exclusion(dataset: Dataset, path: Path, rules: ScopeRules) -> Exclusion | None:
+    """The first scope rule the image breaks: header, regions, then pixels."""
+    return header_exclusion(dataset, rules) or region_exclusion(dataset) or _pixels(path)
+
+
+def _pixels(path: Path) -> Exclusion | None:
+    """The pixel rules on the middle frame; None when it cannot be judged here.
+
+    A frame that cannot be read, decoded or cropped is left to the later stages,
+    which skip or fail such images with their own errors.
+    """
+    try:
+        dataset = dcmread(path)
+        frame = select_frame(dataset)
+        return pixel_exclusion(frame.pixels, image_area(dataset, frame.pixels))
+    except (StageError, InvalidDicomError, OSError, ValueError, EOFError):
+        return None
 
 
 def intake(
@@ -167,7 +188,7 @@ def intake(
         if problem:
             skipped.append(Skipped(ref.sop_instance_uid, problem))
             continue
-        exclusion = None if rules is None else _exclusion(dataset, rules)
+        exclusion = None if rules is None else _exclusion(dataset, ref.path, rules)
         if exclusion is not None:
             excluded.append(ExcludedImage(ref.sop_instance_uid, exclusion))
             continue

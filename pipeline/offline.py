@@ -71,6 +71,7 @@ class ViewMeasures:
     thyroid_area: float
     thyroid_confidence: float
     nodule_confidence: float
+    image_embedding: NDArray[np.float32]  # the thyroid segmenter's, of the whole crop
     embedding: NDArray[np.float64]  # LLNM-Net's view embedding (W,)
 
 
@@ -105,6 +106,7 @@ def _measures(study: MeasuredStudy, models: OfflineModels) -> tuple[ViewMeasures
             thyroid_area=v.segmented.thyroid_area,
             thyroid_confidence=v.segmented.thyroid_confidence,
             nodule_confidence=v.nodule_confidence or 0.0,
+            image_embedding=v.segmented.image_embedding,
             embedding=embedding,
         )
         for v, embedding in zip(found, embeddings, strict=True)
@@ -131,8 +133,6 @@ def run_study(
         if isinstance(report, NotAssessed):
             return StudyOutcome(NOT_ASSESSED, report.exclusion.reason.value)
         cropped = crop(deidentify(report).study)
-        if isinstance(cropped, NotAssessed):
-            return StudyOutcome(NOT_ASSESSED, cropped.exclusion.reason.value)
         segmented = segment_study(cropped, models.segmenters)
         if isinstance(segmented, NotAssessed):
             return StudyOutcome(NOT_ASSESSED, segmented.exclusion.reason.value)

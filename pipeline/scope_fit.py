@@ -3,14 +3,15 @@
 Every study of the fitting set and of a separate validation set goes through
 :func:`pipeline.offline.run_study` with the gate off; each view with an index
 nodule gives its :class:`~pipeline.offline.ViewMeasures`. The view limits and
-the embedding mean and covariance come from the fitting views, the OOD
-threshold from the validation views' distances (:mod:`models.scope`). The
+the embeddings' means and covariances come from the fitting views, the OOD
+thresholds from the validation views' distances (:mod:`models.scope`). The
 statistics are written into the bundle, which is sealed again with the
 threshold in its manifest (``metrics.scope``).
 """
 
 from __future__ import annotations
 
+import shutil
 import tempfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -23,6 +24,7 @@ from models.bundle import reseal_bundle
 from models.scope import (
     DEFAULT_PERCENTILE,
     LIMIT_PERCENTILES,
+    SCOPE_DIR,
     ScopeStatistics,
     ViewLimits,
     fit_embedding,
@@ -75,7 +77,12 @@ def fit_statistics(
             thyroid_confidence=fit_range(values("thyroid_confidence")),
             nodule_confidence=round(float(nodule) * 0.9, 4),
         ),
-        embedding=fit_embedding(
+        image=fit_embedding(
+            np.stack([v.image_embedding for v in train]),
+            np.stack([v.image_embedding for v in validation]),
+            percentile,
+        ),
+        llnm=fit_embedding(
             np.stack([v.embedding for v in train]),
             np.stack([v.embedding for v in validation]),
             percentile,
@@ -96,8 +103,12 @@ def fit_bundle_scope(
     """Fit and store the scope statistics of the bundle in ``bundle_dir``; reseal it.
 
     ``sizes`` (train, validation study counts) only sizes the progress bars.
-    Returns the manifest's ``metrics.scope`` entry.
+    Statistics the bundle already has are removed first. Returns the manifest's
+    ``metrics.scope`` entry.
     """
+    if (bundle_dir / SCOPE_DIR).exists():
+        shutil.rmtree(bundle_dir / SCOPE_DIR)
+        reseal_bundle(bundle_dir)
     models = OfflineModels.load(bundle_dir, gate=False)
     train_views = collect(train, models, "fitting", None if sizes is None else sizes[0])
     validation_views = collect(

@@ -21,8 +21,10 @@ Scope gate
     A view is used only when the thyroid is there as in training: a non-empty
     mask and, when the bundle has scope statistics (:mod:`models.scope`), the
     mask's share of the crop and its mean probability within the ranges seen
-    in training. Other views are excluded (``no_thyroid``); a study left with
-    none is not assessed (:mod:`pipeline.scope`).
+    in training (else ``no_thyroid``); and when the thyroid segmenter's
+    embedding of the whole crop lies within its training distribution (else
+    ``out_of_distribution``, "image score 41.2 > 18.0"). A study left with no
+    view is not assessed (:mod:`pipeline.scope`).
 Next
     :mod:`pipeline.features` reads the crops and masks and measures the
     nodules; a study with no nodule ends there with its own job result.
@@ -44,8 +46,9 @@ from imaging.png import read_png, write_mask, write_png
 from imaging.scope_reasons import Exclusion, Reason
 from models.bundle import BundleLoader, Manifest
 from models.scope import ScopeStatistics, ViewLimits, load_scope
-from models.segmentation import Segmenter, load_segmenter, predict_probabilities
+from models.segmentation import Segmenter, load_segmenter
 from models.segmentation.nodule import yolo_outputs
+from models.segmentation.thyroid import unet_outputs
 from pipeline.batching import MicroBatcher
 from pipeline.contracts import ExcludedImage, JobContext, Skipped
 from pipeline.crop import CroppedStudy, CroppedView
@@ -68,6 +71,7 @@ MAX_BATCH_VIEWS = 32
 Crop = NDArray[np.uint8]
 Probability = NDArray[np.float32]
 NoduleMaps = tuple[Probability, Probability]  # mask probability, detection confidence
+ThyroidMaps = tuple[Probability, NDArray[np.float32]]  # mask probability, image embedding
 
 
 @dataclass(frozen=True)
@@ -85,7 +89,7 @@ class Segmenters:
     manifest: Manifest
     scope: ScopeStatistics | None
     nodule_masks: MicroBatcher[Crop, NoduleMaps]
-    thyroid_masks: MicroBatcher[Crop, Probability]
+    thyroid_masks: MicroBatcher[Crop, ThyroidMaps]
 
     @classmethod
     def of(
@@ -107,7 +111,7 @@ class Segmenters:
                 name="nodule",
             ),
             thyroid_masks=MicroBatcher(
-                functools.partial(predict_probabilities, thyroid),
+                functools.partial(unet_outputs, thyroid),
                 max_items=MAX_BATCH_VIEWS,
                 name="thyroid",
             ),
@@ -152,6 +156,8 @@ class SegmentedView:
     nodule_pixels: int
     thyroid_pixels: int
     thyroid_confidence: float  # mean thyroid probability inside the mask (0 when empty)
+    image_embedding: NDArray[np.float32]  # the thyroid segmenter's view of the whole crop
+    image_score: float | None  # its OOD score; None without scope statistics
 
     @property
     def thyroid_area(self) -> float:
@@ -171,12 +177,23 @@ class SegmentedStudy:
     excluded: tuple[ExcludedImage, ...] = ()
 
 
-def thyroid_exclusion(view: SegmentedView, limits: ViewLimits | None) -> Exclusion | None:
-    """Why ``view`` lacks a thyroid as the segmenter saw it in training, or None (module doc)."""
+def view_exclusion(view: SegmentedView, scope: ScopeStatistics | None) -> Exclusion | None:
+    """Why ``view`` is not like the views seen in training, or None (module docstring)."""
     if view.thyroid_pixels == 0:
         return Exclusion(Reason.NO_THYROID, "empty thyroid mask")
-    if limits is None:
+    if scope is None:
         return None
+    thyroid = _thyroid_exclusion(view, scope.limits)
+    if thyroid is not None or view.image_score is None:
+        return thyroid
+    threshold = scope.image.threshold
+    if view.image_score > threshold:
+        detail = f"image score {view.image_score:.1f} > {threshold:.1f}"
+        return Exclusion(Reason.OUT_OF_DISTRIBUTION, detail)
+    return None
+
+
+def _thyroid_exclusion(view: SegmentedView, limits: ViewLimits) -> Exclusion | None:
     area, confidence = view.thyroid_area, view.thyroid_confidence
     if area not in limits.thyroid_area:
         seen = limits.thyroid_area
@@ -209,10 +226,10 @@ def segment_study(study: CroppedStudy, segmenters: Segmenters) -> SegmentedStudy
     thyroids = segmenters.thyroid_masks(crops)
     nodule_threshold = segmenters.nodule.config.threshold
     thyroid_threshold = segmenters.thyroid.config.threshold
-    limits = None if segmenters.scope is None else segmenters.scope.limits
+    scope = segmenters.scope
     views: list[SegmentedView] = []
     excluded: list[ExcludedImage] = []
-    for view, (nodule_p, confidence), thyroid_p in zip(
+    for view, (nodule_p, confidence), (thyroid_p, embedding) in zip(
         study.images, nodules, thyroids, strict=True
     ):
         stem = view.png_path.stem
@@ -228,8 +245,10 @@ def segment_study(study: CroppedStudy, segmenters: Segmenters) -> SegmentedStudy
             nodule_pixels=int(np.count_nonzero(nodule)),
             thyroid_pixels=int(np.count_nonzero(thyroid)),
             thyroid_confidence=float(thyroid_p[thyroid].mean()) if thyroid.any() else 0.0,
+            image_embedding=embedding,
+            image_score=None if scope is None else float(scope.image.distances(embedding[None])[0]),
         )
-        exclusion = thyroid_exclusion(segmented, limits)
+        exclusion = view_exclusion(segmented, scope)
         if exclusion is None:
             views.append(segmented)
         else:
@@ -254,6 +273,7 @@ def summarize_segmentation(study: SegmentedStudy) -> dict[str, Any]:
                 "thyroid_pixels": v.thyroid_pixels,
                 "thyroid_area": round(v.thyroid_area, 4),
                 "thyroid_confidence": round(v.thyroid_confidence, 3),
+                "image_score": None if v.image_score is None else round(v.image_score, 2),
             }
             for v in study.views
         ],

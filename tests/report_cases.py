@@ -12,12 +12,12 @@ from pipeline.contracts import InstanceRef, StudyInput
 from pipeline.crop import crop
 from pipeline.deidentify.options import DEFAULT_OPTIONS
 from pipeline.deidentify.stage import deidentify
-from pipeline.features import measure
+from pipeline.features import MeasuredStudy, measure
 from pipeline.infer import LlnmLoader, PredictedStudy, infer_study
-from pipeline.intake import intake
+from pipeline.intake import IntakeReport, intake
 from pipeline.report.inputs import ReportInput
 from pipeline.report.reidentify import report_input
-from pipeline.segment import SegmenterLoader, segment_study
+from pipeline.segment import SegmentedStudy, SegmenterLoader, segment_study
 
 _SEGMENTERS = SegmenterLoader(DEMO_BUNDLE_DIR)
 _LLNM = LlnmLoader(DEMO_BUNDLE_DIR)
@@ -55,8 +55,14 @@ def predicted_case(
         instances=refs,
         work_dir=work_dir,
     )
-    deidentified = deidentify(intake(study), options=DEFAULT_OPTIONS)
-    measured = measure(segment_study(crop(deidentified.study), _SEGMENTERS()))
+    report = intake(study)
+    assert isinstance(report, IntakeReport)
+    deidentified = deidentify(report, options=DEFAULT_OPTIONS)
+    segmented = segment_study(crop(deidentified.study), _SEGMENTERS())
+    assert isinstance(segmented, SegmentedStudy)
+    measured = measure(segmented)
+    assert isinstance(measured, MeasuredStudy)
     predicted = infer_study(measured, _LLNM())
+    assert isinstance(predicted, PredictedStudy)
     originals = {r.sop_instance_uid: r.path for r in refs}
     return report_input(predicted, deidentified.pseudonyms, originals), predicted

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from models.demo import DEMO_BUNDLE_DIR
-from models.segmentation.architectures import segment
+from models.segmentation.nodule import yolo_outputs
 from phantoms import make_case
 from pipeline.batching import MicroBatcher
 from pipeline.segment import SegmenterLoader
@@ -58,15 +58,16 @@ def test_segmenting_several_jobs_at_once_batches_and_changes_no_mask() -> None:
         studies.append(
             [np.ascontiguousarray(image.pixels[48:468, 90:602]) for image in case.images]
         )
-    alone = [segment(segmenters.nodule, crops, "nodule") for crops in studies]
+    alone = [yolo_outputs(segmenters.nodule, crops) for crops in studies]
     barrier = threading.Barrier(len(studies))
 
-    def at_once(crops: list[np.ndarray]) -> list[np.ndarray]:
+    def at_once(crops: list[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:
         barrier.wait()
         return segmenters.nodule_masks(crops)
 
     with ThreadPoolExecutor(max_workers=len(studies)) as pool:
         together = list(pool.map(at_once, studies))
     for one, other in zip(alone, together, strict=True):
-        assert all(np.array_equal(a, b) for a, b in zip(one, other, strict=True))
+        for (probability, confidence), (p, c) in zip(one, other, strict=True):
+            assert np.array_equal(probability, p) and np.array_equal(confidence, c)
     assert segmenters.nodule_masks.stats.items_per_pass > 2.0

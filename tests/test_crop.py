@@ -50,7 +50,7 @@ from pipeline.contracts import (
 )
 from pipeline.crop import CROP, crop, summarize_crop
 from pipeline.deidentify import deidentify
-from pipeline.intake import intake
+from pipeline.intake import IntakeReport, intake
 
 # Every ultrasound file of pydicom-data (Modality US or an ultrasound SOP class), with
 # whether its image area comes from its Sequence of Ultrasound Regions.
@@ -522,7 +522,9 @@ def test_crop_after_deidentification(tmp_path: Path, regions: bool) -> None:
         for ds in case.datasets
     )
     study_input = StudyInput(5, str(case.datasets[0].StudyInstanceUID), refs, tmp_path / "job")
-    study = deidentify(intake(study_input)).study
+    report = intake(study_input)
+    assert isinstance(report, IntakeReport)
+    study = deidentify(report).study
 
     result = crop(study)
 

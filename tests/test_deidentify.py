@@ -53,7 +53,9 @@ def _intake(tmp_path: Path, datasets: list[Dataset]) -> IntakeReport:
         instances=tuple(refs),
         work_dir=tmp_path / "work",
     )
-    return intake(study)
+    report = intake(study)
+    assert isinstance(report, IntakeReport)
+    return report
 
 
 def _walk(ds: Dataset) -> Iterator[DataElement]:
@@ -420,6 +422,7 @@ def test_vendor_files_are_cleaned(tmp_path: Path, vendor_dir: Path, name: str) -
     ref = InstanceRef.of(source, copy)
     # The scope gate off: these vendor files are not thyroid B-mode, but must be cleaned.
     report = intake(StudyInput(3, str(source.StudyInstanceUID), (ref,), tmp_path / "work"), None)
+    assert isinstance(report, IntakeReport)
     result = deidentify(report)
 
     values = {str(source.get(k, "")).strip() for k in _IDENTIFYING}

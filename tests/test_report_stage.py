@@ -7,7 +7,6 @@ from pathlib import Path
 
 from harness import wait_for
 from pydicom import dcmread
-from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset
 from pydicom.uid import RLELossless
 from test_imaging_jobs import Factory, finished_jobs
@@ -121,7 +120,7 @@ def test_a_failed_job_sends_a_short_sr_with_the_reason(
 def test_no_nodule_sends_a_short_sr_and_the_switches_turn_notices_off(
     node_factory: Factory, blind_bundle: Path, tmp_path: Path
 ) -> None:
-    vendor = dcmread(str(get_testdata_file("US1_UNCR.dcm", download=False)))
+    vendor = make_case(4).datasets[0]  # a thyroid B-mode view; the blind segmenter misses it
     node, pacs = _node_with_pacs(node_factory, tmp_path, blind_bundle)
     try:
         _send_as_pacs(node, [vendor], tmp_path / "vendor")

@@ -277,7 +277,15 @@ def _view(work: Path, n: int, features: ViewFeatures) -> MeasuredView:
     crop = CroppedView(f"2.25.{n}", work / "crop" / f"{n:03d}.png", area, 0, 80, 100, False, None)
     segment = work / "segment"
     segmented = SegmentedView(
-        crop, segment / f"{n:03d}_nodule.png", work / "x.png", segment / "c.png", 9, 99, 0.87
+        crop,
+        segment / f"{n:03d}_nodule.png",
+        work / "x.png",
+        segment / "c.png",
+        9,
+        99,
+        0.87,
+        np.linspace(-1.0, 1.0, 8, dtype=np.float32),
+        None if n else 3.25,
     )
     return MeasuredView(segmented, features, None if features.index is None else 0.62)
 

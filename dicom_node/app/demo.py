@@ -29,6 +29,7 @@ from dicom_node.settings import (
     Settings,
 )
 from imaging.png import write_png
+from imaging.scope_reasons import outcome_text
 from phantoms import PhantomOptions, make_case
 
 # Real vendor files shipped by the PyPI package pydicom-data: GE (JPEG 2000 and
@@ -319,6 +320,6 @@ def _result_cell(result: listings.ResultRow | None) -> str:
     if result is None:
         return "-"
     if result.probability is None:
-        return result.outcome
+        return outcome_text(result.outcome, result.reason)
     label = " NOT FOR CLINICAL USE" if result.synthetic_bundle else ""
     return f"LLNM {result.probability:.2f}, stage {result.risk_stage}{label}"

@@ -169,8 +169,10 @@ def fit_scope(
         except (BundleError, ValueError) as exc:
             raise fail("the scope statistics could not be fitted", exc) from exc
     limits = summary["limits"]
+    ood = summary["ood"]
     console.print(
-        f"OOD threshold {summary['ood_threshold']} (validation percentile {percentile:g}); "
+        f"OOD thresholds: image {ood['image']['threshold']}, LLNM-Net {ood['llnm']['threshold']} "
+        f"(validation percentile {percentile:g}); "
         f"thyroid area {limits['thyroid_area']['low']:.3f}-{limits['thyroid_area']['high']:.3f}, "
         f"nodule confidence >= {limits['nodule_confidence']:.2f}; "
         f"{summary['fitted_on']['train_views']} + {summary['fitted_on']['validation_views']} views"

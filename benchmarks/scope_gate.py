@@ -7,8 +7,11 @@ comparisons, once more with the model-level gate off. The demo bundle's scope
 statistics were fitted on phantoms of seed 1; everything here uses other seeds.
 
 1. Every ultrasound file of ``pydicom-data``, each its own study: the outcome
-   and reason of each (none may get a probability).
-2. In-scope phantoms of held-out seeds (default 97, 98, 99): the share
+   and reason of each (none may get a probability), with the default rules and
+   with the built-in deny list off (a site that accepts every exam type: then
+   the region, pixel and model checks must decline them).
+2. In-scope phantoms of held-out seeds (default 97, 98, 99; grey with regions,
+   RGB, and without regions in turn): the share
    assessed and the AUC of the gated predictions on the assessed cases against
    the ungated AUC on all cases, per seed, with bootstrap 95 % CIs.
 3. Out-of-scope variants (:mod:`phantoms.out_of_scope`): the share not
@@ -28,6 +31,7 @@ Run::
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import tempfile
 from collections import Counter
@@ -41,36 +45,23 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 from pydicom import Dataset, dcmread
-from pydicom.data import get_testdata_files
 from rich.console import Console
 from rich.progress import track
 from rich.table import Table
 
+from imaging.scope import ScopeRules
 from models.demo import DEMO_BUNDLE_DIR
 from models.llnm.evaluation import bootstrap
-from phantoms import PhantomOptions, make_case
+from phantoms import ENCODINGS, PhantomOptions, make_case
 from phantoms.dataset_export import case_seed
 from phantoms.out_of_scope import VARIANTS, make_variant, shifted_options
 from pipeline.infer import PREDICTED
-from pipeline.offline import OfflineModels, StudyOutcome, run_study, write_study
+from pipeline.offline import OfflineModels, StudyOutcome, run_study, vendor_files, write_study
 from pipeline.scope import NOT_ASSESSED
 
 SEVERITIES = (0.0, 0.33, 0.67, 1.0)
 SHIFTS = ("gain", "speckle", "depth")
 console = Console()
-
-
-def vendor_files() -> list[Path]:
-    """Every ultrasound file of pydicom-data."""
-    found = []
-    for name in sorted(get_testdata_files("*")):
-        try:
-            ds = dcmread(name, stop_before_pixels=True)
-        except Exception:
-            continue
-        if ds.get("Modality") == "US" and "PixelData" in dcmread(name):
-            found.append(Path(name))
-    return found
 
 
 class Runner:
@@ -79,15 +70,21 @@ class Runner:
     def __init__(self, bundle: Path, scratch: Path) -> None:
         self.gated = OfflineModels.load(bundle)
         self.ungated = OfflineModels.load(bundle, gate=False)
+        self.open = dataclasses.replace(
+            self.gated, rules=ScopeRules.from_mapping({"default_deny": False})
+        )
         self.scratch = scratch
         self.count = 0
 
-    def run(self, datasets: Sequence[Dataset], *, gate: bool = True) -> StudyOutcome:
-        """The outcome of the study ``datasets``, with the model-level gate or without."""
+    def run(
+        self, datasets: Sequence[Dataset], *, gate: bool = True, deny: bool = True
+    ) -> StudyOutcome:
+        """The outcome of the study ``datasets``: gated or not, with the deny list or not."""
         self.count += 1
         folder = self.scratch / str(self.count)
         paths = write_study(datasets, folder / "in")
-        return run_study(paths, folder / "work", self.gated if gate else self.ungated)
+        models = (self.gated if deny else self.open) if gate else self.ungated
+        return run_study(paths, folder / "work", models)
 
 
 def _case_datasets(seed: int, options: PhantomOptions | None = None) -> list[Dataset]:
@@ -149,19 +146,25 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="llnm-scope-gate-") as scratch:
         runner = Runner(args.bundle, Path(scratch))
 
-        vendors = Table("pydicom-data file", "outcome", "reason")
+        vendors = Table("pydicom-data file", "default rules", "deny list off")
         report["vendor_files"] = {}
         for path in vendor_files():
-            outcome = runner.run([dcmread(path)])
-            report["vendor_files"][path.name] = [outcome.outcome, outcome.reason]
-            vendors.add_row(path.name, outcome.outcome, outcome.reason or "")
+            outcomes = [runner.run([dcmread(path)], deny=deny) for deny in (True, False)]
+            report["vendor_files"][path.name] = [[o.outcome, o.reason] for o in outcomes]
+            vendors.add_row(path.name, *(f"{o.outcome} {o.reason or ''}" for o in outcomes))
         console.print(vendors)
 
         in_scope = Table("seed", "cases", "assessed", "AUC gated (assessed)", "AUC ungated (all)")
         report["in_scope"] = {}
         for seed in args.seeds:
             seeds = [case_seed(seed, i) for i in range(args.cases)]
-            row = labelled(runner, seeds, _case_datasets, f"in-scope seed {seed}")
+            encoding = {s: ENCODINGS[i % len(ENCODINGS)] for i, s in enumerate(seeds)}
+            row = labelled(
+                runner,
+                seeds,
+                lambda s, e=encoding: _case_datasets(s, e[s]),  # type: ignore[misc]
+                f"in-scope seed {seed}",
+            )
             report["in_scope"][seed] = row
             in_scope.add_row(
                 str(seed),

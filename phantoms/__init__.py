@@ -19,7 +19,7 @@ Modules: ``patient`` (identities), ``nodule`` (features, outline),
 ``out_of_scope`` (shifted and out-of-scope variants).
 """
 
-from phantoms.case import ImageTruth, PhantomCase, PhantomOptions, make_case
+from phantoms.case import ENCODINGS, ImageTruth, PhantomCase, PhantomOptions, make_case
 from phantoms.dataset_export import ExportSummary, export_phantoms
 from phantoms.labels import (
     STAGE_THRESHOLDS,
@@ -32,6 +32,7 @@ from phantoms.labels import (
 from phantoms.out_of_scope import VariantCase, make_variant, shifted_options
 
 __all__ = [
+    "ENCODINGS",
     "STAGE_THRESHOLDS",
     "ExportSummary",
     "ImageTruth",

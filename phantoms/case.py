@@ -77,6 +77,11 @@ class PhantomOptions:
             raise ValueError(f"depth_scale must be at least 1, not {self.depth_scale}")
 
 
+# The encodings a PACS sends that the node must assess alike: grey with a Sequence of
+# Ultrasound Regions, RGB, and grey without regions (cropped by the detector, uncalibrated).
+ENCODINGS = (PhantomOptions(), PhantomOptions(rgb=True), PhantomOptions(with_regions=False))
+
+
 @dataclass(frozen=True, eq=False)
 class ImageTruth:
     """Ground truth of one image (arrays are full frame, ``(rows, columns)``)."""

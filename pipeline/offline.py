@@ -18,6 +18,8 @@ from pathlib import Path
 import numpy as np
 from numpy.typing import NDArray
 from pydicom import Dataset, dcmread
+from pydicom.data import get_testdata_files
+from pydicom.errors import InvalidDicomError
 
 from imaging.errors import StageError
 from imaging.scope import ScopeRules
@@ -148,3 +150,18 @@ def run_study(
     if isinstance(predicted, NotAssessed):
         return StudyOutcome(NOT_ASSESSED, predicted.exclusion.reason.value, views=kept)
     return StudyOutcome(PREDICTED, probability=predicted.prediction.probability, views=kept)
+
+
+def vendor_files() -> list[Path]:
+    """Every ultrasound image file of the ``pydicom-data`` package (real vendor files)."""
+    found = []
+    for name in sorted(get_testdata_files("*")):
+        try:
+            dataset = dcmread(name, stop_before_pixels=True)
+        except (InvalidDicomError, OSError, ValueError, EOFError):
+            continue
+        if dataset.get("Modality") == "US" and "PixelData" in dcmread(
+            name, specific_tags=["PixelData"]
+        ):
+            found.append(Path(name))
+    return found

@@ -30,7 +30,7 @@ from dicom_node.settings import (
 )
 from imaging.png import write_png
 from imaging.scope_reasons import outcome_text
-from phantoms import PhantomOptions, make_case
+from phantoms import ENCODINGS, make_case
 
 # Real vendor files shipped by the PyPI package pydicom-data: GE (JPEG 2000 and
 # uncompressed RGB with the same SOP Instance UID, so one is a duplicate), Aloka
@@ -65,11 +65,7 @@ def _sample_paths() -> list[Path]:
 
 # Synthetic thyroid studies (two views + report SR each): grey with regions, RGB, and one
 # without a Sequence of Ultrasound Regions (cropped by the detector, uncalibrated).
-PHANTOMS = (
-    PhantomOptions(),
-    PhantomOptions(rgb=True),
-    PhantomOptions(with_regions=False),
-)
+PHANTOMS = ENCODINGS
 
 
 def _phantom_paths(folder: Path) -> list[Path]:

@@ -14,7 +14,7 @@ import typer
 from dicom_node.cli.common import console, fail
 from models.bundle import NOT_FOR_CLINICAL_USE, BundleError, seal_bundle, verify_bundle
 from models.scope import DEFAULT_PERCENTILE
-from phantoms import make_case
+from phantoms import ENCODINGS, make_case
 from phantoms.dataset_export import case_seed
 from pipeline.offline import write_study
 from pipeline.scope_fit import fit_bundle_scope
@@ -115,8 +115,9 @@ def _study_folders(root: Path) -> list[list[Path]]:
 
 
 def _phantom_studies(seed: int, start: int, count: int, out: Path) -> Iterator[list[Path]]:
+    """Phantom studies ``start`` .. ``start + count - 1`` of ``seed``, in turn in each encoding."""
     for index in range(start, start + count):
-        case = make_case(case_seed(seed, index))
+        case = make_case(case_seed(seed, index), ENCODINGS[index % len(ENCODINGS)])
         datasets = [*case.datasets, *([case.report_dataset] if case.report_dataset else [])]
         yield write_study(datasets, out / case.case_id)
 
@@ -157,6 +158,7 @@ def fit_scope(
             held = _phantom_studies(seed, phantoms, validation_phantoms, out / "validation")
             fitted_on = {
                 "data": f"phantoms of seed {seed}",
+                "encodings": "grey with regions, RGB with regions, grey without regions",
                 "train_cases": f"0-{phantoms - 1}",
                 "validation_cases": f"{phantoms}-{phantoms + validation_phantoms - 1}",
                 "synthetic": True,

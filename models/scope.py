@@ -9,13 +9,14 @@ The manifest's ``metrics.scope`` repeats the statistics.json summary.
 
 Limits
     Per assessed view: the thyroid segmenter's mask area as a share of the crop
-    and its mean probability inside the mask, and the index nodule's detection
-    confidence, each bounded by low/high percentiles of the fitting views
-    (:data:`LIMIT_PERCENTILES`) widened by :data:`LIMIT_MARGIN` of the range.
+    and its mean probability inside the mask, each within the 1st to 99th
+    percentile of the fitting views (:data:`LIMIT_PERCENTILES`); the index
+    nodule's detection confidence above 0.9 times its 1st percentile.
 Out-of-distribution scores
     Two embeddings of each view, each with its own distribution: ``image``,
     what the thyroid segmenter's encoder made of the whole crop
-    (:func:`models.segmentation.thyroid.unet_outputs`; checked in the segment
+    (:func:`models.segmentation.thyroid.unet_outputs`: pooled encoder features
+    over the crop and summaries of the probability map; checked in the segment
     stage, before any nodule is looked for), and ``llnm``, LLNM-Net's pooled
     token vector that its heads read (checked in the infer stage). A score is
     the Mahalanobis distance to the fitting views (their mean and Ledoit-Wolf
@@ -42,8 +43,7 @@ from models.bundle import BundleError
 SCOPE_DIR = "scope"
 STATISTICS_FILE = "statistics.json"
 EMBEDDING_FILE = "embedding.safetensors"
-LIMIT_PERCENTILES = (0.5, 99.5)
-LIMIT_MARGIN = 0.25
+LIMIT_PERCENTILES = (1.0, 99.0)
 DEFAULT_PERCENTILE = 99.0
 
 Floats = NDArray[np.float64]
@@ -101,13 +101,9 @@ class ScopeStatistics:
 
 
 def fit_range(values: NDArray[np.floating[Any]]) -> Range:
-    """The :data:`LIMIT_PERCENTILES` of shares ``values``, widened by :data:`LIMIT_MARGIN`.
-
-    A share never goes below 0 or above 1, and neither do the bounds.
-    """
+    """The :data:`LIMIT_PERCENTILES` of ``values``: the range seen in fitting."""
     low, high = (float(v) for v in np.percentile(values, LIMIT_PERCENTILES))
-    margin = LIMIT_MARGIN * (high - low)
-    return Range(max(low - margin, 0.0), min(high + margin, 1.0))
+    return Range(low, high)
 
 
 def shrunk_covariance(x: Floats) -> Floats:

@@ -33,6 +33,9 @@ from models.scope import (
 )
 from pipeline.offline import OfflineModels, ViewMeasures, run_study
 
+# The nodule confidence limit: this share of the lowest percentile seen in fitting.
+NODULE_CONFIDENCE_MARGIN = 0.9
+
 
 def collect(
     studies: Iterable[Sequence[Path]], models: OfflineModels, label: str, total: int | None = None
@@ -75,7 +78,7 @@ def fit_statistics(
         limits=ViewLimits(
             thyroid_area=fit_range(values("thyroid_area")),
             thyroid_confidence=fit_range(values("thyroid_confidence")),
-            nodule_confidence=round(float(nodule) * 0.9, 4),
+            nodule_confidence=round(float(nodule) * NODULE_CONFIDENCE_MARGIN, 4),
         ),
         image=fit_embedding(
             np.stack([v.image_embedding for v in train]),

@@ -8,6 +8,7 @@ Usage::
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -17,7 +18,7 @@ from numpy.typing import NDArray
 from torch import nn
 
 from models.segmentation.config import SegmenterConfig
-from models.segmentation.letterbox import prepared_batches
+from models.segmentation.letterbox import Letterbox, prepared_batches
 from models.segmentation.segmenter import Segmenter
 
 
@@ -34,14 +35,38 @@ def build_unet(config: SegmenterConfig) -> nn.Module:
     return model
 
 
+def _pooled(features: torch.Tensor, box: Letterbox, input_height: int) -> torch.Tensor:
+    """Mean and standard deviation per channel of (C, h, w) ``features`` inside the crop.
+
+    Positions over the letterbox padding are left out, so the crop's aspect ratio
+    does not move the embedding.
+    """
+    scale = features.shape[1] / input_height
+    top, left = int(box.top * scale), int(box.left * scale)
+    bottom = max(top + 1, math.ceil((box.top + box.height) * scale))
+    right = max(left + 1, math.ceil((box.left + box.width) * scale))
+    inside = features[:, top:bottom, left:right].flatten(1)  # (C, positions)
+    spread = inside.std(dim=1) if inside.shape[1] > 1 else torch.zeros_like(inside[:, 0])
+    return torch.cat([inside.mean(dim=1), spread])
+
+
+def _map_summary(probability: NDArray[np.float32]) -> NDArray[np.float32]:
+    """Share of the crop inside the mask, mean probability inside it, share left uncertain."""
+    inside = probability > 0.5
+    confidence = float(probability[inside].mean()) if inside.any() else 0.0
+    uncertain = float(((probability > 0.1) & (probability < 0.9)).mean())
+    return np.asarray([inside.mean(), confidence, uncertain], dtype=np.float32)
+
+
 def unet_outputs(
     segmenter: Segmenter, crops: Sequence[NDArray[np.uint8]], batch_size: int = 16
 ) -> list[tuple[NDArray[np.float32], NDArray[np.float32]]]:
     """Per crop: foreground probabilities (H, W) at its own resolution and an image embedding.
 
-    The embedding is the mean and standard deviation over positions of each
-    channel of the encoder's second-deepest feature map (2 C values): what the
-    segmenter made of the whole (letterboxed) crop, for the scope gate.
+    The embedding is what the segmenter made of the whole crop, for the scope
+    gate: the mean and standard deviation over the crop's positions (not the
+    padding) of each channel of the encoder's second-deepest feature map, then
+    three summaries of the probability map (:func:`_map_summary`): 2 C + 3 values.
     """
     config = segmenter.config
     captured: list[torch.Tensor] = []
@@ -54,13 +79,15 @@ def unet_outputs(
             with torch.inference_mode():
                 logits = segmenter.model(batch.to(segmenter.device))  # (B, 1, H, W)
                 probabilities = torch.sigmoid(logits)[:, 0].float().cpu().numpy()  # (B, H, W)
-                features = captured[0].float().flatten(2)  # (B, C, positions)
-                pooled = torch.cat([features.mean(dim=2), features.std(dim=2)], dim=1)
-            embeddings = pooled.cpu().numpy()
-            out.extend(
-                (box.restore(p), e)
-                for p, e, box in zip(probabilities, embeddings, boxes, strict=True)
-            )
+                features = captured[0].float()  # (B, C, h, w)
+                pooled = [
+                    _pooled(f, box, config.input_height).cpu().numpy()
+                    for f, box in zip(features, boxes, strict=True)
+                ]
+            for probability, embedding, box in zip(probabilities, pooled, boxes, strict=True):
+                restored = box.restore(probability)
+                summary = _map_summary(restored)
+                out.append((restored, np.concatenate([embedding, summary]).astype(np.float32)))
     finally:
         hook.remove()
     return out

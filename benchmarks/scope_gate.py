@@ -110,6 +110,7 @@ def labelled(
 ) -> dict[str, Any]:
     """Gated and ungated outcomes of phantom cases ``seeds``: assessed share and AUCs."""
     gated_labels, gated_scores, all_labels, all_scores = [], [], [], []
+    same_cases: list[float] = []  # the ungated probability of each case the gate assessed
     reasons: Counter[str] = Counter()
     for seed in track(seeds, description=label, transient=True):
         truth = int(make_case(seed).llnm_label)
@@ -119,6 +120,7 @@ def labelled(
         if gated.outcome == PREDICTED and gated.probability is not None:
             gated_labels.append(truth)
             gated_scores.append(gated.probability)
+            same_cases.append(ungated.probability if ungated.probability is not None else 0.5)
         else:
             reasons[gated.reason or gated.outcome] += 1
         if ungated.probability is not None:
@@ -130,6 +132,25 @@ def labelled(
         "not_assessed_reasons": dict(reasons),
         "auc_assessed_gated": _auc(gated_labels, gated_scores),
         "auc_all_ungated": _auc(all_labels, all_scores),
+        "auc_assessed_ungated": _auc(gated_labels, same_cases),
+        "gated": [gated_labels, gated_scores],
+        "ungated": [all_labels, all_scores],
+        "same_cases": same_cases,
+    }
+
+
+def pooled(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """The per-seed rows of :func:`labelled` as one."""
+    gated: list[list[Any]] = [[x for r in rows for x in r["gated"][i]] for i in (0, 1)]
+    ungated: list[list[Any]] = [[x for r in rows for x in r["ungated"][i]] for i in (0, 1)]
+    same_cases = [x for r in rows for x in r["same_cases"]]
+    cases = sum(r["cases"] for r in rows)
+    return {
+        "cases": cases,
+        "assessed": len(gated[0]) / cases,
+        "auc_assessed_gated": _auc(*gated),
+        "auc_all_ungated": _auc(*ungated),
+        "auc_assessed_ungated": _auc(gated[0], same_cases),
     }
 
 
@@ -154,7 +175,14 @@ def main() -> None:
             vendors.add_row(path.name, *(f"{o.outcome} {o.reason or ''}" for o in outcomes))
         console.print(vendors)
 
-        in_scope = Table("seed", "cases", "assessed", "AUC gated (assessed)", "AUC ungated (all)")
+        in_scope = Table(
+            "seed",
+            "cases",
+            "assessed",
+            "AUC gated (assessed)",
+            "AUC ungated (same cases)",
+            "AUC ungated (all)",
+        )
         report["in_scope"] = {}
         for seed in args.seeds:
             seeds = [case_seed(seed, i) for i in range(args.cases)]
@@ -166,18 +194,21 @@ def main() -> None:
                 f"in-scope seed {seed}",
             )
             report["in_scope"][seed] = row
+        report["in_scope"]["pooled"] = pooled(list(report["in_scope"].values()))
+        for name, row in report["in_scope"].items():
             in_scope.add_row(
-                str(seed),
+                str(name),
                 str(row["cases"]),
                 f"{row['assessed']:.1%}",
                 _fmt(row["auc_assessed_gated"]),
+                _fmt(row["auc_assessed_ungated"]),
                 _fmt(row["auc_all_ungated"]),
             )
         console.print(in_scope)
 
         variants = Table("variant", "cases", "not assessed", "reasons")
         report["variants"] = {}
-        for kind in VARIANTS:
+        for kind in VARIANTS if args.variant_cases else ():
             outcomes = [
                 runner.run(make_variant(case_seed(7, i), kind).datasets)
                 for i in track(range(args.variant_cases), description=kind, transient=True)
@@ -191,7 +222,7 @@ def main() -> None:
         shifts = Table("shift", "severity", "not assessed", "AUC assessed (gated)", "AUC all")
         report["shifts"] = {}
         seeds = [case_seed(5, i) for i in range(args.shift_cases)]
-        for shift in SHIFTS:
+        for shift in SHIFTS if args.shift_cases else ():
             for severity in SEVERITIES:
                 options = shifted_options(shift, severity)  # type: ignore[arg-type]
                 row = labelled(
@@ -212,7 +243,8 @@ def main() -> None:
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(report, indent=2, default=str) + "\n", encoding="utf-8")
-        plot_shifts(report["shifts"], args.out.with_name("scope_gate_shift.png"))
+        if report["shifts"]:
+            plot_shifts(report["shifts"], args.out.with_name("scope_gate_shift.png"))
         console.print(f"wrote {args.out}")
 
 

@@ -52,7 +52,7 @@ import numpy as np
 from numpy.typing import NDArray
 from pydicom import Dataset
 
-from imaging.decode import DecodedFrame, FrameRule, Image8, grey, select_frame
+from imaging.decode import FrameRule, Image8, grey, select_frame
 from imaging.errors import StageError
 from imaging.standard.ultrasound_regions import PhysicalUnits, RegionDataType, RegionSpatialFormat
 
@@ -373,17 +373,7 @@ def crop_image(
         If the image cannot be decoded or has no usable image area.
     """
     frame = select_frame(ds, frame_rule)
-    return crop_frame(frame, image_area(ds, frame.pixels, region_rule=region_rule))
-
-
-def crop_frame(frame: DecodedFrame, area: ImageArea) -> CroppedImage:
-    """Crop a decoded frame to ``area`` and standardise its brightness.
-
-    Raises
-    ------
-    StageError
-        If the area is flat (:func:`standardise_brightness`).
-    """
+    area = image_area(ds, frame.pixels, region_rule=region_rule)
     window = frame.pixels[area.y0 : area.y1, area.x0 : area.x1]
     pixels = standardise_brightness(_as_grey_if_grey(np.ascontiguousarray(window)))
     return CroppedImage(pixels=pixels, area=area, frame_index=frame.index)

@@ -43,6 +43,7 @@ from pipeline.scope import (
     gated,
     gated_summary,
     not_assessed,
+    partition,
 )
 from pipeline.segment import SegmentedStudy, SegmentedView
 from pipeline.stage import JobConcluded, Stage
@@ -131,18 +132,14 @@ def measure(
 ) -> MeasuredStudy | NotAssessed:
     """Features of every view of ``study``; uncertain index nodules excluded (module doc)."""
     limits = None if scope is None else scope.limits
-    views: list[MeasuredView] = []
-    excluded: list[ExcludedImage] = []
-    for view in study.views:
-        measured = measure_view(view)
-        exclusion = confidence_exclusion(measured, limits)
-        if exclusion is None:
-            views.append(measured)
-        else:
-            excluded.append(ExcludedImage(view.crop.sop_instance_uid, exclusion))
+    views, excluded = partition(
+        (measure_view(view) for view in study.views),
+        lambda v: confidence_exclusion(v, limits),
+        lambda v: v.segmented.crop.sop_instance_uid,
+    )
     if excluded and not any(v.features.index is not None for v in views):
         return not_assessed(study.job.job_id, excluded, before=study.excluded)
-    return MeasuredStudy(job=study.job, views=tuple(views), excluded=(*study.excluded, *excluded))
+    return MeasuredStudy(job=study.job, views=views, excluded=(*study.excluded, *excluded))
 
 
 def summarize_measures(study: MeasuredStudy) -> dict[str, Any]:

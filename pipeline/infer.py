@@ -53,7 +53,14 @@ from models.scope import ScopeStatistics, load_scope
 from models.segmentation.segmenter import select_device
 from pipeline.contracts import ExcludedImage, JobContext, ModelInputs
 from pipeline.features import MeasuredStudy, MeasuredView
-from pipeline.scope import NotAssessed, describe_excluded, gated, gated_summary, not_assessed
+from pipeline.scope import (
+    NotAssessed,
+    describe_excluded,
+    gated,
+    gated_summary,
+    not_assessed,
+    partition,
+)
 from pipeline.stage import Stage
 
 LLNM_DIR = "llnm"
@@ -188,23 +195,28 @@ def view_embeddings(
 
 def _in_distribution(
     study: MeasuredStudy, llnm: LoadedLlnm
-) -> tuple[tuple[MeasuredView, ...], dict[str, float], list[ExcludedImage]]:
+) -> tuple[tuple[MeasuredView, ...], dict[str, float], tuple[ExcludedImage, ...]]:
     """The views with a nodule within the training range, every view's score, and the rest."""
     found = tuple(v for v in study.views if v.features.index is not None)
     if llnm.scope is None or not found:
-        return found, {}, []
+        return found, {}, ()
     distribution = llnm.scope.llnm
-    scores = distribution.distances(view_embeddings(found, study.job.inputs, llnm))
-    kept, excluded = [], []
-    for view, score in zip(found, scores, strict=True):
+    distances = distribution.distances(view_embeddings(found, study.job.inputs, llnm))
+    scores = {_uid(v): float(d) for v, d in zip(found, distances, strict=True)}
+
+    def exclusion(view: MeasuredView) -> Exclusion | None:
+        score = scores[_uid(view)]
         if score <= distribution.threshold:
-            kept.append(view)
-            continue
+            return None
         detail = f"score {score:.1f} > {distribution.threshold:.1f}"
-        exclusion = Exclusion(Reason.OUT_OF_DISTRIBUTION, detail)
-        excluded.append(ExcludedImage(view.segmented.crop.sop_instance_uid, exclusion))
-    uids = [v.segmented.crop.sop_instance_uid for v in found]
-    return tuple(kept), dict(zip(uids, map(float, scores), strict=True)), excluded
+        return Exclusion(Reason.OUT_OF_DISTRIBUTION, detail)
+
+    kept, excluded = partition(found, exclusion, _uid)
+    return kept, scores, excluded
+
+
+def _uid(view: MeasuredView) -> str:
+    return view.segmented.crop.sop_instance_uid
 
 
 def infer_study(study: MeasuredStudy, llnm: LoadedLlnm) -> PredictedStudy | NotAssessed:
@@ -249,9 +261,7 @@ def infer_study(study: MeasuredStudy, llnm: LoadedLlnm) -> PredictedStudy | NotA
         stage_probabilities=tuple(float(p) for p in stages),
         heatmaps=heatmaps,
         clinical_use_label=manifest.clinical_use_label,
-        ood_scores=None
-        if llnm.scope is None
-        else tuple(scores[v.segmented.crop.sop_instance_uid] for v in views),
+        ood_scores=None if llnm.scope is None else tuple(scores[_uid(v)] for v in views),
         ood_threshold=None if llnm.scope is None else llnm.scope.llnm.threshold,
         excluded=(*study.excluded, *excluded),
     )

@@ -20,7 +20,7 @@ Not assessed
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, TypeVar
 
@@ -73,6 +73,26 @@ def not_assessed(
     """The end of a study whose images ``before`` and ``excluded`` were all left out."""
     everything = (*before, *excluded)
     return NotAssessed(job_id, study_exclusion(excluded), tuple(everything))
+
+
+View = TypeVar("View")
+
+
+def partition(
+    views: Iterable[View],
+    exclusion_of: Callable[[View], Exclusion | None],
+    uid_of: Callable[[View], str],
+) -> tuple[tuple[View, ...], tuple[ExcludedImage, ...]]:
+    """``views`` split by a gate: those it keeps, and the others with why, in order."""
+    kept: list[View] = []
+    excluded: list[ExcludedImage] = []
+    for view in views:
+        exclusion = exclusion_of(view)
+        if exclusion is None:
+            kept.append(view)
+        else:
+            excluded.append(ExcludedImage(uid_of(view), exclusion))
+    return tuple(kept), tuple(excluded)
 
 
 def describe_excluded(excluded: Sequence[ExcludedImage]) -> list[dict[str, str]]:

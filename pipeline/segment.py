@@ -58,6 +58,7 @@ from pipeline.scope import (
     gated,
     gated_summary,
     not_assessed,
+    partition,
 )
 from pipeline.stage import Stage
 
@@ -227,39 +228,37 @@ def segment_study(study: CroppedStudy, segmenters: Segmenters) -> SegmentedStudy
     nodule_threshold = segmenters.nodule.config.threshold
     thyroid_threshold = segmenters.thyroid.config.threshold
     scope = segmenters.scope
-    views: list[SegmentedView] = []
-    excluded: list[ExcludedImage] = []
+    segmented: list[SegmentedView] = []
     for view, (nodule_p, confidence), (thyroid_p, embedding) in zip(
         study.images, nodules, thyroids, strict=True
     ):
         stem = view.png_path.stem
         nodule, thyroid = nodule_p > nodule_threshold, thyroid_p > thyroid_threshold
-        segmented = SegmentedView(
-            crop=view,
-            nodule_mask=write_mask(out_dir / f"{stem}_nodule.png", nodule),
-            thyroid_mask=write_mask(out_dir / f"{stem}_thyroid.png", thyroid),
-            nodule_confidence=write_png(
-                out_dir / f"{stem}_nodule_confidence.png",
-                np.clip(np.rint(confidence * 255.0), 0, 255).astype(np.uint8),
-            ),
-            nodule_pixels=int(np.count_nonzero(nodule)),
-            thyroid_pixels=int(np.count_nonzero(thyroid)),
-            thyroid_confidence=float(thyroid_p[thyroid].mean()) if thyroid.any() else 0.0,
-            image_embedding=embedding,
-            image_score=None if scope is None else float(scope.image.distances(embedding[None])[0]),
+        segmented.append(
+            SegmentedView(
+                crop=view,
+                nodule_mask=write_mask(out_dir / f"{stem}_nodule.png", nodule),
+                thyroid_mask=write_mask(out_dir / f"{stem}_thyroid.png", thyroid),
+                nodule_confidence=write_png(
+                    out_dir / f"{stem}_nodule_confidence.png",
+                    np.clip(np.rint(confidence * 255.0), 0, 255).astype(np.uint8),
+                ),
+                nodule_pixels=int(np.count_nonzero(nodule)),
+                thyroid_pixels=int(np.count_nonzero(thyroid)),
+                thyroid_confidence=float(thyroid_p[thyroid].mean()) if thyroid.any() else 0.0,
+                image_embedding=embedding,
+                image_score=None
+                if scope is None
+                else float(scope.image.distances(embedding[None])[0]),
+            )
         )
-        exclusion = view_exclusion(segmented, scope)
-        if exclusion is None:
-            views.append(segmented)
-        else:
-            excluded.append(ExcludedImage(view.sop_instance_uid, exclusion))
+    views, excluded = partition(
+        segmented, lambda v: view_exclusion(v, scope), lambda v: v.crop.sop_instance_uid
+    )
     if not views:
         return not_assessed(study.job.job_id, excluded, before=study.excluded)
     return SegmentedStudy(
-        job=study.job,
-        views=tuple(views),
-        skipped=study.skipped,
-        excluded=(*study.excluded, *excluded),
+        job=study.job, views=views, skipped=study.skipped, excluded=(*study.excluded, *excluded)
     )
 
 

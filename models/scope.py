@@ -3,7 +3,7 @@
 Layout in a bundle::
 
     scope/statistics.json        limits, thresholds, percentile, what they were fitted on
-    scope/embedding.safetensors  mean (D,) and precision (D, D) of each embedding
+    scope/embedding.safetensors  mean (D,) and precision (D, D) of each embedding (part)
 
 The manifest's ``metrics.scope`` repeats the statistics.json summary.
 
@@ -13,15 +13,19 @@ Limits
     percentile of the fitting views (:data:`LIMIT_PERCENTILES`); the index
     nodule's detection confidence above 0.9 times its 1st percentile.
 Out-of-distribution scores
-    Two embeddings of each view, each with its own distribution: ``image``,
-    what the thyroid segmenter's encoder made of the whole crop
-    (:func:`models.segmentation.thyroid.unet_outputs`: pooled encoder features
-    over the crop and summaries of the probability map; checked in the segment
-    stage, before any nodule is looked for), and ``llnm``, LLNM-Net's pooled
-    token vector that its heads read (checked in the infer stage). A score is
-    the Mahalanobis distance to the fitting views (their mean and Ledoit-Wolf
-    shrunk covariance); its threshold is the ``percentile`` (default 99) of
-    the distances of separate validation views.
+    Two embeddings of each view. ``image`` is checked in the segment stage,
+    before any nodule is looked for: what the thyroid segmenter's encoder made
+    of the whole crop, stage by stage from grain to shape
+    (:func:`models.segmentation.thyroid.unet_outputs`), and the crop's grey-level
+    and speckle statistics (:mod:`imaging.texture`); each part has its own
+    distribution, and the view's score is that of the part farthest beyond its
+    threshold. ``llnm``, LLNM-Net's pooled token vector that its heads read, is
+    checked in the infer stage. A distance is the Mahalanobis distance to the
+    fitting views (their mean and Ledoit-Wolf shrunk covariance); the
+    thresholds are set on separate validation views so that the ``percentile``
+    (default 99) of them passes: of ``llnm`` its distances, of ``image`` the
+    worst of its parts (each part's own percentile, scaled by one common
+    factor).
 A bundle without ``scope/`` still loads: its views are checked only for a
 non-empty thyroid mask, and the OOD check is reported unavailable.
 """
@@ -29,7 +33,8 @@ non-empty thyroid mask, and the OOD check is reported unavailable.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -86,18 +91,70 @@ class EmbeddingDistribution:
 
 
 @dataclass(frozen=True)
-class ScopeStatistics:
-    """A bundle's scope: the view limits and the embedding distribution."""
+class EmbeddingPart:
+    """``width`` consecutive columns of an embedding, with their own distribution."""
 
-    limits: ViewLimits
-    image: EmbeddingDistribution  # the thyroid segmenter's encoder, whole crop
-    llnm: EmbeddingDistribution  # LLNM-Net's view embedding
-    fitted_on: dict[str, Any]  # what the statistics came from (data, counts, seeds)
+    name: str
+    width: int
+    distribution: EmbeddingDistribution
+
+
+@dataclass(frozen=True)
+class PartScore:
+    """The part of a view's embedding farthest beyond its threshold."""
+
+    part: str
+    distance: float
+    threshold: float
 
     @property
-    def distributions(self) -> dict[str, EmbeddingDistribution]:
-        """Both embedding distributions by name."""
-        return {"image": self.image, "llnm": self.llnm}
+    def exceeded(self) -> bool:
+        """Whether the view lies outside the training distribution."""
+        return self.distance > self.threshold
+
+
+@dataclass(frozen=True)
+class PartedDistribution:
+    """An embedding made of named parts, each with its distribution and threshold."""
+
+    parts: tuple[EmbeddingPart, ...]
+    percentile: float
+
+    @property
+    def layout(self) -> tuple[tuple[str, int], ...]:
+        """Name and width of each part, in order."""
+        return tuple((p.name, p.width) for p in self.parts)
+
+    def worst(self, embedding: NDArray[np.floating[Any]]) -> PartScore:
+        """The part of ``embedding`` (D,) with the largest distance relative to its threshold.
+
+        Raises
+        ------
+        ValueError
+            If ``embedding`` is not as wide as the parts together.
+        """
+        row = np.asarray(embedding, dtype=np.float64)
+        width = sum(p.width for p in self.parts)
+        if row.shape != (width,):
+            raise ValueError(f"an embedding of {width} values was expected, got {row.shape}")
+        scores = []
+        start = 0
+        for part in self.parts:
+            block = row[None, start : start + part.width]
+            distance = float(part.distribution.distances(block)[0])
+            scores.append(PartScore(part.name, distance, part.distribution.threshold))
+            start += part.width
+        return max(scores, key=lambda s: s.distance / s.threshold if s.threshold > 0 else np.inf)
+
+
+@dataclass(frozen=True)
+class ScopeStatistics:
+    """A bundle's scope: the view limits and the embedding distributions."""
+
+    limits: ViewLimits
+    image: PartedDistribution  # segmenter encoder stages and texture, whole crop
+    llnm: EmbeddingDistribution  # LLNM-Net's view embedding
+    fitted_on: dict[str, Any]  # what the statistics came from (data, counts, seeds)
 
 
 def fit_range(values: NDArray[np.floating[Any]]) -> Range:
@@ -143,6 +200,47 @@ def fit_embedding(
     return EmbeddingDistribution(fitted.mean, precision, threshold, percentile)
 
 
+def fit_parts(
+    train: NDArray[np.floating[Any]],
+    validation: NDArray[np.floating[Any]],
+    layout: Sequence[tuple[str, int]],
+    percentile: float = DEFAULT_PERCENTILE,
+) -> PartedDistribution:
+    """One distribution per part of ``layout`` (name, width), thresholds set jointly.
+
+    Each part's threshold is first its own ``percentile`` of the validation
+    distances; all are then scaled by the ``percentile`` of each validation
+    view's worst ratio of distance to threshold, so that this share of the
+    validation views passes every part.
+
+    Raises
+    ------
+    ValueError
+        As :func:`fit_embedding`, or if the widths do not add up to the embeddings'.
+    """
+    x = np.asarray(train, dtype=np.float64)
+    v = np.asarray(validation, dtype=np.float64)
+    if x.ndim != 2 or sum(w for _, w in layout) != x.shape[1]:
+        raise ValueError(f"parts {list(layout)} do not make up embeddings of shape {x.shape}")
+    fitted = []
+    ratios = []
+    start = 0
+    for name, width in layout:
+        columns = slice(start, start + width)
+        distribution = fit_embedding(x[:, columns], v[:, columns], percentile)
+        ratios.append(distribution.distances(v[:, columns]) / max(distribution.threshold, 1e-12))
+        fitted.append((name, width, distribution))
+        start += width
+    factor = float(np.percentile(np.max(np.stack(ratios), axis=0), percentile))
+    return PartedDistribution(
+        tuple(
+            EmbeddingPart(name, width, replace(d, threshold=d.threshold * factor))
+            for name, width, d in fitted
+        ),
+        percentile,
+    )
+
+
 def save_scope(bundle_dir: Path, statistics: ScopeStatistics) -> dict[str, Any]:
     """Write ``scope/`` into ``bundle_dir``; returns the manifest's ``metrics.scope`` entry.
 
@@ -150,19 +248,33 @@ def save_scope(bundle_dir: Path, statistics: ScopeStatistics) -> dict[str, Any]:
     """
     folder = bundle_dir / SCOPE_DIR
     folder.mkdir(parents=True, exist_ok=True)
+    named = {
+        **{f"image.{p.name}": p.distribution for p in statistics.image.parts},
+        "llnm": statistics.llnm,
+    }
     tensors = {}
-    for name, distribution in statistics.distributions.items():
+    for name, distribution in named.items():
         tensors[f"{name}.mean"] = torch.from_numpy(distribution.mean.copy())
         tensors[f"{name}.precision"] = torch.from_numpy(distribution.precision.copy())
     save_file(tensors, folder / EMBEDDING_FILE)
     summary = {
         "ood": {
-            name: {
-                "threshold": round(d.threshold, 4),
-                "percentile": d.percentile,
-                "width": int(d.mean.shape[0]),
-            }
-            for name, d in statistics.distributions.items()
+            "image": {
+                "percentile": statistics.image.percentile,
+                "parts": [
+                    {
+                        "name": p.name,
+                        "width": p.width,
+                        "threshold": round(p.distribution.threshold, 4),
+                    }
+                    for p in statistics.image.parts
+                ],
+            },
+            "llnm": {
+                "percentile": statistics.llnm.percentile,
+                "width": int(statistics.llnm.mean.shape[0]),
+                "threshold": round(statistics.llnm.threshold, 4),
+            },
         },
         "limits": asdict(statistics.limits),
         "fitted_on": statistics.fitted_on,
@@ -195,23 +307,32 @@ def _read_scope(folder: Path) -> ScopeStatistics:
     summary = json.loads((folder / STATISTICS_FILE).read_text(encoding="utf-8"))
     tensors = load_file(folder / EMBEDDING_FILE)
 
-    def distribution(name: str) -> EmbeddingDistribution:
-        ood = summary["ood"][name]
-        return EmbeddingDistribution(
-            mean=tensors[f"{name}.mean"].double().numpy(),
-            precision=tensors[f"{name}.precision"].double().numpy(),
-            threshold=float(ood["threshold"]),
-            percentile=float(ood["percentile"]),
-        )
+    def distribution(name: str, threshold: float, percentile: float) -> EmbeddingDistribution:
+        mean = tensors[f"{name}.mean"].double().numpy()
+        precision = tensors[f"{name}.precision"].double().numpy()
+        if mean.ndim != 1 or precision.shape != (mean.shape[0], mean.shape[0]):
+            raise ValueError(f"{name}: mean {mean.shape} and precision {precision.shape}")
+        return EmbeddingDistribution(mean, precision, float(threshold), float(percentile))
 
-    limits = summary["limits"]
+    image, llnm, limits = summary["ood"]["image"], summary["ood"]["llnm"], summary["limits"]
+    parts = tuple(
+        EmbeddingPart(
+            str(part["name"]),
+            int(part["width"]),
+            distribution(f"image.{part['name']}", part["threshold"], image["percentile"]),
+        )
+        for part in image["parts"]
+    )
+    for part in parts:
+        if part.distribution.mean.shape != (part.width,):
+            raise ValueError(f"image part {part.name} is not {part.width} wide")
     return ScopeStatistics(
         limits=ViewLimits(
             thyroid_area=Range(**limits["thyroid_area"]),
             thyroid_confidence=Range(**limits["thyroid_confidence"]),
             nodule_confidence=float(limits["nodule_confidence"]),
         ),
-        image=distribution("image"),
-        llnm=distribution("llnm"),
+        image=PartedDistribution(parts, float(image["percentile"])),
+        llnm=distribution("llnm", llnm["threshold"], llnm["percentile"]),
         fitted_on=dict(summary["fitted_on"]),
     )

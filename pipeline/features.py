@@ -66,7 +66,7 @@ class MeasuredView:
 class MeasuredStudy:
     """The features stage's output."""
 
-    SCHEMA_VERSION: ClassVar[int] = 2  # of the stage output file (pipeline.stage_outputs)
+    SCHEMA_VERSION: ClassVar[int] = 3  # of the stage output file (pipeline.stage_outputs)
 
     job: JobContext
     views: tuple[MeasuredView, ...]

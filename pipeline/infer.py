@@ -116,7 +116,7 @@ class LlnmLoader(BundleLoader[LoadedLlnm]):
 class PredictedStudy:
     """The infer stage's output: the prediction and what it was made from."""
 
-    SCHEMA_VERSION: ClassVar[int] = 2  # of the stage output file (pipeline.stage_outputs)
+    SCHEMA_VERSION: ClassVar[int] = 3  # of the stage output file (pipeline.stage_outputs)
 
     job: JobContext
     views: tuple[MeasuredView, ...]  # the views the model saw

@@ -73,7 +73,7 @@ class ViewMeasures:
     thyroid_area: float
     thyroid_confidence: float
     nodule_confidence: float
-    image_embedding: NDArray[np.float32]  # the thyroid segmenter's, of the whole crop
+    image_embedding: NDArray[np.float32]  # of the whole crop (pipeline.segment.image_embedding)
     embedding: NDArray[np.float64]  # LLNM-Net's view embedding (W,)
 
 

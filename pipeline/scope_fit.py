@@ -28,10 +28,12 @@ from models.scope import (
     ScopeStatistics,
     ViewLimits,
     fit_embedding,
+    fit_parts,
     fit_range,
     save_scope,
 )
 from pipeline.offline import OfflineModels, ViewMeasures, run_study
+from pipeline.segment import image_parts
 
 # The nodule confidence limit: this share of the lowest percentile seen in fitting.
 NODULE_CONFIDENCE_MARGIN = 0.9
@@ -55,10 +57,14 @@ def fit_statistics(
     train: Sequence[ViewMeasures],
     validation: Sequence[ViewMeasures],
     *,
+    image_layout: Sequence[tuple[str, int]],
     percentile: float = DEFAULT_PERCENTILE,
     fitted_on: dict[str, Any],
 ) -> ScopeStatistics:
-    """Limits and embedding distribution from ``train``, threshold from ``validation``.
+    """Limits and embedding distributions from ``train``, thresholds from ``validation``.
+
+    ``image_layout`` names the parts of the image embedding
+    (:func:`pipeline.segment.image_parts`).
 
     Raises
     ------
@@ -80,9 +86,10 @@ def fit_statistics(
             thyroid_confidence=fit_range(values("thyroid_confidence")),
             nodule_confidence=round(float(nodule) * NODULE_CONFIDENCE_MARGIN, 4),
         ),
-        image=fit_embedding(
+        image=fit_parts(
             np.stack([v.image_embedding for v in train]),
             np.stack([v.image_embedding for v in validation]),
+            image_layout,
             percentile,
         ),
         llnm=fit_embedding(
@@ -118,7 +125,11 @@ def fit_bundle_scope(
         validation, models, "validation", None if sizes is None else sizes[1]
     )
     statistics = fit_statistics(
-        train_views, validation_views, percentile=percentile, fitted_on=fitted_on
+        train_views,
+        validation_views,
+        image_layout=image_parts(models.segmenters.thyroid),
+        percentile=percentile,
+        fitted_on=fitted_on,
     )
     summary = save_scope(bundle_dir, statistics)
     reseal_bundle(bundle_dir, scope=summary)

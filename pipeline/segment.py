@@ -21,10 +21,11 @@ Scope gate
     A view is used only when the thyroid is there as in training: a non-empty
     mask and, when the bundle has scope statistics (:mod:`models.scope`), the
     mask's share of the crop and its mean probability within the ranges seen
-    in training (else ``no_thyroid``); and when the thyroid segmenter's
-    embedding of the whole crop lies within its training distribution (else
-    ``out_of_distribution``, "image score 41.2 > 18.0"). A study left with no
-    view is not assessed (:mod:`pipeline.scope`).
+    in training (else ``no_thyroid``); and when the crop's image embedding
+    (:func:`image_embedding`: the thyroid segmenter's encoder stages and the
+    crop's texture statistics) lies within its training distribution in every
+    part (else ``out_of_distribution``, "image score 41.2 > 18.0 (texture)").
+    A study left with no view is not assessed (:mod:`pipeline.scope`).
 Next
     :mod:`pipeline.features` reads the crops and masks and measures the
     nodules; a study with no nodule ends there with its own job result.
@@ -44,11 +45,12 @@ from numpy.typing import NDArray
 from imaging.errors import StageError
 from imaging.png import read_png, write_mask, write_png
 from imaging.scope_reasons import Exclusion, Reason
-from models.bundle import BundleLoader, Manifest
-from models.scope import ScopeStatistics, ViewLimits, load_scope
+from imaging.texture import TEXTURE_WIDTH, texture_statistics
+from models.bundle import BundleError, BundleLoader, Manifest
+from models.scope import PartScore, ScopeStatistics, ViewLimits, load_scope
 from models.segmentation import Segmenter, load_segmenter
 from models.segmentation.nodule import yolo_outputs
-from models.segmentation.thyroid import unet_outputs
+from models.segmentation.thyroid import encoder_parts, unet_outputs
 from pipeline.batching import MicroBatcher
 from pipeline.contracts import ExcludedImage, JobContext, Skipped
 from pipeline.crop import CroppedStudy, CroppedView
@@ -64,6 +66,7 @@ from pipeline.stage import Stage
 
 NODULE_DIR = "nodule"
 THYROID_DIR = "thyroid"
+TEXTURE_PART = "texture"
 
 
 # Views per forward pass at most when jobs' calls are batched together.
@@ -72,7 +75,7 @@ MAX_BATCH_VIEWS = 32
 Crop = NDArray[np.uint8]
 Probability = NDArray[np.float32]
 NoduleMaps = tuple[Probability, Probability]  # mask probability, detection confidence
-ThyroidMaps = tuple[Probability, NDArray[np.float32]]  # mask probability, image embedding
+ThyroidMaps = tuple[Probability, NDArray[np.float32]]  # mask probability, encoder embedding
 
 
 @dataclass(frozen=True)
@@ -100,7 +103,19 @@ class Segmenters:
         manifest: Manifest,
         scope: ScopeStatistics | None = None,
     ) -> Segmenters:
-        """The segmenters with their batchers."""
+        """The segmenters with their batchers.
+
+        Raises
+        ------
+        BundleError
+            If ``scope`` was fitted on image embeddings of another layout.
+        """
+        if scope is not None and scope.image.layout != image_parts(thyroid):
+            raise BundleError(
+                f"the scope statistics' image parts {scope.image.layout} are not the thyroid "
+                f"segmenter's {image_parts(thyroid)}; fit them again with llnm-node bundle "
+                "fit-scope"
+            )
         return cls(
             nodule=nodule,
             thyroid=thyroid,
@@ -146,6 +161,16 @@ class SegmenterLoader(BundleLoader[Segmenters]):
         super().__init__(bundle_dir, functools.partial(load_segmenters, device=device))
 
 
+def image_parts(thyroid: Segmenter) -> tuple[tuple[str, int], ...]:
+    """Name and width of each part of a view's image embedding (:func:`image_embedding`)."""
+    return (*encoder_parts(thyroid), (TEXTURE_PART, TEXTURE_WIDTH))
+
+
+def image_embedding(crop: Crop, encoded: NDArray[np.float32]) -> NDArray[np.float32]:
+    """A crop's image embedding: the thyroid segmenter's ``encoded`` view, then its texture."""
+    return np.concatenate([encoded, texture_statistics(crop)]).astype(np.float32)
+
+
 @dataclass(frozen=True)
 class SegmentedView:
     """One crop with its masks, written as PNG (0 or 255) at the crop's resolution."""
@@ -157,8 +182,8 @@ class SegmentedView:
     nodule_pixels: int
     thyroid_pixels: int
     thyroid_confidence: float  # mean thyroid probability inside the mask (0 when empty)
-    image_embedding: NDArray[np.float32]  # the thyroid segmenter's view of the whole crop
-    image_score: float | None  # its OOD score; None without scope statistics
+    image_embedding: NDArray[np.float32]  # of the whole crop (:func:`image_embedding`)
+    image_score: PartScore | None  # its worst part; None without scope statistics
 
     @property
     def thyroid_area(self) -> float:
@@ -170,7 +195,7 @@ class SegmentedView:
 class SegmentedStudy:
     """The segment stage's output: the crops in scope with their two masks."""
 
-    SCHEMA_VERSION: ClassVar[int] = 2  # of the stage output file (pipeline.stage_outputs)
+    SCHEMA_VERSION: ClassVar[int] = 3  # of the stage output file (pipeline.stage_outputs)
 
     job: JobContext
     views: tuple[SegmentedView, ...]
@@ -185,13 +210,11 @@ def view_exclusion(view: SegmentedView, scope: ScopeStatistics | None) -> Exclus
     if scope is None:
         return None
     thyroid = _thyroid_exclusion(view, scope.limits)
-    if thyroid is not None or view.image_score is None:
+    score = view.image_score
+    if thyroid is not None or score is None or not score.exceeded:
         return thyroid
-    threshold = scope.image.threshold
-    if view.image_score > threshold:
-        detail = f"image score {view.image_score:.1f} > {threshold:.1f}"
-        return Exclusion(Reason.OUT_OF_DISTRIBUTION, detail)
-    return None
+    detail = f"image score {score.distance:.1f} > {score.threshold:.1f} ({score.part})"
+    return Exclusion(Reason.OUT_OF_DISTRIBUTION, detail)
 
 
 def _thyroid_exclusion(view: SegmentedView, limits: ViewLimits) -> Exclusion | None:
@@ -229,10 +252,11 @@ def segment_study(study: CroppedStudy, segmenters: Segmenters) -> SegmentedStudy
     thyroid_threshold = segmenters.thyroid.config.threshold
     scope = segmenters.scope
     segmented: list[SegmentedView] = []
-    for view, (nodule_p, confidence), (thyroid_p, embedding) in zip(
-        study.images, nodules, thyroids, strict=True
+    for view, crop, (nodule_p, confidence), (thyroid_p, encoded) in zip(
+        study.images, crops, nodules, thyroids, strict=True
     ):
         stem = view.png_path.stem
+        embedding = image_embedding(crop, encoded)
         nodule, thyroid = nodule_p > nodule_threshold, thyroid_p > thyroid_threshold
         segmented.append(
             SegmentedView(
@@ -247,9 +271,7 @@ def segment_study(study: CroppedStudy, segmenters: Segmenters) -> SegmentedStudy
                 thyroid_pixels=int(np.count_nonzero(thyroid)),
                 thyroid_confidence=float(thyroid_p[thyroid].mean()) if thyroid.any() else 0.0,
                 image_embedding=embedding,
-                image_score=None
-                if scope is None
-                else float(scope.image.distances(embedding[None])[0]),
+                image_score=None if scope is None else scope.image.worst(embedding),
             )
         )
     views, excluded = partition(
@@ -272,7 +294,9 @@ def summarize_segmentation(study: SegmentedStudy) -> dict[str, Any]:
                 "thyroid_pixels": v.thyroid_pixels,
                 "thyroid_area": round(v.thyroid_area, 4),
                 "thyroid_confidence": round(v.thyroid_confidence, 3),
-                "image_score": None if v.image_score is None else round(v.image_score, 2),
+                "image_score": None
+                if v.image_score is None
+                else {"part": v.image_score.part, "score": round(v.image_score.distance, 2)},
             }
             for v in study.views
         ],

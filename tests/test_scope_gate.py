@@ -27,12 +27,19 @@ from test_report_stage import PACS_AE, _delivered, _node_with_pacs, _send_as_pac
 
 from db import exports, listings
 from dicom_node.app.demo import DemoPacs
+from imaging.png import read_png
 from imaging.scope_reasons import Reason
 from models.demo import DEMO_BUNDLE_DIR
-from models.scope import load_scope
+from models.scope import PartScore, load_scope
+from models.segmentation.thyroid import unet_outputs
 from phantoms import PhantomOptions, make_case
 from phantoms.out_of_scope import make_variant
+from pipeline.contracts import InstanceRef, StudyInput
+from pipeline.crop import crop
+from pipeline.deidentify import deidentify
+from pipeline.intake import IntakeReport, intake
 from pipeline.offline import OfflineModels, run_study, vendor_files, write_study
+from pipeline.segment import image_embedding
 
 # Every ultrasound image of pydicom-data and the reason the default rules give it.
 VENDOR_REASONS = {
@@ -235,8 +242,8 @@ def test_the_demo_bundle_carries_scope_statistics_fitted_on_phantoms() -> None:
     scope = load_scope(DEMO_BUNDLE_DIR)
     assert scope is not None
     assert scope.fitted_on["synthetic"] is True and scope.fitted_on["train_views"] >= 400
-    for distribution in (scope.image, scope.llnm):
-        assert distribution.percentile == 99.0 and distribution.threshold > 0
+    assert scope.image.percentile == scope.llnm.percentile == 99.0 and scope.llnm.threshold > 0
+    assert all(part.distribution.threshold > 0 for part in scope.image.parts)
     assert 0 <= scope.limits.thyroid_area.low < scope.limits.thyroid_area.high < 1
 
 
@@ -287,6 +294,46 @@ def test_the_ood_score_is_the_models_own_distance(gated: OfflineModels, tmp_path
     finally:
         model.norm.load_state_dict(saved)
     assert shifted.outcome == "not_assessed"
+
+
+def _crops(datasets: Any, tmp_path: Path) -> list[np.ndarray]:
+    """The crops the production stages make of ``datasets``, the gate off."""
+    paths = write_study(datasets, tmp_path / "in")
+    refs = tuple(InstanceRef.of(dcmread(p, stop_before_pixels=True), p) for p in paths)
+    work = tmp_path / "work"
+    work.mkdir()
+    report = intake(StudyInput(1, str(datasets[0].StudyInstanceUID), refs, work), None)
+    assert isinstance(report, IntakeReport)
+    return [read_png(view.png_path) for view in crop(deidentify(report).study).images]
+
+
+def test_the_image_score_reads_the_segmenters_encoder_and_the_pixels(
+    gated: OfflineModels, tmp_path: Path
+) -> None:
+    """Deletion tests: the image score moves with the encoder, and with the speckle's grain."""
+    scope, thyroid = gated.scope, gated.segmenters.thyroid
+    assert scope is not None
+    crops = _crops(make_case(41).datasets, tmp_path / "case")
+
+    def worst(images: list[np.ndarray]) -> list[PartScore]:
+        encoded = unet_outputs(thyroid, images)
+        pairs = zip(images, encoded, strict=True)
+        return [scope.image.worst(image_embedding(c, e)) for c, (_, e) in pairs]
+
+    assert not any(score.exceeded for score in worst(crops))
+    # Same pixels, the first block of the encoder's fourth stage damped: the deep parts move.
+    stage = thyroid.model.get_submodule("encoder.features.7")
+    saved = {k: v.clone() for k, v in stage.state_dict().items()}
+    try:
+        for parameter in stage.parameters():
+            parameter.data.mul_(0.25)
+        silenced = worst(crops)
+    finally:
+        stage.load_state_dict(saved)
+    assert all(s.exceeded and s.part.startswith("encoder") for s in silenced)
+    # Same case, speckle three times coarser: the texture statistics see it.
+    coarse = make_case(41, PhantomOptions(speckle_scale=3.0)).datasets
+    assert all(s.exceeded for s in worst(_crops(coarse, tmp_path / "coarse")))
 
 
 def _cine(frames: list[np.ndarray], like: Dataset) -> Dataset:

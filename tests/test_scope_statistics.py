@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 from pathlib import Path
 
@@ -13,14 +14,16 @@ from db.listings import JobSummary
 from dicom_node.api.dashboard import result_text
 from dicom_node.settings import Settings
 from imaging.scope_reasons import Exclusion, Reason, outcome_text
-from models.bundle import MANIFEST_FILE, reseal_bundle, verify_bundle
+from models.bundle import MANIFEST_FILE, BundleError, reseal_bundle, verify_bundle
 from models.demo import DEMO_BUNDLE_DIR
 from models.scope import (
     SCOPE_DIR,
+    PartedDistribution,
     Range,
     ScopeStatistics,
     ViewLimits,
     fit_embedding,
+    fit_parts,
     fit_range,
     load_scope,
     save_scope,
@@ -29,6 +32,7 @@ from models.scope import (
 from pipeline.contracts import ExcludedImage
 from pipeline.infer import load_llnm
 from pipeline.scope import not_assessed, study_exclusion
+from pipeline.segment import Segmenters, image_parts, load_segmenters
 
 
 def test_mahalanobis_distance_and_the_validation_percentile() -> None:
@@ -55,6 +59,28 @@ def test_shrinkage_keeps_few_samples_in_many_dimensions_invertible() -> None:
         fit_embedding(x[:1], x)
 
 
+def test_parts_are_thresholded_together_and_the_worst_part_is_named() -> None:
+    rng = np.random.default_rng(3)
+    layout = (("shallow", 3), ("deep", 5), ("texture", 2))
+    train, validation = rng.normal(size=(3000, 10)), rng.normal(size=(1000, 10))
+    fitted = fit_parts(train, validation, layout, percentile=95.0)
+    assert fitted.layout == layout and fitted.percentile == 95.0
+    passed = [not fitted.worst(row).exceeded for row in validation]
+    assert np.mean(passed) == pytest.approx(0.95, abs=0.002)  # all parts together, not each
+    alone = fit_embedding(train[:, 3:8], validation[:, 3:8], percentile=95.0)
+    assert fitted.parts[1].distribution.threshold > alone.threshold  # raised for the union
+    shifted = np.zeros(10)
+    shifted[8] = 12.0  # only the texture part moves
+    worst = fitted.worst(shifted)
+    assert worst.part == "texture" and worst.exceeded
+    assert worst.distance == pytest.approx(12.0, rel=0.1)
+    assert not fitted.worst(np.zeros(10)).exceeded
+    with pytest.raises(ValueError, match="10 values"):
+        fitted.worst(np.zeros(9))
+    with pytest.raises(ValueError, match="do not make up"):
+        fit_parts(train, validation, (("shallow", 3), ("deep", 5)))
+
+
 def test_ranges_are_what_fitting_saw() -> None:
     seen = fit_range(np.linspace(0.1, 0.3, 1001))
     assert seen.low == pytest.approx(0.102) and seen.high == pytest.approx(0.298)
@@ -66,7 +92,7 @@ def test_statistics_round_trip_through_a_resealed_bundle(tmp_path: Path) -> None
     shutil.copytree(DEMO_BUNDLE_DIR, bundle)
     shutil.rmtree(bundle / SCOPE_DIR)
     rng = np.random.default_rng(2)
-    image = fit_embedding(rng.normal(size=(50, 4)), rng.normal(size=(30, 4)))
+    image = fit_parts(rng.normal(size=(50, 6)), rng.normal(size=(30, 6)), (("a", 4), ("b", 2)))
     llnm = fit_embedding(rng.normal(size=(50, 3)), rng.normal(size=(30, 3)))
     statistics = ScopeStatistics(
         ViewLimits(Range(0.05, 0.4), Range(0.9, 1.0), 0.3), image, llnm, {"data": "test"}
@@ -80,7 +106,31 @@ def test_statistics_round_trip_through_a_resealed_bundle(tmp_path: Path) -> None
     loaded = load_scope(bundle)
     assert loaded is not None and loaded.limits == statistics.limits
     np.testing.assert_allclose(loaded.llnm.precision, llnm.precision)
-    assert loaded.image.threshold == pytest.approx(image.threshold, abs=1e-4)
+    assert isinstance(loaded.image, PartedDistribution) and loaded.image.layout == image.layout
+    for mine, theirs in zip(loaded.image.parts, image.parts, strict=True):
+        np.testing.assert_allclose(mine.distribution.mean, theirs.distribution.mean)
+        threshold = theirs.distribution.threshold
+        assert mine.distribution.threshold == pytest.approx(threshold, abs=1e-4)
+
+
+def test_statistics_of_another_layout_are_refused_with_a_clear_error(tmp_path: Path) -> None:
+    manifest = verify_bundle(DEMO_BUNDLE_DIR)
+    segmenters = load_segmenters(DEMO_BUNDLE_DIR, manifest)
+    scope = load_scope(DEMO_BUNDLE_DIR)
+    assert scope is not None and scope.image.layout == image_parts(segmenters.thyroid)
+    assert [name for name, _ in scope.image.layout] == [
+        *(f"encoder{depth}" for depth in range(1, 6)),
+        "texture",
+    ]
+    other = dataclasses.replace(scope, image=PartedDistribution(scope.image.parts[:-1], 99.0))
+    with pytest.raises(BundleError, match="fit them again"):
+        Segmenters.of(segmenters.nodule, segmenters.thyroid, manifest, other)
+    bundle = tmp_path / "bundle"
+    shutil.copytree(DEMO_BUNDLE_DIR, bundle)
+    statistics = bundle / SCOPE_DIR / "statistics.json"
+    statistics.write_text(statistics.read_text().replace('"parts"', '"sections"'))
+    with pytest.raises(BundleError, match="fit them again"):
+        load_scope(bundle)
 
 
 def test_a_bundle_without_statistics_loads_and_says_the_check_is_unavailable(

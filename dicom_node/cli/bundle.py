@@ -172,8 +172,9 @@ def fit_scope(
             raise fail("the scope statistics could not be fitted", exc) from exc
     limits = summary["limits"]
     ood = summary["ood"]
+    image = ", ".join(f"{p['name']} {p['threshold']}" for p in ood["image"]["parts"])
     console.print(
-        f"OOD thresholds: image {ood['image']['threshold']}, LLNM-Net {ood['llnm']['threshold']} "
+        f"OOD thresholds: image ({image}), LLNM-Net {ood['llnm']['threshold']} "
         f"(validation percentile {percentile:g}); "
         f"thyroid area {limits['thyroid_area']['low']:.3f}-{limits['thyroid_area']['high']:.3f}, "
         f"nodule confidence >= {limits['nodule_confidence']:.2f}; "

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import cast
 
 import numpy as np
 import segmentation_models_pytorch as smp
@@ -50,12 +51,11 @@ def _pooled(features: torch.Tensor, box: Letterbox, input_height: int) -> torch.
     return torch.cat([inside.mean(dim=1), spread])
 
 
-def _map_summary(probability: NDArray[np.float32]) -> NDArray[np.float32]:
-    """Share of the crop inside the mask, mean probability inside it, share left uncertain."""
-    inside = probability > 0.5
-    confidence = float(probability[inside].mean()) if inside.any() else 0.0
-    uncertain = float(((probability > 0.1) & (probability < 0.9)).mean())
-    return np.asarray([inside.mean(), confidence, uncertain], dtype=np.float32)
+def encoder_parts(segmenter: Segmenter) -> tuple[tuple[str, int], ...]:
+    """Name and width of each part of :func:`unet_outputs`' embedding, in order."""
+    encoder = segmenter.model.get_submodule("encoder")
+    channels = list(cast("Sequence[int]", encoder.out_channels))[1:]  # [0] is the input
+    return tuple((f"encoder{depth}", 2 * c) for depth, c in enumerate(channels, start=1))
 
 
 def unet_outputs(
@@ -64,14 +64,15 @@ def unet_outputs(
     """Per crop: foreground probabilities (H, W) at its own resolution and an image embedding.
 
     The embedding is what the segmenter made of the whole crop, for the scope
-    gate: the mean and standard deviation over the crop's positions (not the
-    padding) of each channel of the encoder's second-deepest feature map, then
-    three summaries of the probability map (:func:`_map_summary`): 2 C + 3 values.
+    gate: for each encoder stage from the shallowest (grain and noise) to the
+    deepest (shapes), the mean and standard deviation over the crop's positions
+    (not the padding) of each of its channels; the parts are
+    :func:`encoder_parts`.
     """
     config = segmenter.config
-    captured: list[torch.Tensor] = []
+    captured: list[list[torch.Tensor]] = []
     encoder = segmenter.model.get_submodule("encoder")
-    hook = encoder.register_forward_hook(lambda _m, _i, features: captured.append(features[-2]))
+    hook = encoder.register_forward_hook(lambda _m, _i, features: captured.append(features[1:]))
     out: list[tuple[NDArray[np.float32], NDArray[np.float32]]] = []
     try:
         for batch, boxes in prepared_batches(crops, config, batch_size):  # (B, 1, H, W)
@@ -79,15 +80,15 @@ def unet_outputs(
             with torch.inference_mode():
                 logits = segmenter.model(batch.to(segmenter.device))  # (B, 1, H, W)
                 probabilities = torch.sigmoid(logits)[:, 0].float().cpu().numpy()  # (B, H, W)
-                features = captured[0].float()  # (B, C, h, w)
+                stages = [f.float() for f in captured[0]]  # each (B, C, h, w)
                 pooled = [
-                    _pooled(f, box, config.input_height).cpu().numpy()
-                    for f, box in zip(features, boxes, strict=True)
+                    torch.cat([_pooled(f[k], box, config.input_height) for f in stages])
+                    .cpu()
+                    .numpy()
+                    for k, box in enumerate(boxes)
                 ]
             for probability, embedding, box in zip(probabilities, pooled, boxes, strict=True):
-                restored = box.restore(probability)
-                summary = _map_summary(restored)
-                out.append((restored, np.concatenate([embedding, summary]).astype(np.float32)))
+                out.append((box.restore(probability), embedding.astype(np.float32)))
     finally:
         hook.remove()
     return out

@@ -9,9 +9,11 @@ The manifest's ``metrics.scope`` repeats the statistics.json summary.
 
 Limits
     Per assessed view: the thyroid segmenter's mask area as a share of the crop
-    and its mean probability inside the mask, each within the 1st to 99th
-    percentile of the fitting views (:data:`LIMIT_PERCENTILES`); the index
-    nodule's detection confidence above 0.9 times its 1st percentile.
+    and its mean probability inside the mask, each within the 0.5th to 99.5th
+    percentile of the fitting views (:data:`LIMIT_PERCENTILES`) widened by a
+    tenth of that range on each side (:data:`LIMIT_MARGIN`: a view a little
+    beyond the fitting sample is not declined for it); the index nodule's
+    detection confidence above 0.9 times its 1st percentile.
 Out-of-distribution scores
     Two embeddings of each view. ``image`` is checked in the segment stage,
     before any nodule is looked for: what the thyroid segmenter's encoder made
@@ -48,7 +50,8 @@ from models.bundle import BundleError
 SCOPE_DIR = "scope"
 STATISTICS_FILE = "statistics.json"
 EMBEDDING_FILE = "embedding.safetensors"
-LIMIT_PERCENTILES = (1.0, 99.0)
+LIMIT_PERCENTILES = (0.5, 99.5)
+LIMIT_MARGIN = 0.1  # of the percentile range, added below and above
 DEFAULT_PERCENTILE = 99.0
 
 Floats = NDArray[np.float64]
@@ -158,9 +161,10 @@ class ScopeStatistics:
 
 
 def fit_range(values: NDArray[np.floating[Any]]) -> Range:
-    """The :data:`LIMIT_PERCENTILES` of ``values``: the range seen in fitting."""
+    """The range seen in fitting: :data:`LIMIT_PERCENTILES` widened by :data:`LIMIT_MARGIN`."""
     low, high = (float(v) for v in np.percentile(values, LIMIT_PERCENTILES))
-    return Range(low, high)
+    margin = LIMIT_MARGIN * (high - low)
+    return Range(low - margin, high + margin)
 
 
 def shrunk_covariance(x: Floats) -> Floats:

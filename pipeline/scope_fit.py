@@ -23,7 +23,6 @@ from rich.progress import track
 from models.bundle import reseal_bundle
 from models.scope import (
     DEFAULT_PERCENTILE,
-    LIMIT_PERCENTILES,
     SCOPE_DIR,
     ScopeStatistics,
     ViewLimits,
@@ -35,7 +34,8 @@ from models.scope import (
 from pipeline.offline import OfflineModels, ViewMeasures, run_study
 from pipeline.segment import image_parts
 
-# The nodule confidence limit: this share of the lowest percentile seen in fitting.
+# The nodule confidence limit: this share of the 1st percentile seen in fitting.
+NODULE_CONFIDENCE_PERCENTILE = 1.0
 NODULE_CONFIDENCE_MARGIN = 0.9
 
 
@@ -79,7 +79,7 @@ def fit_statistics(
     def values(name: str) -> np.ndarray[Any, np.dtype[np.float64]]:
         return np.asarray([getattr(v, name) for v in train], dtype=np.float64)
 
-    nodule = np.percentile(values("nodule_confidence"), LIMIT_PERCENTILES[0])
+    nodule = np.percentile(values("nodule_confidence"), NODULE_CONFIDENCE_PERCENTILE)
     return ScopeStatistics(
         limits=ViewLimits(
             thyroid_area=fit_range(values("thyroid_area")),

@@ -21,6 +21,7 @@ from sqlalchemy.orm import Session
 from db.events import record_event
 from db.models import (
     TERMINAL_STATES,
+    Event,
     EventLevel,
     Job,
     JobState,
@@ -90,30 +91,61 @@ def take_dispatchable_jobs(session: Session, *, now: datetime | None = None) -> 
     return [job.id for job in jobs]
 
 
+# A job the node stopped under this many times is given up (it may be what stops the node).
+MAX_RECOVERIES = 3
+
+
 def recover_interrupted_jobs(session: Session, *, running_too: bool = True) -> list[int]:
     """At start: running jobs go back to the queue; every queued job is re-dispatched.
 
-    ``running_too=False`` (distributed mode) leaves running jobs to their workers,
-    which outlive the node; a job whose worker is gone is caught as stalled.
+    The interrupted attempt is not counted: a node stopped by kill -9 or a power
+    cut does not use up a job's retries. A job that was running at the last
+    :data:`MAX_RECOVERIES` stops is ``dead`` instead (event ``job.dead``), so a
+    study that crashes the node cannot crash it forever. ``running_too=False``
+    (distributed mode) leaves running jobs to their workers, which outlive the
+    node; a job whose worker is gone is caught as stalled. Returns the re-queued jobs.
     """
     running = (
         session.scalars(select(Job).where(Job.state == JobState.RUNNING)).all()
         if running_too
         else []
     )
+    requeued = []
     for job in running:
+        earlier = session.scalar(
+            select(func.count())
+            .select_from(Event)
+            .where(Event.job_fk == job.id, Event.kind == "job.recovered")
+        )
+        stops = 1 + (earlier or 0)
+        if stops >= MAX_RECOVERIES:
+            job.state = JobState.DEAD
+            job.error = f"{job.stage}: the node stopped {stops} times while this job ran"
+            job.finished_at = utcnow()
+            record_event(
+                session,
+                kind="job.dead",
+                level=EventLevel.ERROR,
+                job_id=job.id,
+                study_id=job.study_fk,
+                message=f"given up: the node stopped {stops} times while this job ran",
+                detail={"stage": job.stage, "stops": stops},
+            )
+            continue
         job.state = JobState.QUEUED
         job.stage = None
+        job.attempts = max(0, job.attempts - 1)
         record_event(
             session,
             kind="job.recovered",
             level=EventLevel.WARNING,
             job_id=job.id,
             study_id=job.study_fk,
-            message="the node stopped while this job ran; it is queued again",
+            message="the node stopped while this job ran; it is queued again (attempt not counted)",
         )
+        requeued.append(job.id)
     session.execute(update(Job).where(Job.state == JobState.QUEUED).values(dispatched_at=None))
-    return [job.id for job in running]
+    return requeued
 
 
 def release_claim(session: Session, *, job_id: int, reason: str) -> None:

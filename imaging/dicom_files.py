@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import logging
 import struct
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 from pydicom import Dataset, config, dcmread
 from pydicom.errors import InvalidDicomError
 from pydicom.uid import UID, DeflatedExplicitVRLittleEndian, ImplicitVRLittleEndian
+
+from imaging.header_values import normalise_header
 
 PIXEL_DATA_TAG = (0x7FE0, 0x0010)
 _UNDEFINED_LENGTH = 0xFFFFFFFF
@@ -34,9 +37,10 @@ class PixelDataExtent:
 class FileHeader:
     """A file's attributes up to (not including) the pixels, and its pixel extent."""
 
-    dataset: Dataset
+    dataset: Dataset  # its values normalised (imaging.header_values)
     transfer_syntax_uid: UID
     pixel_data: PixelDataExtent | None
+    repaired: tuple[str, ...] = ()  # keywords of the values normalisation dropped
 
 
 def _read_pixel_extent(
@@ -66,13 +70,30 @@ def keep_header_values_out_of_logs() -> None:
     pydicom validates values as they are read and set and warns with the offending
     value, e.g. a patient name or an institution; the node reads and de-identifies
     files from many vendors and must not copy their PHI into its logs. Values are
-    still kept exactly as the vendor wrote them. Process-wide, as pydicom's config is.
-    highdicom, which builds the result objects from the original images, logs their
-    UIDs at INFO; its logger is set to WARNING.
+    still kept exactly as the vendor wrote them. pydicom's remaining warnings (e.g.
+    "Unknown encoding '<the sender's value>'") are silenced too: the node records
+    what it repaired itself, by attribute keyword (:mod:`imaging.header_values`).
+    Process-wide, as pydicom's config is. highdicom, which builds the result objects
+    from the original images, logs their UIDs at INFO; its logger is set to WARNING.
     """
     config.settings.reading_validation_mode = config.IGNORE
     config.settings.writing_validation_mode = config.IGNORE
+    logging.getLogger("pydicom").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", module=r"pydicom(\.|$)")
     logging.getLogger("highdicom").setLevel(logging.WARNING)
+
+
+def read_dataset(path: Path, *, pixels: bool = False) -> Dataset:
+    """An instance, with its pixels only if ``pixels``, its values normalised.
+
+    Raises
+    ------
+    OSError, pydicom.errors.InvalidDicomError, ValueError
+        If ``path`` cannot be read.
+    """
+    dataset = dcmread(path, stop_before_pixels=not pixels)
+    normalise_header(dataset)
+    return dataset
 
 
 def read_header(path: Path) -> FileHeader:
@@ -93,25 +114,26 @@ def read_header(path: Path) -> FileHeader:
         try:
             dataset = dcmread(fp, stop_before_pixels=True)
         except (InvalidDicomError, EOFError, ValueError, KeyError, struct.error) as exc:
-            raise UnreadableDicomError(f"header cannot be parsed: {exc}") from exc
+            raise UnreadableDicomError(f"header cannot be parsed ({type(exc).__name__})") from exc
+        repaired = normalise_header(dataset)
         meta = dataset.file_meta
         ts = UID(meta.get("TransferSyntaxUID", ""))
         if not ts:
             raise UnreadableDicomError("file meta has no Transfer Syntax UID")
         if ts == DeflatedExplicitVRLittleEndian:
             # The deflated stream was inflated completely to parse it; nothing left to check.
-            return FileHeader(dataset=dataset, transfer_syntax_uid=ts, pixel_data=None)
+            return FileHeader(dataset, ts, None, repaired)
         offset = fp.tell()
         head = fp.read(12)
     if not head:
-        return FileHeader(dataset=dataset, transfer_syntax_uid=ts, pixel_data=None)
+        return FileHeader(dataset, ts, None, repaired)
     implicit = ts == ImplicitVRLittleEndian
     little = ts.is_little_endian if ts.is_transfer_syntax else True
     tag, length, header_size = _read_pixel_extent(
         head, offset=offset, implicit=implicit, little=little
     )
     if tag != PIXEL_DATA_TAG:
-        return FileHeader(dataset=dataset, transfer_syntax_uid=ts, pixel_data=None)
+        return FileHeader(dataset, ts, None, repaired)
     if length == _UNDEFINED_LENGTH:
         with path.open("rb") as fp:
             fp.seek(max(size - 8, 0))
@@ -129,4 +151,4 @@ def read_header(path: Path) -> FileHeader:
                 f"Pixel Data declares {length} bytes but the file ends {end - size} bytes early"
             )
         extent = PixelDataExtent(offset=offset, encapsulated=False, length=length)
-    return FileHeader(dataset=dataset, transfer_syntax_uid=ts, pixel_data=extent)
+    return FileHeader(dataset, ts, extent, repaired)

@@ -8,6 +8,13 @@ Doppler, no B-mode region, split screen) and then its pixels
 the middle one: colour overlay, split screen without regions). An excluded
 image is not de-identified or analysed; a study whose images are all excluded
 is not assessed (:mod:`pipeline.scope`).
+
+Header values are normalised as they are read (:mod:`imaging.header_values`):
+a date, time, number, age, name or character set that breaks its Value
+Representation is dropped (the keywords are listed in ``repaired``; the intake
+stage records them as a warning event, never the values), and the later stages
+and the result objects read the same normalised values. An image whose pixel
+module numbers (Rows, Number of Frames, ...) do not parse is skipped.
 """
 
 from __future__ import annotations
@@ -20,11 +27,15 @@ from typing import Any, ClassVar
 from pydicom import Dataset, dcmread
 from pydicom.errors import InvalidDicomError
 from pydicom.uid import UID
+from sqlalchemy.orm import Session
 
+from db.events import record_event
+from db.models import EventLevel
 from imaging.crop import image_area
 from imaging.decode import select_frame
 from imaging.dicom_files import UnreadableDicomError, read_header
 from imaging.errors import StageError
+from imaging.header_values import pixel_module_problem
 from imaging.scope import ScopeRules, header_exclusion, pixel_exclusion, region_exclusion
 from imaging.scope_reasons import Exclusion
 from imaging.sop_classes import SECONDARY_CAPTURE_CLASS, SR_CLASSES, ULTRASOUND_IMAGE_CLASSES
@@ -67,10 +78,18 @@ class SeriesCount:
 
 
 @dataclass(frozen=True)
+class RepairedHeader:
+    """The attributes whose values normalisation dropped in one instance (keywords only)."""
+
+    sop_instance_uid: str
+    keywords: tuple[str, ...]
+
+
+@dataclass(frozen=True)
 class IntakeReport:
     """What the study holds, for the stages after intake."""
 
-    SCHEMA_VERSION: ClassVar[int] = 1  # of the stage output file (pipeline.stage_outputs)
+    SCHEMA_VERSION: ClassVar[int] = 2  # of the stage output file (pipeline.stage_outputs)
 
     study: StudyInput
     images: tuple[UltrasoundImage, ...]
@@ -78,6 +97,7 @@ class IntakeReport:
     series: tuple[SeriesCount, ...]
     skipped: tuple[Skipped, ...]
     excluded: tuple[ExcludedImage, ...] = ()  # by the scope rules; original UIDs
+    repaired: tuple[RepairedHeader, ...] = ()
 
 
 def summarize_intake(report: IntakeReport) -> dict[str, Any]:
@@ -92,7 +112,28 @@ def summarize_intake(report: IntakeReport) -> dict[str, Any]:
         "report_characters": sum(len(r.text) for r in report.reports),
         "skipped": summarize_skipped(report.skipped),
         "excluded": describe_excluded(report.excluded),
+        "repaired": repaired_keywords(report.repaired),
     }
+
+
+def repaired_keywords(repaired: tuple[RepairedHeader, ...]) -> dict[str, int]:
+    """How many instances had each attribute's value dropped, by keyword."""
+    return dict(sorted(Counter(k for r in repaired for k in r.keywords).items()))
+
+
+def record_repaired(session: Session, job_id: int, report: IntakeReport) -> IntakeReport:
+    """A warning event naming the attributes whose values were dropped (never the values)."""
+    if report.repaired:
+        counts = repaired_keywords(report.repaired)
+        record_event(
+            session,
+            kind="header.repaired",
+            message="malformed header values dropped: " + ", ".join(counts),
+            level=EventLevel.WARNING,
+            job_id=job_id,
+            detail={"instances": len(report.repaired), "attributes": counts},
+        )
+    return report
 
 
 def _report_text(dataset: Dataset) -> str:
@@ -119,6 +160,9 @@ def _image_problem(sop_class: str, dataset: Dataset, has_pixels: bool) -> str | 
         return f"secondary capture of modality {dataset.get('Modality', 'unknown')}, not ultrasound"
     if not has_pixels:
         return "no Pixel Data"
+    problem = pixel_module_problem(dataset)
+    if problem:
+        return problem
     if int(dataset.get("Rows", 0)) <= 0 or int(dataset.get("Columns", 0)) <= 0:
         return "zero image size"
     return None
@@ -160,6 +204,7 @@ def intake(
     images: list[UltrasoundImage] = []
     reports: list[ReportDocument] = []
     skipped: list[Skipped] = []
+    repaired: list[RepairedHeader] = []
     series: Counter[tuple[str, str]] = Counter()
     for ref in study.instances:
         try:
@@ -168,6 +213,8 @@ def intake(
             skipped.append(Skipped(ref.sop_instance_uid, f"unreadable: {exc}"))
             continue
         dataset = header.dataset
+        if header.repaired:
+            repaired.append(RepairedHeader(ref.sop_instance_uid, header.repaired))
         series[(ref.series_instance_uid, str(dataset.get("Modality", "")))] += 1
         if ref.sop_class_uid in SR_CLASSES:
             text = _report_text(dataset)
@@ -224,6 +271,7 @@ def intake(
         ),
         skipped=tuple(skipped),
         excluded=tuple(excluded),
+        repaired=tuple(repaired),
     )
 
 
@@ -233,7 +281,7 @@ def intake_stage(rules: ScopeRules) -> Stage[StudyInput, IntakeReport | NotAsses
         name="intake",
         run=lambda study: intake(study, rules),
         summarize=gated_summary(summarize_intake),
-        store=gated(),
+        store=gated(record_repaired),
         output_type=IntakeReport,
     )
 

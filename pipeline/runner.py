@@ -1,19 +1,34 @@
-"""Runs one job's stages in order and keeps the database's account of it."""
+"""Runs one job's stages in order and keeps the database's account of it.
+
+Failures
+    A :class:`StageError` (bad input, said in words) and any error that cannot
+    be transient (a ValueError from a malformed file, a bug) fail the job for
+    good at once (``failed``, with a failure notice to the PACS); only errors
+    that can pass (:data:`TRANSIENT_ERRORS`: the file system, memory, the
+    database, an out-of-memory GPU, a bundle being replaced) are retried with
+    backoff until ``dead``. Every error text is scrubbed of the study's
+    identifying header values (:mod:`imaging.redaction`) before it reaches the
+    log, the job, its events or the notice.
+"""
 
 from __future__ import annotations
 
 import logging
 import time
+import traceback
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session
 
 from db import jobs
 from db.models import JobState
 from db.session import Database
 from imaging.errors import StageError
+from imaging.redaction import Redactor, study_redactor
+from models.bundle import BundleError
 from pipeline.contracts import StudyInput, instance_refs
 from pipeline.spool import SpoolLayout
 from pipeline.stage import JobConcluded, Stage
@@ -30,6 +45,22 @@ class JobNotices(Protocol):
 
 
 log = logging.getLogger(__name__)
+
+# Errors that may not happen again on a later attempt.
+TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
+    OSError,  # includes TimeoutError and ConnectionError
+    MemoryError,
+    OperationalError,
+    InterfaceError,
+    BundleError,
+)
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether ``exc`` may pass when the job is tried again (module docstring)."""
+    if isinstance(exc, TRANSIENT_ERRORS):
+        return True
+    return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
 
 
 @dataclass(frozen=True)
@@ -139,8 +170,11 @@ class JobRunner:
             self.fail(job_id, stage.name, str(exc), permanent=True)
             return StageStep(None, ended=True)
         except Exception as exc:  # boundary: any stage bug or outage becomes a job event
-            log.exception("job %d: stage %s raised", job_id, stage.name)
-            self.fail(job_id, stage.name, f"{type(exc).__name__}: {exc}", permanent=False)
+            redact = self.redactor(job_id)
+            trace = "".join(traceback.format_exception(exc)).rstrip()
+            log.error("job %d: stage %s raised\n%s", job_id, stage.name, redact(trace))
+            error = f"{type(exc).__name__}: {exc}"
+            self.fail(job_id, stage.name, error, permanent=not is_transient(exc), redact=redact)
             return StageStep(None, ended=True)
         with self._database.session() as session:
             if not jobs.job_is_running(session, job_id=job_id):
@@ -175,11 +209,30 @@ class JobRunner:
             jobs.finish_job(session, job_id=job_id)
         log.info("job %d done", job_id)
 
-    def fail(self, job_id: int, stage: str, error: str, *, permanent: bool) -> None:
+    def redactor(self, job_id: int) -> Redactor:
+        """What scrubs job ``job_id``'s error texts of its study's identifying values."""
+        try:
+            return study_redactor(ref.path for ref in self.study_input(job_id).instances)
+        except Exception:  # boundary: without the study, no values to know; never mask the error
+            log.warning("job %d: the study's values could not be read for redaction", job_id)
+            return Redactor()
+
+    def fail(
+        self,
+        job_id: int,
+        stage: str,
+        error: str,
+        *,
+        permanent: bool,
+        redact: Redactor | None = None,
+    ) -> None:
         """Record a failure of ``stage``: permanent (failed) or retried with backoff (then dead).
 
-        A job that is no longer running (cancelled) keeps its state.
+        ``error`` is scrubbed of the study's identifying values first (by
+        ``redact``, else the study's own :meth:`redactor`). A job that is no
+        longer running (cancelled) keeps its state.
         """
+        error = (redact or self.redactor(job_id))(error)
         with self._database.session() as session:
             if not jobs.job_is_running(session, job_id=job_id):
                 return

@@ -168,12 +168,22 @@ def test_permanent_failure_and_audited_retry(database: Database) -> None:
 def test_recovery_after_a_crash(database: Database) -> None:
     running = register(database, new_instance("6.1")).job_id
     queued = register(database, new_instance("6.2")).job_id
-    set_state(database, running, JobState.RUNNING, stage="intake")
+    set_state(database, running, JobState.RUNNING, stage="intake", attempts=2)
     set_state(database, queued, JobState.QUEUED, dispatched_at=utcnow())
     with database.session() as session:
         assert jobs.recover_interrupted_jobs(session) == [running]
     with database.session() as session:
         assert sorted(jobs.take_dispatchable_jobs(session)) == sorted([running, queued])
+        assert session.get_one(Job, running).attempts == 1  # the interrupted one is not counted
+    # A job that was running at every one of the last three stops is given up.
+    for stop in range(2, jobs.MAX_RECOVERIES + 1):
+        set_state(database, running, JobState.RUNNING, stage="segment")
+        with database.session() as session:
+            requeued = jobs.recover_interrupted_jobs(session)
+        assert requeued == ([running] if stop < jobs.MAX_RECOVERIES else [])
+    with database.session() as session:
+        job = session.get_one(Job, running)
+        assert job.state == JobState.DEAD and "stopped 3 times" in (job.error or "")
 
 
 def test_admin_filters(database: Database) -> None:

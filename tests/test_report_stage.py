@@ -8,13 +8,15 @@ from pathlib import Path
 from harness import wait_for
 from pydicom import dcmread
 from pydicom.dataset import Dataset
-from pydicom.uid import RLELossless
+from pydicom.uid import RLELossless, generate_uid
+from sqlalchemy import select
 from test_imaging_jobs import Factory, finished_jobs
 
 from db import exports, listings
-from db.models import ExportState
+from db.models import Event, ExportState
 from dicom_node.app.demo import DemoPacs
 from dicom_node.app.node import Node
+from dicom_node.network import scu
 from phantoms import make_case
 
 PACS_AE = "TEST_PACS"
@@ -88,6 +90,24 @@ def test_a_study_gets_sr_heatmaps_and_segs_back_in_its_own_study(
     assert result is not None and result.detail is not None
     listed = {o["sop_instance_uid"] for o in result.detail["objects"]}
     assert listed == {str(o.SOPInstanceUID) for o in objects}
+    # The PACS sends the whole study back (e.g. to another node): every object the node
+    # made, SEG included, is acknowledged and not stored again; a stranger's SEG is refused.
+    _send_as_pacs(node, objects, tmp_path / "back")
+    with node.database.session() as session:
+        own = session.scalars(select(Event).where(Event.kind == "instance.own_result")).all()
+        assert len(own) == len(objects)
+        assert len(listings.list_jobs(session)) == 1
+    stranger = next(o for o in objects if o.Modality == "SEG").copy()
+    stranger.Manufacturer = "Other Vendor"
+    stranger.SOPInstanceUID = generate_uid()
+    stranger.file_meta.MediaStorageSOPInstanceUID = stranger.SOPInstanceUID
+    path = tmp_path / "stranger.dcm"
+    stranger.save_as(path, enforce_file_format=True)
+    peer = scu.Peer(
+        host="127.0.0.1", port=node.port, called_ae=node.settings.dicom.ae_title, calling_ae=PACS_AE
+    )
+    (outcome,) = scu.send_files(peer, [path])
+    assert outcome.status == 0x0122
 
 
 def _notice_text(notice: Dataset) -> str:

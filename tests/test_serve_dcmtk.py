@@ -100,6 +100,7 @@ class ServeProcess:
         quiet_seconds: float = 3600.0,
         poll_seconds: float = 0.2,
         allowed_callers: Sequence[str] = (),
+        extra: dict[str, Any] | None = None,
     ) -> None:
         root.mkdir(parents=True, exist_ok=True)
         self.root = root
@@ -118,6 +119,7 @@ class ServeProcess:
             "dicom": dicom,
             "completion": {"quiet_seconds": quiet_seconds, "poll_seconds": poll_seconds},
             "api": {"port": 0},  # a free port: several nodes run at once
+            **(extra or {}),
         }
         self.config = write_toml(root / "llnm.toml", settings)
         self.process = Process(

@@ -21,7 +21,11 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from db import events, registration
 from db.models import EventLevel
 from db.session import Database
-from dicom_node.network.sop_classes import ACCEPTED_STORAGE_CLASSES, SECONDARY_CAPTURE_MODALITIES
+from dicom_node.network.sop_classes import (
+    ACCEPTED_STORAGE_CLASSES,
+    OWN_RESULT_ONLY_CLASSES,
+    SECONDARY_CAPTURE_MODALITIES,
+)
 from dicom_node.network.spool import Placement, Spool, StoredFile
 from dicom_node.network.statuses import StoreStatus
 from imaging.dicom_files import UnreadableDicomError, read_header
@@ -156,20 +160,17 @@ class Ingestor:
             return self._out_of_resources(
                 request, f"less than {self._min_free_bytes} bytes free in the spool"
             )
-        if request.sop_class_uid not in ACCEPTED_STORAGE_CLASSES:
-            self._refused(
-                request,
-                StoreStatus.SOP_CLASS_NOT_SUPPORTED,
-                "not an ultrasound, secondary capture or structured report SOP class",
-                quarantine=False,
-            )
-            return StoreStatus.SOP_CLASS_NOT_SUPPORTED
+        sop_class = request.sop_class_uid
+        if sop_class not in ACCEPTED_STORAGE_CLASSES and sop_class not in OWN_RESULT_ONLY_CLASSES:
+            return self._unsupported_class(request)
         synced = self._spool.start_sync(request.path)
         try:
             dataset, transfer_syntax = check_instance(request)
             if is_result_object(dataset):
                 return self._own_result(request)
-            check_modality(request.sop_class_uid, dataset)
+            if sop_class in OWN_RESULT_ONLY_CLASSES:
+                return self._unsupported_class(request)
+            check_modality(sop_class, dataset)
         except RefusedInstance as refusal:
             self._refused(request, refusal.status, refusal.reason, quarantine=True)
             return refusal.status
@@ -296,6 +297,15 @@ class Ingestor:
             size_bytes=stored.size_bytes,
             calling_ae=request.calling_ae,
         )
+
+    def _unsupported_class(self, request: StoreRequest) -> StoreStatus:
+        self._refused(
+            request,
+            StoreStatus.SOP_CLASS_NOT_SUPPORTED,
+            "not an ultrasound, secondary capture or structured report SOP class",
+            quarantine=False,
+        )
+        return StoreStatus.SOP_CLASS_NOT_SUPPORTED
 
     def _own_result(self, request: StoreRequest) -> StoreStatus:
         """Acknowledge a result object coming back with its study; it is not stored again."""

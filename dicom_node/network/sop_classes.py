@@ -18,6 +18,7 @@ from pydicom.uid import (
     JPEGLSLossless,
     JPEGLSNearLossless,
     RLELossless,
+    SegmentationStorage,
 )
 from pynetdicom import register_uid
 from pynetdicom.service_class import StorageServiceClass
@@ -33,6 +34,10 @@ from imaging.sop_classes import (
 ACCEPTED_STORAGE_CLASSES: frozenset[str] = (
     ULTRASOUND_IMAGE_CLASSES | {SECONDARY_CAPTURE_CLASS} | SR_CLASSES
 )
+# Result objects the node makes that are of no class it takes in: when the PACS sends the
+# study back, the node's own are acknowledged and not stored (as its SRs and SCs are);
+# anyone else's are refused.
+OWN_RESULT_ONLY_CLASSES: frozenset[str] = frozenset({SegmentationStorage})
 # Secondary captures are taken only when they come from an ultrasound device
 # ("OT" is what many US consoles write into screen captures).
 SECONDARY_CAPTURE_MODALITIES: frozenset[str] = frozenset({"US", "OT"})

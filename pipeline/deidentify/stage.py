@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from pydicom import Dataset, dcmread
+from pydicom import Dataset
 from pydicom.dataset import FileMetaDataset
 from pydicom.errors import InvalidDicomError
 from pydicom.sequence import Sequence
@@ -25,6 +25,7 @@ from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, UID, ExplicitVRLittleEndian
 from sqlalchemy.orm import Session
 
 from db.pseudonyms import PseudonymEntry, save_pseudonyms
+from imaging.dicom_files import read_dataset
 from imaging.errors import StageError
 from pipeline.contracts import (
     DeidentifiedImage,
@@ -70,7 +71,7 @@ class Deidentification:
 
 def _read(path: Path, label: str, *, pixels: bool) -> Dataset:
     try:
-        return dcmread(path, stop_before_pixels=not pixels)
+        return read_dataset(path, pixels=pixels)
     except (InvalidDicomError, EOFError, ValueError, KeyError, struct.error, OSError) as exc:
         raise StageError(f"{label}: file cannot be read ({type(exc).__name__})") from exc
 

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydicom import Dataset, dcmread
+from pydicom import Dataset
 
 from db.results import Prediction
+from imaging.dicom_files import read_dataset
 from pipeline.report.inputs import ObjectKind, ReportObject
 
 # Series numbers of the node's series in the original study (high, so they sort last).
@@ -31,6 +32,8 @@ _PATIENT_AND_STUDY_TYPE2 = (
 def read_original(path: Path, *, pixels: bool = False) -> Dataset:
     """An original instance to build a result object on, its missing Type 2 attributes empty.
 
+    Its values are normalised as intake saw them (:mod:`imaging.header_values`).
+
     The file is not changed; highdicom copies patient and study from the returned data set.
 
     Raises
@@ -38,7 +41,7 @@ def read_original(path: Path, *, pixels: bool = False) -> Dataset:
     OSError, pydicom.errors.InvalidDicomError
         If ``path`` cannot be read.
     """
-    dataset = dcmread(path, stop_before_pixels=not pixels)
+    dataset = read_dataset(path, pixels=pixels)
     for keyword in _PATIENT_AND_STUDY_TYPE2:
         if keyword not in dataset:
             setattr(dataset, keyword, "")

@@ -21,6 +21,7 @@ from db.results import Prediction
 from imaging.crop import ImageArea
 from imaging.features import Location, Unavailable, ViewFeatures, extract_view
 from imaging.scope_reasons import Exclusion, Reason
+from models.scope import PartScore
 from pipeline.contracts import (
     DeidentifiedImage,
     DeidentifiedStudy,
@@ -285,7 +286,7 @@ def _view(work: Path, n: int, features: ViewFeatures) -> MeasuredView:
         99,
         0.87,
         np.linspace(-1.0, 1.0, 8, dtype=np.float32),
-        None if n else 3.25,
+        None if n else PartScore("texture", 3.25, 6.06),
     )
     return MeasuredView(segmented, features, None if features.index is None else 0.62)
 

@@ -218,6 +218,38 @@ def test_the_heatmap_route_serves_only_the_overlays_of_the_result(
         assert client.get(attempt).status_code == 404, attempt
 
 
+def test_links_out_of_the_job_and_ids_beyond_the_database_are_refused(
+    site: Site, client: httpx.Client, tmp_path: Path
+) -> None:
+    _settled(site)
+    job_id = site.jobs["predicted"]
+    page = client.get(f"/ui/jobs/{job_id}").text
+    name = re.findall(rf'src="/ui/jobs/{job_id}/heatmaps/([^"]+)"', page)[0]
+    overlay = site.node.spool.layout.work_dir(job_id) / "report" / name
+    kept = tmp_path / "kept.png"
+    outside = tmp_path / "outside.png"
+    outside.write_bytes(b"\x89PNG outside the spool")
+    shutil.move(overlay, kept)
+    try:
+        overlay.symlink_to(outside)
+        assert client.get(f"/ui/jobs/{job_id}/heatmaps/{name}").status_code == 404
+        bearer = {"Authorization": f"Bearer {TOKEN}"}
+        api = [
+            httpx.get(f"{site.url}/api/v1/jobs/{job_id}/heatmaps/{n}", headers=bearer)
+            for n in (1, 2)
+        ]
+        assert [r.status_code for r in api] == [200, 404]  # one view left, and only its own
+        assert b"outside" not in api[0].content
+    finally:
+        overlay.unlink()
+        shutil.move(kept, overlay)
+    assert client.get(f"/ui/jobs/{job_id}/heatmaps/{name}").status_code == 200
+    for huge in (2**63, 2**64, 10**30):
+        assert client.get(f"/ui/jobs/{huge}").status_code == 422
+        assert client.get(f"/ui/jobs/{huge}/heatmaps/{name}").status_code == 422
+        assert client.post(f"/ui/jobs/{huge}/cancel").status_code in (403, 422)
+
+
 # --- the browser ----------------------------------------------------------------------
 
 

@@ -28,6 +28,7 @@ from db.models import ExportState, JobState
 from db.session import Database
 from dicom_node.api.auth import COOKIE, Caller, identify, presented_token, require_caller
 from dicom_node.api.files import Heatmap, heatmaps, listed_objects
+from dicom_node.api.routes import JobId
 from imaging.scope_reasons import outcome_text
 
 _HERE = Path(__file__).parent
@@ -257,7 +258,7 @@ def report_objects(
 
 
 @router.get("/jobs/{job_id}", response_class=HTMLResponse)
-def job_page(request: Request, _caller: PageCaller, job_id: int) -> HTMLResponse:
+def job_page(request: Request, _caller: PageCaller, job_id: JobId) -> HTMLResponse:
     """One job: its result, heatmaps, report objects and timeline."""
     with _session(request) as session:
         detail = _detail_or_404(session, job_id)
@@ -287,7 +288,7 @@ def _detail_or_404(session: Session, job_id: int) -> listings.JobDetail:
 
 
 @router.get("/jobs/{job_id}/heatmaps/{name}")
-def heatmap(request: Request, _caller: PageCaller, job_id: int, name: str) -> FileResponse:
+def heatmap(request: Request, _caller: PageCaller, job_id: JobId, name: str) -> FileResponse:
     """A heatmap overlay PNG of the job; only the files its result lists are served."""
     with _session(request) as session:
         result = _detail_or_404(session, job_id).result
@@ -315,7 +316,7 @@ def _act(
 
 @router.post("/jobs/{job_id}/retry")
 def retry(
-    request: Request, caller: PageCaller, job_id: int, back: Annotated[str, Form()] = "job"
+    request: Request, caller: PageCaller, job_id: JobId, back: Annotated[str, Form()] = "job"
 ) -> RedirectResponse:
     """Queue a failed or dead job again, or resend its dead exports."""
 
@@ -329,7 +330,7 @@ def retry(
 
 
 @router.post("/jobs/{job_id}/cancel")
-def cancel(request: Request, caller: PageCaller, job_id: int) -> RedirectResponse:
+def cancel(request: Request, caller: PageCaller, job_id: JobId) -> RedirectResponse:
     """Cancel a job that has not finished."""
 
     def action(session: Session) -> str:

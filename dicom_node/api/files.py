@@ -1,4 +1,7 @@
-"""The files of a job the API serves: only those its result lists, only inside the spool."""
+"""The files of a job the API serves: only those its result lists, and never a link.
+
+A report object must resolve inside the spool, a heatmap inside the job's own folder.
+"""
 
 from __future__ import annotations
 
@@ -17,12 +20,18 @@ def listed_objects(result: ResultRow | None) -> list[tuple[str, str, str]]:
 
 def object_path(spool: SpoolLayout, result: ResultRow | None, sop_instance_uid: str) -> Path | None:
     """The file of the listed object ``sop_instance_uid``; None if unlisted, gone or outside."""
-    root = spool.root
     for _, uid, relative in listed_objects(result):
         if uid == sop_instance_uid:
-            path = (root / relative).resolve()
-            return path if path.is_relative_to(root) and path.is_file() else None
+            path = spool.root / relative
+            return path if _servable(path, spool.root) else None
     return None
+
+
+def _servable(path: Path, folder: Path) -> bool:
+    """A regular file, not a link, that resolves inside ``folder``."""
+    if path.is_symlink() or not path.is_file():
+        return False
+    return path.resolve().is_relative_to(folder.resolve())
 
 
 @dataclass(frozen=True)
@@ -49,4 +58,4 @@ def heatmaps(spool: SpoolLayout, job_id: int, result: ResultRow | None) -> list[
         for view in views
         if "heatmap" in view
     ]
-    return [heatmap for heatmap in found if heatmap.path.is_file()]
+    return [heatmap for heatmap in found if _servable(heatmap.path, spool.work_dir(job_id))]

@@ -9,6 +9,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pydicom import Dataset, config, dcmread
+from pydicom.datadict import keyword_for_tag
+from pydicom.dataelem import RawDataElement
 from pydicom.errors import InvalidDicomError
 from pydicom.uid import UID, DeflatedExplicitVRLittleEndian, ImplicitVRLittleEndian
 
@@ -83,6 +85,20 @@ def keep_header_values_out_of_logs() -> None:
     logging.getLogger("highdicom").setLevel(logging.WARNING)
 
 
+def _cut_short(dataset: Dataset) -> str | None:
+    """The first element whose value is shorter than its declared length (the file ended)."""
+    for tag in list(dataset.keys()):
+        raw = dataset.get_item(tag)
+        if (
+            isinstance(raw, RawDataElement)
+            and raw.length != _UNDEFINED_LENGTH
+            and isinstance(raw.value, bytes)
+            and len(raw.value) < raw.length
+        ):
+            return keyword_for_tag(tag) or f"({tag.group:04X},{tag.element:04X})"
+    return None
+
+
 def read_dataset(path: Path, *, pixels: bool = False) -> Dataset:
     """An instance, with its pixels only if ``pixels``, its values normalised.
 
@@ -115,6 +131,9 @@ def read_header(path: Path) -> FileHeader:
             dataset = dcmread(fp, stop_before_pixels=True)
         except (InvalidDicomError, EOFError, ValueError, KeyError, struct.error) as exc:
             raise UnreadableDicomError(f"header cannot be parsed ({type(exc).__name__})") from exc
+        short = _cut_short(dataset)
+        if short is not None:
+            raise UnreadableDicomError(f"{short} runs past the end of the data set")
         repaired = normalise_header(dataset)
         meta = dataset.file_meta
         ts = UID(meta.get("TransferSyntaxUID", ""))

@@ -750,9 +750,22 @@ def _truncated(uid: str, tmp_path: Path) -> bytes:
     return whole[: len(whole) - 1000]  # cut inside the Pixel Data value
 
 
+def _element_past_end(uid: str, tmp_path: Path) -> bytes:
+    """A UT (Text Value) declared 0x7FFFFFF0 long before the pixels: it swallows the rest."""
+    ds = dicom_factory.ultrasound(sop_uid=uid, rows=64, columns=80)
+    whole = dataset_bytes(dicom_factory.write(ds, tmp_path / "whole.dcm"))
+    pixels = whole.index(b"\xe0\x7f\x10\x00")
+    text_value = struct.pack("<HH", 0x0040, 0xA160) + b"UT\0\0" + struct.pack("<L", 0x7FFFFFF0)
+    return whole[:pixels] + text_value + whole[pixels:]
+
+
 @pytest.mark.dcmtk
 @needs_dcmtk
-@pytest.mark.parametrize("make_dataset", [_garbage, _truncated], ids=["garbage", "truncated"])
+@pytest.mark.parametrize(
+    "make_dataset",
+    [_garbage, _truncated, _element_past_end],
+    ids=["garbage", "truncated", "element_past_end"],
+)
 def test_malformed_data_set_is_refused_0xC000_and_quarantined(
     guarded_node: ServeProcess,
     tmp_path: Path,

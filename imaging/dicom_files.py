@@ -12,12 +12,15 @@ from pydicom import Dataset, config, dcmread
 from pydicom.datadict import keyword_for_tag
 from pydicom.dataelem import RawDataElement
 from pydicom.errors import InvalidDicomError
+from pydicom.sequence import Sequence
 from pydicom.uid import UID, DeflatedExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from imaging.header_values import normalise_header
 
 PIXEL_DATA_TAG = (0x7FE0, 0x0010)
 _UNDEFINED_LENGTH = 0xFFFFFFFF
+# Deeper sequence nesting is refused; real SR content trees stay far below it.
+MAX_SEQUENCE_DEPTH = 64
 _LONG_LENGTH_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR"}
 _LONG_LENGTH_VRS |= {b"UT", b"UV"}
 
@@ -85,6 +88,19 @@ def keep_header_values_out_of_logs() -> None:
     logging.getLogger("highdicom").setLevel(logging.WARNING)
 
 
+def _sequence_depth(dataset: Dataset) -> int:
+    """How deep ``dataset``'s sequences nest (0: none), walked without recursion."""
+    deepest = 0
+    stack = [(dataset, 0)]
+    while stack:
+        current, depth = stack.pop()
+        deepest = max(deepest, depth)
+        for element in current.values():
+            if getattr(element, "VR", None) == "SQ" and isinstance(element.value, Sequence):
+                stack.extend((item, depth + 1) for item in element.value)
+    return deepest
+
+
 def _cut_short(dataset: Dataset) -> str | None:
     """The first element whose value is shorter than its declared length (the file ended)."""
     for tag in list(dataset.keys()):
@@ -129,12 +145,19 @@ def read_header(path: Path) -> FileHeader:
     with path.open("rb") as fp:
         try:
             dataset = dcmread(fp, stop_before_pixels=True)
-        except (InvalidDicomError, EOFError, ValueError, KeyError, struct.error) as exc:
+            short = _cut_short(dataset)
+            if short is not None:
+                raise UnreadableDicomError(f"{short} runs past the end of the data set")
+            repaired = normalise_header(dataset)
+        except RecursionError as exc:
+            raise UnreadableDicomError("sequences nested too deep to read") from exc
+        # OSError: pydicom's word for a tag it could not read (e.g. a sequence never closed)
+        except (InvalidDicomError, EOFError, OSError, ValueError, KeyError, struct.error) as exc:
+            if isinstance(exc, UnreadableDicomError):
+                raise
             raise UnreadableDicomError(f"header cannot be parsed ({type(exc).__name__})") from exc
-        short = _cut_short(dataset)
-        if short is not None:
-            raise UnreadableDicomError(f"{short} runs past the end of the data set")
-        repaired = normalise_header(dataset)
+        if _sequence_depth(dataset) > MAX_SEQUENCE_DEPTH:
+            raise UnreadableDicomError(f"sequences nested more than {MAX_SEQUENCE_DEPTH} deep")
         meta = dataset.file_meta
         ts = UID(meta.get("TransferSyntaxUID", ""))
         if not ts:

@@ -759,12 +759,36 @@ def _element_past_end(uid: str, tmp_path: Path) -> bytes:
     return whole[:pixels] + text_value + whole[pixels:]
 
 
+def _nested(uid: str, tmp_path: Path, depth: int, *, closed: bool) -> bytes:
+    """Content Sequences of undefined length nested ``depth`` deep before the pixels."""
+    ds = dicom_factory.ultrasound(sop_uid=uid, rows=64, columns=80)
+    whole = dataset_bytes(dicom_factory.write(ds, tmp_path / "whole.dcm"))
+    pixels = whole.index(b"\xe0\x7f\x10\x00")
+    undefined = struct.pack("<L", 0xFFFFFFFF)
+    opening = struct.pack("<HH", 0x0040, 0xA730) + b"SQ\0\0" + undefined
+    opening += struct.pack("<HH", 0xFFFE, 0xE000) + undefined
+    closing = struct.pack("<HHLHHL", 0xFFFE, 0xE00D, 0, 0xFFFE, 0xE0DD, 0)
+    return whole[:pixels] + opening * depth + (closing * depth if closed else b"") + whole[pixels:]
+
+
+def _nested_3000_deep(uid: str, tmp_path: Path) -> bytes:
+    return _nested(uid, tmp_path, 3000, closed=True)
+
+
+def _nested_70_deep(uid: str, tmp_path: Path) -> bytes:
+    return _nested(uid, tmp_path, 70, closed=True)
+
+
+def _never_closed(uid: str, tmp_path: Path) -> bytes:
+    return _nested(uid, tmp_path, 5, closed=False)
+
+
 @pytest.mark.dcmtk
 @needs_dcmtk
 @pytest.mark.parametrize(
     "make_dataset",
-    [_garbage, _truncated, _element_past_end],
-    ids=["garbage", "truncated", "element_past_end"],
+    [_garbage, _truncated, _element_past_end, _nested_3000_deep, _nested_70_deep, _never_closed],
+    ids=["garbage", "truncated", "element_past_end", "nested_3000", "nested_70", "never_closed"],
 )
 def test_malformed_data_set_is_refused_0xC000_and_quarantined(
     guarded_node: ServeProcess,
@@ -790,6 +814,7 @@ def test_malformed_data_set_is_refused_0xC000_and_quarantined(
     assert dataset_bytes(kept) == payload, "quarantine must keep the bytes as received"
     assert kept.with_suffix(".txt").read_text(encoding="utf-8").strip()
     assert_echo_ok(guarded_node)
+    assert "Traceback" not in guarded_node.log()  # one line, not a 176 KB trace
 
 
 @pytest.mark.dcmtk

@@ -117,6 +117,10 @@ class DicomSettings(_Section):
     max_associations: int = Field(16, ge=1)
     # Largest PDU we accept, bytes; 0 means no limit.
     max_pdu: int = Field(262_144, ge=0)
+    # Largest instance taken, as received, and largest a deflated data set may inflate
+    # to (it is inflated in memory to be read); larger ones are refused 0xA700.
+    max_instance_mb: float = Field(2048.0, gt=0)
+    max_inflated_mb: float = Field(64.0, gt=0)
     acse_timeout_s: float = Field(30.0, gt=0)
     dimse_timeout_s: float = Field(60.0, gt=0)
     network_timeout_s: float = Field(60.0, gt=0)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import struct
 import warnings
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,6 +13,7 @@ from pydicom import Dataset, config, dcmread
 from pydicom.datadict import keyword_for_tag
 from pydicom.dataelem import RawDataElement
 from pydicom.errors import InvalidDicomError
+from pydicom.filereader import read_file_meta_info
 from pydicom.sequence import Sequence
 from pydicom.uid import UID, DeflatedExplicitVRLittleEndian, ImplicitVRLittleEndian
 
@@ -112,6 +114,42 @@ def _cut_short(dataset: Dataset) -> str | None:
             and len(raw.value) < raw.length
         ):
             return keyword_for_tag(tag) or f"({tag.group:04X},{tag.element:04X})"
+    return None
+
+
+def inflated_size_over(path: Path, limit: int, chunk: int = 1 << 16) -> int | None:
+    """How large a deflated file's data set inflates, if over ``limit`` bytes; else None.
+
+    Only for Deflated Explicit VR Little Endian; the size is counted up to the
+    first chunk past ``limit``. The stream is inflated a chunk at a time and
+    thrown away, so memory stays at ``chunk`` bytes whatever the stream claims.
+    Other transfer syntaxes give None.
+
+    Raises
+    ------
+    UnreadableDicomError
+        If the file meta cannot be read or the deflated stream is corrupt.
+    """
+    try:
+        meta = read_file_meta_info(path)
+    except (InvalidDicomError, EOFError, OSError, ValueError, struct.error) as exc:
+        raise UnreadableDicomError(f"file meta cannot be read ({type(exc).__name__})") from exc
+    if meta.get("TransferSyntaxUID") != DeflatedExplicitVRLittleEndian:
+        return None
+    with path.open("rb") as fp:
+        # preamble, "DICM", the group length element (explicit VR UL: 12 bytes), the group
+        fp.seek(128 + 4 + 12 + int(meta.get("FileMetaInformationGroupLength", 0)))
+        inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+        total = 0
+        try:
+            while block := fp.read(chunk):
+                total += len(inflater.decompress(block, chunk))
+                while inflater.unconsumed_tail and total <= limit:
+                    total += len(inflater.decompress(inflater.unconsumed_tail, chunk))
+                if total > limit:
+                    return total
+        except zlib.error as exc:
+            raise UnreadableDicomError("the deflated data set is corrupt") from exc
     return None
 
 

@@ -25,7 +25,7 @@ Out-of-distribution scores
     checked in the infer stage. A distance is the Mahalanobis distance to the
     fitting views (their mean and Ledoit-Wolf shrunk covariance); the
     thresholds are set on separate validation views so that the ``percentile``
-    (default 99) of them passes: of ``llnm`` its distances, of ``image`` the
+    (default 99.5) of them passes: of ``llnm`` its distances, of ``image`` the
     worst of its parts (each part's own percentile, scaled by one common
     factor).
 A bundle without ``scope/`` still loads: its views are checked only for a
@@ -52,7 +52,7 @@ STATISTICS_FILE = "statistics.json"
 EMBEDDING_FILE = "embedding.safetensors"
 LIMIT_PERCENTILES = (0.5, 99.5)
 LIMIT_MARGIN = 0.1  # of the percentile range, added below and above
-DEFAULT_PERCENTILE = 99.0
+DEFAULT_PERCENTILE = 99.5
 
 Floats = NDArray[np.float64]
 

@@ -242,7 +242,7 @@ def test_the_demo_bundle_carries_scope_statistics_fitted_on_phantoms() -> None:
     scope = load_scope(DEMO_BUNDLE_DIR)
     assert scope is not None
     assert scope.fitted_on["synthetic"] is True and scope.fitted_on["train_views"] >= 400
-    assert scope.image.percentile == scope.llnm.percentile == 99.0 and scope.llnm.threshold > 0
+    assert scope.image.percentile == scope.llnm.percentile == 99.5 and scope.llnm.threshold > 0
     assert all(part.distribution.threshold > 0 for part in scope.image.parts)
     assert 0 <= scope.limits.thyroid_area.low < scope.limits.thyroid_area.high < 1
 

@@ -40,6 +40,7 @@ from pydicom.filereader import read_file_meta_info
 from pydicom.pixels.utils import pixel_array
 from pydicom.uid import (
     JPEG2000,
+    DeflatedExplicitVRLittleEndian,
     ExplicitVRBigEndian,
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
@@ -815,6 +816,31 @@ def test_malformed_data_set_is_refused_0xC000_and_quarantined(
     assert kept.with_suffix(".txt").read_text(encoding="utf-8").strip()
     assert_echo_ok(guarded_node)
     assert "Traceback" not in guarded_node.log()  # one line, not a 176 KB trace
+
+
+@pytest.mark.dcmtk
+@needs_dcmtk
+def test_a_deflate_bomb_is_refused_0xA700_without_being_inflated(
+    guarded_node: ServeProcess, tmp_path: Path
+) -> None:
+    """96 MiB of zeros deflated to well under 1 MB: over dicom.max_inflated_mb (64)."""
+    uid = generate_uid()
+    ds = dicom_factory.ultrasound(sop_uid=uid, rows=64, columns=80)
+    ds.PixelData = bytes(96 << 20)
+    ds.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+    bomb = tmp_path / "bomb.dcm"
+    ds.save_as(bomb, enforce_file_format=True)
+    assert bomb.stat().st_size < 1 << 20
+    before = set(spool_files(guarded_node, "quarantine"))
+
+    (status,) = raw_store(guarded_node.port, [bomb])
+
+    assert status == 0xA700
+    (event,) = _refusals(guarded_node, uid)
+    assert "max_inflated_mb" in event.message and event.detail["quarantined_as"] is None
+    assert set(spool_files(guarded_node, "quarantine")) == before
+    assert guarded_node.rows("SELECT id FROM instances WHERE sop_instance_uid = :u", u=uid) == []
+    assert_echo_ok(guarded_node)
 
 
 @pytest.mark.dcmtk

@@ -15,7 +15,7 @@ from dicom_node.api.server import ApiServer
 from dicom_node.app.wiring import distributed_app, job_runner, local_notices
 from dicom_node.network.completion import CompletionWatcher, Stalled
 from dicom_node.network.exporter import Exporter
-from dicom_node.network.ingest import Ingestor
+from dicom_node.network.ingest import Ingestor, ReceptionLimits
 from dicom_node.network.listener import DicomListener, configure_reception
 from dicom_node.network.spool import Spool
 from dicom_node.settings import Settings
@@ -82,6 +82,10 @@ class Node:
                 spool=self.spool,
                 database=self.database,
                 min_free_bytes=int(settings.min_free_disk_mb * 1024 * 1024),
+                limits=ReceptionLimits(
+                    max_instance_bytes=int(settings.dicom.max_instance_mb * 1024 * 1024),
+                    max_inflated_bytes=int(settings.dicom.max_inflated_mb * 1024 * 1024),
+                ),
             ),
         )
         api = settings.api

@@ -28,7 +28,7 @@ from dicom_node.network.sop_classes import (
 )
 from dicom_node.network.spool import Placement, Spool, StoredFile
 from dicom_node.network.statuses import StoreStatus
-from imaging.dicom_files import UnreadableDicomError, read_header
+from imaging.dicom_files import UnreadableDicomError, inflated_size_over, read_header
 from imaging.identity import MANUFACTURER
 from imaging.sop_classes import SECONDARY_CAPTURE_CLASS
 
@@ -49,12 +49,53 @@ class StoreRequest:
 
 
 class RefusedInstance(Exception):
-    """An instance the node will not store; carries the status to answer with."""
+    """An instance the node will not store; carries the status to answer with.
 
-    def __init__(self, status: StoreStatus, reason: str) -> None:
+    ``quarantine`` False: no copy is kept (an instance refused for its size).
+    """
+
+    def __init__(self, status: StoreStatus, reason: str, *, quarantine: bool = True) -> None:
         super().__init__(reason)
         self.status = status
         self.reason = reason
+        self.quarantine = quarantine
+
+
+@dataclass(frozen=True)
+class ReceptionLimits:
+    """What one received instance may cost the listener (``dicom.max_*_mb`` settings)."""
+
+    max_instance_bytes: int = 2048 << 20  # as received
+    max_inflated_bytes: int = 64 << 20  # a deflated data set, inflated
+
+
+def check_limits(path: Path, limits: ReceptionLimits) -> None:
+    """Refuse an instance larger than ``limits`` before any of it is parsed.
+
+    Raises
+    ------
+    RefusedInstance
+        0xA700 (out of resources) over a limit, not quarantined; 0xC000 for a
+        deflated stream that does not inflate.
+    """
+    size = path.stat().st_size
+    if size > limits.max_instance_bytes:
+        raise RefusedInstance(
+            StoreStatus.OUT_OF_RESOURCES,
+            f"{size} bytes received, over dicom.max_instance_mb",
+            quarantine=False,
+        )
+    try:
+        inflated = inflated_size_over(path, limits.max_inflated_bytes)
+    except UnreadableDicomError as exc:
+        raise RefusedInstance(StoreStatus.CANNOT_UNDERSTAND, str(exc)) from exc
+    if inflated is not None:
+        raise RefusedInstance(
+            StoreStatus.OUT_OF_RESOURCES,
+            f"the deflated data set inflates past {limits.max_inflated_bytes} bytes "
+            "(dicom.max_inflated_mb)",
+            quarantine=False,
+        )
 
 
 def _text(dataset: Dataset, keyword: str) -> str:
@@ -125,10 +166,18 @@ def check_modality(sop_class: str, dataset: Dataset) -> None:
 class Ingestor:
     """Stores received instances in the spool and the database."""
 
-    def __init__(self, *, spool: Spool, database: Database, min_free_bytes: int) -> None:
+    def __init__(
+        self,
+        *,
+        spool: Spool,
+        database: Database,
+        min_free_bytes: int,
+        limits: ReceptionLimits = ReceptionLimits(),
+    ) -> None:
         self._spool = spool
         self._database = database
         self._min_free_bytes = min_free_bytes
+        self._limits = limits
         self._locks = tuple(threading.Lock() for _ in range(_LOCK_STRIPES))
 
     def has_room(self) -> bool:
@@ -165,6 +214,7 @@ class Ingestor:
             return self._unsupported_class(request)
         synced = self._spool.start_sync(request.path)
         try:
+            check_limits(request.path, self._limits)
             dataset, transfer_syntax = check_instance(request)
             if is_result_object(dataset):
                 return self._own_result(request)
@@ -172,7 +222,7 @@ class Ingestor:
                 return self._unsupported_class(request)
             check_modality(sop_class, dataset)
         except RefusedInstance as refusal:
-            self._refused(request, refusal.status, refusal.reason, quarantine=True)
+            self._refused(request, refusal.status, refusal.reason, quarantine=refusal.quarantine)
             return refusal.status
         lock = self._locks[hash(request.sop_instance_uid) % _LOCK_STRIPES]
         with lock:

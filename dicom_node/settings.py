@@ -331,14 +331,53 @@ class ApiToken(_Section):
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
 
 
+class ApiTLSSettings(_Section):
+    """HTTPS for the admin API and dashboard."""
+
+    cert_file: Path | None = None
+    key_file: Path | None = None
+
+    @property
+    def enabled(self) -> bool:
+        """Whether both files are set."""
+        return self.cert_file is not None and self.key_file is not None
+
+    @model_validator(mode="after")
+    def _both_or_none(self) -> Self:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("api.tls needs both cert_file and key_file")
+        for path in (self.cert_file, self.key_file):
+            if path is not None and not path.is_file():
+                raise ValueError(f"TLS file not found: {path}")
+        return self
+
+
 class ApiSettings(_Section):
     """The admin REST API and dashboard that ``serve`` runs beside the DICOM listener."""
 
     enabled: bool = True
-    host: str = "127.0.0.1"  # loopback by default; put a TLS proxy in front for remote use
+    host: str = "127.0.0.1"  # loopback by default
     port: int = Field(8080, ge=0, le=65535)  # 0: a free port (tests)
     # Tokens that may call everything but /health; none: only /health answers.
     tokens: list[ApiToken] = Field(default_factory=list)
+    tls: ApiTLSSettings = Field(default_factory=ApiTLSSettings)
+    # A non-loopback host needs tls, unless a TLS-terminating proxy in front is vouched for.
+    behind_tls_proxy: bool = False
+    # Minutes a dashboard login lasts (a server-side session, revoked at logout).
+    session_minutes: float = Field(480.0, gt=0)
+    # Serve the OpenAPI schema at /openapi.json (to callers with a token); no /docs page.
+    openapi: bool = False
+
+    @model_validator(mode="after")
+    def _refuse_plain_http_off_loopback(self) -> Self:
+        is_loopback = self.host in ("localhost",) or _is_loopback(self.host)
+        if self.enabled and not is_loopback and not self.tls.enabled and not self.behind_tls_proxy:
+            raise ValueError(
+                f"the admin API on {self.host} would send tokens in clear text; set "
+                "api.tls.cert_file and key_file (or api.behind_tls_proxy = true when a "
+                "TLS-terminating proxy is the only way in)"
+            )
+        return self
 
 
 class Settings(BaseSettings):

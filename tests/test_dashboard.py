@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import re
 import shutil
+import ssl
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +19,7 @@ import cv2
 import httpx
 import pytest
 from harness import free_port, wait_for
+from pydantic import ValidationError
 from pydicom.dataset import Dataset
 from pydicom.uid import RLELossless
 from pynetdicom import AE, StoragePresentationContexts, evt
@@ -29,7 +32,7 @@ from selenium.webdriver.remote.webelement import WebElement
 from selenium.webdriver.support.ui import WebDriverWait
 
 from db import exports, listings
-from dicom_node.api.auth import COOKIE, token_digest
+from dicom_node.api.auth import COOKIE, Caller, Sessions, token_digest
 from dicom_node.app.node import Node
 from dicom_node.network import scu
 from dicom_node.settings import Settings
@@ -37,6 +40,7 @@ from phantoms import make_case
 from phantoms.case import PhantomCase
 
 TOKEN = "dashboard-test-token"
+_ADMIN = {"name": "test-admin", "sha256": token_digest(TOKEN)}
 PACS_AE = "TEST_PACS"
 SCREENSHOTS = Path("/tmp/llnm-dashboard-screenshots")
 FINISHED = {"done", "failed", "dead", "cancelled"}
@@ -89,7 +93,7 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
             dicom={"host": "127.0.0.1", "port": 0},
             completion={"quiet_seconds": 15, "poll_seconds": 0.2},
             min_free_disk_mb=5,
-            api={"port": 0, "tokens": [{"name": "test-admin", "sha256": token_digest(TOKEN)}]},
+            api={"port": 0, "tokens": [_ADMIN]},
             export={
                 "destinations": [
                     {"name": "pacs", "ae_title": PACS_AE, "host": "127.0.0.1", "port": port}
@@ -141,8 +145,10 @@ def _settled(site: Site) -> None:
 
 @pytest.fixture
 def client(site: Site) -> Iterator[httpx.Client]:
-    """An HTTP client logged in with the cookie."""
-    with httpx.Client(base_url=site.url, cookies={COOKIE: TOKEN}) as logged_in:
+    """An HTTP client logged in through the login form (a session cookie), from our own pages."""
+    with httpx.Client(base_url=site.url, headers={"Origin": site.url}) as logged_in:
+        response = logged_in.post("/ui/login", data={"token": TOKEN})
+        assert response.status_code == 303 and COOKIE in logged_in.cookies
         yield logged_in
 
 
@@ -159,13 +165,82 @@ def test_pages_without_the_cookie_redirect_to_the_login_page(site: Site) -> None
 
 
 def test_a_wrong_token_gets_the_form_again_with_401(site: Site) -> None:
-    response = httpx.post(site.url + "/ui/login", data={"token": "wrong"})
+    ours = {"Origin": site.url}
+    response = httpx.post(site.url + "/ui/login", data={"token": "wrong"}, headers=ours)
     assert response.status_code == 401
     assert "not valid" in response.text and COOKIE not in response.headers.get("set-cookie", "")
-    good = httpx.post(site.url + "/ui/login", data={"token": TOKEN})
+    good = httpx.post(site.url + "/ui/login", data={"token": TOKEN}, headers=ours)
     assert good.status_code == 303
     cookie = good.headers["set-cookie"]
     assert "HttpOnly" in cookie and "SameSite=strict" in cookie and "Path=/" in cookie
+    assert "Max-Age=28800" in cookie and TOKEN not in cookie  # a session id, 8 hours
+
+
+def test_sessions_end_at_logout_and_when_they_expire(site: Site) -> None:
+    with httpx.Client(base_url=site.url, headers={"Origin": site.url}) as browser:
+        browser.post("/ui/login", data={"token": TOKEN})
+        session = browser.cookies[COOKIE]
+        assert browser.get("/ui/").status_code == 200
+        browser.get("/ui/logout")
+    replayed = httpx.get(site.url + "/ui/", cookies={COOKIE: session})
+    assert replayed.status_code == 303  # revoked on the server, not just forgotten
+    assert httpx.get(site.url + "/ui/", cookies={COOKIE: TOKEN}).status_code == 303
+    sessions = Sessions(minutes=0.001)  # 60 ms
+    opened = sessions.open(Caller("ops"))
+    assert sessions.caller(opened) == Caller("ops")
+    time.sleep(0.1)
+    assert sessions.caller(opened) is None and sessions.caller(None) is None
+
+
+def test_cross_site_posts_are_refused_and_pages_carry_security_headers(
+    site: Site, client: httpx.Client
+) -> None:
+    _settled(site)
+    job_id = site.jobs["failed"]
+    logged_in = {COOKIE: client.cookies[COOKIE]}
+    for foreign in ({"Origin": "https://evil.example"}, {"Referer": "https://evil.example/x"}, {}):
+        retry = httpx.post(f"{site.url}/ui/jobs/{job_id}/retry", cookies=logged_in, headers=foreign)
+        assert retry.status_code == 403, foreign
+        login = httpx.post(site.url + "/ui/login", data={"token": TOKEN}, headers=foreign)
+        assert login.status_code == 403 and "set-cookie" not in login.headers
+    with site.node.database.session() as session:
+        kinds = [e.kind for e in listings.job_detail(session, job_id=job_id).events]
+    assert "job.retry_requested" not in kinds
+    page = client.get("/ui/")
+    assert "frame-ancestors 'none'" in page.headers["content-security-policy"]
+    assert page.headers["x-frame-options"] == "DENY"
+    assert page.headers["x-content-type-options"] == "nosniff"
+    bearer = {"Authorization": f"Bearer {TOKEN}"}
+    for path in ("/docs", "/redoc", "/openapi.json"):  # off unless api.openapi
+        assert httpx.get(site.url + path, headers=bearer).status_code == 404
+
+
+def test_a_remote_api_needs_tls_and_serves_https(
+    tmp_path: Path, certificates: dict[str, Path]
+) -> None:
+    with pytest.raises(ValidationError, match="clear text"):
+        Settings(api={"host": "0.0.0.0"})
+    assert Settings(api={"host": "0.0.0.0", "behind_tls_proxy": True}).api.behind_tls_proxy
+    tls = {"cert_file": certificates["server.pem"], "key_file": certificates["server.key"]}
+    settings = Settings(
+        data_dir=tmp_path / "node",
+        dicom={"host": "127.0.0.1", "port": 0},
+        api={"host": "127.0.0.1", "port": 0, "tls": tls, "tokens": [_ADMIN]},
+    )
+    node = Node(settings)
+    node.start()
+    try:
+        url = f"https://127.0.0.1:{node.api_port}"
+        trusted = ssl.create_default_context(cafile=str(certificates["ca.pem"]))
+        trusted.check_hostname = False  # the test certificate names "server", not 127.0.0.1
+        with httpx.Client(base_url=url, verify=trusted) as https:
+            assert https.get("/health").json() == {"status": "ok"}
+            login = https.post("/ui/login", data={"token": TOKEN}, headers={"Origin": url})
+            assert "Secure" in login.headers["set-cookie"]
+        with pytest.raises(httpx.HTTPError):
+            httpx.get(f"http://127.0.0.1:{node.api_port}/health", timeout=5)
+    finally:
+        node.stop()
 
 
 def test_no_page_shows_the_patient_name_or_id(site: Site, client: httpx.Client) -> None:

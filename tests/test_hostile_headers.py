@@ -169,7 +169,8 @@ def test_malformed_values_still_give_a_result_and_never_leak(tmp_path: Path) -> 
             paths = ["/api/v1/jobs", "/api/v1/studies", "/api/v1/exports", "/metrics"]
             paths += [f"/api/v1/jobs/{job[1]}" for job in jobs.values()]
             responses = [client.get(path, headers=bearer) for path in paths]
-            client.post("/ui/login", data={"token": TOKEN})  # the dashboard's cookie
+            origin = {"Origin": f"http://127.0.0.1:{api_port}"}
+            client.post("/ui/login", data={"token": TOKEN}, headers=origin)  # a session
             pages = ["/ui/", "/ui/jobs.json", "/ui/exports"]
             pages += [f"/ui/jobs/{job[1]}" for job in jobs.values()]
             responses += [client.get(page) for page in pages]

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from importlib.metadata import version
+from typing import Annotated
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
+from fastapi.responses import JSONResponse
 
 from db.session import Database
-from dicom_node.api import dashboard, metrics, routes
+from dicom_node.api import dashboard, metrics, routes, security
+from dicom_node.api.auth import Caller, Sessions, require_caller
 from dicom_node.settings import Settings
 from pipeline.spool import SpoolLayout
 
@@ -21,11 +24,22 @@ def create_app(settings: Settings, database: Database, spool: SpoolLayout) -> Fa
             "Studies, jobs, results and exports of an LLNM node. Every path but /health "
             "needs a token: `Authorization: Bearer <token>`."
         ),
+        docs_url=None,  # its page loads code from a public CDN
+        redoc_url=None,
+        openapi_url=None,  # served below, behind a token, when api.openapi is set
     )
     app.state.settings = settings
     app.state.database = database
     app.state.spool = spool
+    app.state.sessions = Sessions(settings.api.session_minutes)
+    security.install(app)
     app.include_router(metrics.router)
     app.include_router(routes.router)
     dashboard.mount(app)
+    if settings.api.openapi:
+
+        @app.get("/openapi.json", include_in_schema=False)
+        def openapi(_caller: Annotated[Caller, Depends(require_caller)]) -> JSONResponse:
+            return JSONResponse(app.openapi())
+
     return app

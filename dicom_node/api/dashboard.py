@@ -26,7 +26,14 @@ from sqlalchemy.orm import Session
 from db import exports, jobs, listings
 from db.models import ExportState, JobState
 from db.session import Database
-from dicom_node.api.auth import COOKIE, Caller, identify, presented_token, require_caller
+from dicom_node.api.auth import (
+    COOKIE,
+    Caller,
+    Sessions,
+    identify,
+    presented_caller,
+    require_caller,
+)
 from dicom_node.api.files import Heatmap, heatmaps, listed_objects
 from dicom_node.api.routes import JobId
 from imaging.scope_reasons import outcome_text
@@ -61,7 +68,7 @@ async def _to_login(_request: Request, _exc: Exception) -> Response:
 
 def page_caller(request: Request) -> Caller:
     """FastAPI dependency: the caller of a page; without a valid token, go to the login page."""
-    caller = identify(presented_token(request), request.app.state.settings.api.tokens)
+    caller = presented_caller(request)
     if caller is None:
         raise _LoginRequired
     return caller
@@ -114,26 +121,37 @@ def login_form(request: Request) -> HTMLResponse:
 
 @router.post("/login", response_class=HTMLResponse)
 def login(request: Request, token: Annotated[str, Form()] = "") -> Response:
-    """Check the token; a valid one is kept in an HttpOnly, SameSite=Strict cookie."""
-    if identify(token, request.app.state.settings.api.tokens) is None:
+    """Check the token; a valid one opens a session, whose id an HttpOnly cookie keeps."""
+    caller = identify(token, request.app.state.settings.api.tokens)
+    if caller is None:
         return _render(
             request, "login.html", status.HTTP_401_UNAUTHORIZED, error="That token is not valid."
         )
+    sessions: Sessions = request.app.state.sessions
     response = RedirectResponse("/ui/", status_code=status.HTTP_303_SEE_OTHER)
     response.set_cookie(
         COOKIE,
-        token,
+        sessions.open(caller),
+        max_age=int(sessions.seconds),
         path="/",
         httponly=True,
         samesite="strict",
-        secure=request.url.scheme == "https",
+        secure=_over_tls(request),
     )
     return response
 
 
+def _over_tls(request: Request) -> bool:
+    """Whether the browser reached us over TLS (directly, or through the vouched-for proxy)."""
+    api = request.app.state.settings.api
+    return request.url.scheme == "https" or api.tls.enabled or api.behind_tls_proxy
+
+
 @router.get("/logout")
-def logout() -> Response:
-    """Forget the token cookie."""
+def logout(request: Request) -> Response:
+    """End the session and forget its cookie."""
+    sessions: Sessions = request.app.state.sessions
+    sessions.close(request.cookies.get(COOKIE))
     response = RedirectResponse("/ui/login", status_code=status.HTTP_303_SEE_OTHER)
     response.delete_cookie(COOKIE, path="/")
     return response

@@ -1,4 +1,4 @@
-"""Serve the admin API with uvicorn in a daemon thread of the node."""
+"""Serve the admin API with uvicorn in a daemon thread of the node (HTTPS with ``api.tls``)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import uvicorn
 from fastapi import FastAPI
@@ -30,11 +31,22 @@ class _ThreadServer(uvicorn.Server):
 class ApiServer:
     """The API on ``host``:``port`` (0: a free port), started and stopped with the node."""
 
-    def __init__(self, app: FastAPI, host: str, port: int) -> None:
+    def __init__(
+        self,
+        app: FastAPI,
+        host: str,
+        port: int,
+        *,
+        cert_file: Path | None = None,
+        key_file: Path | None = None,
+    ) -> None:
+        """``cert_file`` and ``key_file`` (PEM) serve HTTPS."""
         self._config = uvicorn.Config(
             app,
             host=host,
             port=port,
+            ssl_certfile=None if cert_file is None else str(cert_file),
+            ssl_keyfile=None if key_file is None else str(key_file),
             lifespan="off",
             access_log=False,  # request lines carry query strings: keep them out of the logs
             log_config=None,  # the node's logging configuration applies

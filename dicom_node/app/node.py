@@ -90,7 +90,13 @@ class Node:
         )
         api = settings.api
         self.api = (
-            ApiServer(create_app(settings, self.database, self.spool.layout), api.host, api.port)
+            ApiServer(
+                create_app(settings, self.database, self.spool.layout),
+                api.host,
+                api.port,
+                cert_file=api.tls.cert_file,
+                key_file=api.tls.key_file,
+            )
             if api.enabled
             else None
         )

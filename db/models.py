@@ -140,7 +140,6 @@ class Study(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     study_instance_uid: Mapped[str] = mapped_column(String(UID_LENGTH), unique=True)
     patient_fk: Mapped[int] = mapped_column(ForeignKey("patients.id"), index=True)
-    accession_number: Mapped[str] = mapped_column(String(16), default="")
     study_date: Mapped[str] = mapped_column(String(8), default="")
     calling_ae: Mapped[str] = mapped_column(String(16), index=True)
     first_received_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)

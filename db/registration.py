@@ -60,7 +60,6 @@ class NewInstance:
     modality: str
     patient_id: str
     issuer_of_patient_id: str
-    accession_number: str
     study_date: str
     path: str
     size_bytes: int
@@ -202,7 +201,6 @@ def _new_study(connection: Connection, *, new: NewInstance, now: datetime) -> No
         insert(_STUDIES).values(
             study_instance_uid=new.study_instance_uid,
             patient_fk=patient_id,
-            accession_number=new.accession_number,
             study_date=new.study_date,
             calling_ae=new.calling_ae,
             first_received_at=now,

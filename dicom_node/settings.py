@@ -380,6 +380,19 @@ class ApiSettings(_Section):
         return self
 
 
+class RetentionSettings(_Section):
+    """How long the node keeps what it no longer needs (``llnm-node purge`` applies it).
+
+    Days after a study's (or job's) results were delivered: every job ended and no
+    result object still waiting to be sent. Quarantined files count from when they
+    were refused.
+    """
+
+    originals_days: float = Field(7.0, ge=0)  # the instances as received (PHI)
+    work_days: float = Field(30.0, ge=0)  # a job's folder: de-identified copies, results
+    quarantine_days: float = Field(30.0, ge=0)  # refused instances (PHI)
+
+
 class Settings(BaseSettings):
     """Everything the node reads from its configuration."""
 
@@ -405,6 +418,7 @@ class Settings(BaseSettings):
     scope: ScopeSettings = Field(default_factory=ScopeSettings)
     export: ExportSettings = Field(default_factory=ExportSettings)
     api: ApiSettings = Field(default_factory=ApiSettings)
+    retention: RetentionSettings = Field(default_factory=RetentionSettings)
 
     @field_validator("log_level")
     @classmethod

@@ -32,7 +32,6 @@ def new_instance(
         modality="US",
         patient_id=patient,
         issuer_of_patient_id=issuer,
-        accession_number="A1",
         study_date="20261120",
         path=f"incoming/{study}/{n}.dcm",
         size_bytes=100,

@@ -106,7 +106,6 @@ def make_done_job(database: Database, *, ae: str = "PACS") -> int:
         modality="US",
         patient_id="PAT1",
         issuer_of_patient_id="",
-        accession_number="A1",
         study_date="20261120",
         path=f"incoming/{n}.dcm",
         size_bytes=100,

@@ -108,7 +108,6 @@ def queued_job(database: Database, tmp_path: Path) -> int:
                 modality="US",
                 patient_id="P",
                 issuer_of_patient_id="",
-                accession_number="",
                 study_date="",
                 path=path.name,
                 size_bytes=1,

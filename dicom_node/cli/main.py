@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import typer
 
-from dicom_node.cli import api, dicom, node, standard, training
+from dicom_node.cli import api, dicom, node, retention, standard, training
 from dicom_node.cli.bundle import bundle_app
 from dicom_node.cli.exports import exports_app
 from dicom_node.cli.jobs import jobs_app
@@ -24,6 +24,7 @@ app.command()(dicom.echo)
 app.command()(dicom.send)
 app.command("api-token")(api.api_token)
 app.command("standard-tables")(standard.standard_tables)
+app.command("purge")(retention.purge_command)
 app.command()(training.phantom)
 app.command("train-seg")(training.train_seg)
 app.command()(training.train)

@@ -341,7 +341,6 @@ class Ingestor:
             modality=_text(dataset, "Modality")[:16],
             patient_id=_text(dataset, "PatientID")[:64],
             issuer_of_patient_id=_text(dataset, "IssuerOfPatientID")[:64],
-            accession_number=_text(dataset, "AccessionNumber")[:16],
             study_date=_text(dataset, "StudyDate")[:8],
             path=stored.relative_path,
             size_bytes=stored.size_bytes,

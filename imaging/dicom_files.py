@@ -189,10 +189,10 @@ def read_header(path: Path) -> FileHeader:
             repaired = normalise_header(dataset)
         except RecursionError as exc:
             raise UnreadableDicomError("sequences nested too deep to read") from exc
-        # OSError: pydicom's word for a tag it could not read (e.g. a sequence never closed)
-        except (InvalidDicomError, EOFError, OSError, ValueError, KeyError, struct.error) as exc:
-            if isinstance(exc, UnreadableDicomError):
-                raise
+        except UnreadableDicomError:
+            raise
+        except Exception as exc:  # boundary: bytes from the network may break pydicom anyhow
+            # (OSError for a tag it cannot read, NotImplementedError for an unknown VR, ...)
             raise UnreadableDicomError(f"header cannot be parsed ({type(exc).__name__})") from exc
         if _sequence_depth(dataset) > MAX_SEQUENCE_DEPTH:
             raise UnreadableDicomError(f"sequences nested more than {MAX_SEQUENCE_DEPTH} deep")

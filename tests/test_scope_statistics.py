@@ -121,7 +121,7 @@ def test_statistics_of_another_layout_are_refused_with_a_clear_error(tmp_path: P
     scope = load_scope(DEMO_BUNDLE_DIR)
     assert scope is not None and scope.image.layout == image_parts(segmenters.thyroid)
     assert [name for name, _ in scope.image.layout] == [
-        *(f"encoder{depth}" for depth in range(1, 6)),
+        *(f"encoder{depth}" for depth in range(1, 5)),
         "texture",
     ]
     other = dataclasses.replace(scope, image=PartedDistribution(scope.image.parts[:-1], 99.0))

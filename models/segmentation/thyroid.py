@@ -54,7 +54,7 @@ def _pooled(features: torch.Tensor, box: Letterbox, input_height: int) -> torch.
 def encoder_parts(segmenter: Segmenter) -> tuple[tuple[str, int], ...]:
     """Name and width of each part of :func:`unet_outputs`' embedding, in order."""
     encoder = segmenter.model.get_submodule("encoder")
-    channels = list(cast("Sequence[int]", encoder.out_channels))[1:]  # [0] is the input
+    channels = list(cast("Sequence[int]", encoder.out_channels))[1:-1]  # [0] is the input
     return tuple((f"encoder{depth}", 2 * c) for depth, c in enumerate(channels, start=1))
 
 
@@ -65,14 +65,16 @@ def unet_outputs(
 
     The embedding is what the segmenter made of the whole crop, for the scope
     gate: for each encoder stage from the shallowest (grain and noise) to the
-    deepest (shapes), the mean and standard deviation over the crop's positions
-    (not the padding) of each of its channels; the parts are
-    :func:`encoder_parts`.
+    one before the deepest (shapes), the mean and standard deviation over the
+    crop's positions (not the padding) of each of its channels; the parts are
+    :func:`encoder_parts`. The deepest stage is left out: its 1,280 channels
+    (MobileNetV2) would need a 2,560-wide covariance, 50 MB in the bundle and
+    far wider than the few hundred fitting views can estimate.
     """
     config = segmenter.config
     captured: list[list[torch.Tensor]] = []
     encoder = segmenter.model.get_submodule("encoder")
-    hook = encoder.register_forward_hook(lambda _m, _i, features: captured.append(features[1:]))
+    hook = encoder.register_forward_hook(lambda _m, _i, features: captured.append(features[1:-1]))
     out: list[tuple[NDArray[np.float32], NDArray[np.float32]]] = []
     try:
         for batch, boxes in prepared_batches(crops, config, batch_size):  # (B, 1, H, W)

@@ -22,6 +22,7 @@ import pytest
 from pydicom import Dataset
 from pydicom.dataelem import RawDataElement
 from pydicom.encaps import encapsulate
+from pydicom.filereader import read_file_meta_info
 from pydicom.tag import Tag
 from pydicom.uid import (
     UID,
@@ -32,7 +33,10 @@ from pydicom.uid import (
     SecondaryCaptureImageStorage,
     generate_uid,
 )
+from pynetdicom import AE
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from test_serve_dcmtk import (
+    NODE_AE,
     TEST_AE,
     ServeProcess,
     _echo_status,
@@ -48,6 +52,7 @@ CANNOT_UNDERSTAND = 0xC000
 MISMATCH = 0xA900
 NOT_SUPPORTED = 0x0122
 OUT_OF_RESOURCES = 0xA700
+NO_ANSWER = None  # the presentation context is rejected: no C-STORE is ever sent
 
 Build = Callable[[Path, str], Path]  # (folder, SOP Instance UID) -> Part 10 file
 
@@ -155,6 +160,40 @@ def _instance_mismatch(folder: Path, uid: str) -> Path:
     return path
 
 
+def _fragments(items: bytes) -> Build:
+    """JPEG Baseline whose encapsulated Pixel Data holds ``items`` after an empty offset table."""
+
+    def build(folder: Path, uid: str) -> Path:
+        ds = _us(uid, "fragments")
+        ds.file_meta.TransferSyntaxUID = JPEGBaseline8Bit
+        ds.PixelData = struct.pack("<HHL", 0xFFFE, 0xE000, 0) + items
+        ds["PixelData"].VR = "OB"
+        ds["PixelData"].is_undefined_length = True
+        return _write(folder, ds, f"fragments-{uid[-6:]}")
+
+    return build
+
+
+def _class_mismatch(folder: Path, uid: str) -> Path:
+    """The data set says US Multi-frame, the file meta (and so the request) US Image."""
+    path = _write(folder, _us(uid, "class"), "class")
+    data = path.read_bytes()
+    body = len(data) - len(dataset_bytes(path))
+    single, multi = b"1.2.840.10008.5.1.4.1.1.6.1", b"1.2.840.10008.5.1.4.1.1.3.1"
+    path.write_bytes(data[:body] + data[body:].replace(single, multi))
+    return path
+
+
+def _unknown_syntax(folder: Path, uid: str) -> Path:
+    """File meta naming transfer syntax 1.2.840.10008.1.2.9, which does not exist."""
+    path = _write(folder, _us(uid, "syntax"), "syntax")
+    data = bytearray(path.read_bytes())
+    at = data.index(b"1.2.840.10008.1.2.1\0")
+    data[at : at + 20] = b"1.2.840.10008.1.2.9\0"
+    path.write_bytes(bytes(data))
+    return path
+
+
 def _private(size: int) -> Build:
     def build(folder: Path, uid: str) -> Path:
         ds = _us(uid, "private")
@@ -174,7 +213,7 @@ def _byte_order_lie(folder: Path, uid: str) -> Path:
     return path
 
 
-CORPUS: dict[str, tuple[Build, set[int]]] = {
+CORPUS: dict[str, tuple[Build, set[int | None]]] = {
     "random_body": (
         lambda f, u: _part10_with_dataset_bytes(
             f / "random.dcm", u, np.random.default_rng(1).bytes(4096)
@@ -248,6 +287,13 @@ CORPUS: dict[str, tuple[Build, set[int]]] = {
         {TAKEN},
     ),
     "tiny_fragment": (_compressed(JPEGBaseline8Bit, [b"\xff\xd8"]), {TAKEN}),
+    "empty_fragment": (_fragments(struct.pack("<HHL", 0xFFFE, 0xE000, 0)), {TAKEN}),
+    "huge_fragment": (
+        _fragments(struct.pack("<HHL", 0xFFFE, 0xE000, 0x7FFFFFF0) + bytes(100)),
+        {TAKEN, CANNOT_UNDERSTAND},
+    ),
+    "sop_class_mismatch": (_class_mismatch, {MISMATCH}),
+    "unknown_transfer_syntax": (_unknown_syntax, {NO_ANSWER}),
     "sop_instance_mismatch": (_instance_mismatch, {MISMATCH}),
     "study_uid_missing": (_mismatch(StudyInstanceUID=None), {MISMATCH}),
     "series_uid_missing": (_mismatch(SeriesInstanceUID=None), {MISMATCH}),
@@ -292,6 +338,24 @@ def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServeProcess]:
         served.close()
 
 
+def _offer(node: ServeProcess, path: Path) -> int | None:
+    """Propose the file's transfer syntax (and Verification); the C-STORE status, or None
+    when the node turns the syntax down and nothing can be sent."""
+    meta = read_file_meta_info(path)
+    ae = AE(ae_title=TEST_AE)
+    ae.add_requested_context(str(meta.MediaStorageSOPClassUID), str(meta.TransferSyntaxUID))
+    ae.add_requested_context(Verification)
+    assoc = ae.associate("127.0.0.1", node.port, ae_title=NODE_AE)
+    assert assoc.is_established
+    try:
+        response = assoc.send_c_store(path)
+        return int(response.Status) if "Status" in response else None
+    except ValueError:  # no accepted presentation context for it
+        return None
+    finally:
+        assoc.release()
+
+
 @pytest.mark.parametrize("kind", sorted(CORPUS))
 def test_hostile_kind_gets_its_status_and_the_node_stays_up(
     node: ServeProcess, tmp_path: Path, kind: str
@@ -299,11 +363,13 @@ def test_hostile_kind_gets_its_status_and_the_node_stays_up(
     build, expected = CORPUS[kind]
     uid = generate_uid()
     path = build(tmp_path, uid)
-    (status,) = raw_store(node.port, [path])
-    assert status in expected, f"{kind}: 0x{status or 0:04X}, expected {sorted(expected)}"
+    (status,) = raw_store(node.port, [path]) if NO_ANSWER not in expected else [_offer(node, path)]
+    assert status in expected, f"{kind}: 0x{status or 0:04X}, expected {sorted(expected, key=str)}"
     assert _echo_status(node.port) == 0x0000 and node.is_running()
     rows = node.rows("SELECT path FROM instances WHERE sop_instance_uid = :u", u=uid)
-    if status == TAKEN:
+    if status is NO_ANSWER:
+        assert rows == []
+    elif status == TAKEN:
         ((relative,),) = rows  # acknowledged: in the database and on disk, byte for byte
         assert (node.spool / relative).read_bytes()[-64:] == path.read_bytes()[-64:]
         assert str(node.spool / relative).startswith(str(node.spool))

@@ -363,13 +363,17 @@ def test_hostile_kind_gets_its_status_and_the_node_stays_up(
     build, expected = CORPUS[kind]
     uid = generate_uid()
     path = build(tmp_path, uid)
+    ((events_before,),) = node.rows("SELECT count(*) FROM events")
     (status,) = raw_store(node.port, [path]) if NO_ANSWER not in expected else [_offer(node, path)]
     assert status in expected, f"{kind}: 0x{status or 0:04X}, expected {sorted(expected, key=str)}"
     assert _echo_status(node.port) == 0x0000 and node.is_running()
     rows = node.rows("SELECT path FROM instances WHERE sop_instance_uid = :u", u=uid)
-    if status is NO_ANSWER:
+    ((events_after,),) = node.rows("SELECT count(*) FROM events")
+    if status is NO_ANSWER:  # turned down in association negotiation: nothing to record
         assert rows == []
-    elif status == TAKEN:
+        return
+    assert events_after > events_before  # stored (job created or joined) or refused
+    if status == TAKEN:
         ((relative,),) = rows  # acknowledged: in the database and on disk, byte for byte
         assert (node.spool / relative).read_bytes()[-64:] == path.read_bytes()[-64:]
         assert str(node.spool / relative).startswith(str(node.spool))
@@ -392,6 +396,7 @@ def test_a_resend_with_other_bytes_keeps_the_first_and_warns(
     assert raw_store(node.port, [_write(tmp_path, second, "second")]) == [TAKEN]
     ((relative,),) = node.rows("SELECT path FROM instances WHERE sop_instance_uid = :u", u=uid)
     assert (node.spool / relative).read_bytes().endswith(dataset_bytes(first))
+    assert len(node.events("instance.duplicate_differs")) >= 1
 
 
 def test_no_hostile_header_value_reaches_the_log(node: ServeProcess) -> None:

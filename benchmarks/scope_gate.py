@@ -108,10 +108,15 @@ def _fmt(auc: dict[str, float | None]) -> str:
 def labelled(
     runner: Runner, seeds: Sequence[int], make: Callable[[int], list[Dataset]], label: str
 ) -> dict[str, Any]:
-    """Gated and ungated outcomes of phantom cases ``seeds``: assessed share and AUCs."""
+    """Gated and ungated outcomes of phantom cases ``seeds``: assessed share and AUCs.
+
+    A case is assessed unless the gate declined it (outcome ``not_assessed``); one
+    without a nodule is assessed but has no probability (``no_nodule_found``).
+    """
     gated_labels, gated_scores, all_labels, all_scores = [], [], [], []
     same_cases: list[float] = []  # the ungated probability of each case the gate assessed
     reasons: Counter[str] = Counter()
+    declined = 0
     for seed in track(seeds, description=label, transient=True):
         truth = int(make_case(seed).llnm_label)
         datasets = make(seed)
@@ -123,13 +128,15 @@ def labelled(
             same_cases.append(ungated.probability if ungated.probability is not None else 0.5)
         else:
             reasons[gated.reason or gated.outcome] += 1
+            declined += gated.outcome == NOT_ASSESSED
         if ungated.probability is not None:
             all_labels.append(truth)
             all_scores.append(ungated.probability)
     return {
         "cases": len(seeds),
-        "assessed": len(gated_labels) / len(seeds),
-        "not_assessed_reasons": dict(reasons),
+        "assessed": 1 - declined / len(seeds),
+        "predicted": len(gated_labels),
+        "without_prediction": dict(reasons),  # not_assessed reasons, and no_nodule_found
         "auc_assessed_gated": _auc(gated_labels, gated_scores),
         "auc_all_ungated": _auc(all_labels, all_scores),
         "auc_assessed_ungated": _auc(gated_labels, same_cases),
@@ -147,7 +154,8 @@ def pooled(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
     cases = sum(r["cases"] for r in rows)
     return {
         "cases": cases,
-        "assessed": len(gated[0]) / cases,
+        "assessed": sum(r["assessed"] * r["cases"] for r in rows) / cases,
+        "predicted": len(gated[0]),
         "auc_assessed_gated": _auc(*gated),
         "auc_all_ungated": _auc(*ungated),
         "auc_assessed_ungated": _auc(gated[0], same_cases),

@@ -22,8 +22,10 @@ def _wait_for_results(orthanc: Orthanc, study_uid: str) -> list[dict[str, Any]]:
     def results() -> list[dict[str, Any]]:
         series = orthanc.series_of_study(study_uid)
         modalities = {s["MainDicomTags"].get("Modality") for s in series}
-        done = "SR" in modalities and len(series) >= 4  # 2 images + report SR + results
-        return series if done else []
+        heatmaps = [s for s in series if s["MainDicomTags"].get("Modality") == "OT"]
+        # 2 images + report SR + results, and both heatmaps stored (they are sent one by one)
+        done = "SR" in modalities and len(series) >= 4
+        return series if done and any(len(h["Instances"]) >= 2 for h in heatmaps) else []
 
     return wait_for(
         results,

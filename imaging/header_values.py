@@ -12,7 +12,9 @@ Rules (PS3.5 Table 6.2-1)
     per group.
     A value that breaks its rule is dropped from a multi-valued element; an element
     left without valid values gets a zero-length value, as PS3.15 Annex E's ``Z``
-    action does.
+    action does; one of these VRs whose bytes do not decode is removed. Only elements
+    of these VRs and sequences are decoded here (by the VR as read, else the
+    dictionary's): this runs on the listener's hot path.
 Character sets
     A Specific Character Set with a term that no decoder knows becomes
     ``ISO_IR 100`` (Latin-1, which decodes every byte) before any text is read.
@@ -35,7 +37,7 @@ from typing import Any
 
 from pydicom import Dataset
 from pydicom.charset import python_encoding
-from pydicom.datadict import keyword_for_tag
+from pydicom.datadict import dictionary_VR, keyword_for_tag
 from pydicom.dataelem import DataElement
 from pydicom.multival import MultiValue
 from pydicom.tag import BaseTag
@@ -53,6 +55,7 @@ _DT = re.compile(
 _AS = re.compile(r"\d{3}[DWMY]")
 _IS = re.compile(r"[+-]?\d{1,12}")
 _DS = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")
+_CHECKED_VRS = frozenset({"DA", "TM", "DT", "AS", "IS", "DS", "PN", "SQ"})
 _CONTROL = re.compile(r"[\x00-\x1a\x1c-\x1f\x7f]")  # ESC (0x1b) starts ISO 2022 escapes
 
 
@@ -135,6 +138,8 @@ def _normalise(dataset: Dataset, changed: set[str]) -> None:
     for tag in list(dataset.keys()):
         if tag == 0x7FE00010 or int(tag) in _PIXEL_MODULE_TAGS:
             continue
+        if _declared_vr(dataset, tag) not in _CHECKED_VRS:
+            continue  # left as read: converting every element would cost ~1 ms an instance
         try:
             element = dataset[tag]
         except (ValueError, TypeError, KeyError, struct.error):  # undecodable bytes
@@ -148,6 +153,17 @@ def _normalise(dataset: Dataset, changed: set[str]) -> None:
         rule = _RULES.get(str(element.VR))
         if rule is not None and _repair(element, rule):
             changed.add(_name(tag))
+
+
+def _declared_vr(dataset: Dataset, tag: BaseTag) -> str | None:
+    """The VR of ``tag`` as read (explicit VR), else from the dictionary; None if unknown."""
+    raw = dataset.get_item(tag)
+    if raw is not None and raw.VR:
+        return str(raw.VR)
+    try:
+        return str(dictionary_VR(tag))
+    except KeyError:
+        return None
 
 
 def _repair(element: DataElement, rule: Any) -> bool:

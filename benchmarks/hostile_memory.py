@@ -55,6 +55,7 @@ from rich.console import Console
 from rich.table import Table
 
 from phantoms import make_case
+from phantoms.hostile import OVERLONG_TEXT_VALUE, before_pixels, nested_sequences
 
 NODE_AE = "LLNM_NODE"
 CHUNK = 1 << 20
@@ -84,16 +85,16 @@ def _part10(
     return path
 
 
-def _header_and_pixels(like: Dataset) -> tuple[bytes, bytes]:
-    """``like``'s data set bytes before its Pixel Data, and the Pixel Data element header."""
+def _without_pixels(like: Dataset) -> bytes:
+    """``like``'s data set bytes before its Pixel Data."""
     without = copy.deepcopy(like)
     del without.PixelData
-    return _dataset_bytes(without), struct.pack("<HH2sHL", 0x7FE0, 0x0010, b"OB", 0, 0)
+    return _dataset_bytes(without)
 
 
 def deflated_zeros(path: Path, like: Dataset, mib: int) -> Path:
     """A deflated data set whose Pixel Data is ``mib`` MiB of zeros, deflated as a stream."""
-    head, _ = _header_and_pixels(like)
+    head = _without_pixels(like)
     length = mib << 20
 
     def body(fp: io.BufferedWriter) -> None:
@@ -108,26 +109,14 @@ def deflated_zeros(path: Path, like: Dataset, mib: int) -> Path:
     return _part10(path, like, DeflatedExplicitVRLittleEndian, body)
 
 
-def _explicit(path: Path, like: Dataset, inserted: bytes, tail: bool) -> Path:
+def _explicit(path: Path, like: Dataset, inserted: bytes) -> Path:
     """``like`` explicit VR little endian with ``inserted`` before its Pixel Data."""
-    head, _ = _header_and_pixels(like)
-    pixels = _dataset_bytes(like)[len(head) :] if tail else b""
-    return _part10(
-        path, like, ExplicitVRLittleEndian, lambda fp: fp.write(head + inserted + pixels)
-    )
-
-
-def _sequences(depth: int, closed: bool) -> bytes:
-    undefined = struct.pack("<L", 0xFFFFFFFF)
-    opening = struct.pack("<HH", 0x0040, 0xA730) + b"SQ\0\0" + undefined
-    opening += struct.pack("<HH", 0xFFFE, 0xE000) + undefined
-    closing = struct.pack("<HHLHHL", 0xFFFE, 0xE00D, 0, 0xFFFE, 0xE0DD, 0)
-    return opening * depth + (closing * depth if closed else b"")
+    data = before_pixels(_dataset_bytes(like), inserted)
+    return _part10(path, like, ExplicitVRLittleEndian, lambda fp: fp.write(data))
 
 
 def hostile_files(folder: Path, like: Dataset, bomb_mib: int) -> dict[str, Path]:
     """Every hostile input of the module docstring, written into ``folder``."""
-    text_value = struct.pack("<HH", 0x0040, 0xA160) + b"UT\0\0" + struct.pack("<L", 0x7FFFFFF0)
 
     def own(name: str) -> Dataset:  # each input its own SOP Instance UID: never a duplicate
         dataset = copy.deepcopy(like)
@@ -138,9 +127,13 @@ def hostile_files(folder: Path, like: Dataset, bomb_mib: int) -> dict[str, Path]
     return {
         "deflate_bomb": deflated_zeros(folder / "bomb.dcm", own("bomb"), bomb_mib),
         "deflate_just_under": deflated_zeros(folder / "under.dcm", own("under"), 63),
-        "nested_3000": _explicit(folder / "nest.dcm", own("nest"), _sequences(3000, True), True),
-        "never_closed": _explicit(folder / "open.dcm", own("open"), _sequences(5, False), True),
-        "element_past_end": _explicit(folder / "past.dcm", own("past"), text_value, True),
+        "nested_3000": _explicit(
+            folder / "nest.dcm", own("nest"), nested_sequences(3000, closed=True)
+        ),
+        "never_closed": _explicit(
+            folder / "open.dcm", own("open"), nested_sequences(5, closed=False)
+        ),
+        "element_past_end": _explicit(folder / "past.dcm", own("past"), OVERLONG_TEXT_VALUE),
     }
 
 

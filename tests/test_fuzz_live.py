@@ -46,6 +46,7 @@ from test_serve_dcmtk import (
 )
 
 import dicom_factory
+from phantoms.hostile import OVERLONG_TEXT_VALUE, before_pixels, nested_sequences
 
 TAKEN = 0x0000
 CANNOT_UNDERSTAND = 0xC000
@@ -75,18 +76,6 @@ def _write(folder: Path, ds: Dataset, name: str) -> Path:
 def _with_body(folder: Path, uid: str, name: str, body: Callable[[bytes], bytes]) -> Path:
     valid = _write(folder, _us(uid, name), f"{name}-valid")
     return _part10_with_dataset_bytes(folder / f"{name}.dcm", uid, body(dataset_bytes(valid)))
-
-
-def _pixel_at(data: bytes) -> int:
-    return data.index(b"\xe0\x7f\x10\x00")
-
-
-def _sequences(depth: int, closed: bool) -> bytes:
-    undefined = struct.pack("<L", 0xFFFFFFFF)
-    opening = struct.pack("<HH", 0x0040, 0xA730) + b"SQ\0\0" + undefined
-    opening += struct.pack("<HH", 0xFFFE, 0xE000) + undefined
-    closing = struct.pack("<HHLHHL", 0xFFFE, 0xE00D, 0, 0xFFFE, 0xE0DD, 0)
-    return opening * depth + (closing * depth if closed else b"")
 
 
 def _geometry(**values: object) -> Build:
@@ -237,31 +226,25 @@ CORPUS: dict[str, tuple[Build, set[int | None]]] = {
             f,
             u,
             "past-end",
-            lambda d: (
-                d[: _pixel_at(d)]
-                + struct.pack("<HH", 0x0040, 0xA160)
-                + b"UT\0\0"
-                + struct.pack("<L", 0x7FFFFFF0)
-                + d[_pixel_at(d) :]
-            ),
+            lambda d: before_pixels(d, OVERLONG_TEXT_VALUE),
         ),
         {CANNOT_UNDERSTAND},
     ),
     "nested_3000": (
         lambda f, u: _with_body(
-            f, u, "nested", lambda d: d[: _pixel_at(d)] + _sequences(3000, True) + d[_pixel_at(d) :]
+            f, u, "nested", lambda d: before_pixels(d, nested_sequences(3000, closed=True))
         ),
         {CANNOT_UNDERSTAND},
     ),
     "nested_70": (
         lambda f, u: _with_body(
-            f, u, "nested70", lambda d: d[: _pixel_at(d)] + _sequences(70, True) + d[_pixel_at(d) :]
+            f, u, "nested70", lambda d: before_pixels(d, nested_sequences(70, closed=True))
         ),
         {CANNOT_UNDERSTAND},
     ),
     "never_closed": (
         lambda f, u: _with_body(
-            f, u, "open", lambda d: d[: _pixel_at(d)] + _sequences(4, False) + d[_pixel_at(d) :]
+            f, u, "open", lambda d: before_pixels(d, nested_sequences(4, closed=False))
         ),
         {CANNOT_UNDERSTAND},
     ),

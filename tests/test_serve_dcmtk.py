@@ -60,6 +60,7 @@ from dicom_node.network.sop_classes import (
     TRANSFER_SYNTAXES,
     register_retired_storage_classes,
 )
+from phantoms.hostile import OVERLONG_TEXT_VALUE, before_pixels, nested_sequences
 
 NODE_AE = "LLNM_NODE"
 TEST_AE = "LLNM_TEST"  # the calling AE of the pynetdicom peer in this file
@@ -755,21 +756,14 @@ def _element_past_end(uid: str, tmp_path: Path) -> bytes:
     """A UT (Text Value) declared 0x7FFFFFF0 long before the pixels: it swallows the rest."""
     ds = dicom_factory.ultrasound(sop_uid=uid, rows=64, columns=80)
     whole = dataset_bytes(dicom_factory.write(ds, tmp_path / "whole.dcm"))
-    pixels = whole.index(b"\xe0\x7f\x10\x00")
-    text_value = struct.pack("<HH", 0x0040, 0xA160) + b"UT\0\0" + struct.pack("<L", 0x7FFFFFF0)
-    return whole[:pixels] + text_value + whole[pixels:]
+    return before_pixels(whole, OVERLONG_TEXT_VALUE)
 
 
 def _nested(uid: str, tmp_path: Path, depth: int, *, closed: bool) -> bytes:
     """Content Sequences of undefined length nested ``depth`` deep before the pixels."""
     ds = dicom_factory.ultrasound(sop_uid=uid, rows=64, columns=80)
     whole = dataset_bytes(dicom_factory.write(ds, tmp_path / "whole.dcm"))
-    pixels = whole.index(b"\xe0\x7f\x10\x00")
-    undefined = struct.pack("<L", 0xFFFFFFFF)
-    opening = struct.pack("<HH", 0x0040, 0xA730) + b"SQ\0\0" + undefined
-    opening += struct.pack("<HH", 0xFFFE, 0xE000) + undefined
-    closing = struct.pack("<HHLHHL", 0xFFFE, 0xE00D, 0, 0xFFFE, 0xE0DD, 0)
-    return whole[:pixels] + opening * depth + (closing * depth if closed else b"") + whole[pixels:]
+    return before_pixels(whole, nested_sequences(depth, closed=closed))
 
 
 def _nested_3000_deep(uid: str, tmp_path: Path) -> bytes:

@@ -16,7 +16,8 @@ Modules: ``patient`` (identities), ``nodule`` (features, outline),
 ``anatomy`` (neck and views), ``speckle`` (B-mode formation),
 ``burned_text`` (screen layout), ``headers`` (DICOM), ``report`` (text),
 ``labels`` (risk model), ``case`` (assembly), ``dataset_export`` (files),
-``out_of_scope`` (shifted and out-of-scope variants).
+``out_of_scope`` (shifted and out-of-scope variants), ``hostile`` (malformed data
+set pieces for the listener's tests).
 """
 
 from phantoms.case import ENCODINGS, ImageTruth, PhantomCase, PhantomOptions, make_case

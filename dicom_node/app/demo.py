@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import signal
 import tempfile
 import threading
 import time
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +21,7 @@ from rich.table import Table
 from db import exports, listings
 from db.models import TERMINAL_STATES, ExportState, JobState
 from dicom_node.app.node import Node
+from dicom_node.app.viewer import VIEWER_AE, Viewer
 from dicom_node.network import scu
 from dicom_node.settings import (
     ApiSettings,
@@ -124,12 +127,35 @@ class DemoPacs:
             self._server.shutdown()
 
 
-def run_demo(console: Console, data_dir: Path | None) -> int:
-    """Run the demo; returns the process exit code (0 when every job finished)."""
-    with tempfile.TemporaryDirectory(prefix="llnm-demo-") as scratch:
+def run_demo(console: Console, data_dir: Path | None, ohif_dir: Path | None = None) -> int:
+    """Run the demo; returns the process exit code (0 when every job finished).
+
+    With ``ohif_dir`` (an OHIF build) the studies and their results also go to a
+    viewer (Orthanc with DICOMweb, OHIF in front), which runs until Ctrl-C.
+    """
+    with tempfile.TemporaryDirectory(prefix="llnm-demo-") as scratch, ExitStack() as stack:
         root = data_dir or Path(scratch)
         pacs = DemoPacs(root / "demo-pacs")
         pacs_port = pacs.start()
+        stack.callback(pacs.stop)
+        viewer = None
+        if ohif_dir is not None:
+            viewer = stack.enter_context(Viewer(root / "viewer", ohif_dir))
+        destinations = [
+            DimseDestination(
+                name="demo-pacs", ae_title=DEMO_PACS_AE, host="127.0.0.1", port=pacs_port
+            )
+        ]
+        if viewer is not None:
+            destinations.append(
+                DimseDestination(
+                    name="viewer",
+                    ae_title=VIEWER_AE,
+                    host="127.0.0.1",
+                    port=viewer.dicom_port,
+                    always=True,  # whoever sent the study
+                )
+            )
         settings = Settings(
             data_dir=root,
             min_free_disk_mb=DEMO_MIN_FREE_MB,
@@ -137,25 +163,30 @@ def run_demo(console: Console, data_dir: Path | None) -> int:
             completion=CompletionSettings(quiet_seconds=DEMO_QUIET_SECONDS, poll_seconds=0.5),
             api=ApiSettings(port=0),
             export=ExportSettings(
-                destinations=[
-                    DimseDestination(
-                        name="demo-pacs", ae_title=DEMO_PACS_AE, host="127.0.0.1", port=pacs_port
-                    )
-                ],
-                initial_backoff_s=0.5,
-                poll_seconds=0.2,
+                destinations=destinations, initial_backoff_s=0.5, poll_seconds=0.2
             ),
         )
         node = Node(settings)
+        stack.callback(node.stop)
         node.start()
-        try:
-            return _exercise(console, node, settings, pacs)
-        finally:
-            node.stop()
-            pacs.stop()
+        if viewer is not None:
+            calling_ae = settings.export.calling_ae_title or settings.dicom.ae_title
+            viewer.admit("llnm-node", calling_ae, node.port)
+        console.print(
+            f"node {settings.dicom.ae_title} listening on 127.0.0.1:{node.port}, "
+            f"results go back to {DEMO_PACS_AE}"
+            + (f" and the viewer's Orthanc ({VIEWER_AE})" if viewer else "")
+            + f" on 127.0.0.1, data in {root}"
+        )
+        sent = _send_studies(console, node, settings)
+        code = _exercise(console, node, settings, pacs)
+        if viewer is not None:
+            _show_in_viewer(console, viewer, sent)
+        return code
 
 
-def _send_studies(console: Console, node: Node, settings: Settings) -> None:
+def _send_studies(console: Console, node: Node, settings: Settings) -> list[Path]:
+    """Send the phantoms and vendor files to the node; the files it accepted."""
     peer = scu.Peer(
         host="127.0.0.1", port=node.port, called_ae=settings.dicom.ae_title, calling_ae=DEMO_PACS_AE
     )
@@ -163,10 +194,12 @@ def _send_studies(console: Console, node: Node, settings: Settings) -> None:
     sent = Table("file", "status", title=f"C-STORE from {DEMO_PACS_AE} to the node")
     outbox = settings.data_dir / "demo-outbox"
     outbox.mkdir(parents=True, exist_ok=True)
-    for outcome in scu.send_files(peer, _phantom_paths(outbox) + _sample_paths()):
+    outcomes = scu.send_files(peer, _phantom_paths(outbox) + _sample_paths())
+    for outcome in outcomes:
         status = "-" if outcome.status is None else f"0x{outcome.status:04X}"
         sent.add_row(outcome.path.name, status + (f" {outcome.error}" if outcome.error else ""))
     console.print(sent)
+    return [outcome.path for outcome in outcomes if outcome.ok]
 
 
 def _settled(node: Node) -> list[listings.JobRow] | None:
@@ -181,11 +214,6 @@ def _settled(node: Node) -> list[listings.JobRow] | None:
 
 def _exercise(console: Console, node: Node, settings: Settings, pacs: DemoPacs) -> int:
     console.print(
-        f"node {settings.dicom.ae_title} listening on 127.0.0.1:{node.port}, "
-        f"results go back to {DEMO_PACS_AE} on 127.0.0.1, data in {settings.data_dir}"
-    )
-    _send_studies(console, node, settings)
-    console.print(
         f"waiting for studies to settle ({DEMO_QUIET_SECONDS:.0f} s quiet), jobs to run "
         "and results to come back"
     )
@@ -198,6 +226,24 @@ def _exercise(console: Console, node: Node, settings: Settings, pacs: DemoPacs) 
     console.print(_jobs_table(node, jobs))
     console.print(_returned_table(node, jobs, pacs))
     return 0 if all(j.state == JobState.DONE for j in jobs) else 1
+
+
+def _show_in_viewer(console: Console, viewer: Viewer, sent: list[Path]) -> None:
+    """Store the studies the node accepted in the viewer, print their URLs, wait for Ctrl-C."""
+    studies: dict[str, list[str]] = {}
+    for path in sent:
+        viewer.upload(path)
+        uid = str(dcmread(path, stop_before_pixels=True).StudyInstanceUID)
+        studies.setdefault(uid, []).append(path.name)
+    console.print(f"\nThe studies with the node's results in OHIF ({viewer.ohif.url}):")
+    for uid, names in studies.items():
+        console.print(f"  {', '.join(names)}:\n    {viewer.study_url(uid)}", soft_wrap=True)
+    console.print("Press Ctrl-C to stop the viewer.")
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    stop.wait()
+    console.print("stopping")
 
 
 def _jobs_table(node: Node, jobs: list[listings.JobRow]) -> Table:

@@ -68,12 +68,26 @@ def demo(
     data_dir: Annotated[
         Path | None, typer.Option(help="Keep the demo's data here (default: a temporary folder).")
     ] = None,
+    viewer: Annotated[
+        bool,
+        typer.Option(
+            "--viewer",
+            help="Also show the studies and results in OHIF (Orthanc with DICOMweb on "
+            "loopback); prints each study's URL and runs until Ctrl-C.",
+        ),
+    ] = False,
+    ohif_dir: Annotated[
+        Path | None,
+        typer.Option(help="OHIF's static build (default: the one scripts/setup.sh fetched)."),
+    ] = None,
 ) -> None:
     """Start a node on the embedded default, send it sample ultrasound studies, show the jobs."""
     from dicom_node.app.demo import run_demo
+    from dicom_node.app.viewer import default_ohif_dir
 
     setup_logging("WARNING")
-    raise typer.Exit(run_demo(console, data_dir))
+    build = (ohif_dir or default_ohif_dir()) if viewer else None
+    raise typer.Exit(run_demo(console, data_dir, build))
 
 
 @db_app.command("upgrade")

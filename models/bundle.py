@@ -30,6 +30,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
+from pydicom.uid import generate_uid
+
 MANIFEST_FILE = "manifest.json"
 FORMAT = "llnm-bundle/1"
 ALLOWED_SUFFIXES = frozenset({".safetensors", ".json", ".png", ".md", ".txt"})
@@ -67,9 +69,35 @@ class Manifest:
         """NOT FOR CLINICAL USE for a synthetic bundle, else None."""
         return NOT_FOR_CLINICAL_USE if self.synthetic else None
 
+    @property
+    def identity(self) -> BundleIdentity:
+        """The bundle as the objects made with it name it."""
+        return BundleIdentity(
+            name=self.name,
+            version=self.version,
+            device_uid=device_uid(self.name, self.version, self.files),
+            clinical_use_label=self.clinical_use_label,
+        )
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready fields."""
         return asdict(self)
+
+
+@dataclass(frozen=True)
+class BundleIdentity:
+    """What every object made with a bundle says about it (IHE AI Results' algorithm entry)."""
+
+    name: str
+    version: str
+    device_uid: str  # changes whenever any file of the bundle changes
+    clinical_use_label: str | None  # NOT FOR CLINICAL USE for a synthetic bundle
+
+
+def device_uid(name: str, version: str, files: dict[str, str]) -> str:
+    """A DICOM UID for the bundle: derived from its name, version and every file's sha256."""
+    sources = [name, version, *(f"{path}={digest}" for path, digest in sorted(files.items()))]
+    return str(generate_uid(entropy_srcs=["llnm-node bundle", *sources]))
 
 
 def sha256_file(path: Path) -> str:
@@ -170,18 +198,27 @@ def reseal_bundle(folder: Path, **metrics: Any) -> Manifest:
     )
 
 
-def clinical_use_label(folder: Path) -> str | None:
-    """The label of what the bundle in ``folder`` makes, without verifying its files.
+def bundle_identity(folder: Path) -> BundleIdentity:
+    """The identity of the bundle in ``folder`` as its manifest gives it, without verifying files.
 
-    NOT FOR CLINICAL USE unless its manifest says it was trained on real data;
-    a bundle whose manifest cannot be read gets the label too.
+    Its label is NOT FOR CLINICAL USE unless the manifest says it was trained on
+    real data; a bundle whose manifest cannot be read is named by its folder and
+    gets the label too (a notice about a job must still say what made it).
     """
     try:
-        training = json.loads((folder / MANIFEST_FILE).read_text(encoding="utf-8"))["training_data"]
-        synthetic = training["synthetic"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return NOT_FOR_CLINICAL_USE
-    return None if synthetic is False else NOT_FOR_CLINICAL_USE
+        manifest = json.loads((folder / MANIFEST_FILE).read_text(encoding="utf-8"))
+        name, version, files = str(manifest["name"]), str(manifest["version"]), manifest["files"]
+        synthetic = manifest["training_data"]["synthetic"]
+        uid = device_uid(name, version, {str(k): str(v) for k, v in files.items()})
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return BundleIdentity(
+            name=folder.name,
+            version="unknown",
+            device_uid=device_uid(folder.name, "unknown", {}),
+            clinical_use_label=NOT_FOR_CLINICAL_USE,
+        )
+    label = None if synthetic is False else NOT_FOR_CLINICAL_USE
+    return BundleIdentity(name=name, version=version, device_uid=uid, clinical_use_label=label)
 
 
 def verify_bundle(folder: Path) -> Manifest:

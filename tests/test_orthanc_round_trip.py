@@ -78,7 +78,7 @@ def test_a_study_routed_by_orthanc_gets_its_sr_and_heatmaps_back_in_the_same_stu
     assert len(patients) == 1  # same patient as the images, not a pseudonym
     assert sr_tags[0]["PatientID"] == case.datasets[0].PatientID
     assert sr_tags[0]["StudyInstanceUID"] == study_uid
-    assert "Metastasis" in str(sr_tags[0]["ContentSequence"])
+    assert "LLNM probability" in str(sr_tags[0]["ContentSequence"])
     heatmaps = next(s for s in results if s["MainDicomTags"]["Modality"] != "SR")
     assert len(heatmaps["Instances"]) == 2  # one per view
 

@@ -198,7 +198,7 @@ def test_same_job_makes_the_same_uids(two_views: Job, one_view: Job, tmp_path: P
 
 
 def test_long_captions_wrap_within_the_width() -> None:
-    caption = "LLNM probability 0.55 (positive at 0.50), risk stage 2 of 3. NOT FOR CLINICAL USE"
+    caption = "NOT FOR CLINICAL USE. LLNM probability 0.55 (positive at 0.50), risk stage 2 of 3"
     lines = wrap_text(caption, 400, 0.5)
     assert len(lines) == 2 and " ".join(lines) == caption
     assert all(cv2.getTextSize(line, FONT, 0.5, 1)[0][0] <= 400 for line in lines)

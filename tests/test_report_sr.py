@@ -79,7 +79,7 @@ def failure(two_views: Built, tmp_path_factory: pytest.TempPathFactory) -> Repor
         out_dir=tmp_path_factory.mktemp("failure"),
         job_id=7,
         reason="segment: the nodule segmenter ran out of memory\n" + "x" * 5000,
-        clinical_use_label="NOT FOR CLINICAL USE",
+        algorithm=two_views.report.algorithm,
     )
 
 
@@ -92,6 +92,13 @@ def _items(node: Dataset) -> Iterator[Dataset]:
 
 def _dsrdump(path: Path) -> str:
     run = subprocess.run(["dsrdump", "+Pl", str(path)], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    return run.stdout
+
+
+def _dsrdump_short(path: Path) -> str:
+    """dsrdump as a person runs it: long text values cut short."""
+    run = subprocess.run(["dsrdump", str(path)], capture_output=True, text=True)
     assert run.returncode == 0, run.stderr
     return run.stdout
 
@@ -139,12 +146,14 @@ def test_dciodvfy_finds_no_errors(which: str, request: pytest.FixtureRequest) ->
 def test_dsrdump_shows_the_prediction(two_views: Built) -> None:
     text = _dsrdump(two_views.sr.path)
     prediction = two_views.report.prediction
-    assert f'"Probability")="{round(prediction.probability, 4)}"' in text
-    assert f'"LLNM risk stage (1-3)")="{prediction.risk_stage}' in text
-    assert "NOT FOR CLINICAL USE" in text
+    assert f'"LLNM probability")="{round(prediction.probability, 4)}"' in text
+    assert f'"LLNM risk stage")=(258219007,SCT,"Stage {prediction.risk_stage}")' in text
+    assert '"LLNM prediction")=(10828004,SCT,"Positive")' in text  # seed 1 is positive
     assert "(1,UCUM" in text and "(%,UCUM" in text
     for group in CONTRIBUTION_GROUPS:
-        assert f'"Contribution of input: {group}")="' in text
+        assert f'"Contribution: {group}")="' in text
+    # dsrdump cuts long text: the label must come first to be seen.
+    assert '"Comment")="NOT FOR CLINICAL USE. LLNM ...' in _dsrdump_short(two_views.sr.path)
 
 
 def test_sr_joins_the_original_study(two_views: Built) -> None:
@@ -172,17 +181,18 @@ def test_sr_series_equipment_and_coding_scheme(two_views: Built) -> None:
     assert ds.SeriesInstanceUID == object_uid(1, "sr-series")
     assert (ds.SeriesNumber, ds.InstanceNumber) == (9901, 1)
     assert ds.SeriesDescription == "LLNM-Net AI result - NOT FOR CLINICAL USE"
-    processing = [
+    algorithms = [
         e
         for e in ds.ContributingEquipmentSequence
-        if e.PurposeOfReferenceCodeSequence[0].CodeValue == "109102"
+        if e.PurposeOfReferenceCodeSequence[0].CodeValue == "Newcode1"
         and e.Manufacturer == MANUFACTURER  # highdicom adds itself too
     ]
-    assert [(e.ManufacturerModelName, e.SoftwareVersions) for e in processing] == [
+    assert [(e.ManufacturerModelName, e.SoftwareVersions) for e in algorithms] == [
         (prediction.bundle_name, prediction.bundle_version)
     ]
-    assert processing[0].ContributionDescription.endswith("NOT FOR CLINICAL USE")
-    assert [s.CodingSchemeDesignator for s in ds.CodingSchemeIdentificationSequence] == ["99LLNM"]
+    assert algorithms[0].ContributionDescription.startswith("NOT FOR CLINICAL USE. ")
+    schemes = [s.CodingSchemeDesignator for s in ds.CodingSchemeIdentificationSequence]
+    assert schemes == ["99LLNM", "99IHE"]
 
 
 def test_outline_lies_on_the_true_nodule(two_views: Built) -> None:
@@ -218,20 +228,80 @@ def test_outline_traces_the_predicted_mask(which: str, request: pytest.FixtureRe
         assert _iou(outline, traced) > 0.9
 
 
-def test_one_view_case_has_one_nodule_group(one_view: Built) -> None:
-    groups = [
+def _groups(dataset: Dataset) -> list[Dataset]:
+    """The measurement groups of the Imaging Measurements container."""
+    (measurements,) = [
         item
-        for item in _items(one_view.dataset)
-        if item.ValueType == "CONTAINER" and item.ConceptNameCodeSequence[0].CodeValue == "125007"
+        for item in dataset.ContentSequence
+        if item.ConceptNameCodeSequence[0].CodeValue == "126010"  # Imaging Measurements
     ]
+    return list(measurements.ContentSequence)
+
+
+def test_one_view_case_has_one_nodule_group(one_view: Built) -> None:
     assert len(one_view.report.views) == 1
-    assert len(groups) == 2  # the prediction and the one view
+    assert len(_groups(one_view.dataset)) == 1
+
+
+@pytest.mark.parametrize("which", ["two_views", "one_view", "uncalibrated"])
+def test_every_group_is_an_outline_viewers_can_draw(
+    which: str, request: pytest.FixtureRequest
+) -> None:
+    """What OHIF and Orthanc Stone need to draw a TID 1500 SR, and what they label first."""
+    built: Built = request.getfixturevalue(which)
+    ds = built.dataset
+    assert ds.SOPClassUID == "1.2.840.10008.5.1.4.1.1.88.33"  # Comprehensive SR
+    assert ds.ContentTemplateSequence[0].TemplateIdentifier == "1500"
+    assert len(ds.CurrentRequestedProcedureEvidenceSequence) == 1
+    for group in _groups(ds):
+        assert group.ContentTemplateSequence[0].TemplateIdentifier == "1410"
+        (region,) = [i for i in group.ContentSequence if i.ValueType == "SCOORD"]
+        assert region.ConceptNameCodeSequence[0].CodeValue == "111030"  # Image Region
+        (image,) = region.ContentSequence
+        assert image.ValueType == "IMAGE"
+        assert image.ConceptNameCodeSequence[0].CodeValue == "111040"  # Original Source
+        assert len(image.ReferencedSOPSequence) == 1
+        numbers = [
+            i.ConceptNameCodeSequence[0].CodeMeaning
+            for i in group.ContentSequence
+            if i.ValueType == "NUM"
+        ]
+        assert numbers[:4] == ["LLNM probability", "Long axis", "Short axis", "Capsule distance"]
+        assert all(len(meaning) <= 20 for meaning in numbers[:5])  # the ones viewers show
+
+
+def test_a_negative_prediction_never_reads_as_metastasis(two_views: Built, tmp_path: Path) -> None:
+    negative = dataclasses.replace(
+        two_views.report.prediction, probability=0.12, positive=False, risk_stage=1
+    )
+    job = dataclasses.replace(two_views.report.job, work_dir=tmp_path)
+    made = build_sr(dataclasses.replace(two_views.report, prediction=negative, job=job))
+    ds = dcmread(made.path)
+    meanings = {
+        code.CodeMeaning
+        for item in _items(ds)
+        for key in ("ConceptNameCodeSequence", "ConceptCodeSequence")
+        for code in item.get(key, [])
+    }
+    assert not any("metastasis" in meaning.lower() for meaning in meanings)
+    verdicts = [
+        (i.ConceptCodeSequence[0].CodeMeaning)
+        for i in _items(ds)
+        if i.ValueType == "CODE" and i.ConceptNameCodeSequence[0].CodeValue == "PREDICTION"
+    ]
+    stages = {
+        i.ConceptCodeSequence[0].CodeValue
+        for i in _items(ds)
+        if i.ValueType == "CODE" and i.ConceptNameCodeSequence[0].CodeValue == "RISK-STAGE"
+    }
+    assert verdicts == ["Negative"] * 3  # two views' groups and the study's evaluations
+    assert stages == {"258215001"}  # SCT Stage 1
 
 
 @needs_dcmtk
 def test_uncalibrated_sizes_are_in_pixels(uncalibrated: Built) -> None:
     assert "(mm,UCUM" not in _dsrdump(uncalibrated.sr.path)
-    assert '"Length")="' in _dsrdump(uncalibrated.sr.path)
+    assert '"Long axis")="' in _dsrdump(uncalibrated.sr.path)
     assert "({pixels},UCUM" in _dsrdump(uncalibrated.sr.path)
 
 
@@ -299,7 +369,7 @@ def test_originals_without_type2_attributes_still_give_conformant_objects(
         out_dir=tmp_path / "n",
         job_id=1,
         reason="x",
-        clinical_use_label=None,
+        algorithm=report.algorithm,
     )
     objects = [build_sr(report), *build_heatmap_scs(report), *build_seg(report), notice]
     for made in objects:

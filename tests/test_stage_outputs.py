@@ -345,6 +345,7 @@ def real_outputs(root: Path) -> dict[str, object]:
             (0.2, 0.5, 0.3),
             (work / "h.png",),
             None,
+            "2.25.1234",
             ood_scores=(3.5, 4.25),
             ood_threshold=12.0,
             excluded=excluded,

@@ -9,7 +9,7 @@ from celery import Celery
 
 from db.session import Database
 from dicom_node.settings import Settings
-from models.bundle import clinical_use_label
+from models.bundle import bundle_identity
 from pipeline.celery_executor import celery_app
 from pipeline.graph import default_stages
 from pipeline.report.inputs import ReportOptions
@@ -40,7 +40,7 @@ def local_notices(settings: Settings) -> Notices:
         ReportOptions(**settings.report.model_dump()),
         spool_layout(settings),
         settings.export.destinations_for,
-        clinical_use_label(settings.model.bundle_dir),
+        bundle_identity(settings.model.bundle_dir),
     )
 
 

@@ -23,6 +23,15 @@ SCHEME_IDENTIFICATION = CodingSchemeIdentificationItem(
     name="LLNM node private concepts",
     responsible_organization=MANUFACTURER,
 )
+# IHE AI Results (AIR, Rev. 1.1, Trial Implementation) names the algorithm in Contributing
+# Equipment with this purpose of reference, pending a DICOM code for it.
+IHE_SCHEME_IDENTIFICATION = CodingSchemeIdentificationItem(
+    designator="99IHE",
+    name="IHE Radiology Technical Framework codes",
+    responsible_organization="IHE International",
+)
+PROCESSING_ALGORITHM = Code("Newcode1", "99IHE", "Processing Algorithm")
+DCM_PROCESSING_EQUIPMENT = codes.DCM.ProcessingEquipment  # DCM 109102, CID 7005
 
 
 def _private(value: str, meaning: str) -> Code:
@@ -35,25 +44,24 @@ PROCEDURE = codes.SCT.ImagingProcedure  # SCT 363679005, in CID 100
 QUALITATIVE_EVALUATIONS = Code("C0034375", "UMLS", "Qualitative Evaluations")
 RESULT = codes.DCM.Comment  # DCM 121106: the one-line result caption (TEXT)
 DEVICE = codes.DCM.Device  # DCM 121007, the observer type
-# DCM 109102: the purpose of the Contributing Equipment item (see sr._equipment).
-PROCESSING_EQUIPMENT = codes.DCM.ProcessingEquipment
+ORIGINAL_SOURCE = codes.DCM.OriginalSource  # DCM 111040: the image an outline lies on
 ANALYSIS_FAILED = _private("FAILED", "LLNM analysis failed")  # failure SR title
 NO_NODULE_FOUND = _private("NO-NODULE", "LLNM analysis: no nodule found")  # its SR title
 NOT_ASSESSED = _private("NOT-ASSESSED", "LLNM analysis: not assessed")  # its SR title
 
-# Study-level finding: lateral lymph node metastasis.
-METASTASIS = codes.SCT.Metastasis  # SCT 128462008
-# SCT 68915008 "lateral cervical lymph node" (CID 7600): the lateral compartment
-# (levels II-V) that "lateral" in LLNM means; "cervical lymph node" (81105003)
-# would include the central compartment, which the model does not predict.
-LATERAL_CERVICAL_LYMPH_NODE = codes.SCT.LateralCervicalLymphNode
-PROBABILITY = codes.DCM.Probability  # DCM 122157 "Probability", as the issue says
+# The prediction. Viewers show a measurement group's first numeric values beside its
+# outline, so the study-level prediction rides in each nodule's group, probability
+# first; the verdict and the stage are coded values, never a bare "Metastasis".
+PROBABILITY = _private("LLNM-PROB", "LLNM probability")
 THRESHOLD = codes.DCM.ThresholdValue  # DCM 122411
-PREDICTION = _private("PREDICTION", "LLNM prediction at threshold")
+PREDICTION = _private("PREDICTION", "LLNM prediction")
 POSITIVE = codes.SCT.Positive  # SCT 10828004
 NEGATIVE = codes.SCT.Negative  # SCT 260385009
-RISK_STAGE = _private("RISK-STAGE", "LLNM risk stage (1-3)")
-REPORT_TEXT_USED = _private("REPORT-TEXT", "Radiology report text used")
+RISK_STAGE = _private("RISK-STAGE", "LLNM risk stage")
+STAGE = MappingProxyType(
+    {1: codes.SCT.Stage1, 2: codes.SCT.Stage2, 3: codes.SCT.Stage3}  # SCT 258215001 ...
+)
+REPORT_TEXT_USED = _private("REPORT-TEXT", "Report text used")
 YES = codes.SCT.Yes  # SCT 373066001
 NO = codes.SCT.No  # SCT 373067005
 
@@ -63,7 +71,7 @@ CONTRIBUTION_GROUPS = (
     "location", "texture", "margin", "echogenicity", "shape", "report", "sex", "age",
 )  # fmt: skip
 CONTRIBUTION = MappingProxyType(
-    {g: _private(f"C-{g.upper()}", f"Contribution of input: {g}") for g in CONTRIBUTION_GROUPS}
+    {g: _private(f"C-{g.upper()}", f"Contribution: {g}") for g in CONTRIBUTION_GROUPS}
 )
 
 # Per view: the index nodule.
@@ -79,12 +87,12 @@ THIRD = MappingProxyType(
         "lower": codes.SCT.Inferior,  # SCT 261089000
     }
 )
-LENGTH = codes.SCT.Length  # SCT 410668003
-WIDTH = codes.SCT.Width  # SCT 103355008
-CAPSULE_DISTANCE = _private("CAPSULE-DIST", "Minimum nodule-capsule distance")
-ECHOGENICITY_DIFFERENCE = _private(
-    "ECHO-DIFF", "Echogenicity: nodule minus surrounding mean grey level"
-)
+LONG_AXIS = codes.SCT.LongAxis  # SCT 103339001: the nodule's length
+SHORT_AXIS = codes.SCT.ShortAxis  # SCT 103340004: its width, perpendicular to it
+# Shortest distance from the nodule to the gland's capsule.
+CAPSULE_DISTANCE = _private("CAPSULE-DIST", "Capsule distance")
+# Mean grey level inside the nodule minus that of the gland around it.
+ECHOGENICITY_DIFFERENCE = _private("ECHO-DIFF", "Echogenicity diff")
 TALLER_THAN_WIDE = _private("TALLER-WIDE", "Taller-than-wide")
 IMAGE_VIEW = codes.DCM.ImageView  # DCM 111031
 PLANE = MappingProxyType(

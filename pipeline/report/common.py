@@ -1,13 +1,18 @@
-"""Pieces every report object shares: series numbering, the result caption, saving."""
+"""Pieces every report object shares: identity, the algorithm entry, the caption, saving."""
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
+import highdicom as hd
 from pydicom import Dataset
 
 from db.results import Prediction
 from imaging.dicom_files import read_dataset
+from imaging.identity import MANUFACTURER
+from models.bundle import BundleIdentity
+from pipeline.report import codes
 from pipeline.report.inputs import ObjectKind, ReportObject
 
 # Series numbers of the node's series in the original study (high, so they sort last).
@@ -26,6 +31,32 @@ _PATIENT_AND_STUDY_TYPE2 = (
     "ReferringPhysicianName",
     "StudyID",
     "AccessionNumber",
+)
+
+
+# Patient and study attributes every result object carries exactly as its original has
+# them (Patient, Patient Study and General Study modules), so that a PACS that files by
+# patient ID and issuer, or shows the study description and age, files and shows the
+# results with their study.
+IDENTITY_ATTRIBUTES = (
+    "PatientName",
+    "PatientID",
+    "IssuerOfPatientID",
+    "IssuerOfPatientIDQualifiersSequence",
+    "OtherPatientIDsSequence",
+    "PatientBirthDate",
+    "PatientSex",
+    "PatientAge",
+    "PatientSize",
+    "PatientWeight",
+    "StudyInstanceUID",
+    "StudyDate",
+    "StudyTime",
+    "StudyID",
+    "AccessionNumber",
+    "IssuerOfAccessionNumberSequence",
+    "ReferringPhysicianName",
+    "StudyDescription",
 )
 
 
@@ -48,17 +79,48 @@ def read_original(path: Path, *, pixels: bool = False) -> Dataset:
     return dataset
 
 
-def result_caption(prediction: Prediction, clinical_use_label: str | None) -> str:
-    """The one line a radiologist reads first.
+def copy_identity(original: Dataset, made: Dataset) -> None:
+    """Give ``made`` the patient and study attributes of ``original`` (:data:`IDENTITY_ATTRIBUTES`).
 
-    E.g. ``LLNM probability 0.55 (positive at 0.50), risk stage 2 of 3. NOT FOR CLINICAL USE``.
+    An attribute the original lacks is left as the builder set it.
+    """
+    for keyword in IDENTITY_ATTRIBUTES:
+        if keyword in original:
+            setattr(made, keyword, copy.deepcopy(original[keyword].value))
+
+
+def algorithm_equipment(algorithm: BundleIdentity, made: str) -> hd.ContributingEquipment:
+    """The Contributing Equipment item that names the model, as IHE AI Results asks.
+
+    Purpose "Processing Algorithm", the bundle's name as model name, its version
+    as software version, and its device UID, which changes with any file of the
+    bundle. ``made`` says what the algorithm made ("predicted ...", "found no ...").
+    """
+    description = f"LLNM-Net model bundle {algorithm.name} {algorithm.version} {made}"
+    label = algorithm.clinical_use_label
+    item = hd.ContributingEquipment(
+        manufacturer=MANUFACTURER,
+        purpose_of_reference=codes.DCM_PROCESSING_EQUIPMENT,  # highdicom knows only CID 7005
+        manufacturer_model_name=algorithm.name,
+        software_versions=algorithm.version,
+        contribution_description=f"{label}. {description}" if label else description,
+    )
+    item.PurposeOfReferenceCodeSequence = [hd.sr.CodedConcept.from_code(codes.PROCESSING_ALGORITHM)]
+    item.DeviceUID = algorithm.device_uid
+    return item
+
+
+def result_caption(prediction: Prediction, clinical_use_label: str | None) -> str:
+    """The one line a radiologist reads first, the clinical-use label at its start.
+
+    E.g. ``NOT FOR CLINICAL USE. LLNM probability 0.55 (positive at 0.50), risk stage 2 of 3``.
     """
     verdict = "positive" if prediction.positive else "negative"
     caption = (
         f"LLNM probability {prediction.probability:.2f} ({verdict} at "
         f"{prediction.threshold:.2f}), risk stage {prediction.risk_stage} of 3"
     )
-    return f"{caption}. {clinical_use_label}" if clinical_use_label else caption
+    return f"{clinical_use_label}. {caption}" if clinical_use_label else caption
 
 
 def series_description(title: str, clinical_use_label: str | None) -> str:

@@ -16,6 +16,7 @@ from typing import Literal
 from pydicom.uid import UID, generate_uid
 
 from db.results import Prediction
+from models.bundle import BundleIdentity
 from pipeline.contracts import JobContext
 from pipeline.features import MeasuredView
 
@@ -44,9 +45,14 @@ class ReportInput:
     prediction: Prediction  # with the bundle's name, version and synthetic flag
     stage_probabilities: tuple[float, ...]  # risk stages 1-3
     views: tuple[ReportView, ...]  # one or two, in the order the model used them
-    clinical_use_label: str | None  # NOT FOR CLINICAL USE for a synthetic bundle
+    algorithm: BundleIdentity  # the bundle that made the prediction
     # Images of the study the scope gate left out: "original SOP Instance UID: why".
     not_used: tuple[str, ...] = ()
+
+    @property
+    def clinical_use_label(self) -> str | None:
+        """NOT FOR CLINICAL USE when the bundle was trained on synthetic data."""
+        return self.algorithm.clinical_use_label
 
     @property
     def out_dir(self) -> Path:

@@ -8,6 +8,7 @@ from pathlib import Path
 from db.models import PseudonymKind
 from db.pseudonyms import PseudonymEntry
 from imaging.errors import StageError
+from models.bundle import BundleIdentity
 from pipeline.infer import PredictedStudy
 from pipeline.report.inputs import ReportInput, ReportView
 
@@ -45,7 +46,12 @@ def report_input(
         prediction=predicted.prediction,
         stage_probabilities=predicted.stage_probabilities,
         views=tuple(views),
-        clinical_use_label=predicted.clinical_use_label,
+        algorithm=BundleIdentity(
+            name=predicted.prediction.bundle_name,
+            version=predicted.prediction.bundle_version,
+            device_uid=predicted.bundle_uid,
+            clinical_use_label=predicted.clinical_use_label,
+        ),
         not_used=tuple(
             f"{original_uid.get(e.sop_instance_uid, e.sop_instance_uid)}: {e.exclusion.text}"
             for e in predicted.excluded

@@ -20,6 +20,8 @@ from imaging.identity import MANUFACTURER, SOFTWARE_VERSION
 from imaging.png import write_png
 from pipeline.report.common import (
     SERIES_NUMBER,
+    algorithm_equipment,
+    copy_identity,
     read_original,
     result_caption,
     save_object,
@@ -72,7 +74,11 @@ def heatmap_sc(report: ReportInput, view: ReportView, number: int, pixels: RGB8)
         transfer_syntax_uid=ExplicitVRLittleEndian,
         series_description=series_description("LLNM-Net heatmaps", report.clinical_use_label),
         software_versions=SOFTWARE_VERSION,
+        contributing_equipment=[
+            algorithm_equipment(report.algorithm, "made this Grad-CAM++ heatmap")
+        ],
     )
+    copy_identity(original, sc)
     sc.PatientOrientation = original.get("PatientOrientation", "")
     sc.ImageLaterality = "U"  # the thyroid is an unpaired body part
     sc.ImageType = ["DERIVED", "SECONDARY"]

@@ -32,7 +32,14 @@ from pydicom.uid import ExplicitVRLittleEndian
 from imaging.crop import ImageArea
 from imaging.identity import MANUFACTURER, SOFTWARE_VERSION
 from imaging.png import read_png
-from pipeline.report.common import SERIES_NUMBER, read_original, save_object, series_description
+from pipeline.report.common import (
+    SERIES_NUMBER,
+    algorithm_equipment,
+    copy_identity,
+    read_original,
+    save_object,
+    series_description,
+)
 from pipeline.report.inputs import ReportInput, ReportObject, ReportView, object_uid
 
 log = logging.getLogger(__name__)
@@ -103,7 +110,11 @@ def _view_seg(report: ReportInput, view: ReportView, original: Dataset, number: 
         series_description=description,
         omit_empty_frames=False,
         transfer_syntax_uid=ExplicitVRLittleEndian,
+        contributing_equipment=[
+            algorithm_equipment(report.algorithm, "segmented the nodule and the gland")
+        ],
     )
+    copy_identity(original, seg)
     seg.PatientOrientation = original.get("PatientOrientation", "")  # frames align with it
     return seg
 

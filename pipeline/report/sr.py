@@ -3,19 +3,26 @@
 Both are Comprehensive SR in the *original* study: highdicom copies patient and
 study from the original instances given as evidence.
 
-Prediction SR (TID 1500 Measurement Report)
-    One TID 1501 group for the study-level finding (metastasis in a lateral
-    cervical lymph node: probability, threshold, positive/negative, risk stage,
-    whether report text was used, each input's contribution in percent) and
-    one TID 1410 planar ROI group per view the model used (the index nodule's
-    outline on the original image, its size, capsule distance, position,
-    echogenicity, taller-than-wide, the view plane). A "Qualitative
-    Evaluations" container ends the document with the one-line result caption,
-    which carries the clinical-use label (NOT FOR CLINICAL USE) when set.
-Notices (failure, no nodule found)
-    A root container with one text item saying that the analysis failed and
-    why, or that no nodule was found so nothing was predicted, and the
-    clinical-use label when set.
+Prediction SR (TID 1500 Measurement Report), laid out so that common viewers open it
+    Imaging Measurements holds one TID 1410 planar ROI group per view the model used,
+    and nothing else: viewers (OHIF, Orthanc Stone) draw every group's region, and a
+    group without one breaks them. Each group outlines the index nodule on its
+    original image (SCOORD POLYLINE with an IMAGE child naming that one instance);
+    its numeric values come most important first, because viewers label an outline
+    with its first few: the study's LLNM probability, the nodule's long and short
+    axis, its capsule distance and echogenicity difference, then the threshold and
+    each input's contribution. Its coded values say the prediction (positive or
+    negative), the risk stage, taller-than-wide, the view plane and whether report
+    text was used. The closing "Qualitative Evaluations" container repeats the
+    prediction and stage for the whole study and holds the one-line result caption,
+    which starts with the clinical-use label (NOT FOR CLINICAL USE) when set.
+Notices (failure, no nodule found, not assessed)
+    A root container with one text item saying that the analysis failed and why,
+    that no nodule was found, or that the study was not assessed; the clinical-use
+    label comes first.
+
+Every object names the model bundle in Contributing Equipment
+(:func:`pipeline.report.common.algorithm_equipment`).
 """
 
 from __future__ import annotations
@@ -37,9 +44,12 @@ from imaging.features.extract import Location, NoduleFeatures, ViewFeatures
 from imaging.features.geometry import Unavailable
 from imaging.identity import MANUFACTURER, SOFTWARE_VERSION
 from imaging.png import read_png
+from models.bundle import BundleIdentity
 from pipeline.report import codes
 from pipeline.report.common import (
     SERIES_NUMBER,
+    algorithm_equipment,
+    copy_identity,
     read_original,
     result_caption,
     save_object,
@@ -72,39 +82,28 @@ def build_sr(report: ReportInput) -> ReportObject:
         name=prediction.bundle_name, version=prediction.bundle_version, manufacturer=MANUFACTURER
     )
     position = _position([view.measured.features for view in report.views])
-    groups: list[
-        hd.sr.MeasurementsAndQualitativeEvaluations
-        | hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations
-    ] = [
-        _prediction_group(report, evidence, algorithm),
-        *(
-            _view_group(report.job.job_id, number, view, image, algorithm, position)
-            for number, (view, image) in enumerate(zip(report.views, evidence, strict=True), 1)
-        ),
+    groups = [
+        _nodule_group(report, number, view, image, algorithm, position)
+        for number, (view, image) in enumerate(zip(report.views, evidence, strict=True), 1)
     ]
     content = hd.sr.MeasurementReport(
         observation_context=_observation_context(prediction),
         procedure_reported=codes.PROCEDURE,
         imaging_measurements=groups,
     )[0]
-    content.ContentSequence.append(
-        _qualitative_evaluations(
-            result_caption(prediction, report.clinical_use_label),
-            [f"Image not used: {line}" for line in report.not_used],
-        )
-    )
+    content.ContentSequence.append(_qualitative_evaluations(report))
     dataset = _document(
         evidence,
         content,
         uids=(object_uid(report.job.job_id, "sr-series"), object_uid(report.job.job_id, "sr")),
         description=series_description("LLNM-Net AI result", report.clinical_use_label),
-        equipment=[_equipment(prediction, report.clinical_use_label)],
+        equipment=algorithm_equipment(report.algorithm, "predicted lateral lymph node metastasis"),
     )
     return save_object(dataset, report.out_dir / "sr.dcm", "sr")
 
 
 def failure_sr(
-    evidence: Path, *, out_dir: Path, job_id: int, reason: str, clinical_use_label: str | None
+    evidence: Path, *, out_dir: Path, job_id: int, reason: str, algorithm: BundleIdentity
 ) -> ReportObject:
     """Write a short SR saying the job's analysis failed to ``out_dir / "failure_sr.dcm"``.
 
@@ -125,12 +124,13 @@ def failure_sr(
         title=codes.ANALYSIS_FAILED,
         series_title="LLNM-Net analysis failed",
         text=f"LLNM-Net analysis of this study failed (job {job_id}): {_shorten(reason)}",
-        clinical_use_label=clinical_use_label,
+        algorithm=algorithm,
+        made="was to analyse this study; the analysis failed",
     )
 
 
 def no_nodule_sr(
-    evidence: Path, *, out_dir: Path, job_id: int, views: int, clinical_use_label: str | None
+    evidence: Path, *, out_dir: Path, job_id: int, views: int, algorithm: BundleIdentity
 ) -> ReportObject:
     """Write a short SR saying no nodule was found, so no LLNM prediction was made.
 
@@ -151,7 +151,8 @@ def no_nodule_sr(
             f"The nodule segmenter found no thyroid nodule in the {views} image(s) of this "
             f"study (job {job_id}); no LLNM prediction was made."
         ),
-        clinical_use_label=clinical_use_label,
+        algorithm=algorithm,
+        made="found no thyroid nodule",
     )
 
 
@@ -162,7 +163,7 @@ def not_assessed_sr(
     job_id: int,
     reason: str,
     excluded: Sequence[str],
-    clinical_use_label: str | None,
+    algorithm: BundleIdentity,
 ) -> ReportObject:
     """Write a short SR saying the study was not assessed, why, and which images were left out.
 
@@ -186,7 +187,8 @@ def not_assessed_sr(
             f"like those it was trained on; this study (job {job_id}) had none, so no LLNM "
             f"prediction was made." + (f" Images not used: {images}." if images else "")
         ),
-        clinical_use_label=clinical_use_label,
+        algorithm=algorithm,
+        made="found the study outside its scope",
     )
 
 
@@ -198,19 +200,22 @@ def _notice_sr(
     title: Code,
     series_title: str,
     text: str,
-    clinical_use_label: str | None,
+    algorithm: BundleIdentity,
+    made: str,
 ) -> ReportObject:
-    """A root container ``title`` holding ``text`` and the clinical-use label when set."""
+    """A root container ``title`` holding ``text``, the clinical-use label first when set."""
     image = read_original(evidence)
-    items = [text, clinical_use_label] if clinical_use_label else [text]
+    label = algorithm.clinical_use_label
     root = hd.sr.ContainerContentItem(name=title)
-    root.ContentSequence = hd.sr.ContentSequence([_text(codes.RESULT, item) for item in items])
+    root.ContentSequence = hd.sr.ContentSequence(
+        [_text(codes.RESULT, f"{label}. {text}" if label else text)]
+    )
     dataset = _document(
         [image],
         root,
         uids=(object_uid(job_id, path.stem, "series"), object_uid(job_id, path.stem)),
-        description=series_description(series_title, clinical_use_label),
-        equipment=[],
+        description=series_description(series_title, label),
+        equipment=algorithm_equipment(algorithm, made),
     )
     return save_object(dataset, path, "sr")
 
@@ -257,37 +262,6 @@ def _index_component(nodules: NDArray[np.bool_], index: NoduleFeatures) -> NDArr
     return np.asarray(labels == best + 1)
 
 
-def _prediction_group(
-    report: ReportInput, evidence: Sequence[Dataset], algorithm: hd.sr.AlgorithmIdentification
-) -> hd.sr.MeasurementsAndQualitativeEvaluations:
-    """TID 1501: the study-level LLNM finding."""
-    prediction = report.prediction
-    verdict = codes.POSITIVE if prediction.positive else codes.NEGATIVE
-    return hd.sr.MeasurementsAndQualitativeEvaluations(
-        tracking_identifier=hd.sr.TrackingIdentifier(
-            uid=object_uid(report.job.job_id, "sr-prediction"), identifier="LLNM prediction"
-        ),
-        finding_type=codes.METASTASIS,
-        finding_sites=[hd.sr.FindingSite(codes.LATERAL_CERVICAL_LYMPH_NODE)],
-        algorithm_id=algorithm,
-        measurements=[
-            _measure(codes.PROBABILITY, round(prediction.probability, 4), codes.NO_UNITS),
-            _measure(codes.THRESHOLD, round(prediction.threshold, 4), codes.NO_UNITS),
-            _measure(codes.RISK_STAGE, prediction.risk_stage, codes.NO_UNITS),
-            *_contributions(prediction),
-        ],
-        qualitative_evaluations=[
-            hd.sr.QualitativeEvaluation(codes.PREDICTION, verdict),
-            hd.sr.QualitativeEvaluation(
-                codes.REPORT_TEXT_USED, codes.YES if prediction.report_text_used else codes.NO
-            ),
-        ],
-        source_images=[
-            hd.sr.SourceImageForMeasurementGroup.from_source_image(image) for image in evidence
-        ],
-    )
-
-
 def _contributions(prediction: Prediction) -> list[hd.sr.Measurement]:
     """Each input's share of the prediction in percent, in the model's group order."""
     return [
@@ -297,15 +271,18 @@ def _contributions(prediction: Prediction) -> list[hd.sr.Measurement]:
     ]
 
 
-def _view_group(
-    job_id: int,
+def _nodule_group(
+    report: ReportInput,
     number: int,
     view: ReportView,
     image: Dataset,
     algorithm: hd.sr.AlgorithmIdentification,
     position: hd.sr.FindingSite,
 ) -> hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations:
-    """TID 1410: the index nodule of view ``number`` (1-based), outlined on its original."""
+    """TID 1410: the index nodule of view ``number`` (1-based), outlined on its original.
+
+    It carries the study's prediction first (module docstring), then the nodule's own values.
+    """
     features = view.measured.features
     index = features.index
     if index is None:
@@ -318,36 +295,68 @@ def _view_group(
     )
     frames = [crop.frame_index + 1] if "NumberOfFrames" in image else None
     plane = features.view or f"view {number}"
+    prediction = report.prediction
     return hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
         tracking_identifier=hd.sr.TrackingIdentifier(
-            uid=object_uid(job_id, "sr-nodule", str(number)),
+            uid=object_uid(report.job.job_id, "sr-nodule", str(number)),
             identifier=f"Index nodule, {plane}",
         ),
-        referenced_region=hd.sr.ImageRegion(
-            graphic_type=hd.sr.GraphicTypeValues.POLYLINE,
-            graphic_data=outline,
-            source_image=hd.sr.SourceImageForRegion.from_source_image(
-                image, referenced_frame_numbers=frames
-            ),
-        ),
+        referenced_region=_region(outline, image, frames),
         finding_type=codes.THYROID_NODULE,
         finding_sites=[position],
         algorithm_id=algorithm,
-        measurements=_nodule_measurements(index),
-        qualitative_evaluations=_nodule_evaluations(features, index),
+        measurements=[
+            _measure(codes.PROBABILITY, round(prediction.probability, 4), codes.NO_UNITS),
+            *_nodule_measurements(index),
+            _measure(codes.THRESHOLD, round(prediction.threshold, 4), codes.NO_UNITS),
+            *_contributions(prediction),
+        ],
+        qualitative_evaluations=[
+            *(hd.sr.QualitativeEvaluation(n, v) for n, v in _prediction_codes(prediction)),
+            *_nodule_evaluations(features, index),
+        ],
     )
 
 
+def _region(
+    outline: NDArray[np.float64], image: Dataset, frames: list[int] | None
+) -> hd.sr.ImageRegion:
+    """The outline on ``image`` (and frame), its IMAGE item named DCM 111040 "Original Source".
+
+    highdicom names that item SCT "Source"; Orthanc Stone draws a region only when
+    the item carries DCM 111040, which TID 1410 allows as well.
+    """
+    region = hd.sr.ImageRegion(
+        graphic_type=hd.sr.GraphicTypeValues.POLYLINE,
+        graphic_data=outline,
+        source_image=hd.sr.SourceImageForRegion.from_source_image(
+            image, referenced_frame_numbers=frames
+        ),
+    )
+    (source,) = region.ContentSequence
+    source.ConceptNameCodeSequence = [hd.sr.CodedConcept.from_code(codes.ORIGINAL_SOURCE)]
+    return region
+
+
+def _prediction_codes(prediction: Prediction) -> list[tuple[Code, Code]]:
+    """(name, value): positive or negative at the threshold, risk stage, report text used."""
+    return [
+        (codes.PREDICTION, codes.POSITIVE if prediction.positive else codes.NEGATIVE),
+        (codes.RISK_STAGE, codes.STAGE[prediction.risk_stage]),
+        (codes.REPORT_TEXT_USED, codes.YES if prediction.report_text_used else codes.NO),
+    ]
+
+
 def _nodule_measurements(index: NoduleFeatures) -> list[hd.sr.Measurement]:
-    """Length, width, capsule distance (mm, or pixels when uncalibrated), echogenicity."""
+    """Long and short axis, capsule distance (mm, or pixels when uncalibrated), echogenicity."""
     shape, unit = (
         (index.shape_px, codes.PIXELS)
         if index.shape_mm is None
         else (index.shape_mm, codes.MILLIMETRE)
     )
     measurements = [
-        _measure(codes.LENGTH, round(shape.length, 2), unit),
-        _measure(codes.WIDTH, round(shape.width, 2), unit),
+        _measure(codes.LONG_AXIS, round(shape.length, 2), unit),
+        _measure(codes.SHORT_AXIS, round(shape.width, 2), unit),
     ]
     if isinstance(index.location, Location):
         distance_unit = codes.MILLIMETRE if index.location.unit == "mm" else codes.PIXELS
@@ -402,14 +411,30 @@ def _text(name: Code, value: str) -> hd.sr.TextContentItem:
     )
 
 
-def _qualitative_evaluations(caption: str, notes: Sequence[str]) -> hd.sr.ContainerContentItem:
-    """TID 1500's closing "Qualitative Evaluations": the result caption, then ``notes``."""
+def _qualitative_evaluations(report: ReportInput) -> hd.sr.ContainerContentItem:
+    """TID 1500's closing "Qualitative Evaluations": the study's prediction, then the text.
+
+    The coded prediction and risk stage, the result caption (clinical-use label first),
+    and one line per image of the study the model did not use.
+    """
+    prediction = report.prediction
     container = hd.sr.ContainerContentItem(
         name=codes.QUALITATIVE_EVALUATIONS,
         relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
     )
+    coded = [
+        hd.sr.CodeContentItem(
+            name=name, value=value, relationship_type=hd.sr.RelationshipTypeValues.CONTAINS
+        )
+        for name, value in _prediction_codes(prediction)
+    ]
+    notes = [f"Image not used: {line}" for line in report.not_used]
     container.ContentSequence = hd.sr.ContentSequence(
-        [_text(codes.RESULT, caption), *(_text(codes.RESULT, _shorten(n)) for n in notes)]
+        [
+            *coded,
+            _text(codes.RESULT, result_caption(prediction, report.clinical_use_label)),
+            *(_text(codes.RESULT, _shorten(note)) for note in notes),
+        ]
     )
     return container
 
@@ -429,40 +454,20 @@ def _observation_context(prediction: Prediction) -> hd.sr.ObservationContext:
     )
 
 
-def _equipment(prediction: Prediction, clinical_use_label: str | None) -> hd.ContributingEquipment:
-    """The model bundle as contributing equipment.
-
-    Its purpose is DCM 109102 "Processing Equipment": the node derived this
-    object by processing the images. 109104 "De-identifying Equipment" would
-    claim that this object was de-identified, but it belongs to the original,
-    identified study.
-    """
-    description = (
-        f"LLNM-Net model bundle {prediction.bundle_name} {prediction.bundle_version} "
-        "predicted lateral lymph node metastasis"
-    )
-    return hd.ContributingEquipment(
-        manufacturer=MANUFACTURER,
-        purpose_of_reference=codes.PROCESSING_EQUIPMENT,
-        manufacturer_model_name=prediction.bundle_name,
-        software_versions=prediction.bundle_version,
-        contribution_description=f"{description}. {clinical_use_label}"
-        if clinical_use_label
-        else description,
-    )
-
-
 def _document(
     evidence: Sequence[Dataset],
     content: Dataset,
     *,
     uids: tuple[str, str],
     description: str,
-    equipment: Sequence[hd.ContributingEquipment],
+    equipment: hd.ContributingEquipment,
 ) -> hd.sr.ComprehensiveSR:
-    """A Comprehensive SR in the evidence's study; ``uids`` are (series, SOP instance)."""
+    """A Comprehensive SR in the evidence's study; ``uids`` are (series, SOP instance).
+
+    Patient and study come from the first evidence instance (:func:`copy_identity`).
+    """
     series_uid, sop_uid = uids
-    return hd.sr.ComprehensiveSR(
+    document = hd.sr.ComprehensiveSR(
         evidence=evidence,
         content=content,
         series_instance_uid=series_uid,
@@ -471,12 +476,14 @@ def _document(
         instance_number=1,
         manufacturer=MANUFACTURER,
         is_complete=True,
-        contributing_equipment=equipment,
+        contributing_equipment=[equipment],
         manufacturer_model_name=MODEL_NAME,
         software_versions=SOFTWARE_VERSION,
         series_description=description,
-        coding_schemes=[codes.SCHEME_IDENTIFICATION],
+        coding_schemes=[codes.SCHEME_IDENTIFICATION, codes.IHE_SCHEME_IDENTIFICATION],
     )
+    copy_identity(evidence[0], document)
+    return document
 
 
 def _shorten(reason: str) -> str:

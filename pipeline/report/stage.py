@@ -28,6 +28,7 @@ from sqlalchemy.orm import Session
 from db import events, exports, jobs, pseudonyms, results
 from db.models import EventLevel, PseudonymKind
 from imaging.sop_classes import ULTRASOUND_IMAGE_CLASSES
+from models.bundle import BundleIdentity
 from pipeline.contracts import instance_refs
 from pipeline.features import NO_NODULE_FOUND
 from pipeline.infer import PredictedStudy
@@ -156,12 +157,12 @@ class Notices:
         options: ReportOptions,
         spool: SpoolLayout,
         destinations_for: DestinationsFor,
-        clinical_use_label: str | None,
+        algorithm: BundleIdentity,
     ) -> None:
         self._options = options
         self._spool = spool
         self._destinations_for = destinations_for
-        self._label = clinical_use_label
+        self._algorithm = algorithm
 
     def failed(self, session: Session, job_id: int, error: str) -> None:
         """Send the failure SR of job ``job_id`` (``report.failure_report``)."""
@@ -174,7 +175,7 @@ class Notices:
                     out_dir=out_dir,
                     job_id=job_id,
                     reason=error,
-                    clinical_use_label=self._label,
+                    algorithm=self._algorithm,
                 ),
             )
 
@@ -200,7 +201,7 @@ class Notices:
                         f"{image['text']}"
                         for image in detail.get("excluded", [])
                     ],
-                    clinical_use_label=self._label,
+                    algorithm=self._algorithm,
                 ),
             )
         if outcome == NO_NODULE_FOUND and self._options.no_nodule_report:
@@ -212,7 +213,7 @@ class Notices:
                     out_dir=out_dir,
                     job_id=job_id,
                     views=images,
-                    clinical_use_label=self._label,
+                    algorithm=self._algorithm,
                 ),
             )
 

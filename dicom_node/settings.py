@@ -4,6 +4,9 @@ Precedence (highest first): keyword arguments, environment variables
 (``LLNM_DICOM__PORT=11112``; nested fields joined by ``__``), the TOML file,
 the defaults below. The TOML file is the ``--config`` option of the CLI or the
 ``LLNM_CONFIG`` environment variable.
+
+Longer than 500 lines: every table of the configuration is here, so that one module
+holds what a settings file may say (the export destinations' kinds included).
 """
 
 from __future__ import annotations

@@ -4,6 +4,9 @@ Precedence (highest first): keyword arguments, environment variables
 (``LLNM_DICOM__PORT=11112``; nested fields joined by ``__``), the TOML file,
 the defaults below. The TOML file is the ``--config`` option of the CLI or the
 ``LLNM_CONFIG`` environment variable.
+
+Longer than 500 lines: every table of the configuration is here, so that one module
+holds what a settings file may say (the export destinations' kinds included).
 """
 
 from __future__ import annotations
@@ -12,12 +15,14 @@ import ipaddress
 import os
 from pathlib import Path
 from typing import Annotated, Any, Literal, Self
+from urllib.parse import urlsplit
 
 from pydantic import (
     BaseModel,
     ConfigDict,
     Discriminator,
     Field,
+    SecretStr,
     Tag,
     field_validator,
     model_validator,
@@ -264,6 +269,136 @@ class DimseDestination(_DestinationBase):
         return self.ae_title == calling_ae.strip()
 
 
+class Secret(_Section):
+    """A secret given inline, by the name of an environment variable, or as a file.
+
+    Exactly one of ``value``, ``env`` or ``file`` (a file's trailing newline is dropped);
+    a plain string is the value itself. Checked when the settings load, read by :meth:`reveal`.
+    """
+
+    value: SecretStr | None = None
+    env: str | None = Field(None, min_length=1)
+    file: Path | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _plain_string_is_the_value(cls, data: Any) -> Any:
+        return {"value": data} if isinstance(data, str) else data
+
+    @model_validator(mode="after")
+    def _exactly_one_present(self) -> Self:
+        given = [f for f in ("value", "env", "file") if getattr(self, f) is not None]
+        if len(given) != 1:
+            raise ValueError("give exactly one of value, env (a variable name) or file")
+        if self.env is not None and not os.environ.get(self.env):
+            raise ValueError(f"environment variable {self.env} is not set")
+        if self.file is not None and not self.file.is_file():
+            raise ValueError(f"secret file not found: {self.file}")
+        return self
+
+    def reveal(self) -> str:
+        """The secret itself.
+
+        Raises
+        ------
+        OSError
+            If its environment variable is no longer set or its file cannot be read.
+        """
+        if self.value is not None:
+            return self.value.get_secret_value()
+        if self.env is not None:
+            value = os.environ.get(self.env)
+            if not value:
+                raise OSError(f"environment variable {self.env} is not set")
+            return value
+        assert self.file is not None  # the validator saw to it
+        return self.file.read_text(encoding="utf-8").rstrip("\r\n")
+
+
+class NoAuth(_Section):
+    """No credentials (``type = "none"``, the default)."""
+
+    type: Literal["none"] = "none"
+
+
+class BasicAuth(_Section):
+    """HTTP Basic authentication (``type = "basic"``): a user name and a password."""
+
+    type: Literal["basic"]
+    username: str = Field(min_length=1)
+    password: Secret
+
+
+class BearerAuth(_Section):
+    """A bearer token in the ``Authorization`` header (``type = "bearer"``)."""
+
+    type: Literal["bearer"]
+    token: Secret
+
+
+HttpAuth = Annotated[NoAuth | BasicAuth | BearerAuth, Field(discriminator="type")]
+
+
+class HttpTLS(_Section):
+    """TLS towards an ``https://`` destination; the server is always verified."""
+
+    ca_file: Path | None = None  # PEM CA bundle to verify the server (system CAs when unset)
+    cert_file: Path | None = None  # client certificate (PEM), when the server asks for one
+    key_file: Path | None = None  # its unencrypted private key (PEM)
+
+    @model_validator(mode="after")
+    def _files_present(self) -> Self:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("a client certificate needs both tls.cert_file and tls.key_file")
+        for path in (self.ca_file, self.cert_file, self.key_file):
+            if path is not None and not path.is_file():
+                raise ValueError(f"TLS file not found: {path}")
+        return self
+
+
+class DicomWebDestination(_DestinationBase):
+    """A DICOMweb service the results are stored to by STOW-RS (``kind = "dicomweb"``)."""
+
+    kind: Literal["dicomweb"]
+    # The service root, e.g. http://pacs:8042/dicom-web (STOW-RS posts to <url>/studies).
+    url: str
+    # The AE title the PACS behind this service sends studies from: their results come back
+    # here (return to sender). Unset: only ``always`` sends results here.
+    ae_title: str | None = None
+    auth: HttpAuth = Field(default_factory=NoAuth)
+    tls: HttpTLS = Field(default_factory=HttpTLS)
+    # Seconds to connect, and to wait for each answer, per request.
+    timeout_s: float = Field(30.0, gt=0)
+
+    @field_validator("ae_title")
+    @classmethod
+    def _check_ae(cls, value: str | None) -> str | None:
+        return None if value is None else _check_ae_title(value)
+
+    @field_validator("url")
+    @classmethod
+    def _check_url(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"url {value!r} must be http:// or https:// with a host name")
+        if parts.username is not None or parts.password is not None:
+            raise ValueError("put credentials in auth, not in the url")
+        if parts.query or parts.fragment:
+            raise ValueError(f"url {value!r} must be the service root, without ? or #")
+        return value.rstrip("/")
+
+    @model_validator(mode="after")
+    def _tls_needs_https(self) -> Self:
+        tls_set = self.tls != HttpTLS()
+        if tls_set and urlsplit(self.url).scheme != "https":
+            raise ValueError("tls settings need an https:// url")
+        return self
+
+    def returns_to(self, calling_ae: str) -> bool:
+        """Whether ``calling_ae`` is the AE title of the PACS behind this service."""
+        return self.ae_title is not None and self.ae_title == calling_ae.strip()
+
+
 def _destination_kind(value: Any) -> str:
     """The tag of a destination table: its ``kind``, ``dimse`` when it names none."""
     kind = value.get("kind", "dimse") if isinstance(value, dict) else getattr(value, "kind", None)
@@ -273,7 +408,7 @@ def _destination_kind(value: Any) -> str:
 # An export destination: a union tagged by ``kind``, one variant per kind, each delivered by
 # its module in dicom_node/network/senders/ (docs/ARCHITECTURE.md says how to add a kind).
 Destination = Annotated[
-    Annotated[DimseDestination, Tag("dimse")],
+    Annotated[DimseDestination, Tag("dimse")] | Annotated[DicomWebDestination, Tag("dicomweb")],
     Discriminator(_destination_kind),
 ]
 

@@ -4,14 +4,15 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # dcmtk: echoscu/storescu/dsrdump; dicom3tools: dciodvfy; orthanc: a real PACS peer for tests
-# and benchmarks; openssl: test certificates; iproute2/util-linux: offline (no network) tests;
+# and benchmarks; orthanc-dicomweb: its DICOMweb plugin (STOW-RS export tests); openssl: test
+# certificates; iproute2/util-linux: offline (no network) tests;
 # docker-compose: only for tests/test_docker.py, whose `docker-compose config` validates
 # docker/compose.yaml (no Docker daemon needed or installed: recommends are left out);
-# chromium + chromium-driver: headless browser for tests/test_dashboard.py (Selenium);
-# orthanc-dicomweb: the viewer of `llnm-node demo --viewer` and tests/test_viewer.py, whose
-# OHIF build npm fetches (any npm will do: Debian's only where there is none, e.g. NodeSource's).
-APT_PACKAGES=(dcmtk dicom3tools orthanc openssl iproute2 util-linux docker-compose
-  chromium chromium-driver orthanc-dicomweb)
+# chromium + chromium-driver: headless browser for tests/test_dashboard.py (Selenium); the
+# viewer of `llnm-node demo --viewer` and tests/test_viewer.py is orthanc-dicomweb with OHIF,
+# whose build npm fetches (any npm will do: Debian's only where there is none).
+APT_PACKAGES=(dcmtk dicom3tools orthanc orthanc-dicomweb openssl iproute2 util-linux
+  docker-compose chromium chromium-driver)
 missing=()
 for package in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" \

@@ -1,7 +1,13 @@
-"""A real Orthanc (Debian package) on loopback: the PACS of the end-to-end test and benchmark."""
+"""A real Orthanc (Debian package) on loopback: the PACS of the end-to-end test and benchmark.
+
+``start_orthanc(workdir, settings)`` runs one with any configuration; add
+``dicomweb_settings()`` to the settings for its DICOMweb plugin (package
+orthanc-dicomweb) at ``Orthanc.dicomweb_url``.
+"""
 
 from __future__ import annotations
 
+import base64
 import json
 import urllib.error
 import urllib.request
@@ -14,6 +20,8 @@ from typing import Any
 from harness import Process, free_port, log_tail
 
 ORTHANC_BIN = Path("/usr/sbin/Orthanc")
+DICOMWEB_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
+DICOMWEB_ROOT = "/dicom-web"
 ORTHANC_AE = "ORTHANC"
 NODE_MODALITY = "llnm"
 STARTUP_TIMEOUT_S = 60.0
@@ -27,27 +35,56 @@ end
 """
 
 
+def dicomweb_settings() -> dict[str, Any]:
+    """The settings fragment that loads the DICOMweb plugin, its root at ``DICOMWEB_ROOT``/."""
+    if not DICOMWEB_PLUGIN.is_file():
+        raise FileNotFoundError(
+            f"{DICOMWEB_PLUGIN} missing: scripts/setup.sh installs the orthanc-dicomweb package"
+        )
+    return {
+        "Plugins": [str(DICOMWEB_PLUGIN)],
+        "DicomWeb": {"Enable": True, "Root": f"{DICOMWEB_ROOT}/"},
+    }
+
+
 @dataclass(frozen=True)
 class Orthanc:
-    """A running Orthanc: its DICOM port and a small REST client."""
+    """A running Orthanc: its ports and a small REST client.
+
+    ``credentials`` (user, password) when its settings enable authentication. (The
+    Debian package's HTTPS, "SslEnabled", resets every connection: it is not used.)
+    """
 
     dicom_port: int
     http_port: int
     log_path: Path
+    credentials: tuple[str, str] | None = None
+
+    @property
+    def base_url(self) -> str:
+        """The REST API's root: http://127.0.0.1:<http_port>."""
+        return f"http://127.0.0.1:{self.http_port}"
+
+    @property
+    def dicomweb_url(self) -> str:
+        """The DICOMweb service root (with ``dicomweb_settings()``)."""
+        return f"{self.base_url}{DICOMWEB_ROOT}"
+
+    def _open(self, request: urllib.request.Request, timeout: float) -> Any:
+        if self.credentials is not None:
+            token = base64.b64encode(":".join(self.credentials).encode()).decode()
+            request.add_header("Authorization", f"Basic {token}")
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return json.loads(response.read())
 
     def get(self, path: str) -> Any:
         """GET ``path`` of the REST API, decoded from JSON."""
-        url = f"http://127.0.0.1:{self.http_port}{path}"
-        with urllib.request.urlopen(url, timeout=10) as response:
-            return json.loads(response.read())
+        return self._open(urllib.request.Request(f"{self.base_url}{path}"), timeout=10)
 
     def post(self, path: str, body: bytes) -> Any:
         """POST ``body`` to ``path`` of the REST API, decoded from JSON."""
-        request = urllib.request.Request(
-            f"http://127.0.0.1:{self.http_port}{path}", data=body, method="POST"
-        )
-        with urllib.request.urlopen(request, timeout=30) as response:
-            return json.loads(response.read())
+        request = urllib.request.Request(f"{self.base_url}{path}", data=body, method="POST")
+        return self._open(request, timeout=30)
 
     def upload(self, path: Path) -> str:
         """Store a Part 10 file through the REST API; returns Orthanc's instance id."""
@@ -78,14 +115,26 @@ class Orthanc:
 
 @contextmanager
 def start_orthanc(
-    workdir: Path, settings: dict[str, Any], *, dicom_port: int | None = None
+    workdir: Path,
+    settings: dict[str, Any],
+    *,
+    dicom_port: int | None = None,
+    http_port: int | None = None,
+    credentials: tuple[str, str] | None = None,
 ) -> Iterator[Orthanc]:
     """Orthanc with ``settings``, its folders under ``workdir`` and its ports; stopped on exit.
 
-    ``dicom_port`` is a free port unless given; the HTTP port always is.
+    The ports are free ports unless given (started again with the same ``workdir`` and
+    ports, it has what it stored before). ``credentials``: what its REST client sends
+    when ``settings`` enable authentication.
     """
     workdir.mkdir(parents=True, exist_ok=True)
-    orthanc = Orthanc(dicom_port or free_port(), free_port(), workdir / "orthanc.log")
+    orthanc = Orthanc(
+        dicom_port or free_port(),
+        http_port or free_port(),
+        workdir / "orthanc.log",
+        credentials=credentials,
+    )
     config = {
         "StorageDirectory": str(workdir / "storage"),
         "IndexDirectory": str(workdir / "index"),

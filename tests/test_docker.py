@@ -31,7 +31,14 @@ from typer.testing import CliRunner
 import dicom_factory
 from dicom_node.app.node import Node
 from dicom_node.cli.main import app
-from dicom_node.settings import CONFIG_ENV_VAR, Settings, load_settings
+from dicom_node.settings import (
+    CONFIG_ENV_VAR,
+    DicomWebDestination,
+    DimseDestination,
+    ExportSettings,
+    Settings,
+    load_settings,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCKER = ROOT / "docker"
@@ -40,6 +47,8 @@ NODE_TOML = DOCKER / "node.toml"
 LUA_SCRIPT = DOCKER / "orthanc" / "route-to-llnm.lua"
 DOCKERFILES = {"cpu": DOCKER / "Dockerfile", "cuda": DOCKER / "Dockerfile.cuda"}
 SERVICES = {"node", "worker-gpu", "worker-cpu", "redis", "postgres", "orthanc"}
+VIEWER_SERVICES = {"viewer-orthanc", "viewer", "viewer-proxy"}  # profile "viewer"
+VIEWER = DOCKER / "viewer"
 LLNM_SERVICES = ("node", "worker-gpu", "worker-cpu")
 SPOOL_PATH = "/var/lib/llnm"
 TORCH_PINS = ("torch==2.14.1", "torchvision==0.29.1")
@@ -53,9 +62,8 @@ COMPOSE_VARIABLES = {
 }
 
 
-@pytest.fixture(scope="module")
-def compose() -> dict[str, Any]:
-    """`docker-compose config` of docker/compose.yaml: validated and resolved by the real tool."""
+def _compose_config(*options: str) -> dict[str, Any]:
+    """`docker-compose [options] config` of docker/compose.yaml: validated and resolved."""
     tool = shutil.which("docker-compose")
     if tool is None:
         pytest.fail(
@@ -65,7 +73,7 @@ def compose() -> dict[str, Any]:
     # The file's own defaults, whatever this shell has set for its ${...} variables.
     env = {k: v for k, v in os.environ.items() if k not in COMPOSE_VARIABLES}
     result = subprocess.run(
-        [tool, "-f", str(COMPOSE_FILE), "config"],
+        [tool, "-f", str(COMPOSE_FILE), *options, "config"],
         env=env,
         capture_output=True,
         text=True,
@@ -76,6 +84,18 @@ def compose() -> dict[str, Any]:
     config = yaml.safe_load(result.stdout)
     assert isinstance(config, dict)
     return config
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    """`docker-compose config` of docker/compose.yaml: validated and resolved by the real tool."""
+    return _compose_config()
+
+
+@pytest.fixture(scope="module")
+def viewer_compose() -> dict[str, Any]:
+    """The same with the viewer profile enabled (`--profile viewer`)."""
+    return _compose_config("--profile", "viewer")
 
 
 def _service(compose: dict[str, Any], name: str) -> dict[str, Any]:
@@ -105,8 +125,13 @@ def _command(compose: dict[str, Any], name: str) -> list[str]:
 # --- the compose file ----------------------------------------------------------------------
 
 
-def test_the_six_services_exist(compose: dict[str, Any]) -> None:
-    assert set(compose["services"]) == SERVICES
+def test_the_six_services_exist_and_the_viewer_is_a_profile(compose: dict[str, Any]) -> None:
+    # docker-compose 1.29 lists profile services too; `up` leaves them out unless asked.
+    assert set(compose["services"]) == SERVICES | VIEWER_SERVICES
+    for name in SERVICES:
+        assert "profiles" not in _service(compose, name), name
+    for name in VIEWER_SERVICES:
+        assert _service(compose, name)["profiles"] == ["viewer"], name
 
 
 def test_the_fixture_knows_every_variable_the_compose_file_interpolates() -> None:
@@ -256,6 +281,7 @@ def test_each_service_environment_and_node_toml_load_as_settings(
     assert settings.dicom.admits(orthanc_env["ORTHANC__DICOM_AET"], "172.18.0.7")
     (name,) = settings.export.destinations_for(orthanc_env["ORTHANC__DICOM_AET"])
     destination = settings.export.destination(name)
+    assert isinstance(destination, DimseDestination)
     assert (destination.host, destination.port) == (
         "orthanc",
         int(orthanc_env["ORTHANC__DICOM_PORT"]),
@@ -454,3 +480,49 @@ def test_orthanc_rule_routes_stable_studies_once_and_never_the_nodes_results(
 
     assert fake_node.received == [first, later]
     assert result not in fake_node.received
+
+
+# --- the viewer profile ----------------------------------------------------------------------
+
+
+def test_viewer_profile_serves_ohif_and_orthanc_dicomweb_on_one_origin(
+    viewer_compose: dict[str, Any],
+) -> None:
+    assert set(viewer_compose["services"]) >= SERVICES | VIEWER_SERVICES
+    assert "viewer-orthanc-db" in viewer_compose["volumes"]
+    assert _service(viewer_compose, "viewer")["image"] == "ohif/app:v3.13.2"
+    orthanc = _service(viewer_compose, "viewer-orthanc")
+    assert re.fullmatch(r"orthancteam/orthanc:\d+\.\d+\.\d+", orthanc["image"])
+    env = _environment(viewer_compose, "viewer-orthanc")
+    assert env["DICOM_WEB_PLUGIN_ENABLED"] == "true"
+    assert env["ORTHANC__DICOM_WEB__ROOT"] == "/dicom-web/"
+    assert "ports" not in orthanc and "ports" not in _service(viewer_compose, "viewer")
+    proxy = _service(viewer_compose, "viewer-proxy")
+    assert re.fullmatch(r"nginx:\d+\.\d+\.\d+-alpine", proxy["image"])
+    assert [str(p) for p in proxy["ports"]] == ["127.0.0.1:3000:80/tcp"]  # this host only
+    mounts = _volume_targets(viewer_compose, "viewer-proxy")
+    assert Path(mounts["/etc/nginx/conf.d/default.conf"]) == VIEWER / "nginx.conf"
+    assert Path(mounts["/usr/share/nginx/viewer/app-config.js"]) == VIEWER / "app-config.js"
+
+    nginx = (VIEWER / "nginx.conf").read_text()
+    locations = dict(re.findall(r"location\s+(?:=\s+)?(\S+)\s*\{([^}]*)\}", nginx))
+    assert "proxy_pass http://viewer-orthanc:8042/dicom-web/;" in locations["/dicom-web/"]
+    assert "proxy_pass http://viewer:80;" in locations["/"]
+    assert "alias /usr/share/nginx/viewer/app-config.js;" in locations["/app-config.js"]
+    app_config = (VIEWER / "app-config.js").read_text()
+    assert "const dicomWebRoot = `${window.location.origin}/dicom-web`;" in app_config
+    for root in ("qidoRoot", "wadoRoot"):
+        assert f"{root}: dicomWebRoot," in app_config
+    assert "defaultDataSourceName: 'orthanc'" in app_config
+
+
+def test_the_documented_viewer_destination_is_valid_settings() -> None:
+    """README's dicomweb destination for viewer-orthanc loads and names its DICOMweb root."""
+    readme = (ROOT / "README.md").read_text()
+    [snippet] = re.findall(
+        r"```toml\n(# docker/node\.toml: results to the viewer.*?)```", readme, re.S
+    )
+    [destination] = ExportSettings.model_validate(tomllib.loads(snippet)["export"]).destinations
+    assert isinstance(destination, DicomWebDestination)
+    assert destination.url == "http://viewer-orthanc:8042/dicom-web"
+    assert destination.always

@@ -31,7 +31,13 @@ from dicom_node.network.exporter import Exporter, RoundSummary
 from dicom_node.network.scu import AssociationError, Peer, echo
 from dicom_node.network.senders import registered_variants
 from dicom_node.network.tls import client_context
-from dicom_node.settings import Destination, DestinationTLS, DimseDestination, ExportSettings
+from dicom_node.settings import (
+    Destination,
+    DestinationTLS,
+    DicomWebDestination,
+    DimseDestination,
+    ExportSettings,
+)
 from pipeline.spool import SpoolLayout
 
 pytestmark = [
@@ -359,7 +365,7 @@ def _variants(union: object) -> set[type]:
 
 
 def test_every_destination_kind_has_a_sender() -> None:
-    assert _variants(Destination) == {DimseDestination}
+    assert _variants(Destination) == {DimseDestination, DicomWebDestination}
     assert registered_variants() == _variants(Destination)
 
 

@@ -122,7 +122,7 @@ def test_every_vendor_ultrasound_file_is_declined_with_its_reason(
         reason = expected[str(notice.StudyInstanceUID)]
         text = " ".join(str(item.TextValue) for item in notice.ContentSequence)
         assert notice.ConceptNameCodeSequence[0].CodeMeaning == "LLNM analysis: not assessed"
-        assert text.startswith(f"Not assessed: {reason.text}") and "NOT FOR CLINICAL USE" in text
+        assert text.startswith(f"NOT FOR CLINICAL USE. Not assessed: {reason.text}")
 
     client = httpx.Client(
         base_url=f"http://127.0.0.1:{node.api_port}",

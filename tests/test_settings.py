@@ -4,7 +4,16 @@ import pytest
 from harness import write_toml
 from pydantic import ValidationError
 
-from dicom_node.settings import AllowedCaller, DicomSettings, load_settings
+from dicom_node.settings import (
+    AllowedCaller,
+    BasicAuth,
+    BearerAuth,
+    DicomSettings,
+    DicomWebDestination,
+    ExportSettings,
+    NoAuth,
+    load_settings,
+)
 
 
 def test_defaults_are_embedded_and_loopback(
@@ -83,3 +92,70 @@ def test_tls_needs_existing_files(tmp_path: Path) -> None:
         DicomSettings(
             tls={"enabled": True, "cert_file": tmp_path / "c.pem", "key_file": tmp_path / "k.pem"}
         )
+
+
+def _dicomweb(**values: object) -> dict[str, object]:
+    return {"name": "viewer", "kind": "dicomweb", "url": "http://pacs:8042/dicom-web", **values}
+
+
+def test_dicomweb_destination_from_toml(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("ca.pem", "client.pem", "client.key"):
+        (tmp_path / name).write_text("PEM")
+    monkeypatch.setenv("PACS_PASSWORD", "pw")
+    destination = _dicomweb(
+        url="https://pacs.example.org/dicom-web/",
+        ae_title="PACS",
+        timeout_s=5,
+        auth={"type": "basic", "username": "llnm", "password": {"env": "PACS_PASSWORD"}},
+        tls={
+            "ca_file": tmp_path / "ca.pem",
+            "cert_file": tmp_path / "client.pem",
+            "key_file": tmp_path / "client.key",
+        },
+    )
+    config = write_toml(tmp_path / "node.toml", {"export": {"destinations": [destination]}})
+    [loaded] = load_settings(config).export.destinations
+    assert isinstance(loaded, DicomWebDestination)
+    assert (loaded.url, loaded.timeout_s) == ("https://pacs.example.org/dicom-web", 5)
+    assert isinstance(loaded.auth, BasicAuth) and loaded.auth.password.reveal() == "pw"
+    assert load_settings(config).export.destinations_for("PACS") == ("viewer",)
+    monkeypatch.delenv("PACS_PASSWORD")
+    with pytest.raises(OSError, match="PACS_PASSWORD is not set"):
+        loaded.auth.password.reveal()
+
+
+def test_dicomweb_destination_defaults_and_inline_secrets() -> None:
+    plain = ExportSettings(destinations=[_dicomweb()]).destinations[0]
+    assert isinstance(plain, DicomWebDestination) and isinstance(plain.auth, NoAuth)
+    assert not plain.returns_to("PACS")  # no AE title: only `always` sends results there
+    bearer = DicomWebDestination.model_validate(_dicomweb(auth={"type": "bearer", "token": "t"}))
+    assert isinstance(bearer.auth, BearerAuth) and bearer.auth.token.reveal() == "t"
+    assert "'t'" not in repr(bearer)
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"url": "ftp://pacs/dicom-web"}, "must be http:// or https://"),
+        ({"url": "http:///dicom-web"}, "with a host name"),
+        ({"url": "https://u:p@pacs/dicom-web"}, "credentials in auth"),
+        ({"url": "http://pacs/dicom-web?x=1"}, "service root"),
+        ({"tls": {"ca_file": "/etc/hostname"}}, "need an https:// url"),
+        ({"url": "https://pacs", "tls": {"cert_file": "/etc/hostname"}}, "cert_file and tls.key"),
+        ({"url": "https://pacs", "tls": {"ca_file": "/absent.pem"}}, "TLS file not found"),
+        ({"auth": {"type": "basic", "username": "u", "password": {}}}, "exactly one of"),
+        (
+            {"auth": {"type": "basic", "username": "u", "password": {"value": "a", "env": "B"}}},
+            "exactly one of",
+        ),
+        ({"auth": {"type": "bearer", "token": {"env": "LLNM_TEST_UNSET"}}}, "is not set"),
+        ({"auth": {"type": "bearer", "token": {"file": "/absent"}}}, "secret file not found"),
+        ({"auth": {"type": "oauth"}}, "does not match any of the expected tags"),
+        ({"ae_title": "BAD\\AE"}, "AE title"),
+        ({"timeout_s": 0}, "greater than 0"),
+        ({"host": "pacs"}, "Extra inputs are not permitted"),
+    ],
+)
+def test_dicomweb_destination_errors(values: dict[str, object], message: str) -> None:
+    with pytest.raises(ValidationError, match=message):
+        ExportSettings(destinations=[_dicomweb(**values)])

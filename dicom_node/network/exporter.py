@@ -81,8 +81,8 @@ class Exporter:
             sender = sender_for(destination, self._calling_ae)
         except LookupError as exc:
             return self._fail(batch, str(exc), now)
-        except OSError as exc:  # ssl.SSLError included
-            return self._fail(batch, f"TLS setup for destination {name!r} failed: {exc}", now)
+        except OSError as exc:  # ssl.SSLError included; a secret that cannot be read
+            return self._fail(batch, f"setting up destination {name!r} failed: {exc}", now)
         present: list[DueExport] = []
         missing: list[DueExport] = []
         for export in batch:

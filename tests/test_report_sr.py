@@ -146,10 +146,10 @@ def test_dciodvfy_finds_no_errors(which: str, request: pytest.FixtureRequest) ->
 def test_dsrdump_shows_the_prediction(two_views: Built) -> None:
     text = _dsrdump(two_views.sr.path)
     prediction = two_views.report.prediction
-    assert f'"LLNM probability")="{round(prediction.probability, 4)}"' in text
+    assert f'"LLNM probability")="{round(100 * prediction.probability, 2)}" (%,UCUM' in text
     assert f'"LLNM risk stage")=(258219007,SCT,"Stage {prediction.risk_stage}")' in text
     assert '"LLNM prediction")=(10828004,SCT,"Positive")' in text  # seed 1 is positive
-    assert "(1,UCUM" in text and "(%,UCUM" in text
+    assert f'"Threshold Value")="{round(100 * prediction.threshold, 2)}" (%,UCUM' in text
     for group in CONTRIBUTION_GROUPS:
         assert f'"Contribution: {group}")="' in text
     # dsrdump cuts long text: the label must come first to be seen.

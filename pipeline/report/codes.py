@@ -100,7 +100,6 @@ PLANE = MappingProxyType(
 )
 
 # Units (UCUM; curly braces are UCUM annotations of a dimensionless unit).
-NO_UNITS = codes.UCUM.NoUnits  # "1"
 PERCENT = codes.UCUM.Percent  # "%"
 MILLIMETRE = codes.UCUM.Millimeter  # "mm"
 PIXELS = Code(value="{pixels}", scheme_designator="UCUM", meaning="pixels")

@@ -306,9 +306,10 @@ def _nodule_group(
         finding_sites=[position],
         algorithm_id=algorithm,
         measurements=[
-            _measure(codes.PROBABILITY, round(prediction.probability, 4), codes.NO_UNITS),
+            # In percent: viewers print the unit's code, and "%" reads better than "1".
+            _measure(codes.PROBABILITY, round(100 * prediction.probability, 2), codes.PERCENT),
             *_nodule_measurements(index),
-            _measure(codes.THRESHOLD, round(prediction.threshold, 4), codes.NO_UNITS),
+            _measure(codes.THRESHOLD, round(100 * prediction.threshold, 2), codes.PERCENT),
             *_contributions(prediction),
         ],
         qualitative_evaluations=[

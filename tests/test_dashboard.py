@@ -18,14 +18,12 @@ from pathlib import Path
 import cv2
 import httpx
 import pytest
+from browser import headless_chromium
 from harness import free_port, wait_for
 from pydantic import ValidationError
 from pydicom.dataset import Dataset
 from pydicom.uid import RLELossless
 from pynetdicom import AE, StoragePresentationContexts, evt
-from selenium import webdriver
-from selenium.webdriver.chrome.options import Options
-from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.remote.webelement import WebElement
@@ -331,15 +329,8 @@ def test_links_out_of_the_job_and_ids_beyond_the_database_are_refused(
 @pytest.fixture(scope="module")
 def browser() -> Iterator[WebDriver]:
     """Headless Chromium, 1280 x 1000."""
-    options = Options()
-    options.binary_location = "/usr/bin/chromium"
-    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage"):
-        options.add_argument(argument)
-    options.add_argument("--window-size=1280,1000")
-    driver = webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=options)
-    driver.implicitly_wait(0)
-    yield driver
-    driver.quit()
+    with headless_chromium(1280, 1000) as driver:
+        yield driver
 
 
 def _row(browser: WebDriver, job_id: int) -> WebElement:

@@ -24,12 +24,10 @@ from typing import Any
 import cv2
 import highdicom as hd
 import pytest
+from browser import headless_chromium
 from harness import log_tail, wait_for
 from pydicom import dcmread
 from report_cases import write_case
-from selenium import webdriver
-from selenium.webdriver.chrome.options import Options
-from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.action_chains import ActionChains
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
@@ -192,15 +190,8 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
 @pytest.fixture(scope="module")
 def browser() -> Iterator[WebDriver]:
     """Headless Chromium, 1600 x 1000."""
-    options = Options()
-    options.binary_location = "/usr/bin/chromium"
-    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage"):
-        options.add_argument(argument)
-    options.add_argument("--window-size=1600,1000")
-    driver = webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=options)
-    driver.implicitly_wait(0)
-    yield driver
-    driver.quit()
+    with headless_chromium(1600, 1000) as driver:
+        yield driver
 
 
 def _dismiss_prompts(browser: WebDriver) -> None:

@@ -51,6 +51,7 @@ DEMO_QUIET_SECONDS = 2.0
 DEMO_TIMEOUT_S = 120.0
 DEMO_MIN_FREE_MB = 50.0
 DEMO_PACS_AE = "DEMO_PACS"
+DEMO_PACS_DESTINATION = "demo-pacs"  # the export destination of the demo PACS
 
 
 def _sample_paths() -> list[Path]:
@@ -143,7 +144,7 @@ def run_demo(console: Console, data_dir: Path | None, ohif_dir: Path | None = No
             viewer = stack.enter_context(Viewer(root / "viewer", ohif_dir))
         destinations = [
             DimseDestination(
-                name="demo-pacs", ae_title=DEMO_PACS_AE, host="127.0.0.1", port=pacs_port
+                name=DEMO_PACS_DESTINATION, ae_title=DEMO_PACS_AE, host="127.0.0.1", port=pacs_port
             )
         ]
         if viewer is not None:
@@ -291,7 +292,7 @@ def _returned_table(node: Node, jobs: list[listings.JobRow], pacs: DemoPacs) -> 
     with node.database.session() as session:
         for job in jobs:
             detail = listings.job_detail(session, job_id=job.id)
-            sent = exports.list_exports(session, job_id=job.id)
+            sent = exports.list_exports(session, job_id=job.id, destination=DEMO_PACS_DESTINATION)
             files = sorted(
                 (received[e.sop_instance_uid] for e in sent if e.sop_instance_uid in received),
                 key=lambda path: (not path.name.startswith("SR"), path.name),

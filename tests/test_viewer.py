@@ -13,7 +13,13 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import re
 import shutil
+import signal
+import subprocess
+import sys
+import time
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -51,6 +57,9 @@ CASES = {
 SR_SERIES, HEATMAP_SERIES = "9901", "9902"
 RESULTS_TIMEOUT_S = 240.0
 OHIF_TIMEOUT_S = 90.0
+DEMO_TIMEOUT_S = 300.0
+LLNM_NODE_EXE = Path(sys.executable).with_name("llnm-node")
+STUDY_URL = r"(http://127\.0\.0\.1:\d+)/viewer\?StudyInstanceUIDs=([\d.]+)"
 PROMPTS = ("Skip all", "Confirm and hide")  # OHIF's tour and its investigational-use notice
 ERROR_TEXTS = ("Something went wrong", "Error loading", "could not be loaded")
 # The shares of the viewport's pixels that are lit and that are clearly coloured.
@@ -343,3 +352,46 @@ def test_ohif_draws_the_sr_outline_with_its_labels_and_opens_the_heatmaps(
     )
     _screenshot(browser, tmp_path, f"{case}-heatmap")
     _assert_no_error(browser)
+
+
+def test_demo_viewer_prints_a_working_url_per_study_and_stops_on_ctrl_c(tmp_path: Path) -> None:
+    """``llnm-node demo --viewer`` as a person runs it: URLs that open, results behind them."""
+    data = tmp_path / "demo"
+    env = {**os.environ, "COLUMNS": "200"}
+    env = {k: v for k, v in env.items() if not k.startswith("LLNM_")}
+    demo = subprocess.Popen(
+        [str(LLNM_NODE_EXE), "demo", "--viewer", "--data-dir", str(data)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+    )
+    assert demo.stdout is not None
+    lines: list[str] = []
+    try:
+        deadline = time.monotonic() + DEMO_TIMEOUT_S
+        while not lines or "Press Ctrl-C" not in lines[-1]:
+            line = demo.stdout.readline()
+            assert line and time.monotonic() < deadline, "".join(lines)
+            lines.append(line)
+        urls = re.findall(
+            r"(http://127\.0\.0\.1:\d+)/viewer\?StudyInstanceUIDs=([\d.]+)", "".join(lines)
+        )
+        assert len(urls) >= 3, "".join(lines)  # the three phantom studies at least
+        origin, first = urls[0]
+        with urllib.request.urlopen(
+            f"{origin}/viewer?StudyInstanceUIDs={first}", timeout=10
+        ) as page:
+            assert page.status == 200 and b'id="root"' in page.read()
+        series_url = f"{origin}/dicom-web/studies/{first}/series"
+        with urllib.request.urlopen(series_url, timeout=10) as answer:
+            numbers = {str(s["00200011"]["Value"][0]) for s in json.loads(answer.read())}
+        assert {SR_SERIES, HEATMAP_SERIES} <= numbers, numbers
+        demo.send_signal(signal.SIGINT)
+        assert demo.wait(timeout=60) == 0, "".join(lines) + demo.stdout.read()
+    finally:
+        if demo.poll() is None:
+            demo.kill()
+            demo.wait()
+    left = subprocess.run(["pgrep", "-f", str(data)], capture_output=True, text=True)
+    assert left.stdout == "", f"processes of the demo still run: {left.stdout}"

@@ -395,3 +395,17 @@ def test_demo_viewer_prints_a_working_url_per_study_and_stops_on_ctrl_c(tmp_path
             demo.wait()
     left = subprocess.run(["pgrep", "-f", str(data)], capture_output=True, text=True)
     assert left.stdout == "", f"processes of the demo still run: {left.stdout}"
+
+
+def test_demo_viewer_without_an_ohif_build_says_so_and_exits_2(tmp_path: Path) -> None:
+    run = subprocess.run(
+        [str(LLNM_NODE_EXE), "demo", "--viewer", "--ohif-dir", str(tmp_path / "no-build")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "COLUMNS": "200"},
+        check=False,
+    )
+    assert run.returncode == 2, run.stdout + run.stderr
+    assert "the viewer cannot start: no OHIF build in" in run.stderr
+    assert "Traceback" not in run.stdout + run.stderr

@@ -28,6 +28,10 @@ STARTUP_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 30.0
 
 
+class ViewerError(RuntimeError):
+    """The viewer cannot start: a piece is not installed, or Orthanc does not come up."""
+
+
 def default_ohif_dir() -> Path:
     """Where ``scripts/fetch_ohif.sh`` puts the OHIF build: ``.viewer/`` of the checkout."""
     return Path(__file__).resolve().parents[2] / ".viewer" / f"ohif-{OHIF_VERSION}"
@@ -90,11 +94,21 @@ class Viewer:
         return self.ohif.study_url(study_uid)
 
     def start(self) -> Self:
-        """Start Orthanc, wait for its REST API, then serve OHIF."""
+        """Start Orthanc, wait for its REST API, then serve OHIF.
+
+        Raises
+        ------
+        ViewerError
+            If Orthanc, its DICOMweb plugin or the OHIF build is missing, or Orthanc
+            does not come up (it is stopped again then).
+        """
         for needed in (ORTHANC_BIN, DICOMWEB_PLUGIN):
             if not needed.is_file():
-                raise FileNotFoundError(f"{needed} is missing: run scripts/setup.sh")
-        ohif = OhifServer(self.ohif_dir, self.http_port)
+                raise ViewerError(f"{needed} is missing: run scripts/setup.sh")
+        try:
+            ohif = OhifServer(self.ohif_dir, self.http_port)
+        except FileNotFoundError as exc:
+            raise ViewerError(str(exc)) from exc
         self.folder.mkdir(parents=True, exist_ok=True)
         config = self.folder / "orthanc.json"
         config.write_text(
@@ -111,7 +125,11 @@ class Viewer:
                 stdin=subprocess.DEVNULL,
                 cwd=self.folder,
             )
-        self._wait_for_orthanc()
+        try:
+            self._wait_for_orthanc()
+        except ViewerError:
+            self.stop()
+            raise
         ohif.start()
         self._ohif = ohif
         return self
@@ -121,12 +139,12 @@ class Viewer:
         while True:
             assert self._orthanc is not None
             if (code := self._orthanc.poll()) is not None:
-                raise RuntimeError(f"Orthanc exited ({code}); see {self.log_path}")
+                raise ViewerError(f"Orthanc exited ({code}); see {self.log_path}")
             try:
                 self.rest("GET", "/system")
             except (urllib.error.URLError, ConnectionError, TimeoutError):
                 if time.monotonic() > deadline:
-                    raise RuntimeError(f"Orthanc did not answer; see {self.log_path}") from None
+                    raise ViewerError(f"Orthanc did not answer; see {self.log_path}") from None
                 time.sleep(0.2)
             else:
                 return

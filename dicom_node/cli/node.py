@@ -83,11 +83,15 @@ def demo(
 ) -> None:
     """Start a node on the embedded default, send it sample ultrasound studies, show the jobs."""
     from dicom_node.app.demo import run_demo
-    from dicom_node.app.viewer import default_ohif_dir
+    from dicom_node.app.viewer import ViewerError, default_ohif_dir
 
     setup_logging("WARNING")
     build = (ohif_dir or default_ohif_dir()) if viewer else None
-    raise typer.Exit(run_demo(console, data_dir, build))
+    try:
+        code = run_demo(console, data_dir, build)
+    except ViewerError as exc:
+        raise fail("the viewer cannot start", exc, code=2) from exc
+    raise typer.Exit(code)
 
 
 @db_app.command("upgrade")

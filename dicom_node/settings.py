@@ -85,6 +85,13 @@ class AllowedCaller(_Section):
         return any(peer in ipaddress.ip_network(host, strict=False) for host in self.hosts)
 
 
+def _require_tls_files(*paths: Path | None) -> None:
+    """Refuse a TLS file that is named but not there."""
+    for path in paths:
+        if path is not None and not path.is_file():
+            raise ValueError(f"TLS file not found: {path}")
+
+
 class TLSSettings(_Section):
     """Optional TLS on the listener (DICOM PS3.15 Annex B secure transport)."""
 
@@ -100,9 +107,7 @@ class TLSSettings(_Section):
             return self
         if self.cert_file is None or self.key_file is None:
             raise ValueError("tls.enabled needs tls.cert_file and tls.key_file")
-        for path in (self.cert_file, self.key_file, self.ca_file):
-            if path is not None and not path.is_file():
-                raise ValueError(f"TLS file not found: {path}")
+        _require_tls_files(self.cert_file, self.key_file, self.ca_file)
         return self
 
 
@@ -350,9 +355,7 @@ class HttpTLS(_Section):
     def _files_present(self) -> Self:
         if (self.cert_file is None) != (self.key_file is None):
             raise ValueError("a client certificate needs both tls.cert_file and tls.key_file")
-        for path in (self.ca_file, self.cert_file, self.key_file):
-            if path is not None and not path.is_file():
-                raise ValueError(f"TLS file not found: {path}")
+        _require_tls_files(self.ca_file, self.cert_file, self.key_file)
         return self
 
 

@@ -44,6 +44,7 @@ def random_batch(config: TMDLConfig, patients: int, generator: torch.Generator) 
         margin=maps(),
         echogenicity=torch.rand(patients, v, generator=generator),
         shape=torch.rand(patients, v, config.shape_features, generator=generator),
+        position=torch.rand(patients, v, config.position_features, generator=generator),
         view_mask=torch.ones(patients, v, dtype=torch.bool),
         text=torch.rand(patients, config.text_tokens, config.text_width, generator=generator),
         text_present=torch.ones(patients, dtype=torch.bool),

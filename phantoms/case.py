@@ -205,8 +205,13 @@ def _frame(
     return frame, full_nodule, full_thyroid, boxes
 
 
-def make_case(seed: int, options: PhantomOptions = PhantomOptions()) -> PhantomCase:
+def make_case(
+    seed: int, options: PhantomOptions = PhantomOptions(), *, region: Region | None = None
+) -> PhantomCase:
     """Generate the phantom case of ``seed``.
+
+    ``region`` moves the nodule into that third of the lobe, everything else
+    drawn as for ``seed`` (the UIDs then differ from the unmoved case's).
 
     Raises
     ------
@@ -218,6 +223,8 @@ def make_case(seed: int, options: PhantomOptions = PhantomOptions()) -> PhantomC
     enc_rng, nodule_rng, neck_rng, label_rng, report_rng, *view_rngs = streams
     enc = sample_encounter(enc_rng)
     spec: NoduleSpec = sample_nodule(nodule_rng)
+    if region is not None:
+        spec = replace(spec, region=region)
     area_h, area_w = layout.area_shape
     depth_mm = neck_rng.uniform(36.0, 46.0) * max(1.0, (spec.depth_mm + 4) / 14.0)
     spacing = depth_mm / area_h
@@ -227,7 +234,7 @@ def make_case(seed: int, options: PhantomOptions = PhantomOptions()) -> PhantomC
         int(neck_rng.integers(50, 66)),
         int(neck_rng.choice([10000, 12000, 14000])),
     )
-    key = _key(seed, options)
+    key = _key(seed, options) + ("" if region is None else f":region={region}")
     ids = StudyIds.derive(key)
     views = scenes(neck, spec)  # the truth's geometry
     shown = scenes(_deepened(neck, options.depth_scale), spec)  # what the images show

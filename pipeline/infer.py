@@ -47,7 +47,7 @@ from models.llnm.config import TMDLConfig
 from models.llnm.explain import explain
 from models.llnm.text import TextEncoder
 from models.llnm.tmdl import TMDL, TMDLBatch
-from models.llnm.view_inputs import demographics, unletterbox, view_inputs
+from models.llnm.view_inputs import demographics, study_position, unletterbox, view_inputs
 from models.llnm.weights import load_tmdl
 from models.scope import ScopeStatistics, load_scope
 from models.segmentation.segmenter import select_device
@@ -144,12 +144,13 @@ def _batch(
     views: tuple[MeasuredView, ...], inputs: ModelInputs, llnm: LoadedLlnm
 ) -> tuple[TMDLBatch, bool]:
     size = llnm.config.image_size
-    per_view = []
+    nodules = []
     for view in views:
-        index = view.features.index
-        if index is None:
+        if view.features.index is None:
             raise StageError("a chosen view has no nodule")
-        per_view.append(view_inputs(index, size))
+        nodules.append(view.features.index)
+    side, third = study_position(nodules)
+    per_view = [view_inputs(nodule, size, side, third) for nodule in nodules]
 
     def maps(name: str) -> torch.Tensor:
         stacked = np.stack([getattr(v, name) for v in per_view])  # (V, S, S)
@@ -163,6 +164,7 @@ def _batch(
         margin=maps("margin"),
         echogenicity=torch.tensor([[v.echogenicity for v in per_view]], dtype=torch.float32),
         shape=torch.from_numpy(np.stack([v.shape for v in per_view]))[None],
+        position=torch.from_numpy(np.stack([v.position for v in per_view]))[None],
         view_mask=torch.ones((1, len(per_view)), dtype=torch.bool),
         text=tokens.cpu(),
         text_present=present.cpu(),

@@ -24,6 +24,7 @@ def batch(b: int = 3, text: bool = True) -> TMDLBatch:
         location=maps(), texture=maps(), margin=maps(),
         echogenicity=torch.rand(b, v, generator=generator),
         shape=torch.rand(b, v, CONFIG.shape_features, generator=generator),
+        position=torch.rand(b, v, CONFIG.position_features, generator=generator),
         view_mask=torch.tensor([[True, True], [True, False], [False, True]])[:b],
         text=torch.rand(b, CONFIG.text_tokens, CONFIG.text_width, generator=generator),
         text_present=torch.full((b,), text),

@@ -51,6 +51,7 @@ def make_batch(config: TMDLConfig, patients: int = 2, views: int = 2, seed: int 
         margin=randn(patients, views, 1, s, s),
         echogenicity=randn(patients, views).clamp(-1, 1),
         shape=randn(patients, views, config.shape_features),
+        position=torch.rand(patients, views, config.position_features, generator=generator),
         view_mask=torch.ones(patients, views, dtype=torch.bool),
         text=randn(patients, t, config.text_width),
         text_present=torch.ones(patients, dtype=torch.bool),
@@ -171,11 +172,12 @@ def test_text_encoder_without_network(tmp_path: Path) -> None:
 def test_token_groups_cover_sequence_once() -> None:
     groups = token_groups(TINY)
     assert tuple(groups) == TOKEN_GROUPS
-    n = 3 * TINY.patches + TINY.text_tokens + 4
+    n = 3 * TINY.patches + TINY.text_tokens + 5
     positions = [i for group in groups.values() for i in range(n)[group]]
     assert sorted(positions) == list(range(n)) and len(positions) == n
     assert groups["report"] == slice(3 * TINY.patches, 3 * TINY.patches + TINY.text_tokens)
-    assert groups["shape"] == slice(n - 1, n)
+    assert groups["shape"] == slice(n - 2, n - 1)
+    assert groups["position"] == slice(n - 1, n)
 
 
 @pytest.mark.parametrize("views", [1, 2])
@@ -203,6 +205,7 @@ def test_masked_view_is_ignored(mini: TMDL) -> None:
                 margin=batch.margin[:1, :1],
                 echogenicity=batch.echogenicity[:1, :1],
                 shape=batch.shape[:1, :1],
+                position=batch.position[:1, :1],
                 view_mask=batch.view_mask[:1, :1],
                 text=batch.text[:1],
                 text_present=batch.text_present[:1],
@@ -241,7 +244,7 @@ def test_explicit_attention_matches_sdpa(tiny: TMDL) -> None:
     torch.testing.assert_close(explicit.logit, fused.logit, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(explicit.stage_logits, fused.stage_logits, atol=1e-5, rtol=1e-5)
     assert explicit.attentions is not None and len(explicit.attentions) == 12
-    n = 3 * TINY.patches + TINY.text_tokens + 4
+    n = 3 * TINY.patches + TINY.text_tokens + 5
     report = token_groups(TINY)["report"]
     for probs in explicit.attentions:
         assert probs.shape == (4, TINY.heads, n, n)

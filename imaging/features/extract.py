@@ -44,6 +44,7 @@ class Location:
     capsule_distance: float  # min over the nodule boundary; 0 when it touches the capsule
     d_max: float  # distance from C to the capsule
     deepest_point: tuple[int, int]  # C as (x, y) pixel indices
+    gland_box: Box  # x0, y0, x1, y1 of the gland component holding the nodule
     unit: Unit
 
 
@@ -106,11 +107,13 @@ def _location(
     d_max = float(inside[row, col])
     cpdt = np.zeros(nodule.shape, dtype=np.float32)
     cpdt[nodule] = 1.0 - centres[nodule] / d_max
+    rows, cols = np.nonzero(lobe)
     return Location(
         cpdt=cpdt,
         capsule_distance=distances.boundary_distance(nodule),
         d_max=d_max,
         deepest_point=(int(col), int(row)),
+        gland_box=(int(cols.min()), int(rows.min()), int(cols.max()) + 1, int(rows.max()) + 1),
         unit=unit,
     )
 

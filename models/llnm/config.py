@@ -7,6 +7,7 @@ from typing import Any
 
 PRESETS: tuple[str, ...] = ("tiny", "base")
 # Inputs an ablation may withhold: maps become zeros, the report absent, scalars zero.
+# "location" is the CPDT map x_l together with the nodule's position in the gland.
 WITHHOLDABLE: tuple[str, ...] = (
     "location", "texture", "margin", "report", "sex", "age", "echogenicity", "shape",
 )  # fmt: skip
@@ -32,6 +33,7 @@ class TMDLConfig:
     text_tokens: int = 50
     text_width: int = 384  # hidden size of the text encoder (MiniLM: 384, BERT-base: 768)
     shape_features: int = 4  # x_s scalars
+    position_features: int = 9  # the nodule's place in the gland (view_inputs.position_vector)
     embed_dropout: float = 0.1
     attention_dropout: float = 0.0
     mlp_dropout: float = 0.1
@@ -50,6 +52,7 @@ class TMDLConfig:
             "text_tokens": self.text_tokens,
             "text_width": self.text_width,
             "shape_features": self.shape_features,
+            "position_features": self.position_features,
             "stages": self.stages,
         }
         for name, value in positive.items():

@@ -39,8 +39,14 @@ from rich.progress import track
 from safetensors.torch import load_file, save_file
 
 from imaging.crop import standardise_brightness
-from imaging.features import View, extract_view
-from models.llnm.view_inputs import SHAPE_FEATURES, demographics, view_inputs
+from imaging.features import NoduleFeatures, View, extract_view
+from models.llnm.view_inputs import (
+    POSITION_FEATURES,
+    SHAPE_FEATURES,
+    demographics,
+    study_position,
+    view_inputs,
+)
 
 CASES_CSV = "cases.csv"
 VIEWS: tuple[View, ...] = ("transverse", "longitudinal")
@@ -261,24 +267,25 @@ def build_features(patients: list[Patient], size: int, *, progress: bool = True)
         "margin": np.zeros((n, v, size, size), np.float32),
         "echogenicity": np.zeros((n, v), np.float32),
         "shape": np.zeros((n, v, SHAPE_FEATURES), np.float32),
+        "position": np.zeros((n, v, POSITION_FEATURES), np.float32),
         "view_mask": np.zeros((n, v), np.bool_),
         "sex": people[:, 0].copy(),
         "age": people[:, 1].copy(),
     }
     for i, patient in enumerate(track(patients, "extracting features", disable=not progress)):
+        found: dict[int, NoduleFeatures] = {}
         for j, (files, plane) in enumerate(zip(patient.views, VIEWS, strict=True)):
             if files is None:
                 continue
             crop, nodule, thyroid = view_crop_and_masks(files)
             index = extract_view(crop, nodule, thyroid, files.mm_per_pixel, view=plane).index
-            if index is None:
-                continue
-            inputs = view_inputs(index, size)
-            arrays["location"][i, j] = inputs.location
-            arrays["texture"][i, j] = inputs.texture
-            arrays["margin"][i, j] = inputs.margin
-            arrays["echogenicity"][i, j] = inputs.echogenicity
-            arrays["shape"][i, j] = inputs.shape
+            if index is not None:
+                found[j] = index
+        side, third = study_position(list(found.values()))
+        for j, index in found.items():
+            inputs = view_inputs(index, size, side, third)
+            for name in ("location", "texture", "margin", "echogenicity", "shape", "position"):
+                arrays[name][i, j] = getattr(inputs, name)
             arrays["view_mask"][i, j] = True
     return FeatureTable(
         case_ids=tuple(p.case_id for p in patients),

@@ -26,7 +26,7 @@ import torch
 from torch import nn
 from torch.nn import functional
 
-from models.llnm.tmdl import TMDL, TMDLBatch, token_groups, withhold
+from models.llnm.tmdl import SCALAR_TOKENS, TMDL, TMDLBatch, token_groups, withhold
 
 CONTRIBUTION_GROUPS = (
     "location", "texture", "margin", "echogenicity", "shape", "report", "sex", "age",
@@ -72,7 +72,7 @@ def contributions(
         [
             report_mask.new_ones(b * v, image_tokens),
             report_mask,
-            report_mask.new_ones(b * v, 4),
+            report_mask.new_ones(b * v, SCALAR_TOKENS),
         ],
         dim=1,
     )

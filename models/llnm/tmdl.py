@@ -2,14 +2,15 @@
 
 Per ultrasound view, the location map (CPDT), texture crop and margin band are
 patch-embedded into 3n image tokens; the report's token embeddings plus one
-token each for sex, age, echogenicity and shape form the text tokens. Both
+token each for sex, age, echogenicity, shape and the nodule's position in the
+gland form the text tokens. Both
 streams pass through bidirectional multimodal blocks (each stream attends to
 itself and to the other), are concatenated and run through ordinary
 self-attention blocks, then mean-pooled into an LLNM logit and risk-stage
 logits. A patient's views are scored independently and their logits averaged.
 
 Shapes in comments: B patients, V views, M = B*V, S image side, n patches per
-image, T report tokens, N = 3n + T + 4 tokens, W width, H heads, D = W / H.
+image, T report tokens, N = 3n + T + 5 tokens, W width, H heads, D = W / H.
 """
 
 from __future__ import annotations
@@ -32,15 +33,16 @@ TOKEN_GROUPS: tuple[str, ...] = (
     "age",
     "echogenicity",
     "shape",
+    "position",
 )
-SCALAR_TOKENS = 4  # sex, age, echogenicity, shape
+SCALAR_TOKENS = 5  # sex, age, echogenicity, shape, position
 LAYER_NORM_EPS = 1e-6
 
 
 def token_groups(config: TMDLConfig) -> dict[str, slice]:
     """Which positions of the concatenated token sequence belong to each input group."""
     n, t = config.patches, config.text_tokens
-    lengths = (n, n, n, t, 1, 1, 1, 1)
+    lengths = (n, n, n, t, 1, 1, 1, 1, 1)
     groups: dict[str, slice] = {}
     start = 0
     for name, length in zip(TOKEN_GROUPS, lengths, strict=True):
@@ -62,6 +64,7 @@ class TMDLBatch:
     margin: torch.Tensor  # (B, V, 1, S, S) x_m
     echogenicity: torch.Tensor  # (B, V) x_e, scaled to about [-1, 1]
     shape: torch.Tensor  # (B, V, shape_features) x_s
+    position: torch.Tensor  # (B, V, position_features) the nodule's place in the gland
     view_mask: torch.Tensor  # (B, V) bool, True where the view exists
     text: torch.Tensor  # (B, T, text_width) report token embeddings
     text_present: torch.Tensor  # (B,) bool
@@ -135,26 +138,33 @@ class PatchEmbedding(nn.Module):
 
 
 class ScalarTokens(nn.Module):
-    """Sex, age, echogenicity and shape -> four tokens, each with a learned type embedding."""
+    """Sex, age, echogenicity, shape and position -> five tokens with learned type embeddings."""
 
-    def __init__(self, width: int, shape_features: int) -> None:
+    def __init__(self, width: int, shape_features: int, position_features: int) -> None:
         super().__init__()
         self.sex = nn.Linear(1, width)
         self.age = nn.Linear(1, width)
         self.echogenicity = nn.Linear(1, width)
         self.shape = nn.Linear(shape_features, width)
+        self.position = nn.Linear(position_features, width)
         self.types = nn.Parameter(torch.zeros(1, SCALAR_TOKENS, width))
 
     def forward(
-        self, sex: torch.Tensor, age: torch.Tensor, echogenicity: torch.Tensor, shape: torch.Tensor
+        self,
+        sex: torch.Tensor,
+        age: torch.Tensor,
+        echogenicity: torch.Tensor,
+        shape: torch.Tensor,
+        position: torch.Tensor,
     ) -> torch.Tensor:
-        """(M,), (M,), (M,), (M, shape_features) -> (M, 4, W) in that order."""
+        """(M,), (M,), (M,), (M, shape_features), (M, position_features) -> (M, 5, W)."""
         tokens = [
             self.sex(sex[:, None]),
             self.age(age[:, None]),
             self.echogenicity(echogenicity[:, None]),
             self.shape(shape),
-        ]  # 4 x (M, W)
+            self.position(position),
+        ]  # 5 x (M, W)
         return torch.stack(tokens, dim=1) + self.types
 
 
@@ -243,14 +253,14 @@ class BidirectionalBlock(nn.Module):
         image_mask: torch.Tensor,
         text_mask: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(M, 3n, W), (M, T+4, W) and their (M, .) bool key masks -> updated streams."""
+        """(M, 3n, W), (M, T+5, W) and their (M, .) bool key masks -> updated streams."""
         qi, ki, vi = (
             split_heads(t, self.heads)
             for t in self.qkv_image(self.norm_image(image)).chunk(3, dim=-1)
         )  # (M, H, 3n, D)
         qt, kt, vt = (
             split_heads(t, self.heads) for t in self.qkv_text(self.norm_text(text)).chunk(3, dim=-1)
-        )  # (M, H, T+4, D)
+        )  # (M, H, T+5, D)
         p = self.dropout if self.training else 0.0
         image_out = (attend(qi, ki, vi, image_mask, p)[0] + attend(qi, kt, vt, text_mask, p)[0]) / 2
         text_out = (attend(qt, kt, vt, text_mask, p)[0] + attend(qt, ki, vi, image_mask, p)[0]) / 2
@@ -280,7 +290,7 @@ class TMDL(nn.Module):
         self.image_positions = nn.Parameter(torch.zeros(1, 3 * n, width))
         self.report = nn.Linear(config.text_width, width)
         self.report_positions = nn.Parameter(torch.zeros(1, config.text_tokens, width))
-        self.scalars = ScalarTokens(width, config.shape_features)
+        self.scalars = ScalarTokens(width, config.shape_features, config.position_features)
         self.embed_drop = nn.Dropout(config.embed_dropout)
         self.bidirectional = nn.ModuleList(
             BidirectionalBlock(config) for _ in range(config.bidirectional_blocks)
@@ -323,7 +333,7 @@ class TMDL(nn.Module):
         image = self.embed_drop(image + self.image_positions)
         image_mask = torch.ones(image.shape[:2], dtype=torch.bool, device=image.device)
 
-        # Text stream: report (T) then sex, age, echogenicity, shape -> (B, T+4, W) per patient.
+        # Text stream: report (T), then the five scalar tokens -> (M, T+5, W).
         report_mask = text_present[:, None] & batch.text.ne(0).any(dim=-1)  # (B, T)
         report = self.report(batch.text) + self.report_positions  # (B, T, W)
         report, report_mask = _per_view(report, v), _per_view(report_mask, v)  # (M, T, W), (M, T)
@@ -332,8 +342,9 @@ class TMDL(nn.Module):
             _per_view(batch.age, v),
             batch.echogenicity.flatten(0, 1),
             batch.shape.flatten(0, 1),
-        )  # (M, 4, W)
-        text = self.embed_drop(torch.cat([report, scalars], dim=1))  # (M, T+4, W)
+            batch.position.flatten(0, 1),
+        )  # (M, 5, W)
+        text = self.embed_drop(torch.cat([report, scalars], dim=1))  # (M, T+5, W)
         text_mask = torch.cat([report_mask, report_mask.new_ones(b * v, SCALAR_TOKENS)], dim=1)
 
         for bidirectional in self.bidirectional:
@@ -391,6 +402,7 @@ class TMDL(nn.Module):
             "margin": (b, v, 1, c.image_size, c.image_size),
             "echogenicity": (b, v),
             "shape": (b, v, c.shape_features),
+            "position": (b, v, c.position_features),
             "text": (b, c.text_tokens, c.text_width),
             "text_present": (b,),
             "sex": (b,),
@@ -405,7 +417,8 @@ class TMDL(nn.Module):
 def withhold(batch: TMDLBatch, names: tuple[str, ...]) -> TMDLBatch:
     """``batch`` with the named inputs carrying no information (ablations).
 
-    Maps and scalars become zeros; a withheld report is absent for every patient.
+    Maps and scalars become zeros (a withheld location takes the position in the
+    gland with it); a withheld report is absent for every patient.
     """
     if not names:
         return batch
@@ -413,8 +426,9 @@ def withhold(batch: TMDLBatch, names: tuple[str, ...]) -> TMDLBatch:
     for name in names:
         if name == "report":
             values["text_present"] = torch.zeros_like(batch.text_present)
-        else:
-            values[name] = torch.zeros_like(values[name])
+            continue
+        for field in ("location", "position") if name == "location" else (name,):
+            values[field] = torch.zeros_like(values[field])
     return TMDLBatch(**values)
 
 

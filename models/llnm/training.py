@@ -102,6 +102,7 @@ def make_batch(table: FeatureTable, text: ReportTokens, indices: NDArray[np.int6
         margin=maps("margin"),
         echogenicity=torch.from_numpy(arrays["echogenicity"][indices]),
         shape=torch.from_numpy(arrays["shape"][indices]),
+        position=torch.from_numpy(arrays["position"][indices]),
         view_mask=torch.from_numpy(arrays["view_mask"][indices]),
         text=text.tokens[rows],
         text_present=text.present[rows],

@@ -11,12 +11,23 @@ Scalars
     (length / width) - 1, taller-than-wide (1 or 0), length and width in
     units of :data:`SIZE_SCALE_MM` mm; uncalibrated views convert pixels
     with :data:`ASSUMED_MM_PER_PIXEL`.
+Position in the gland (:func:`position_vector`)
+    ``x_l`` is cut to the nodule's box, so where the nodule sits in the gland
+    travels beside it as :data:`POSITION_FEATURES` scalars: a "known" flag,
+    the nodule box's centre (u, v) and size (w, h) as fractions of the box of
+    the gland component holding it (in a longitudinal view u runs from the
+    cranial to the caudal pole, in a transverse view across the neck), then
+    the study's lobe (+1 right, -1 left, 0 unknown; read from the transverse
+    view) and its third as one-hot upper, middle, lower (read from the
+    longitudinal view; all 0 when unknown). Lobe and third belong to the
+    study, so every view of it carries them (:func:`study_position`).
 Location unavailable
-    When the thyroid mask gave no location, ``x_l`` is all zeros.
+    When the thyroid mask gave no location, ``x_l`` and the position are all zeros.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import cv2
@@ -24,8 +35,12 @@ import numpy as np
 from numpy.typing import NDArray
 
 from imaging.features import Location, NoduleFeatures
+from imaging.features.position import Side, Third
 
 SHAPE_FEATURES = 4
+POSITION_FEATURES = 9
+_SIDES: dict[str, float] = {"right": 1.0, "left": -1.0}
+_THIRDS: tuple[Third, ...] = ("upper", "middle", "lower")
 SIZE_SCALE_MM = 20.0
 ASSUMED_MM_PER_PIXEL = 0.1
 ECHO_SCALE = 128.0
@@ -42,6 +57,7 @@ class ViewInputs:
     margin: FloatMap  # (S, S)
     echogenicity: float
     shape: NDArray[np.float32]  # (SHAPE_FEATURES,)
+    position: NDArray[np.float32]  # (POSITION_FEATURES,)
 
 
 def demographics(sex: str | None, age_years: float | None) -> tuple[float, float]:
@@ -99,8 +115,43 @@ def shape_vector(nodule: NoduleFeatures) -> NDArray[np.float32]:
     )
 
 
-def view_inputs(nodule: NoduleFeatures, size: int) -> ViewInputs:
-    """The inputs of a view's index nodule, maps letterboxed to ``size`` x ``size``."""
+def study_position(nodules: Sequence[NoduleFeatures]) -> tuple[Side | None, Third | None]:
+    """The study's lobe (first view that tells it) and third (likewise), None when unknown."""
+    sides = [n.lobe for n in nodules if isinstance(n.lobe, str)]
+    thirds = [n.third for n in nodules if isinstance(n.third, str)]
+    return (sides[0] if sides else None), (thirds[0] if thirds else None)
+
+
+def position_vector(
+    nodule: NoduleFeatures, side: Side | None, third: Third | None
+) -> NDArray[np.float32]:
+    """Where the nodule sits in the gland: :data:`POSITION_FEATURES` scalars (module docstring)."""
+    out = np.zeros(POSITION_FEATURES, dtype=np.float32)
+    if not isinstance(nodule.location, Location):
+        return out
+    gx0, gy0, gx1, gy1 = nodule.location.gland_box
+    x0, y0, x1, y1 = nodule.box
+    gw, gh = gx1 - gx0, gy1 - gy0
+    out[:5] = (
+        1.0,
+        ((x0 + x1) / 2 - gx0) / gw,
+        ((y0 + y1) / 2 - gy0) / gh,
+        (x1 - x0) / gw,
+        (y1 - y0) / gh,
+    )
+    out[5] = _SIDES.get(side or "", 0.0)
+    if third is not None:
+        out[6 + _THIRDS.index(third)] = 1.0
+    return out
+
+
+def view_inputs(
+    nodule: NoduleFeatures, size: int, side: Side | None, third: Third | None
+) -> ViewInputs:
+    """The inputs of a view's index nodule, maps letterboxed to ``size`` x ``size``.
+
+    ``side`` and ``third`` are the study's (:func:`study_position`).
+    """
     x0, y0, x1, y1 = nodule.box
     if isinstance(nodule.location, Location):
         location = letterbox(nodule.location.cpdt[y0:y1, x0:x1], size, cv2.INTER_LINEAR)
@@ -113,4 +164,5 @@ def view_inputs(nodule: NoduleFeatures, size: int) -> ViewInputs:
         margin=letterbox(nodule.margin, size, cv2.INTER_AREA),
         echogenicity=0.0 if difference is None else difference / ECHO_SCALE,
         shape=shape_vector(nodule),
+        position=position_vector(nodule, side, third),
     )

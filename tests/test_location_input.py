@@ -1,0 +1,64 @@
+"""The nodule's place in the gland reaches LLNM-Net: lobe, third and position beside x_l."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from imaging.crop import standardise_brightness
+from imaging.features import NoduleFeatures, extract_view
+from models.llnm.view_inputs import ViewInputs, study_position, view_inputs
+from phantoms import make_case
+from phantoms.case import PhantomCase
+from phantoms.labels import Region
+
+SIZE = 32
+
+
+def case_inputs(case: PhantomCase) -> list[ViewInputs]:
+    """Both views' model inputs, from the generator's masks, as training builds them."""
+    nodules: list[NoduleFeatures] = []
+    for truth in case.images:
+        x0, y0, x1, y1 = truth.image_area
+        grey = truth.pixels if truth.pixels.ndim == 2 else truth.pixels[..., 0]
+        crop = standardise_brightness(np.ascontiguousarray(grey[y0:y1, x0:x1]))
+        features = extract_view(
+            crop,
+            truth.nodule_mask[y0:y1, x0:x1],
+            truth.thyroid_mask[y0:y1, x0:x1],
+            truth.mm_per_pixel,
+            view=truth.view,
+        )
+        assert features.index is not None
+        nodules.append(features.index)
+    side, third = study_position(nodules)
+    return [view_inputs(n, SIZE, side, third) for n in nodules]
+
+
+@pytest.mark.parametrize("seed", [3, 11])
+def test_upper_and_lower_third_give_different_inputs(seed: int) -> None:
+    inputs: dict[Region, list[ViewInputs]] = {
+        region: case_inputs(make_case(seed, region=region)) for region in ("upper", "lower")
+    }
+    upper, lower = inputs["upper"], inputs["lower"]
+    for views, third in ((upper, 6), (lower, 8)):
+        for view in views:  # the study's third reaches both views
+            assert view.position[0] == 1.0  # location known
+            assert view.position[6:].tolist() == [float(k == third) for k in (6, 7, 8)]
+            assert view.position[5] in (1.0, -1.0)  # the lobe, from the transverse view
+    # Longitudinal view: the nodule's centre along the lobe (cranial pole at u = 0).
+    assert upper[1].position[1] < 1 / 3 < 2 / 3 < lower[1].position[1]
+    # The nodule itself is the same nodule: its texture box inputs stay close.
+    assert upper[0].shape == pytest.approx(lower[0].shape, abs=0.15)
+
+
+def test_without_a_thyroid_the_position_is_unknown() -> None:
+    case = make_case(3)
+    truth = case.images[1]
+    x0, y0, x1, y1 = truth.image_area
+    crop = standardise_brightness(np.ascontiguousarray(truth.pixels[y0:y1, x0:x1]))
+    nodule = truth.nodule_mask[y0:y1, x0:x1]
+    features = extract_view(crop, nodule, np.zeros_like(nodule), truth.mm_per_pixel)
+    assert features.index is not None
+    inputs = view_inputs(features.index, SIZE, *study_position([features.index]))
+    assert not inputs.position.any() and not inputs.location.any()

@@ -41,11 +41,11 @@ def test_upper_and_lower_third_give_different_inputs(seed: int) -> None:
         region: case_inputs(make_case(seed, region=region)) for region in ("upper", "lower")
     }
     upper, lower = inputs["upper"], inputs["lower"]
-    for views, third in ((upper, 6), (lower, 8)):
+    for views, third in ((upper, 7), (lower, 9)):
         for view in views:  # the study's third reaches both views
             assert view.position[0] == 1.0  # location known
-            assert view.position[6:].tolist() == [float(k == third) for k in (6, 7, 8)]
-            assert view.position[5] in (1.0, -1.0)  # the lobe, from the transverse view
+            assert view.position[7:].tolist() == [float(k == third) for k in (7, 8, 9)]
+            assert view.position[6] in (1.0, -1.0)  # the lobe, from the transverse view
     # Longitudinal view: the nodule's centre along the lobe (cranial pole at u = 0).
     assert upper[1].position[1] < 1 / 3 < 2 / 3 < lower[1].position[1]
     # The nodule itself is the same nodule: its texture box inputs stay close.
@@ -62,3 +62,9 @@ def test_without_a_thyroid_the_position_is_unknown() -> None:
     assert features.index is not None
     inputs = view_inputs(features.index, SIZE, *study_position([features.index]))
     assert not inputs.position.any() and not inputs.location.any()
+
+
+def test_the_position_carries_the_capsule_distance_in_mm() -> None:
+    case = make_case(5)
+    for truth, inputs in zip(case.images, case_inputs(case), strict=True):
+        assert inputs.position[5] * 10.0 == pytest.approx(truth.capsule_distance_mm, abs=0.5)

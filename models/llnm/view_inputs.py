@@ -16,7 +16,9 @@ Position in the gland (:func:`position_vector`)
     travels beside it as :data:`POSITION_FEATURES` scalars: a "known" flag,
     the nodule box's centre (u, v) and size (w, h) as fractions of the box of
     the gland component holding it (in a longitudinal view u runs from the
-    cranial to the caudal pole, in a transverse view across the neck), then
+    cranial to the caudal pole, in a transverse view across the neck), the
+    nodule-capsule distance in units of :data:`CAPSULE_SCALE_MM` (at most
+    :data:`CAPSULE_CAP`; uncalibrated views convert pixels as for the shape), then
     the study's lobe (+1 right, -1 left, 0 unknown; read from the transverse
     view) and its third as one-hot upper, middle, lower (read from the
     longitudinal view; all 0 when unknown). Lobe and third belong to the
@@ -38,7 +40,9 @@ from imaging.features import Location, NoduleFeatures
 from imaging.features.position import Side, Third
 
 SHAPE_FEATURES = 4
-POSITION_FEATURES = 9
+POSITION_FEATURES = 10
+CAPSULE_SCALE_MM = 10.0
+CAPSULE_CAP = 1.5
 _SIDES: dict[str, float] = {"right": 1.0, "left": -1.0}
 _THIRDS: tuple[Third, ...] = ("upper", "middle", "lower")
 SIZE_SCALE_MM = 20.0
@@ -132,16 +136,20 @@ def position_vector(
     gx0, gy0, gx1, gy1 = nodule.location.gland_box
     x0, y0, x1, y1 = nodule.box
     gw, gh = gx1 - gx0, gy1 - gy0
-    out[:5] = (
+    distance = nodule.location.capsule_distance
+    if nodule.location.unit == "px":
+        distance *= ASSUMED_MM_PER_PIXEL
+    out[:6] = (
         1.0,
         ((x0 + x1) / 2 - gx0) / gw,
         ((y0 + y1) / 2 - gy0) / gh,
         (x1 - x0) / gw,
         (y1 - y0) / gh,
+        min(distance / CAPSULE_SCALE_MM, CAPSULE_CAP),
     )
-    out[5] = _SIDES.get(side or "", 0.0)
+    out[6] = _SIDES.get(side or "", 0.0)
     if third is not None:
-        out[6 + _THIRDS.index(third)] = 1.0
+        out[7 + _THIRDS.index(third)] = 1.0
     return out
 
 

@@ -183,7 +183,7 @@ def test_forward_shapes(tiny: TMDL, views: int) -> None:
     with torch.no_grad():
         out = tiny(make_batch(TINY, patients=3, views=views))
     assert out.logit.shape == (3,) and out.view_logits.shape == (3, views)
-    assert out.stage_logits.shape == (3, TINY.stages) and out.attentions is None
+    assert out.stage_logits.shape == (3, TINY.stages)
     torch.testing.assert_close(out.logit, out.view_logits.mean(dim=1))
 
 
@@ -231,25 +231,6 @@ def test_missing_text_is_masked(mini: TMDL) -> None:
     assert not torch.allclose(changed.logit[1], before.logit[1])
 
 
-def test_explicit_attention_matches_sdpa(tiny: TMDL) -> None:
-    batch = make_batch(TINY)
-    batch.text_present[0] = False
-    batch.text[1, 20:] = 0  # report padding of sample 1
-    with torch.no_grad():
-        fused = tiny(batch)
-        explicit = tiny(batch, return_attention=True)
-    torch.testing.assert_close(explicit.logit, fused.logit, atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(explicit.stage_logits, fused.stage_logits, atol=1e-5, rtol=1e-5)
-    assert explicit.attentions is not None and len(explicit.attentions) == 12
-    n = 3 * TINY.patches + TINY.text_tokens + 4
-    report = token_groups(TINY)["report"]
-    for probs in explicit.attentions:
-        assert probs.shape == (4, TINY.heads, n, n)
-        torch.testing.assert_close(probs.sum(dim=-1), torch.ones(4, TINY.heads, n))
-        assert not probs[:2, :, :, report].any()  # patient 0 (both views): no report
-        assert not probs[2:, :, :, report.start + 20 : report.stop].any()  # padding
-
-
 def test_modality_dropout_is_seeded() -> None:
     config = replace(MINI, view_dropout=0.99, text_dropout=0.5)
     torch.manual_seed(0)
@@ -288,7 +269,7 @@ def test_training_lowers_loss() -> None:
 
 def test_bf16_autocast(tiny: TMDL) -> None:
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
-        out = tiny(make_batch(TINY), return_attention=True)
+        out = tiny(make_batch(TINY))
     assert out.logit.dtype == torch.bfloat16
     assert out.logit.isfinite().all() and out.stage_logits.isfinite().all()
 

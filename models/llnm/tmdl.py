@@ -14,7 +14,6 @@ image, T report tokens, N = 3n + T + 4 tokens, W width, H heads, D = W / H.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, fields
 
 import torch
@@ -81,32 +80,18 @@ class TMDLOutput:
     stage_logits: torch.Tensor  # (B, stages) mean over present views
     view_logits: torch.Tensor  # (B, V), 0 where the view is absent (or dropped in training)
     view_embeddings: torch.Tensor  # (B, V, W): the pooled tokens the heads read, per view
-    attentions: list[torch.Tensor] | None  # per self-attention block (M, H, N, N)
 
 
 def attend(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    key_mask: torch.Tensor,
-    dropout: float,
-    explicit: bool = False,
-) -> tuple[torch.Tensor, torch.Tensor | None]:
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_mask: torch.Tensor, dropout: float
+) -> torch.Tensor:
     """Masked scaled dot-product attention over heads.
 
     ``q`` (M, H, Nq, D), ``k`` and ``v`` (M, H, Nk, D), ``key_mask`` (M, Nk) bool, True
-    where a key may be attended to (every row needs at least one). Returns the
-    (M, H, Nq, D) output and, when ``explicit``, the (M, H, Nq, Nk) attention
-    probabilities (before dropout) computed as softmax(QK^T / sqrt(D) + mask) instead
-    of with the fused kernel.
+    where a key may be attended to (every row needs at least one) -> (M, H, Nq, D).
     """
     mask = key_mask[:, None, None, :]  # (M, 1, 1, Nk)
-    if not explicit:
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
-        return out, None
-    scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])  # (M, H, Nq, Nk)
-    probs = scores.masked_fill(~mask, float("-inf")).softmax(dim=-1)
-    return F.dropout(probs, dropout, training=dropout > 0) @ v, probs
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
 
 
 def split_heads(x: torch.Tensor, heads: int) -> torch.Tensor:
@@ -172,7 +157,7 @@ class MLP(nn.Sequential):
 
 
 class Attention(nn.Module):
-    """Multi-head self-attention with key padding, optionally returning its probabilities."""
+    """Multi-head self-attention with key padding."""
 
     def __init__(self, width: int, heads: int, dropout: float) -> None:
         super().__init__()
@@ -182,14 +167,13 @@ class Attention(nn.Module):
         self.proj = nn.Linear(width, width)
         self.proj_drop = nn.Dropout(dropout)
 
-    def forward(
-        self, x: torch.Tensor, key_mask: torch.Tensor, explicit: bool = False
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """(M, N, W), (M, N) bool -> (M, N, W) and optionally (M, H, N, N) probabilities."""
+    def forward(self, x: torch.Tensor, key_mask: torch.Tensor) -> torch.Tensor:
+        """(M, N, W), (M, N) bool -> (M, N, W)."""
         q, k, v = (split_heads(t, self.heads) for t in self.qkv(x).chunk(3, dim=-1))
         dropout = self.dropout if self.training else 0.0
-        out, probs = attend(q, k, v, key_mask, dropout, explicit)
-        return self.proj_drop(self.proj(merge_heads(out))), probs
+        out = attend(q, k, v, key_mask, dropout)
+        projected: torch.Tensor = self.proj_drop(self.proj(merge_heads(out)))
+        return projected
 
 
 class Block(nn.Module):
@@ -202,14 +186,11 @@ class Block(nn.Module):
         self.norm2 = nn.LayerNorm(config.width, eps=LAYER_NORM_EPS)
         self.mlp = MLP(config.width, config.mlp_hidden, config.mlp_dropout)
 
-    def forward(
-        self, x: torch.Tensor, key_mask: torch.Tensor, explicit: bool = False
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """(M, N, W), (M, N) bool -> (M, N, W) and optionally (M, H, N, N) probabilities."""
-        attended, probs = self.attention(self.norm1(x), key_mask, explicit)
-        x = x + attended
+    def forward(self, x: torch.Tensor, key_mask: torch.Tensor) -> torch.Tensor:
+        """(M, N, W), (M, N) bool -> (M, N, W)."""
+        x = x + self.attention(self.norm1(x), key_mask)
         x = x + self.mlp(self.norm2(x))
-        return x, probs
+        return x
 
 
 class BidirectionalBlock(nn.Module):
@@ -252,8 +233,8 @@ class BidirectionalBlock(nn.Module):
             split_heads(t, self.heads) for t in self.qkv_text(self.norm_text(text)).chunk(3, dim=-1)
         )  # (M, H, T+4, D)
         p = self.dropout if self.training else 0.0
-        image_out = (attend(qi, ki, vi, image_mask, p)[0] + attend(qi, kt, vt, text_mask, p)[0]) / 2
-        text_out = (attend(qt, kt, vt, text_mask, p)[0] + attend(qt, ki, vi, image_mask, p)[0]) / 2
+        image_out = (attend(qi, ki, vi, image_mask, p) + attend(qi, kt, vt, text_mask, p)) / 2
+        text_out = (attend(qt, kt, vt, text_mask, p) + attend(qt, ki, vi, image_mask, p)) / 2
         image = image + self.proj_drop(self.proj(merge_heads(image_out)))
         text = text + self.proj_drop(self.proj(merge_heads(text_out)))
         image = image + self.mlp_image(self.mlp_norm_image(image))
@@ -298,12 +279,8 @@ class TMDL(nn.Module):
         for positions in (self.image_positions, self.report_positions, self.scalars.types):
             nn.init.trunc_normal_(positions, std=0.02)
 
-    def forward(self, batch: TMDLBatch, *, return_attention: bool = False) -> TMDLOutput:
-        """Score every view, then average the present views' logits per patient.
-
-        With ``return_attention`` the self-attention blocks compute their softmax
-        explicitly and return the (M, H, N, N) probabilities, one tensor per block.
-        """
+    def forward(self, batch: TMDLBatch) -> TMDLOutput:
+        """Score every view, then average the present views' logits per patient."""
         self._check(batch)
         batch = withhold(batch, self.config.withheld)
         b, v = batch.view_mask.shape
@@ -341,11 +318,8 @@ class TMDL(nn.Module):
 
         tokens = torch.cat([image, text], dim=1)  # (M, N, W)
         key_mask = torch.cat([image_mask, text_mask], dim=1)  # (M, N)
-        attentions: list[torch.Tensor] = []
         for block in self.blocks:
-            tokens, probs = block(tokens, key_mask, explicit=return_attention)
-            if probs is not None:
-                attentions.append(probs)
+            tokens = block(tokens, key_mask)
 
         # Masked mean over valid tokens -> (M, W), then per-view logits.
         weights = key_mask.unsqueeze(-1).to(tokens.dtype)  # (M, N, 1)
@@ -363,7 +337,6 @@ class TMDL(nn.Module):
             stage_logits=view_stages.sum(dim=1) / count[:, None],
             view_logits=view_logits,
             view_embeddings=pooled.view(b, v, -1),
-            attentions=attentions if return_attention else None,
         )
 
     def _modality_dropout(

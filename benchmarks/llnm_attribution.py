@@ -54,10 +54,11 @@ from rich.table import Table
 from models.bundle import verify_bundle
 from models.llnm.config import TMDLConfig
 from models.llnm.dataset import FeatureTable, build_features, read_patients
+from models.llnm.evaluation import roc_auc
 from models.llnm.shapley import GROUPS, ShapleyValues, deletion_curves, shapley_values
 from models.llnm.text import TextEncoder
 from models.llnm.tmdl import TMDL, TMDLBatch, token_groups, withhold
-from models.llnm.training import ReportTokens, make_batch
+from models.llnm.training import ReportTokens, make_batch, predict
 from models.llnm.weights import load_tmdl
 
 SUMMARISED = ("location", "texture", "margin", "echogenicity", "shape", "sex", "age")
@@ -201,7 +202,11 @@ def run(args: argparse.Namespace, console: Console) -> dict[str, Any]:
     text = ReportTokens.encode(
         table.reports, TextEncoder(encoder_folder, max_tokens=config.text_tokens)
     )
-    toy = TMDLConfig.preset("tiny", text_tokens=args.toy_text_tokens)
+    toy = replace(
+        TMDLConfig.preset("tiny", text_tokens=args.toy_text_tokens),
+        bidirectional_blocks=1,
+        self_attention_blocks=2,
+    )
     toy_encoder = TextEncoder(encoder_folder, max_tokens=toy.text_tokens)
     toy = replace(toy, text_width=toy_encoder.width)
     evaluate = (
@@ -250,8 +255,10 @@ def run(args: argparse.Namespace, console: Console) -> dict[str, Any]:
             )  # fmt: skip
             top = toy_values.phi.abs().topk(len(args.chosen), dim=1).indices.tolist()
             wanted = {GROUPS.index(n) for n in args.chosen if n not in withheld}
+            probabilities, _ = predict(trained, train, train_text, torch.device("cpu"))
             result[key] = {
                 "chosen": args.chosen,
+                "training_auc": roc_auc(labels.astype(np.int64), probabilities),
                 "withheld": list(withheld),
                 "training_cases": len(train),
                 "explained_cases": toy_cases,
@@ -297,7 +304,8 @@ def print_tables(result: dict[str, Any], console: Console) -> None:
         part = result[key]
         console.print(
             f"toy ({', '.join(part['withheld']) or 'nothing'} withheld; label from "
-            f"{', '.join(part['chosen'])}): chosen inputs on top in "
+            f"{', '.join(part['chosen'])}; training AUC {part['training_auc']:.3f}): "
+            "the chosen inputs on top in "
             f"{100 * part['cases_with_chosen_on_top']:.0f} % of {part['explained_cases']} cases; "
             f"deletion wins {100 * part['deletion']['attributed_wins']:.0f} %"
         )
@@ -312,12 +320,10 @@ def main() -> None:
     parser.add_argument("--cases", type=int, default=60)
     parser.add_argument("--toy-cases", type=int, default=30)
     parser.add_argument("--toy-text-tokens", type=int, default=32)
-    parser.add_argument("--epochs", type=int, default=12)
-    parser.add_argument("--learning-rate", type=float, default=1e-3)
-    parser.add_argument(
-        "--chosen", nargs="+", default=["echogenicity", "shape"], choices=SUMMARISED
-    )
-    parser.add_argument("--withhold", default="echogenicity", choices=GROUPS)
+    parser.add_argument("--epochs", type=int, default=20)
+    parser.add_argument("--learning-rate", type=float, default=3e-3)
+    parser.add_argument("--chosen", nargs="+", default=["sex", "age"], choices=SUMMARISED)
+    parser.add_argument("--withhold", default="sex", choices=GROUPS)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()

@@ -20,11 +20,13 @@ Views
     de-identification; a missing report or a single view is fine.
 Output
     The LLNM probability, positive at the threshold, the risk stage (1-3) and
-    its probabilities, per-input contributions in percent (attention
-    rollout) and, per used view, the Grad-CAM++ heatmap mapped back onto the
-    crop (``work_dir/infer/NNN_heatmap.png``, 8-bit, 0 outside the nodule
-    box). The job's result records it all with the bundle's name, version
-    and synthetic flag; a synthetic bundle's result carries NOT FOR CLINICAL USE.
+    its probabilities, per-input contributions in percent (exact Shapley
+    values of the eight input groups against the "input unavailable"
+    baseline, :mod:`models.llnm.shapley`) and, per used view, the
+    Grad-CAM++ heatmap mapped back onto the crop
+    (``work_dir/infer/NNN_heatmap.png``, 8-bit, 0 outside the nodule box).
+    The job's result records it all with the bundle's name, version and
+    synthetic flag; a synthetic bundle's result carries NOT FOR CLINICAL USE.
 """
 
 from __future__ import annotations

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
+from test_imaging_jobs import Factory, finished_jobs, send
 
+from db import listings
 from imaging.crop import standardise_brightness
 from imaging.features import NoduleFeatures, extract_view
 from models.llnm.view_inputs import ViewInputs, study_position, view_inputs
@@ -68,3 +72,26 @@ def test_the_position_carries_the_capsule_distance_in_mm() -> None:
     case = make_case(5)
     for truth, inputs in zip(case.images, case_inputs(case), strict=True):
         assert inputs.position[5] * 10.0 == pytest.approx(truth.capsule_distance_mm, abs=0.5)
+
+
+def test_the_demo_bundle_rates_an_upper_third_nodule_higher_over_dicom(
+    node_factory: Factory, tmp_path: Path
+) -> None:
+    """The phantom's risk is higher in the upper third: the same nodule, no report, both ways."""
+    node = node_factory()
+    seeds = (3, 11, 21)
+    studies: dict[str, tuple[int, str]] = {}
+    for seed in seeds:
+        for region in ("upper", "lower"):
+            case = make_case(seed, region=region)
+            studies[case.datasets[0].StudyInstanceUID] = (seed, region)
+            send(node, [*case.datasets], tmp_path / f"{seed}{region}")
+    jobs = finished_jobs(node, 2 * len(seeds), timeout=300)
+    probability: dict[tuple[int, str], float] = {}
+    with node.database.session() as session:
+        for job in jobs:
+            detail = listings.job_detail(session, job_id=job.id)
+            assert detail.result is not None and detail.result.probability is not None, job.error
+            probability[studies[detail.study_instance_uid]] = detail.result.probability
+    for seed in seeds:
+        assert probability[seed, "upper"] > probability[seed, "lower"], probability

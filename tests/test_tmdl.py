@@ -185,7 +185,7 @@ def test_forward_shapes(tiny: TMDL, views: int) -> None:
     with torch.no_grad():
         out = tiny(make_batch(TINY, patients=3, views=views))
     assert out.logit.shape == (3,) and out.view_logits.shape == (3, views)
-    assert out.stage_logits.shape == (3, TINY.stages) and out.attentions is None
+    assert out.stage_logits.shape == (3, TINY.stages)
     torch.testing.assert_close(out.logit, out.view_logits.mean(dim=1))
 
 
@@ -234,25 +234,6 @@ def test_missing_text_is_masked(mini: TMDL) -> None:
     assert not torch.allclose(changed.logit[1], before.logit[1])
 
 
-def test_explicit_attention_matches_sdpa(tiny: TMDL) -> None:
-    batch = make_batch(TINY)
-    batch.text_present[0] = False
-    batch.text[1, 20:] = 0  # report padding of sample 1
-    with torch.no_grad():
-        fused = tiny(batch)
-        explicit = tiny(batch, return_attention=True)
-    torch.testing.assert_close(explicit.logit, fused.logit, atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(explicit.stage_logits, fused.stage_logits, atol=1e-5, rtol=1e-5)
-    assert explicit.attentions is not None and len(explicit.attentions) == 12
-    n = 3 * TINY.patches + TINY.text_tokens + 5
-    report = token_groups(TINY)["report"]
-    for probs in explicit.attentions:
-        assert probs.shape == (4, TINY.heads, n, n)
-        torch.testing.assert_close(probs.sum(dim=-1), torch.ones(4, TINY.heads, n))
-        assert not probs[:2, :, :, report].any()  # patient 0 (both views): no report
-        assert not probs[2:, :, :, report.start + 20 : report.stop].any()  # padding
-
-
 def test_modality_dropout_is_seeded() -> None:
     config = replace(MINI, view_dropout=0.99, text_dropout=0.5)
     torch.manual_seed(0)
@@ -291,7 +272,7 @@ def test_training_lowers_loss() -> None:
 
 def test_bf16_autocast(tiny: TMDL) -> None:
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
-        out = tiny(make_batch(TINY), return_attention=True)
+        out = tiny(make_batch(TINY))
     assert out.logit.dtype == torch.bfloat16
     assert out.logit.isfinite().all() and out.stage_logits.isfinite().all()
 
@@ -333,3 +314,19 @@ def test_withheld_inputs_do_not_reach_the_model() -> None:
         torch.testing.assert_close(model(batch).logit, model(changed).logit)
         moved = replace(batch, texture=other.texture)
         assert not torch.allclose(model(batch).logit, model(moved).logit)
+
+
+def test_input_dropout_withholds_each_input_per_patient_at_its_rate() -> None:
+    model = TMDL(replace(MINI, input_dropout=0.5)).train()
+    batch = make_batch(MINI, patients=400)
+    torch.manual_seed(0)
+    dropped = model._input_dropout(batch)
+    for name in ("sex", "age", "echogenicity", "texture", "location", "position"):
+        gone = (getattr(dropped, name).reshape(400, -1) == 0).all(dim=1).float().mean()
+        assert 0.4 < float(gone) < 0.6, name
+    located = dropped.location.flatten(1).any(dim=1)
+    assert torch.equal(located, dropped.position.flatten(1).any(dim=1))  # withheld together
+    assert torch.equal(dropped.text, batch.text)  # the report has its own text_dropout
+    with torch.no_grad():
+        model.eval()
+        torch.testing.assert_close(model(batch).logit, model(batch).logit)

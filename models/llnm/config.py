@@ -39,6 +39,7 @@ class TMDLConfig:
     mlp_dropout: float = 0.1
     text_dropout: float = 0.3  # training only: probability a sample's report is dropped
     view_dropout: float = 0.2  # training only: probability one of two present views is dropped
+    input_dropout: float = 0.1  # training only: probability each other input is withheld
     stages: int = 3
     withheld: tuple[str, ...] = ()  # ablations: inputs the model never sees (WITHHOLDABLE)
 
@@ -76,6 +77,7 @@ class TMDLConfig:
             "mlp_dropout",
             "text_dropout",
             "view_dropout",
+            "input_dropout",
         ):
             probability = getattr(self, name)
             if not 0.0 <= probability < 1.0:

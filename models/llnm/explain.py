@@ -1,13 +1,14 @@
 """Why LLNM-Net said what it said: per-input contributions and Grad-CAM++ maps.
 
-Contributions (attention rollout)
-    Each self-attention block's probabilities are averaged over heads, mixed
-    half and half with the identity (the residual path) and row-normalised;
-    their product over the blocks is the rollout R. The pooled output is the
-    mean of the valid tokens, so token j's relevance is the mean of R[i, j]
-    over the valid rows i. Relevances are summed per input group
-    (:data:`CONTRIBUTION_GROUPS`), averaged over the patient's present views
-    and given in percent (summing to 100).
+Contributions (Shapley values)
+    Exact Shapley values of the eight input groups (:mod:`models.llnm.shapley`):
+    how much each group moves the patient's LLNM logit, averaged over every
+    order of adding the groups to the "input unavailable" baseline (all
+    withheld, as in ablation training). ``shapley`` keeps the signed values in
+    logit units (positive raises the risk; they sum to logit minus baseline
+    logit); ``contributions`` gives ``100 * |phi| / sum |phi|`` per group
+    (summing to 100, or all 0 when no input moves the logit). An input the
+    patient lacks (no report, unknown sex) or the model withholds gets 0.
 Heatmaps (Grad-CAM++)
     For each of the three image inputs (location, texture, margin) the
     patch-embedding activations A (W channels on the S/p x S/p patch grid) and
@@ -26,7 +27,8 @@ import torch
 from torch import nn
 from torch.nn import functional
 
-from models.llnm.tmdl import SCALAR_TOKENS, TMDL, TMDLBatch, token_groups, withhold
+from models.llnm.shapley import GROUPS, shapley_values
+from models.llnm.tmdl import TMDL, TMDLBatch
 
 CONTRIBUTION_GROUPS = (
     "location", "texture", "margin", "echogenicity", "shape", "report", "sex", "age",
@@ -41,52 +43,17 @@ class Explanation:
 
     logit: torch.Tensor  # (B,)
     stage_logits: torch.Tensor  # (B, stages)
-    contributions: list[dict[str, float]]  # per patient: group -> percent, summing to 100
+    contributions: list[dict[str, float]]  # per patient: group -> percent of sum |phi|
+    shapley: list[dict[str, float]]  # per patient: group -> phi, logit units (+ raises risk)
+    baseline_logit: torch.Tensor  # (B,) logit with every input withheld
     heatmaps: dict[str, torch.Tensor]  # IMAGE_INPUTS and "combined": (B, V, S, S) in [0, 1]
 
 
-def rollout(attentions: list[torch.Tensor], key_mask: torch.Tensor) -> torch.Tensor:
-    """Relevance (M, N) of every token to the pooled output, from (M, H, N, N) attentions."""
-    m, n = key_mask.shape
-    identity = torch.eye(n, device=key_mask.device).expand(m, n, n)
-    result = identity
-    for probabilities in attentions:
-        mixed = 0.5 * probabilities.float().mean(dim=1) + 0.5 * identity
-        mixed = mixed / mixed.sum(dim=-1, keepdim=True)
-        result = mixed @ result
-    rows = key_mask.float()  # (M, N)
-    return (rows[:, :, None] * result).sum(dim=1) / rows.sum(dim=1, keepdim=True)
-
-
-def contributions(
-    model: TMDL, batch: TMDLBatch, attentions: list[torch.Tensor]
-) -> list[dict[str, float]]:
-    """Per patient, each input group's share of the rollout relevance in percent."""
-    b, v = batch.view_mask.shape
-    config = model.config
-    batch = withhold(batch, config.withheld)
-    report_mask = batch.text_present[:, None] & batch.text.ne(0).any(dim=-1)  # (B, T)
-    report_mask = report_mask.repeat_interleave(v, dim=0)  # (M, T)
-    image_tokens = 3 * config.patches
-    key_mask = torch.cat(
-        [
-            report_mask.new_ones(b * v, image_tokens),
-            report_mask,
-            report_mask.new_ones(b * v, SCALAR_TOKENS),
-        ],
-        dim=1,
-    )
-    relevance = rollout(attentions, key_mask) * key_mask  # (M, N)
-    groups = token_groups(config)
-    per_group = torch.stack(
-        [relevance[:, groups[name]].sum(dim=1) for name in CONTRIBUTION_GROUPS], dim=1
-    ).view(b, v, -1)  # (B, V, G)
-    present = batch.view_mask.float()[:, :, None]  # (B, V, 1)
-    mean = (per_group * present).sum(dim=1) / present.sum(dim=1).clamp(min=1)  # (B, G)
-    shares = 100.0 * mean / mean.sum(dim=1, keepdim=True).clamp(min=_EPS)
+def _by_group(table: torch.Tensor) -> list[dict[str, float]]:
+    """(B, G) in :data:`CONTRIBUTION_GROUPS` order -> one dict per patient."""
     return [
         {name: float(value) for name, value in zip(CONTRIBUTION_GROUPS, row, strict=True)}
-        for row in shares.cpu()
+        for row in table.tolist()
     ]
 
 
@@ -105,8 +72,11 @@ def _unit(maps: torch.Tensor) -> torch.Tensor:
     return maps / peak
 
 
-def explain(model: TMDL, batch: TMDLBatch) -> Explanation:
-    """Run ``model`` on ``batch`` (eval mode) and explain every patient's LLNM logit."""
+def explain(model: TMDL, batch: TMDLBatch, chunk_rows: int = 64) -> Explanation:
+    """Run ``model`` on ``batch`` (eval mode) and explain every patient's LLNM logit.
+
+    ``chunk_rows`` bounds how many (patient, coalition) rows one forward pass holds.
+    """
     model.eval()
     b, v = batch.view_mask.shape
     size = model.config.image_size
@@ -124,7 +94,7 @@ def explain(model: TMDL, batch: TMDLBatch) -> Explanation:
     handles = [keep(name) for name in IMAGE_INPUTS]
     try:
         with torch.enable_grad():
-            out = model(batch, return_attention=True)
+            out = model(batch)
             model.zero_grad(set_to_none=True)
             out.logit.sum().backward()
             model.zero_grad(set_to_none=True)
@@ -141,10 +111,13 @@ def explain(model: TMDL, batch: TMDLBatch) -> Explanation:
         heatmaps[name] = _unit(upsampled[:, 0]).view(b, v, size, size)
     combined = sum((heatmaps[name] for name in IMAGE_INPUTS), torch.zeros_like(heatmaps["texture"]))
     heatmaps["combined"] = _unit(combined.flatten(0, 1)).view(b, v, size, size)
-    assert out.attentions is not None
+    values = shapley_values(model, batch, chunk_rows)
+    order = [GROUPS.index(name) for name in CONTRIBUTION_GROUPS]
     return Explanation(
         logit=out.logit.detach(),
         stage_logits=out.stage_logits.detach(),
-        contributions=contributions(model, batch, [a.detach() for a in out.attentions]),
+        contributions=_by_group(values.percent()[:, order]),
+        shapley=_by_group(values.phi[:, order]),
+        baseline_logit=values.baseline.to(out.logit.dtype),
         heatmaps={k: t.detach() for k, t in heatmaps.items()},
     )

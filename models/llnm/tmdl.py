@@ -15,14 +15,13 @@ image, T report tokens, N = 3n + T + 5 tokens, W width, H heads, D = W / H.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, fields
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.llnm.config import TMDLConfig
+from models.llnm.config import WITHHOLDABLE, TMDLConfig
 
 TOKEN_GROUPS: tuple[str, ...] = (
     "location",
@@ -36,6 +35,8 @@ TOKEN_GROUPS: tuple[str, ...] = (
     "position",
 )
 SCALAR_TOKENS = 5  # sex, age, echogenicity, shape, position
+# Batch fields of an input group whose name is not its one field (WITHHOLDABLE).
+_FIELDS: dict[str, tuple[str, ...]] = {"location": ("location", "position")}
 LAYER_NORM_EPS = 1e-6
 
 
@@ -84,32 +85,18 @@ class TMDLOutput:
     stage_logits: torch.Tensor  # (B, stages) mean over present views
     view_logits: torch.Tensor  # (B, V), 0 where the view is absent (or dropped in training)
     view_embeddings: torch.Tensor  # (B, V, W): the pooled tokens the heads read, per view
-    attentions: list[torch.Tensor] | None  # per self-attention block (M, H, N, N)
 
 
 def attend(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    key_mask: torch.Tensor,
-    dropout: float,
-    explicit: bool = False,
-) -> tuple[torch.Tensor, torch.Tensor | None]:
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_mask: torch.Tensor, dropout: float
+) -> torch.Tensor:
     """Masked scaled dot-product attention over heads.
 
     ``q`` (M, H, Nq, D), ``k`` and ``v`` (M, H, Nk, D), ``key_mask`` (M, Nk) bool, True
-    where a key may be attended to (every row needs at least one). Returns the
-    (M, H, Nq, D) output and, when ``explicit``, the (M, H, Nq, Nk) attention
-    probabilities (before dropout) computed as softmax(QK^T / sqrt(D) + mask) instead
-    of with the fused kernel.
+    where a key may be attended to (every row needs at least one) -> (M, H, Nq, D).
     """
     mask = key_mask[:, None, None, :]  # (M, 1, 1, Nk)
-    if not explicit:
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
-        return out, None
-    scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])  # (M, H, Nq, Nk)
-    probs = scores.masked_fill(~mask, float("-inf")).softmax(dim=-1)
-    return F.dropout(probs, dropout, training=dropout > 0) @ v, probs
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
 
 
 def split_heads(x: torch.Tensor, heads: int) -> torch.Tensor:
@@ -182,7 +169,7 @@ class MLP(nn.Sequential):
 
 
 class Attention(nn.Module):
-    """Multi-head self-attention with key padding, optionally returning its probabilities."""
+    """Multi-head self-attention with key padding."""
 
     def __init__(self, width: int, heads: int, dropout: float) -> None:
         super().__init__()
@@ -192,14 +179,13 @@ class Attention(nn.Module):
         self.proj = nn.Linear(width, width)
         self.proj_drop = nn.Dropout(dropout)
 
-    def forward(
-        self, x: torch.Tensor, key_mask: torch.Tensor, explicit: bool = False
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """(M, N, W), (M, N) bool -> (M, N, W) and optionally (M, H, N, N) probabilities."""
+    def forward(self, x: torch.Tensor, key_mask: torch.Tensor) -> torch.Tensor:
+        """(M, N, W), (M, N) bool -> (M, N, W)."""
         q, k, v = (split_heads(t, self.heads) for t in self.qkv(x).chunk(3, dim=-1))
         dropout = self.dropout if self.training else 0.0
-        out, probs = attend(q, k, v, key_mask, dropout, explicit)
-        return self.proj_drop(self.proj(merge_heads(out))), probs
+        out = attend(q, k, v, key_mask, dropout)
+        projected: torch.Tensor = self.proj_drop(self.proj(merge_heads(out)))
+        return projected
 
 
 class Block(nn.Module):
@@ -212,14 +198,11 @@ class Block(nn.Module):
         self.norm2 = nn.LayerNorm(config.width, eps=LAYER_NORM_EPS)
         self.mlp = MLP(config.width, config.mlp_hidden, config.mlp_dropout)
 
-    def forward(
-        self, x: torch.Tensor, key_mask: torch.Tensor, explicit: bool = False
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """(M, N, W), (M, N) bool -> (M, N, W) and optionally (M, H, N, N) probabilities."""
-        attended, probs = self.attention(self.norm1(x), key_mask, explicit)
-        x = x + attended
+    def forward(self, x: torch.Tensor, key_mask: torch.Tensor) -> torch.Tensor:
+        """(M, N, W), (M, N) bool -> (M, N, W)."""
+        x = x + self.attention(self.norm1(x), key_mask)
         x = x + self.mlp(self.norm2(x))
-        return x, probs
+        return x
 
 
 class BidirectionalBlock(nn.Module):
@@ -262,8 +245,8 @@ class BidirectionalBlock(nn.Module):
             split_heads(t, self.heads) for t in self.qkv_text(self.norm_text(text)).chunk(3, dim=-1)
         )  # (M, H, T+5, D)
         p = self.dropout if self.training else 0.0
-        image_out = (attend(qi, ki, vi, image_mask, p)[0] + attend(qi, kt, vt, text_mask, p)[0]) / 2
-        text_out = (attend(qt, kt, vt, text_mask, p)[0] + attend(qt, ki, vi, image_mask, p)[0]) / 2
+        image_out = (attend(qi, ki, vi, image_mask, p) + attend(qi, kt, vt, text_mask, p)) / 2
+        text_out = (attend(qt, kt, vt, text_mask, p) + attend(qt, ki, vi, image_mask, p)) / 2
         image = image + self.proj_drop(self.proj(merge_heads(image_out)))
         text = text + self.proj_drop(self.proj(merge_heads(text_out)))
         image = image + self.mlp_image(self.mlp_norm_image(image))
@@ -275,9 +258,11 @@ class TMDL(nn.Module):
     """The LLNM-Net transformer: per-view multimodal tokens -> patient LLNM and stage logits.
 
     In training mode it applies modality dropout: each sample's report is dropped
-    with probability ``text_dropout``, and where at least two views are present one
-    of them is dropped with probability ``view_dropout``. A patient without any
-    view gets logit 0.
+    with probability ``text_dropout``, each of its other inputs (the groups of
+    ``WITHHOLDABLE``) is withheld with probability ``input_dropout`` — so "input
+    unavailable", the baseline of the Shapley contributions, is a state the model
+    knows — and where at least two views are present one of them is dropped with
+    probability ``view_dropout``. A patient without any view gets logit 0.
     """
 
     def __init__(self, config: TMDLConfig) -> None:
@@ -308,17 +293,14 @@ class TMDL(nn.Module):
         for positions in (self.image_positions, self.report_positions, self.scalars.types):
             nn.init.trunc_normal_(positions, std=0.02)
 
-    def forward(self, batch: TMDLBatch, *, return_attention: bool = False) -> TMDLOutput:
-        """Score every view, then average the present views' logits per patient.
-
-        With ``return_attention`` the self-attention blocks compute their softmax
-        explicitly and return the (M, H, N, N) probabilities, one tensor per block.
-        """
+    def forward(self, batch: TMDLBatch) -> TMDLOutput:
+        """Score every view, then average the present views' logits per patient."""
         self._check(batch)
         batch = withhold(batch, self.config.withheld)
         b, v = batch.view_mask.shape
         view_mask, text_present = batch.view_mask, batch.text_present
         if self.training:
+            batch = self._input_dropout(batch)
             view_mask, text_present = self._modality_dropout(view_mask, text_present)
 
         # Image stream: (M, 3n, W), every token valid.
@@ -352,11 +334,8 @@ class TMDL(nn.Module):
 
         tokens = torch.cat([image, text], dim=1)  # (M, N, W)
         key_mask = torch.cat([image_mask, text_mask], dim=1)  # (M, N)
-        attentions: list[torch.Tensor] = []
         for block in self.blocks:
-            tokens, probs = block(tokens, key_mask, explicit=return_attention)
-            if probs is not None:
-                attentions.append(probs)
+            tokens = block(tokens, key_mask)
 
         # Masked mean over valid tokens -> (M, W), then per-view logits.
         weights = key_mask.unsqueeze(-1).to(tokens.dtype)  # (M, N, 1)
@@ -374,8 +353,22 @@ class TMDL(nn.Module):
             stage_logits=view_stages.sum(dim=1) / count[:, None],
             view_logits=view_logits,
             view_embeddings=pooled.view(b, v, -1),
-            attentions=attentions if return_attention else None,
         )
+
+    def _input_dropout(self, batch: TMDLBatch) -> TMDLBatch:
+        """Per patient, withhold each input but the report with probability ``input_dropout``."""
+        if self.config.input_dropout == 0.0:
+            return batch
+        values = {f.name: getattr(batch, f.name) for f in fields(batch)}
+        b = batch.view_mask.shape[0]
+        for name in WITHHOLDABLE:
+            if name == "report":
+                continue
+            keep = torch.rand(b, device=batch.view_mask.device) >= self.config.input_dropout
+            for field in _FIELDS.get(name, (name,)):
+                value = values[field]
+                values[field] = value * keep.view(b, *[1] * (value.dim() - 1)).to(value.dtype)
+        return TMDLBatch(**values)
 
     def _modality_dropout(
         self, view_mask: torch.Tensor, text_present: torch.Tensor
@@ -427,7 +420,7 @@ def withhold(batch: TMDLBatch, names: tuple[str, ...]) -> TMDLBatch:
         if name == "report":
             values["text_present"] = torch.zeros_like(batch.text_present)
             continue
-        for field in ("location", "position") if name == "location" else (name,):
+        for field in _FIELDS.get(name, (name,)):
             values[field] = torch.zeros_like(values[field])
     return TMDLBatch(**values)
 

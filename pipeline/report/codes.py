@@ -65,7 +65,8 @@ REPORT_TEXT_USED = _private("REPORT-TEXT", "Report text used")
 YES = codes.SCT.Yes  # SCT 373066001
 NO = codes.SCT.No  # SCT 373067005
 
-# Share of each model input in the prediction, in the order of
+# Share of each model input in the prediction (|Shapley value| of the input group against
+# the "input unavailable" baseline, percent of the sum), in the order of
 # models.llnm.explain.CONTRIBUTION_GROUPS (not imported: it pulls in torch).
 CONTRIBUTION_GROUPS = (
     "location", "texture", "margin", "echogenicity", "shape", "report", "sex", "age",

@@ -263,7 +263,7 @@ def _index_component(nodules: NDArray[np.bool_], index: NoduleFeatures) -> NDArr
 
 
 def _contributions(prediction: Prediction) -> list[hd.sr.Measurement]:
-    """Each input's share of the prediction in percent, in the model's group order."""
+    """Each input's share of the prediction in percent (|Shapley value| / sum), in group order."""
     return [
         _measure(code, round(prediction.contributions[group], 2), codes.PERCENT)
         for group, code in codes.CONTRIBUTION.items()

@@ -46,7 +46,7 @@ from pipeline.chain_assessment import assess_through_chain
 from pipeline.infer import LLNM_DIR
 
 TARGET_GAP = 0.03
-console = Console()
+console = Console(width=max(Console().width, 132))  # the table needs about 130 columns
 
 
 def phantoms(out: Path, seed: int, n: int) -> Path:

@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.progress import track
 from rich.table import Table
 
 from models.llnm.assessment import AssessOptions, assess
@@ -53,7 +54,7 @@ VARIANTS: dict[str, tuple[str, ...]] = {
 def run(args: argparse.Namespace) -> list[dict[str, Any]]:
     """Every variant trained per seed and tested on every test set; one row per variant."""
     rows = []
-    for name, withheld in VARIANTS.items():
+    for name, withheld in track(list(VARIANTS.items()), "variants"):
         runs = []
         for seed in args.seeds:
             folder = args.out / name.replace(" ", "-") / f"seed-{seed}"
@@ -120,7 +121,7 @@ def main() -> None:
             f"({row['test_auc_min']:.3f}-{row['test_auc_max']:.3f}, {runs} runs)",
             "-" if gap is None else f"{gap:+.3f}",
         )
-    Console().print(table)
+    Console(width=max(Console().width, 120)).print(table)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "ablation.json").write_text(json.dumps(rows, indent=2) + "\n")
 

@@ -23,18 +23,16 @@ set pieces for the listener's tests).
 from phantoms.case import ENCODINGS, ImageTruth, PhantomCase, PhantomOptions, make_case
 from phantoms.dataset_export import ExportSummary, export_phantoms
 from phantoms.labels import (
-    STAGE_THRESHOLDS,
     RiskFactors,
     best_achievable_auc,
     llnm_probability,
-    risk_stage,
+    nodal_stage,
     roc_auc,
 )
 from phantoms.out_of_scope import VariantCase, make_variant, shifted_options
 
 __all__ = [
     "ENCODINGS",
-    "STAGE_THRESHOLDS",
     "ExportSummary",
     "ImageTruth",
     "PhantomCase",
@@ -46,7 +44,7 @@ __all__ = [
     "llnm_probability",
     "make_case",
     "make_variant",
-    "risk_stage",
+    "nodal_stage",
     "roc_auc",
     "shifted_options",
 ]

@@ -3,8 +3,9 @@
 Everything is drawn from ``numpy.random.SeedSequence(seed)``: the same seed
 and options give the same pixels, headers and UIDs. Separate child streams
 feed the encounter, the nodule, the anatomy, each view's texture and speckle,
-the label and the report, so changing one part's sampling leaves the others
-as they were.
+the label, the report and the metastatic lateral nodes (the last child, added
+after the others), so changing one part's sampling leaves the others as they
+were.
 
 The rendering options ``gain_shift_db``, ``speckle_scale`` and
 ``depth_scale`` shift the images' appearance (see
@@ -40,8 +41,10 @@ from phantoms.labels import (
     Region,
     RiskFactors,
     Shape,
+    llnm_logit,
     llnm_probability,
-    risk_stage,
+    nodal_stage,
+    sample_nodes,
 )
 from phantoms.nodule import NoduleSpec, sample_nodule
 from phantoms.patient import Encounter, sample_encounter
@@ -109,7 +112,8 @@ class PhantomCase:
     report_text: str | None
     llnm_probability: float  # the true probability under the label model
     llnm_label: bool  # drawn from it
-    risk_stage: int  # 1-3 from the probability (thresholds 0.35, 0.70)
+    risk_stage: int  # nodal stage 1-3 from the metastatic nodes (phantoms.labels.nodal_stage)
+    node_sizes_cm: tuple[float, ...]  # metastatic lateral nodes, largest dimension; () if negative
     capsule_distance_mm: float  # minimum over both views
     case_id: str
     report_dataset: Dataset | None  # Basic Text SR with report_text, same study
@@ -219,8 +223,8 @@ def make_case(
         If the frame size in ``options`` is too small (see ``Layout.for_frame``).
     """
     layout = Layout.for_frame(options.rows, options.columns)
-    streams = [np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(7)]
-    enc_rng, nodule_rng, neck_rng, label_rng, report_rng, *view_rngs = streams
+    streams = [np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(8)]
+    enc_rng, nodule_rng, neck_rng, label_rng, report_rng, *view_rngs, node_rng = streams
     enc = sample_encounter(enc_rng)
     spec: NoduleSpec = sample_nodule(nodule_rng)
     if region is not None:
@@ -291,6 +295,7 @@ def make_case(
     )
     probability = llnm_probability(factors)
     label = bool(label_rng.random() < probability)
+    nodes = sample_nodes(llnm_logit(factors), label, node_rng)
     report = write_report(
         report_rng,
         spec,
@@ -313,7 +318,8 @@ def make_case(
         report_text=report,
         llnm_probability=probability,
         llnm_label=label,
-        risk_stage=risk_stage(probability),
+        risk_stage=nodal_stage(nodes),
+        node_sizes_cm=nodes,
         capsule_distance_mm=capsule,
         case_id=f"phantom-{seed}",
         report_dataset=sr,

@@ -8,7 +8,7 @@ Layout of ``out`` after :func:`export_phantoms`::
         US_longitudinal.dcm
         SR_report.dcm             Basic Text SR with the report (only when the case has one)
       dataset/
-        manifest.json             generator, seed, count, options, label model thresholds
+        manifest.json             generator, seed, count, options, stage definition
         cases.jsonl               one JSON object per case (fields below)
         cases.csv                 the same, flattened: one row per case, per-view columns
                                   prefixed ``transverse_`` / ``longitudinal_``
@@ -20,7 +20,11 @@ Layout of ``out`` after :func:`export_phantoms`::
 Case fields: ``case_id``, ``seed`` (the case's seed for ``make_case``),
 ``study_instance_uid``, ``age_years``, ``sex`` (F/M), ``report_text`` (null
 when the case has no report), ``llnm_label`` (0/1), ``llnm_probability``
-(the true probability), ``risk_stage`` (1-3), ``capsule_distance_mm`` (true
+(the true probability), ``risk_stage`` (the nodal stage 1-3,
+:func:`phantoms.labels.nodal_stage`), ``node_count`` (metastatic lateral
+nodes, 0 when negative), ``largest_node_cm`` (0 when none), ``node_sizes_cm``
+(each node, cases.jsonl only), ``study_dir`` (the case's DICOM study folder,
+relative to ``dataset/``), ``capsule_distance_mm`` (true
 minimum over both views), ``lobe``, ``region`` (upper/middle/lower),
 ``size_mm`` (largest dimension), ``dimensions_mm`` (transverse, AP,
 longitudinal), ``shape``, ``echogenicity``, ``margin``, ``calcification``,
@@ -39,6 +43,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -49,7 +54,12 @@ from rich.progress import track
 
 from imaging.png import write_png
 from phantoms.case import PhantomCase, PhantomOptions, make_case
-from phantoms.labels import STAGE_THRESHOLDS, best_achievable_auc
+from phantoms.labels import (
+    MACRO_NODE_CM,
+    MAX_MICRO_NODES,
+    MICRO_NODE_CM,
+    best_achievable_auc,
+)
 
 _CASE_COLUMNS = (
     "case_id",
@@ -61,6 +71,9 @@ _CASE_COLUMNS = (
     "llnm_label",
     "llnm_probability",
     "risk_stage",
+    "node_count",
+    "largest_node_cm",
+    "study_dir",
     "capsule_distance_mm",
     "lobe",
     "region",
@@ -142,6 +155,10 @@ def _write_case(case: PhantomCase, dicom_dir: Path, dataset_dir: Path) -> dict[s
         "llnm_label": int(case.llnm_label),
         "llnm_probability": round(case.llnm_probability, 6),
         "risk_stage": case.risk_stage,
+        "node_count": len(case.node_sizes_cm),
+        "largest_node_cm": max(case.node_sizes_cm, default=0.0),
+        "node_sizes_cm": list(case.node_sizes_cm),
+        "study_dir": Path(os.path.relpath(study, dataset_dir)).as_posix(),
         "capsule_distance_mm": round(case.capsule_distance_mm, 4),
         "lobe": case.lobe,
         "region": case.region,
@@ -212,7 +229,12 @@ def export_phantoms(
         "seed": seed,
         "cases": n,
         "options": asdict(options or PhantomOptions()),
-        "stage_thresholds": list(STAGE_THRESHOLDS),
+        "risk_stage": {
+            "definition": "nodal (phantoms.labels.nodal_stage)",
+            "micro_node_cm": MICRO_NODE_CM,
+            "max_micro_nodes": MAX_MICRO_NODES,
+            "macro_node_cm": MACRO_NODE_CM,
+        },
         "positives": positives,
         "best_achievable_auc": auc,
     }

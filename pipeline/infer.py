@@ -6,6 +6,10 @@ Model
     all-MiniLM-L6-v2 when it names none), loaded once per process after the
     bundle's checksums are verified (:class:`LlnmLoader`). The decision
     threshold is the manifest's ``metrics.llnm.threshold`` (default 0.5).
+    The risk stage comes from the method the manifest's
+    ``metrics.llnm.risk_stage`` records (:mod:`models.llnm.risk_stage`):
+    the stage head, or banding the LLNM probability at the recorded
+    cut-points; a bundle that records none uses the head.
 Scope gate
     Every view with an index nodule gets an out-of-distribution score: the
     Mahalanobis distance of its LLNM-Net embedding to the bundle's training
@@ -20,10 +24,11 @@ Views
     de-identification; a missing report or a single view is fine.
 Output
     The LLNM probability, positive at the threshold, the risk stage (1-3) and
-    its probabilities, per-input contributions in percent (exact Shapley
-    values of the eight input groups against the "input unavailable"
-    baseline, :mod:`models.llnm.shapley`) and, per used view, the
-    Grad-CAM++ heatmap mapped back onto the crop
+    the stage head's probabilities (none when the stage is banded: banding
+    has no per-stage probabilities to report), per-input contributions in
+    percent (exact Shapley values of the eight input groups against the
+    "input unavailable" baseline, :mod:`models.llnm.shapley`) and, per used
+    view, the Grad-CAM++ heatmap mapped back onto the crop
     (``work_dir/infer/NNN_heatmap.png``, 8-bit, 0 outside the nodule box).
     The job's result records it all with the bundle's name, version and
     synthetic flag; a synthetic bundle's result carries NOT FOR CLINICAL USE.
@@ -32,7 +37,7 @@ Output
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -47,6 +52,7 @@ from imaging.scope_reasons import Exclusion, Reason
 from models.bundle import BundleLoader, Manifest
 from models.llnm.config import TMDLConfig
 from models.llnm.explain import explain
+from models.llnm.risk_stage import StageMethod
 from models.llnm.text import TextEncoder
 from models.llnm.tmdl import TMDL, TMDLBatch
 from models.llnm.view_inputs import demographics, study_position, unletterbox, view_inputs
@@ -81,6 +87,7 @@ class LoadedLlnm:
     threshold: float
     device: torch.device
     scope: ScopeStatistics | None  # None: the bundle has no scope statistics (no OOD check)
+    stage: StageMethod = field(default_factory=StageMethod)  # how the risk stage is reported
 
 
 def load_llnm(
@@ -101,9 +108,17 @@ def load_llnm(
     encoder = TextEncoder(
         None if reference is None else Path(reference), device, config.text_tokens
     )
-    threshold = manifest.metrics.get(LLNM_DIR, {}).get("threshold", DEFAULT_THRESHOLD)
+    metrics = manifest.metrics.get(LLNM_DIR, {})
+    threshold = metrics.get("threshold", DEFAULT_THRESHOLD)
     return LoadedLlnm(
-        model, config, encoder, manifest, float(threshold), device, load_scope(bundle_dir)
+        model,
+        config,
+        encoder,
+        manifest,
+        float(threshold),
+        device,
+        load_scope(bundle_dir),
+        StageMethod.from_metrics(metrics),
     )
 
 
@@ -241,7 +256,8 @@ def infer_study(study: MeasuredStudy, llnm: LoadedLlnm) -> PredictedStudy | NotA
     batch, report_used = _batch(views, study.job.inputs, llnm)
     explanation = explain(llnm.model, batch)
     probability = float(torch.sigmoid(explanation.logit.float())[0])
-    stages = torch.softmax(explanation.stage_logits.float(), dim=-1)[0].cpu()
+    head = torch.softmax(explanation.stage_logits.float(), dim=-1)[0].cpu().numpy()
+    risk_stage, stage_probabilities = llnm.stage.stage(probability, head)
     out_dir = study.job.folder("infer")
     combined = explanation.heatmaps["combined"][0].float().cpu().numpy()  # (V, S, S)
     heatmaps = tuple(
@@ -256,14 +272,14 @@ def infer_study(study: MeasuredStudy, llnm: LoadedLlnm) -> PredictedStudy | NotA
             probability=probability,
             threshold=llnm.threshold,
             positive=probability >= llnm.threshold,
-            risk_stage=int(stages.argmax()) + 1,
+            risk_stage=risk_stage,
             bundle_name=manifest.name,
             bundle_version=manifest.version,
             synthetic_bundle=manifest.synthetic,
             report_text_used=report_used,
             contributions={k: round(v, 2) for k, v in explanation.contributions[0].items()},
         ),
-        stage_probabilities=tuple(float(p) for p in stages),
+        stage_probabilities=stage_probabilities,
         heatmaps=heatmaps,
         clinical_use_label=manifest.clinical_use_label,
         bundle_uid=manifest.identity.device_uid,

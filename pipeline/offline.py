@@ -5,7 +5,9 @@ bookkeeping: intake, de-identification, crop, segment, features and infer are
 the very functions the stages run (the report stage is left out: it only
 writes what infer decided). It serves two callers: fitting a bundle's scope
 statistics (:mod:`pipeline.scope_fit`; the gate off, every view's measures
-kept) and measuring the gate on held-out data (``benchmarks/scope_gate.py``).
+kept), measuring the gate on held-out data (``benchmarks/scope_gate.py``) and
+evaluating LLNM-Net through predicted masks (``llnm-node evaluate
+--segment-with``, :mod:`models.llnm.chain`).
 """
 
 from __future__ import annotations
@@ -85,6 +87,8 @@ class StudyOutcome:
     reason: str | None = None  # not_assessed: the coded reason; failed: the error
     probability: float | None = None
     views: tuple[ViewMeasures, ...] = ()  # with ``measures``: every view with a nodule
+    risk_stage: int | None = None  # predicted: the stage the model serves
+    stage_probabilities: tuple[float, ...] = ()  # predicted: the head's, unless banded
 
 
 def write_study(datasets: Sequence[Dataset], folder: Path) -> list[Path]:
@@ -149,7 +153,14 @@ def run_study(
         return StudyOutcome(FAILED, str(exc))
     if isinstance(predicted, NotAssessed):
         return StudyOutcome(NOT_ASSESSED, predicted.exclusion.reason.value, views=kept)
-    return StudyOutcome(PREDICTED, probability=predicted.prediction.probability, views=kept)
+    prediction = predicted.prediction
+    return StudyOutcome(
+        PREDICTED,
+        probability=prediction.probability,
+        views=kept,
+        risk_stage=prediction.risk_stage,
+        stage_probabilities=predicted.stage_probabilities,
+    )
 
 
 def vendor_files() -> list[Path]:

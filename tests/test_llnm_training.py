@@ -136,6 +136,14 @@ def test_train_writes_a_run_resumes_and_evaluates(phantoms: Path, tmp_path: Path
     assert split["val_balance"]["positive"] > 0 and split["val_balance"]["negative"] > 0
     assert metrics["training_data"]["synthetic"] is True
     assert metrics["text_encoder"]["width"] == 384
+    stage = metrics["risk_stage"]  # the method the model serves, decided on validation
+    assert stage["method"] in ("head", "banding") and len(stage["fitted_cut_points"]) == 2
+    validation = stage["validation"]
+    assert validation["cases"] == split["val_patients"]
+    banding_wins = (
+        validation["banding_cross_fitted_agreement"] > validation["head"]["exact_agreement"]
+    )
+    assert (stage["method"] == "banding") == banding_wins
     assert png_size(out / "validation_roc.png") == (600, 500)
 
     resumed = train(phantoms, out, "--epochs", "3", "--seed", "3", "--half", "--resume")
@@ -161,6 +169,10 @@ def test_train_writes_a_run_resumes_and_evaluates(phantoms: Path, tmp_path: Path
     assert 0.5 < report["best_achievable_auc"] <= 1.0
     assert report["patients"] == 30 and report["bootstrap_resamples"] == 50
     assert set(report["stage_auc"]) >= {"mean"}
+    assert report["masks"] == "dataset" and report["not_assessed"]["count"] == 0
+    assert report["risk_stage"]["cut_points_from"] == "training validation cases"
+    assert report["risk_stage"]["served"]["method"] == resumed["risk_stage"]["method"]
+    assert report["risk_stage"]["head"]["auc"] == report["stage_auc"]
     for plot in ("roc.png", "calibration.png", "decision_curve.png"):
         assert png_size(evaluation / plot) == (600, 500)
     with (evaluation / "predictions.csv").open() as handle:

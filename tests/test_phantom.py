@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import json
 import shutil
@@ -25,9 +26,10 @@ from phantoms import (
     best_achievable_auc,
     llnm_probability,
     make_case,
-    risk_stage,
+    nodal_stage,
     roc_auc,
 )
+from phantoms.labels import sample_nodes
 
 SEEDS = (0, 1, 2, 3, 7, 11)
 
@@ -189,7 +191,29 @@ def test_label_model_follows_the_papers_risk_factors() -> None:
     assert changed(calcification="micro") > changed(calcification="macro") > p
     assert changed(sex="M") > p
     assert changed(age_years=30) > p > changed(age_years=65)
-    assert [risk_stage(x) for x in (0.1, 0.34, 0.35, 0.69, 0.7, 0.99)] == [1, 1, 2, 2, 3, 3]
+
+
+def test_nodal_stage_follows_the_papers_definition_and_closes_its_gaps() -> None:
+    assert nodal_stage(()) == 1  # LLNM negative: no metastatic node
+    assert nodal_stage((0.1,) * 5) == 1  # five micro-metastases
+    assert nodal_stage((0.1,) * 6) == 2  # more than five nodes, all under 3 cm
+    assert nodal_stage((0.1, 0.2)) == 2  # few nodes, one not micro (0.2 cm is not < 0.2)
+    assert nodal_stage((2.9,) * 8) == 2
+    assert nodal_stage((3.0,)) == 2  # 3 cm is not over 3 cm
+    assert nodal_stage((0.1, 3.01)) == 3  # any node over 3 cm
+    assert nodal_stage((3.5,) * 9) == 3
+
+
+def test_nodes_grow_with_the_latent_risk_and_only_positives_have_them() -> None:
+    rng = np.random.default_rng(0)
+    assert sample_nodes(3.0, False, rng) == ()
+    low = [sample_nodes(-1.0, True, rng) for _ in range(400)]
+    high = [sample_nodes(2.0, True, rng) for _ in range(400)]
+    assert all(len(nodes) >= 1 for nodes in low + high)
+    assert np.mean([len(n) for n in high]) > np.mean([len(n) for n in low])
+    assert np.mean([max(n) for n in high]) > 2 * np.mean([max(n) for n in low])
+    # The stage carries its own noise: cases of one logit reach more than one stage.
+    assert len({nodal_stage(n) for n in high}) == 3
 
 
 def test_best_achievable_auc_is_informative_but_not_perfect() -> None:
@@ -198,7 +222,11 @@ def test_best_achievable_auc_is_informative_but_not_perfect() -> None:
     auc = best_achievable_auc(cases)
     assert 0.6 < auc < 0.99
     assert 0.3 < np.mean([c.llnm_label for c in cases]) < 0.7
-    assert {c.risk_stage for c in cases} == {1, 2, 3}
+    stages = np.bincount([c.risk_stage for c in cases], minlength=4)[1:]
+    assert stages.min() > 0 and stages[2] < stages[1] < stages[0]  # stage 3 the rarest
+    for case in cases:
+        assert bool(case.node_sizes_cm) == case.llnm_label
+        assert case.risk_stage == nodal_stage(case.node_sizes_cm)
     assert sum(c.report_text is None for c in cases) > 0
     assert roc_auc([0.1, 0.4, 0.35, 0.8], [False, False, True, True]) == 0.75
 
@@ -231,6 +259,18 @@ def test_cli_writes_studies_and_dataset(tmp_path: Path) -> None:
     assert csv_lines[0].startswith("case_id,seed,") and len(csv_lines) >= 4
     manifest = json.loads((out / "dataset" / "manifest.json").read_text())
     assert manifest["cases"] == 3 and manifest["options"]["with_regions"] is False
+    assert manifest["risk_stage"]["macro_node_cm"] == 3.0
+    with (out / "dataset" / "cases.csv").open(newline="") as handle:
+        rows = {row["case_id"]: row for row in csv.DictReader(handle)}
+    for record in records:
+        row = rows[str(record["case_id"])]
+        sizes = record["node_sizes_cm"]
+        assert int(row["node_count"]) == len(sizes)
+        assert (len(sizes) > 0) == (row["llnm_label"] == "1")
+        assert float(row["largest_node_cm"]) == max(sizes, default=0.0)
+        assert int(row["risk_stage"]) == nodal_stage(sizes)
+        study = (out / "dataset" / row["study_dir"]).resolve()
+        assert study == (out / "dicom" / row["case_id"]).resolve()
 
 
 def test_every_phantom_object_says_it_is_synthetic() -> None:

@@ -167,26 +167,51 @@ def evaluate(
     resamples: Annotated[int, typer.Option(min=1, help="Bootstrap resamples.")] = 1000,
     seed: Annotated[int, typer.Option(min=0)] = 0,
     text_encoder: Annotated[Path | None, typer.Option(help="Local BERT-family folder.")] = None,
+    segment_with: Annotated[
+        Path | None,
+        typer.Option(
+            help="Bundle whose segmenters and scope gate run the node's whole chain from each "
+            "patient's DICOM study (study_dir column); default: the data set's masks."
+        ),
+    ] = None,
 ) -> None:
-    """Evaluate LLNM-Net: metrics with 95% bootstrap CIs, per-stage AUC, ROC/calibration/DCA."""
+    """Evaluate LLNM-Net: metrics with 95% bootstrap CIs, risk stage, ROC/calibration/DCA."""
+    from imaging.errors import StageError
     from models.llnm.assessment import AssessOptions, assess
 
+    options = AssessOptions(
+        threshold=threshold, resamples=resamples, seed=seed, text_encoder=text_encoder
+    )
     try:
-        result = assess(
-            model,
-            data,
-            out,
-            AssessOptions(
-                threshold=threshold, resamples=resamples, seed=seed, text_encoder=text_encoder
-            ),
-        )
-    except (FileNotFoundError, ValueError, RuntimeError) as exc:
+        if segment_with is None:
+            result = assess(model, data, out, options)
+        else:
+            from pipeline.chain_assessment import assess_through_chain
+
+            result = assess_through_chain(model, segment_with, data, out, options)
+    except (FileNotFoundError, ValueError, RuntimeError, StageError) as exc:
         raise fail("cannot evaluate", exc) from exc
+    console.print(
+        f"masks: {result['masks']}; {result['assessed']} of {result['patients']} patients assessed"
+    )
     for name, estimate in result["metrics"].items():
         value, low, high = estimate["value"], estimate["low"], estimate["high"]
         console.print(f"{name:12s} {value:.3f}  (95% CI {low:.3f}-{high:.3f})")
     if result["best_achievable_auc"] is not None:
         console.print(f"best achievable AUC {result['best_achievable_auc']:.3f}")
-    if result["stage_auc"] is not None:
-        console.print(f"risk stage AUC (mean of one-vs-rest) {result['stage_auc']['mean']:.3f}")
+    not_assessed = result["not_assessed"]
+    if not_assessed["count"]:
+        console.print(
+            f"not assessed {not_assessed['count']} {not_assessed['outcomes']}; AUC over all "
+            f"patients with them at 0.5: {not_assessed['all_cases_auc']:.3f}"
+        )
+    stage = result["risk_stage"]
+    if stage is not None:
+        head, banding = stage["head"], stage["banding"]
+        console.print(
+            f"risk stage (serves {stage['served']['method']}): head agreement "
+            f"{head['exact_agreement']:.3f}, mean one-vs-rest AUC {head['auc']['mean']:.3f}; "
+            f"banding at {banding['cut_points'][0]:.2f}/{banding['cut_points'][1]:.2f} "
+            f"agreement {banding['exact_agreement']:.3f}, AUC {banding['auc']['mean']:.3f}"
+        )
     console.print(f"written to {out}")

@@ -13,7 +13,10 @@ relative to the CSV's folder; ``image`` empty when the view is missing),
 ``image_area`` (``"x0 y0 x1 y1"``, ends exclusive; optional) and
 ``mm_per_pixel`` (``"x y"``; optional, else distances stay in pixels).
 Optional ``llnm_probability`` (the phantom generator's true probability)
-gives the best achievable AUC. Other columns are ignored.
+gives the best achievable AUC; optional ``study_dir`` (the patient's DICOM
+study folder, relative to the CSV's folder) lets ``llnm-node evaluate
+--segment-with`` run the node's whole chain from the DICOM files. Other
+columns are ignored.
 
 Each view is cropped to its image area, standardised like the crop stage,
 and its features are extracted from its masks
@@ -75,6 +78,7 @@ class Patient:
     stage: int | None
     views: tuple[ViewFiles | None, ...]  # in VIEWS order
     true_probability: float | None
+    study_dir: Path | None = None  # the DICOM study folder, when the data set names it
 
 
 def csv_path(folder: Path) -> Path:
@@ -145,6 +149,7 @@ def read_patients(folder: Path) -> list[Patient]:
             age, sex = row.get("age_years", "").strip(), row.get("sex", "").strip().upper()
             stage = row.get("risk_stage", "").strip()
             probability = row.get("llnm_probability", "").strip()
+            study = row.get("study_dir", "").strip()
             patients.append(
                 Patient(
                     case_id=row["case_id"],
@@ -155,6 +160,7 @@ def read_patients(folder: Path) -> list[Patient]:
                     stage=int(stage) if stage else None,
                     views=views,
                     true_probability=float(probability) if probability else None,
+                    study_dir=path.parent / study if study else None,
                 )
             )
     if not patients:

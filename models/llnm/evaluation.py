@@ -270,13 +270,31 @@ def stage_auc(stages: ArrayLike, stage_probabilities: ArrayLike) -> dict[str, fl
         raise ValueError(f"stages must be integers in 1..{classes}")
     if not np.isfinite(probabilities).all() or not np.allclose(probabilities.sum(axis=1), 1.0):
         raise ValueError("each row of stage_probabilities must be finite and sum to 1")
+    return one_vs_rest_auc(stage, probabilities)
+
+
+def one_vs_rest_auc(stages: ArrayLike, scores: ArrayLike) -> dict[str, float]:
+    """One-vs-rest AUC of stage k against score column k-1, and their ``"mean"``.
+
+    ``scores`` (N, K) may be any per-stage scores (higher: more likely that
+    stage). A stage without positives or without negatives gets NaN and is
+    left out of the mean (NaN when no stage has an AUC).
+
+    Raises
+    ------
+    ValueError
+        If the shapes do not match or a score is NaN.
+    """
+    stage = np.asarray(stages)
+    values = np.asarray(scores, dtype=np.float64)
+    if values.ndim != 2 or stage.shape != (values.shape[0],):
+        raise ValueError(f"need stages (N,) and scores (N, K), got {stage.shape}, {values.shape}")
     result = {}
-    for k in range(1, classes + 1):
+    for k in range(1, values.shape[1] + 1):
         member = stage == k
         both = member.any() and not member.all()
-        result[f"stage_{k}"] = roc_auc(member, probabilities[:, k - 1]) if both else float("nan")
-    aucs = np.array(list(result.values()))
-    result["mean"] = _nanmean(aucs)
+        result[f"stage_{k}"] = roc_auc(member, values[:, k - 1]) if both else float("nan")
+    result["mean"] = _nanmean(np.array(list(result.values())))
     return result
 
 

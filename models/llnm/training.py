@@ -4,7 +4,8 @@
 
     out/model.safetensors, config.json   the epoch with the best validation AUC
     out/metrics.json                     history, best epoch, validation metrics, split
-                                         with class balance, data flags, text encoder
+                                         with class balance, data flags, text encoder, and
+                                         ``risk_stage``: the stage method the model serves
     out/training_curve.png               loss and validation AUC per epoch
     out/validation_roc.png, validation_calibration.png   the best epoch's predictions
     out/features-<S>.safetensors (+.json)   the extracted features, reused on resume
@@ -16,7 +17,10 @@ cross-entropy of the risk stage (patients with a stage). AdamW with a half
 cosine learning rate (:func:`models.schedule.cosine_learning_rate`); the
 model is kept on validation AUC computed from probabilities, never on a
 training loss; early stopping after ``patience`` epochs without a better
-AUC. Report tokens come from a frozen local text encoder, computed once.
+AUC. At each kept epoch the stage head and banding of the LLNM probability
+are compared on the validation cases and the better is recorded as the
+model's stage method (:func:`models.llnm.risk_stage.choose_method`). Report
+tokens come from a frozen local text encoder, computed once.
 On CUDA the forward pass runs under bf16 autocast.
 """
 
@@ -42,6 +46,7 @@ from models.llnm.dataset import (
 )
 from models.llnm.evaluation import binary_metrics, roc_auc
 from models.llnm.evaluation_plots import plot_calibration, plot_roc
+from models.llnm.risk_stage import choose_method
 from models.llnm.text import TextEncoder
 from models.llnm.tmdl import TMDL, TMDLBatch
 from models.llnm.weights import save_tmdl
@@ -176,7 +181,7 @@ class _TMDLTask:
     train_rows: NDArray[np.int64]
     val_rows: NDArray[np.int64]
     encoder: TextEncoder
-    last_validation: tuple[NDArray[np.int64], NDArray[np.float64]] | None = None
+    last_validation: tuple[FeatureTable, NDArray[np.float64], NDArray[np.float64]] | None = None
 
     def batches(self, seed: int) -> list[NDArray[np.int64]]:
         rows = self.train_rows
@@ -196,17 +201,18 @@ class _TMDLTask:
     def validate(self) -> dict[str, float]:
         table = self.table.subset(self.val_rows)
         text = ReportTokens(self.text.tokens[self.val_rows], self.text.present[self.val_rows])
-        probabilities, _ = predict(self.model, table, text, self.device)
-        self.last_validation = (table.labels, probabilities)
+        probabilities, stage_probabilities = predict(self.model, table, text, self.device)
+        self.last_validation = (table, probabilities, stage_probabilities)
         return {"val_auc": roc_auc(table.labels, probabilities)}
 
     def keep_best(self, trainer: dict[str, Any]) -> None:
         save_tmdl(self.out, self.model, self.config, half=self.options.half_weights)
         if self.last_validation is None:
             raise RuntimeError("keep_best runs after validate")
-        labels, probabilities = self.last_validation
-        _validation_plots(self.out, labels, probabilities)
-        trainer["best_val_metrics"] = binary_metrics(labels, probabilities)
+        table, probabilities, stage_probabilities = self.last_validation
+        _validation_plots(self.out, table.labels, probabilities)
+        trainer["best_val_metrics"] = binary_metrics(table.labels, probabilities)
+        trainer["risk_stage"] = choose_method(table.stages, probabilities, stage_probabilities)
 
     def record(self, trainer: dict[str, Any]) -> None:
         _write_metrics(self.out, self.options, trainer, self.data, self.encoder)
@@ -291,6 +297,7 @@ def _write_metrics(
         "best_epoch": record.pop("best_epoch"),
         "best_val_auc": trainer["best_score"],
         "best_val_metrics": trainer.get("best_val_metrics"),
+        "risk_stage": trainer.get("risk_stage"),
         **record,
         "text_encoder": {"folder": str(encoder.folder), "width": encoder.width},
     }

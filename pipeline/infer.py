@@ -133,7 +133,7 @@ class LlnmLoader(BundleLoader[LoadedLlnm]):
 class PredictedStudy:
     """The infer stage's output: the prediction and what it was made from."""
 
-    SCHEMA_VERSION: ClassVar[int] = 4  # of the stage output file (pipeline.stage_outputs)
+    SCHEMA_VERSION: ClassVar[int] = 5  # of the stage output file (pipeline.stage_outputs)
 
     job: JobContext
     views: tuple[MeasuredView, ...]  # the views the model saw
@@ -142,6 +142,7 @@ class PredictedStudy:
     heatmaps: tuple[Path, ...]  # one per used view, at crop resolution
     clinical_use_label: str | None
     bundle_uid: str  # the bundle's device UID (models.bundle.BundleIdentity)
+    shapley: dict[str, float]  # signed contributions, logit units: + raises the risk
     ood_scores: tuple[float, ...] | None = None  # per used view; None without statistics
     ood_threshold: float | None = None
     excluded: tuple[ExcludedImage, ...] = ()
@@ -283,6 +284,7 @@ def infer_study(study: MeasuredStudy, llnm: LoadedLlnm) -> PredictedStudy | NotA
         heatmaps=heatmaps,
         clinical_use_label=manifest.clinical_use_label,
         bundle_uid=manifest.identity.device_uid,
+        shapley={k: round(v, 4) for k, v in explanation.shapley[0].items()},
         ood_scores=None if llnm.scope is None else tuple(scores[_uid(v)] for v in views),
         ood_threshold=None if llnm.scope is None else llnm.scope.llnm.threshold,
         excluded=(*study.excluded, *excluded),
@@ -302,6 +304,7 @@ def _detail(study: PredictedStudy) -> dict[str, Any]:
         ],
         "clinical_use_label": study.clinical_use_label,
         "bundle_uid": study.bundle_uid,
+        "shapley_logit": study.shapley,
         "ood": {
             "available": study.ood_scores is not None,
             "threshold": None if study.ood_threshold is None else round(study.ood_threshold, 2),

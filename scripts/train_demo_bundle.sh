@@ -16,7 +16,7 @@ node=.venv/bin/llnm-node
     --epochs 50 --batch-size 8 --seed 0 --patience 15 --learning-rate 2e-3 --half
 "$node" train-seg thyroid --data "$scratch/phantoms" --out "$scratch/thyroid" \
     --epochs 15 --batch-size 8 --seed 0 --patience 5 --height 192 --width 256 --half
-"$node" train --data "$scratch/phantoms-llnm" --out "$scratch/llnm" --size tiny --epochs 40 --seed 0 \
+"$node" train --data "$scratch/phantoms-llnm" --out "$scratch/llnm" --size tiny --epochs 45 --seed 0 \
     --text-tokens 128 --half
 for target in nodule thyroid; do
   mkdir -p "$bundle/$target"

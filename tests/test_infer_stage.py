@@ -50,6 +50,11 @@ def test_a_phantom_study_gets_a_probability_stage_contributions_and_heatmaps(
     contributions = summary["contributions"]
     assert isinstance(contributions, dict) and list(contributions) == list(CONTRIBUTION_GROUPS)
     assert sum(contributions.values()) == pytest.approx(100.0, abs=0.1)
+    signed = result.detail["shapley_logit"]
+    assert list(signed) == list(CONTRIBUTION_GROUPS)
+    total = sum(abs(v) for v in signed.values())
+    for group, value in signed.items():  # the percentages are the |signed values|' shares
+        assert contributions[group] == pytest.approx(100 * abs(value) / total, abs=0.1)
     views = result.detail["views"]
     assert [v["view"] for v in views] == ["transverse", "longitudinal"]
     work = node.spool.layout.work_dir(job.id)

@@ -229,6 +229,7 @@ class Bar:
     percent: float
     y: int
     width: float
+    effect: str  # "raises" / "lowers" the risk, "" when unknown or none
 
 
 @dataclass(frozen=True)
@@ -240,15 +241,23 @@ class ReportObject:
     exports: tuple[exports.ExportRow, ...]
 
 
-def contribution_bars(contributions: dict[str, Any] | None) -> list[Bar]:
-    """The contributions chart's bars, largest first, 28 px apart."""
+def contribution_bars(
+    contributions: dict[str, Any] | None, signed: dict[str, Any] | None = None
+) -> list[Bar]:
+    """The contributions chart's bars, largest first, 28 px apart, with their direction."""
     ranked = sorted((contributions or {}).items(), key=lambda item: -float(item[1]))
+
+    def effect(name: str) -> str:
+        value = float((signed or {}).get(name, 0.0))
+        return "raises" if value > 0 else "lowers" if value < 0 else ""
+
     return [
         Bar(
             label=name,
             percent=float(percent),
             y=row * 28,
             width=max(float(percent), 0.0) / 100 * CHART_BAR_WIDTH,
+            effect=effect(name),
         )
         for row, (name, percent) in enumerate(ranked)
     ]
@@ -288,7 +297,10 @@ def job_page(request: Request, _caller: PageCaller, job_id: JobId) -> HTMLRespon
         "job.html",
         detail=detail,
         summary=summary,
-        bars=contribution_bars(detail.result.contributions if detail.result else None),
+        bars=contribution_bars(
+            detail.result.contributions if detail.result else None,
+            (detail.result.detail or {}).get("shapley_logit") if detail.result else None,
+        ),
         chart_width=CHART_BAR_WIDTH,
         heatmaps=shown,
         objects=report_objects(detail.result, rows),

@@ -5,7 +5,8 @@
     out/evaluation.json     AUC, sensitivity, specificity, accuracy, PPV, NPV with 95 %
                             bootstrap CIs (patient resampling), per-stage AUC, calibration
                             error, class balance, and the best achievable AUC when the data
-                            carry true probabilities (phantoms)
+                            carry true probabilities (phantoms), report token counts
+                            and [UNK] rate
     out/predictions.csv     case id, label, probability, stage, stage probabilities
     out/roc.png, calibration.png, decision_curve.png
     out/features-<S>.safetensors (+.json)   the extracted features
@@ -95,6 +96,7 @@ def assess(model_dir: Path, data: Path, out: Path, options: AssessOptions) -> di
         else None,
         "expected_calibration_error": expected_calibration_error(labels, probabilities),
         "report_text_share": float(text.present.float().mean()),
+        "report_tokens": encoder.token_counts(table.reports).to_dict(),
     }
     (out / "evaluation.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     _write_predictions(out / "predictions.csv", table.case_ids, labels, probabilities,

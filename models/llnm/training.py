@@ -5,6 +5,7 @@
     out/model.safetensors, config.json   the epoch with the best validation AUC
     out/metrics.json                     history, best epoch, validation metrics, split
                                          with class balance, data flags, text encoder
+                                         with its report token counts and [UNK] rate
     out/training_curve.png               loss and validation AUC per epoch
     out/validation_roc.png, validation_calibration.png   the best epoch's predictions
     out/features-<S>.safetensors (+.json)   the extracted features, reused on resume
@@ -16,14 +17,15 @@ cross-entropy of the risk stage (patients with a stage). AdamW with a half
 cosine learning rate (:func:`models.schedule.cosine_learning_rate`); the
 model is kept on validation AUC computed from probabilities, never on a
 training loss; early stopping after ``patience`` epochs without a better
-AUC. Report tokens come from a frozen local text encoder, computed once.
+AUC. Report tokens come from a frozen local text encoder, computed once; the
+config's ``text_width`` follows that encoder.
 On CUDA the forward pass runs under bf16 autocast.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +44,7 @@ from models.llnm.dataset import (
 )
 from models.llnm.evaluation import binary_metrics, roc_auc
 from models.llnm.evaluation_plots import plot_calibration, plot_roc
-from models.llnm.text import TextEncoder
+from models.llnm.text import TextEncoder, TokenCounts
 from models.llnm.tmdl import TMDL, TMDLBatch
 from models.llnm.weights import save_tmdl
 from models.schedule import seed_everything
@@ -175,6 +177,7 @@ class _TMDLTask:
     train_rows: NDArray[np.int64]
     val_rows: NDArray[np.int64]
     encoder: TextEncoder
+    report_tokens: TokenCounts
     last_validation: tuple[NDArray[np.int64], NDArray[np.float64]] | None = None
 
     def batches(self, seed: int) -> list[NDArray[np.int64]]:
@@ -208,7 +211,8 @@ class _TMDLTask:
         trainer["best_val_metrics"] = binary_metrics(labels, probabilities)
 
     def record(self, trainer: dict[str, Any]) -> None:
-        _write_metrics(self.out, self.options, trainer, self.data, self.encoder)
+        _write_metrics(self.out, self.options, trainer, self.data, self.encoder,
+                       self.report_tokens)  # fmt: skip
         plot_training_curve(trainer["history"], self.out / "training_curve.png",
                             "LLNM-Net (TMDL)", scores=(("val_auc", "AUC"),))  # fmt: skip
 
@@ -232,10 +236,7 @@ def train_tmdl(data: Path, out: Path, config: TMDLConfig, options: TMDLTrainOpti
     train_rows = np.array([position[p.case_id] for p in train_patients], dtype=np.int64)
     val_rows = np.array([position[p.case_id] for p in val_patients], dtype=np.int64)
     encoder = TextEncoder(options.text_encoder, torch.device("cpu"), config.text_tokens)
-    if encoder.width != config.text_width:
-        raise ValueError(
-            f"the text encoder is {encoder.width} wide, the config {config.text_width}"
-        )
+    config = replace(config, text_width=encoder.width)  # the encoder decides the report width
     split = {
         "train_patients": len(train_rows),
         "val_patients": len(val_rows),
@@ -257,6 +258,7 @@ def train_tmdl(data: Path, out: Path, config: TMDLConfig, options: TMDLTrainOpti
         train_rows=train_rows,
         val_rows=val_rows,
         encoder=encoder,
+        report_tokens=encoder.token_counts(table.reports),
     )
     return train_epochs(
         out,
@@ -282,7 +284,12 @@ def _validation_plots(
 
 
 def _write_metrics(
-    out: Path, options: TMDLTrainOptions, trainer: dict[str, Any], data: Path, encoder: TextEncoder
+    out: Path,
+    options: TMDLTrainOptions,
+    trainer: dict[str, Any],
+    data: Path,
+    encoder: TextEncoder,
+    report_tokens: TokenCounts,
 ) -> None:
     record = run_record(options, trainer, data, read_data_manifest(data))
     metrics = {
@@ -291,6 +298,10 @@ def _write_metrics(
         "best_val_auc": trainer["best_score"],
         "best_val_metrics": trainer.get("best_val_metrics"),
         **record,
-        "text_encoder": {"folder": str(encoder.folder), "width": encoder.width},
+        "text_encoder": {
+            "folder": str(encoder.folder),
+            "width": encoder.width,
+            "report_tokens": report_tokens.to_dict(),
+        },
     }
     (out / METRICS_FILE).write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")

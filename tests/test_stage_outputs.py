@@ -327,7 +327,7 @@ def real_outputs(root: Path) -> dict[str, object]:
             images=(
                 UltrasoundImage(ref, 80, 100, 1, "MONOCHROME2", 8, "1.2.840.10008.1.2.1", True),
             ),
-            reports=(ReportDocument(ref, "Findings: nodule"),),
+            reports=(ReportDocument(ref, "nodule"),),
             series=(SeriesCount("2.25.6", "US", 1),),
             skipped=(Skipped("2.25.11", "SOP class Basic Text SR"),),
             excluded=excluded,

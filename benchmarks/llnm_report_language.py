@@ -35,7 +35,7 @@ from models.llnm.training import TMDLTrainOptions, train_tmdl
 from phantoms import PhantomOptions, export_phantoms
 from phantoms.report import ReportLanguage
 
-console = Console()
+console = Console(width=160)
 
 
 def _data(out: Path, language: ReportLanguage, n: int, seed: int) -> Path:

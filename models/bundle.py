@@ -8,12 +8,17 @@ Layout::
       nodule/               YOLOv8-seg nodule segmenter (model.safetensors, config.json, ...)
       thyroid/              UNet++ thyroid segmenter
       llnm/                 LLNM-Net (TMDL) weights and config, when trained
+      text_encoder/         LLNM-Net's report encoder when it is not the packaged default
+                            (config.json, safetensors weights, tokenizer files)
 
 Rules
     Only ``.safetensors``, ``.json``, ``.png``, ``.md`` and ``.txt`` files may
     be in a bundle: a pickle (``.pt``, ``.pkl``, ...) or any other file is
     refused when sealing and when loading. Loading checks every file against
     its sha256 in the manifest and refuses files the manifest does not list.
+    The manifest's ``text_encoder`` names the packaged default by package
+    (``folder`` null) or any other encoder by its folder inside the bundle
+    (``text_encoder``), so a sealed bundle is self-contained.
     A bundle trained on synthetic data says so (``training_data.synthetic``)
     and its intended use must contain NOT FOR CLINICAL USE; every object made
     with it carries :attr:`Manifest.clinical_use_label`.
@@ -23,6 +28,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import threading
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -36,6 +42,8 @@ MANIFEST_FILE = "manifest.json"
 FORMAT = "llnm-bundle/1"
 ALLOWED_SUFFIXES = frozenset({".safetensors", ".json", ".png", ".md", ".txt"})
 NOT_FOR_CLINICAL_USE = "NOT FOR CLINICAL USE"
+TEXT_ENCODER_DIR = "text_encoder"
+_ENCODER_SUFFIXES = frozenset({".json", ".safetensors", ".txt"})  # config, weights, tokenizer
 _CHUNK = 1 << 20
 
 
@@ -196,6 +204,56 @@ def reseal_bundle(folder: Path, **metrics: Any) -> Manifest:
         text_encoder=old.text_encoder,
         metrics={**old.metrics, **metrics},
     )
+
+
+def include_text_encoder(folder: Path, source: Path) -> Path:
+    """Copy the local BERT-family encoder in ``source`` into ``folder/text_encoder``.
+
+    Its top-level config, safetensors weights and tokenizer files (JSON, text)
+    are copied; anything else (a pickled ``pytorch_model.bin``, sub-folders) is not.
+
+    Raises
+    ------
+    BundleError
+        If ``source`` has no ``config.json`` or no safetensors weights.
+    """
+    target = folder / TEXT_ENCODER_DIR
+    if source.resolve() == target.resolve():
+        return target
+    files = sorted(p for p in source.iterdir() if p.is_file() and p.suffix in _ENCODER_SUFFIXES)
+    names = {p.name for p in files}
+    if "config.json" not in names or not any(p.suffix == ".safetensors" for p in files):
+        raise BundleError(
+            f"the text encoder {source} needs config.json and safetensors weights "
+            "(save it with save_pretrained(..., safe_serialization=True))"
+        )
+    if target.exists():
+        shutil.rmtree(target)
+    target.mkdir(parents=True)
+    for path in files:
+        shutil.copyfile(path, target / path.name)
+    return target
+
+
+def text_encoder_folder(folder: Path, manifest: Manifest) -> Path | None:
+    """The bundle's text encoder folder; None for the packaged default.
+
+    Raises
+    ------
+    BundleError
+        If the manifest names a folder outside the bundle (sealed before encoders
+        travelled with bundles: seal it again).
+    """
+    reference = (manifest.text_encoder or {}).get("folder")
+    if reference is None:
+        return None
+    relative = Path(reference)
+    if relative.is_absolute() or ".." in relative.parts:
+        raise BundleError(
+            f"{folder}: the text encoder {reference} lies outside the bundle; seal it again "
+            "so the encoder is copied into it"
+        )
+    return folder / relative
 
 
 def bundle_identity(folder: Path) -> BundleIdentity:

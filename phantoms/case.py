@@ -12,7 +12,9 @@ The rendering options ``gain_shift_db``, ``speckle_scale`` and
 :func:`phantoms.out_of_scope.shifted_options`) but not the patient, the
 nodule, the truth distances or the label. They enter the UIDs only when not
 neutral, so a case with neutral shifts is byte-for-byte what it was before
-they existed.
+they existed. ``report_language`` (``en`` or ``zh``) writes the same report
+in English or Simplified Chinese from the same draws; only Chinese enters
+the UIDs, so English cases are as they were.
 """
 
 from __future__ import annotations
@@ -48,7 +50,7 @@ from phantoms.labels import (
 )
 from phantoms.nodule import NoduleSpec, sample_nodule
 from phantoms.patient import Encounter, sample_encounter
-from phantoms.report import TiRads, write_report
+from phantoms.report import REPORT_LANGUAGES, ReportLanguage, TiRads, write_report
 from phantoms.speckle import render_bmode
 
 ViewName = Literal["transverse", "longitudinal"]
@@ -72,12 +74,17 @@ class PhantomOptions:
     gain_shift_db: float = 0.0  # added to the scanner gain of both views
     speckle_scale: float = 1.0  # multiplies the speckle grain size (point spread function)
     depth_scale: float = 1.0  # multiplies the imaging depth: same anatomy, more mm per pixel
+    report_language: ReportLanguage = "en"  # en: English; zh: Simplified Chinese
 
     def __post_init__(self) -> None:
         if not self.speckle_scale > 0:
             raise ValueError(f"speckle_scale must be positive, not {self.speckle_scale}")
         if not self.depth_scale >= 1:
             raise ValueError(f"depth_scale must be at least 1, not {self.depth_scale}")
+        if self.report_language not in REPORT_LANGUAGES:
+            raise ValueError(
+                f"report_language must be one of {REPORT_LANGUAGES}, not {self.report_language!r}"
+            )
 
 
 # The encodings a PACS sends that the node must assess alike: grey with a Sequence of
@@ -136,8 +143,11 @@ def _key(seed: int, options: PhantomOptions) -> str:
         ("speckle", options.speckle_scale, 1.0),
         ("depth", options.depth_scale, 1.0),
     )
-    return key + "".join(
-        f":{name}={value!r}" for name, value, neutral in shifts if value != neutral
+    language = "" if options.report_language == "en" else f":report={options.report_language}"
+    return (
+        key
+        + "".join(f":{name}={value!r}" for name, value, neutral in shifts if value != neutral)
+        + language
     )
 
 
@@ -306,6 +316,7 @@ def make_case(
             neck.lobe.a_lateral + neck.lobe.a_medial,
             neck.lobe.b_anterior + neck.lobe.b_posterior,
         ),
+        language=options.report_language,
     )
     sr = text_report(enc, ids, key, report, tuple(datasets)) if report is not None else None
     return PhantomCase(

@@ -218,9 +218,14 @@ def _region(header: ImageHeader) -> Dataset:
 def text_report(
     enc: Encounter, ids: StudyIds, key: str, text: str, images: tuple[Dataset, ...]
 ) -> Dataset:
-    """A Basic Text SR in the same study: one TEXT item "Findings" holding ``text``."""
+    """A Basic Text SR in the same study: one TEXT item "Findings" holding ``text``.
+
+    Its character set is ISO_IR 100 (Latin-1) when ``text`` fits, else ISO_IR 192 (UTF-8).
+    """
     sop = uid(key, "report")
     ds = _common(enc, ids, BASIC_TEXT_SR, sop)
+    if not _latin1(text):
+        ds.SpecificCharacterSet = "ISO_IR 192"
     written = enc.study_datetime + timedelta(hours=2)
     ds.Modality = "SR"
     ds.SeriesInstanceUID = ids.report_series
@@ -244,6 +249,14 @@ def text_report(
     item.TextValue = text
     ds.ContentSequence = Sequence([item])
     return ds
+
+
+def _latin1(text: str) -> bool:
+    try:
+        text.encode("latin-1")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _evidence(ids: StudyIds, images: tuple[Dataset, ...]) -> Dataset:

@@ -89,4 +89,6 @@ def assess_through_chain(
                 head[i] = outcome.stage_probabilities
     predictions = CasePredictions(tuple(outcomes), probabilities, head)
     masks = f"predicted by {bundle}"
-    return write_assessment(model_dir, data, out, options, patients, predictions, masks)
+    return write_assessment(
+        model_dir, data, out, options, patients, predictions, masks, models.llnm.encoder
+    )

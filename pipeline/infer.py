@@ -2,8 +2,8 @@
 
 Model
     The bundle's ``llnm/`` component (:mod:`models.llnm.weights`) with the text
-    encoder its manifest names (``text_encoder.folder``; the packaged
-    all-MiniLM-L6-v2 when it names none), loaded once per process after the
+    encoder its manifest names (``text_encoder.folder``, inside the bundle; the
+    packaged all-MiniLM-L6-v2 when it names none), loaded once per process after the
     bundle's checksums are verified (:class:`LlnmLoader`). The decision
     threshold is the manifest's ``metrics.llnm.threshold`` (default 0.5).
     The risk stage comes from the method the manifest's
@@ -32,6 +32,9 @@ Output
     (``work_dir/infer/NNN_heatmap.png``, 8-bit, 0 outside the nodule box).
     The job's result records it all with the bundle's name, version and
     synthetic flag; a synthetic bundle's result carries NOT FOR CLINICAL USE.
+    The report's token counts and [UNK] rate (never its text) are in the
+    result; a rate over :data:`~models.llnm.text.UNKNOWN_RATE_WARNING` is a
+    warning event (``report.unknown_tokens``): the encoder may not know the language.
 """
 
 from __future__ import annotations
@@ -46,14 +49,16 @@ import torch
 from sqlalchemy.orm import Session
 
 from db import results
+from db.events import record_event
+from db.models import EventLevel
 from imaging.errors import StageError
 from imaging.png import write_png
 from imaging.scope_reasons import Exclusion, Reason
-from models.bundle import BundleLoader, Manifest
+from models.bundle import BundleLoader, Manifest, text_encoder_folder
 from models.llnm.config import TMDLConfig
 from models.llnm.explain import explain
 from models.llnm.risk_stage import StageMethod
-from models.llnm.text import TextEncoder
+from models.llnm.text import UNKNOWN_RATE_WARNING, TextEncoder, TokenCounts
 from models.llnm.tmdl import TMDL, TMDLBatch
 from models.llnm.view_inputs import demographics, study_position, unletterbox, view_inputs
 from models.llnm.weights import load_tmdl
@@ -104,10 +109,7 @@ def load_llnm(
         raise StageError(f"the model bundle {manifest.name} has no LLNM-Net ({LLNM_DIR}/)")
     device = device or select_device()
     model, config = load_tmdl(bundle_dir / LLNM_DIR, device)
-    reference = (manifest.text_encoder or {}).get("folder")
-    encoder = TextEncoder(
-        None if reference is None else Path(reference), device, config.text_tokens
-    )
+    encoder = TextEncoder(text_encoder_folder(bundle_dir, manifest), device, config.text_tokens)
     metrics = manifest.metrics.get(LLNM_DIR, {})
     threshold = metrics.get("threshold", DEFAULT_THRESHOLD)
     return LoadedLlnm(
@@ -146,6 +148,7 @@ class PredictedStudy:
     ood_scores: tuple[float, ...] | None = None  # per used view; None without statistics
     ood_threshold: float | None = None
     excluded: tuple[ExcludedImage, ...] = ()
+    report_tokens: TokenCounts | None = None  # None: no report text
 
 
 def choose_views(views: tuple[MeasuredView, ...]) -> tuple[MeasuredView, ...]:
@@ -255,6 +258,7 @@ def infer_study(study: MeasuredStudy, llnm: LoadedLlnm) -> PredictedStudy | NotA
     if not views:
         raise StageError("no view with a nodule to predict from")
     batch, report_used = _batch(views, study.job.inputs, llnm)
+    report = study.job.inputs.report_text
     explanation = explain(llnm.model, batch)
     probability = float(torch.sigmoid(explanation.logit.float())[0])
     head = torch.softmax(explanation.stage_logits.float(), dim=-1)[0].cpu().numpy()
@@ -288,6 +292,7 @@ def infer_study(study: MeasuredStudy, llnm: LoadedLlnm) -> PredictedStudy | NotA
         ood_scores=None if llnm.scope is None else tuple(scores[_uid(v)] for v in views),
         ood_threshold=None if llnm.scope is None else llnm.scope.llnm.threshold,
         excluded=(*study.excluded, *excluded),
+        report_tokens=llnm.encoder.token_counts([report]) if report_used else None,
     )
 
 
@@ -313,6 +318,7 @@ def _detail(study: PredictedStudy) -> dict[str, Any]:
             else [round(score, 2) for score in study.ood_scores],
         },
         "excluded": describe_excluded(study.excluded),
+        "report_tokens": None if study.report_tokens is None else study.report_tokens.to_dict(),
     }
 
 
@@ -332,7 +338,18 @@ def summarize_prediction(study: PredictedStudy) -> dict[str, Any]:
 
 
 def store_prediction(session: Session, job_id: int, study: PredictedStudy) -> PredictedStudy:
-    """Record the prediction as the job's result."""
+    """Record the prediction as the job's result; warn when the encoder misread the report."""
+    counts = study.report_tokens
+    if counts is not None and counts.unknown_rate > UNKNOWN_RATE_WARNING:
+        record_event(
+            session,
+            kind="report.unknown_tokens",
+            message=f"{counts.unknown_rate:.0%} of the report's tokens are unknown to the text "
+            "encoder: is it made for the reports' language?",
+            level=EventLevel.WARNING,
+            job_id=job_id,
+            detail=counts.to_dict(),
+        )
     results.save_result(
         session,
         job_id=job_id,

@@ -39,6 +39,7 @@ from imaging.header_values import pixel_module_problem
 from imaging.scope import ScopeRules, header_exclusion, pixel_exclusion, region_exclusion
 from imaging.scope_reasons import Exclusion
 from imaging.sop_classes import SECONDARY_CAPTURE_CLASS, SR_CLASSES, ULTRASOUND_IMAGE_CLASSES
+from models.llnm.report_text import sr_model_text
 from pipeline.contracts import ExcludedImage, InstanceRef, Skipped, StudyInput, summarize_skipped
 from pipeline.scope import NotAssessed, describe_excluded, gated, gated_summary, not_assessed
 from pipeline.stage import Stage
@@ -62,7 +63,11 @@ class UltrasoundImage:
 
 @dataclass(frozen=True)
 class ReportDocument:
-    """Radiology report text found in a structured report of the study."""
+    """Radiology report text found in a structured report of the study.
+
+    ``text`` is the model text (:func:`models.llnm.report_text.sr_model_text`):
+    the report's TEXT item values without concept names, NFKC, spaces collapsed.
+    """
 
     ref: InstanceRef
     text: str
@@ -89,7 +94,7 @@ class RepairedHeader:
 class IntakeReport:
     """What the study holds, for the stages after intake."""
 
-    SCHEMA_VERSION: ClassVar[int] = 2  # of the stage output file (pipeline.stage_outputs)
+    SCHEMA_VERSION: ClassVar[int] = 3  # of the stage output file (pipeline.stage_outputs)
 
     study: StudyInput
     images: tuple[UltrasoundImage, ...]
@@ -134,25 +139,6 @@ def record_repaired(session: Session, job_id: int, report: IntakeReport) -> Inta
             detail={"instances": len(report.repaired), "attributes": counts},
         )
     return report
-
-
-def _report_text(dataset: Dataset) -> str:
-    """TEXT content items of an SR, depth first, as ``Concept: value`` lines."""
-    lines: list[str] = []
-
-    def walk(items: Any) -> None:
-        for item in items:
-            if item.get("ValueType") == "TEXT" and item.get("TextValue"):
-                concept = item.get("ConceptNameCodeSequence")
-                name = concept[0].get("CodeMeaning", "") if concept else ""
-                value = str(item.TextValue).strip()
-                lines.append(f"{name}: {value}" if name else value)
-            if "ContentSequence" in item:
-                walk(item.ContentSequence)
-
-    if "ContentSequence" in dataset:
-        walk(dataset.ContentSequence)
-    return "\n".join(lines)
 
 
 def _image_problem(sop_class: str, dataset: Dataset, has_pixels: bool) -> str | None:
@@ -217,8 +203,8 @@ def intake(
             repaired.append(RepairedHeader(ref.sop_instance_uid, header.repaired))
         series[(ref.series_instance_uid, str(dataset.get("Modality", "")))] += 1
         if ref.sop_class_uid in SR_CLASSES:
-            text = _report_text(dataset)
-            if text:
+            text = sr_model_text(dataset)
+            if text is not None:
                 reports.append(ReportDocument(ref=ref, text=text))
             else:
                 skipped.append(Skipped(ref.sop_instance_uid, "structured report without text"))

@@ -76,7 +76,7 @@ def test_intake_sorts_vendor_images_reports_and_rejects(vendor_dir: Path, tmp_pa
     aloka, cine, _ = report.images
     assert aloka.has_ultrasound_regions and aloka.photometric_interpretation == "PALETTE COLOR"
     assert cine.frames == 120 and cine.transfer_syntax_uid == "1.2.840.10008.1.2.4.50"
-    assert report.reports[0].text == "Findings: Left lobe, 8 mm hypoechoic nodule."
+    assert report.reports[0].text == "Left lobe, 8 mm hypoechoic nodule."  # the model text
     reasons = {s.sop_instance_uid: s.reason for s in report.skipped}
     assert "not ultrasound" in reasons[ref(sc_ct).sop_instance_uid]
     assert any("unreadable" in r for r in reasons.values())

@@ -327,7 +327,7 @@ def real_outputs(root: Path) -> dict[str, object]:
             images=(
                 UltrasoundImage(ref, 80, 100, 1, "MONOCHROME2", 8, "1.2.840.10008.1.2.1", True),
             ),
-            reports=(ReportDocument(ref, "Findings: nodule"),),
+            reports=(ReportDocument(ref, "nodule"),),
             series=(SeriesCount("2.25.6", "US", 1),),
             skipped=(Skipped("2.25.11", "SOP class Basic Text SR"),),
             excluded=excluded,
@@ -346,6 +346,7 @@ def real_outputs(root: Path) -> dict[str, object]:
             (work / "h.png",),
             None,
             "2.25.1234",
+            {"location": 0.75, "report": -0.25},
             ood_scores=(3.5, 4.25),
             ood_threshold=12.0,
             excluded=excluded,

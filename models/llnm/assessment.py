@@ -11,7 +11,8 @@ node's chain from the DICOM files with a bundle's segmenters)::
                             ``risk_stage``: the served method and one-vs-rest AUCs and exact
                             agreement of the stage head and of banding the probability
                             (:mod:`models.llnm.risk_stage`); calibration error, class balance,
-                            and the best achievable AUC when the data carry true probabilities
+                            the best achievable AUC when the data carry true probabilities,
+                            and the report token counts with the [UNK] rate
     out/predictions.csv     case id, label, outcome, probability, served / head / banded stage,
                             the head's stage probabilities
     out/roc.png, calibration.png, decision_curve.png   of the assessed patients
@@ -99,7 +100,9 @@ def assess(model_dir: Path, data: Path, out: Path, options: AssessOptions) -> di
     text = ReportTokens.encode(table.reports, encoder)
     probabilities, stage_probabilities = predict(model, table, text, device)
     predictions = CasePredictions((PREDICTED,) * len(table), probabilities, stage_probabilities)
-    return write_assessment(model_dir, data, out, options, patients, predictions, DATASET_MASKS)
+    return write_assessment(
+        model_dir, data, out, options, patients, predictions, DATASET_MASKS, encoder
+    )
 
 
 def _risk_stage(
@@ -135,8 +138,11 @@ def write_assessment(
     patients: list[Patient],
     predictions: CasePredictions,
     masks: str,
+    encoder: TextEncoder,
 ) -> dict[str, Any]:
     """Score ``predictions`` of ``patients`` and write ``out`` (module docstring).
+
+    ``encoder`` is the model's text encoder (for the report token counts).
 
     Metrics cover the assessed patients; ``not_assessed`` reports the others.
 
@@ -190,6 +196,7 @@ def write_assessment(
         "risk_stage": _risk_stage(model_dir, stages[assessed], probabilities, head),
         "expected_calibration_error": expected_calibration_error(y, probabilities),
         "report_text_share": float(np.mean([p.report_text is not None for p in patients])),
+        "report_tokens": encoder.token_counts([p.report_text for p in patients]).to_dict(),
     }
     (out / "evaluation.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     _write_predictions(out / "predictions.csv", patients, predictions, result["risk_stage"])

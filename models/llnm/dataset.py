@@ -6,9 +6,10 @@ Format (what ``llnm-node phantom`` writes; a site writes the same)::
     DIR/images/..., masks/...  8-bit PNGs; masks > 127 are inside
 
 Columns: ``case_id``; ``age_years`` and ``sex`` (``F``/``M``; either may be
-empty); ``report_text`` (may be empty); ``llnm_label`` (0/1); ``risk_stage``
-(1-3, empty when unknown); for each view prefix ``transverse_`` and
-``longitudinal_``: ``image``, ``nodule_mask``, ``thyroid_mask`` (paths
+empty); ``report_text`` (may be empty; read as the model text of
+:func:`models.llnm.report_text.model_text`, as the node reads a received SR);
+``llnm_label`` (0/1); ``risk_stage`` (1-3, empty when unknown); for each view
+prefix ``transverse_`` and ``longitudinal_``: ``image``, ``nodule_mask``, ``thyroid_mask`` (paths
 relative to the CSV's folder; ``image`` empty when the view is missing),
 ``image_area`` (``"x0 y0 x1 y1"``, ends exclusive; optional) and
 ``mm_per_pixel`` (``"x y"``; optional, else distances stay in pixels).
@@ -43,6 +44,7 @@ from safetensors.torch import load_file, save_file
 
 from imaging.crop import standardise_brightness
 from imaging.features import NoduleFeatures, View, extract_view
+from models.llnm.report_text import model_text
 from models.llnm.view_inputs import (
     POSITION_FEATURES,
     SHAPE_FEATURES,
@@ -155,7 +157,7 @@ def read_patients(folder: Path) -> list[Patient]:
                     case_id=row["case_id"],
                     age_years=float(age) if age else None,
                     sex=sex if sex in ("F", "M") else None,
-                    report_text=row.get("report_text", "").strip() or None,
+                    report_text=model_text([row.get("report_text")]),
                     label=int(row["llnm_label"]),
                     stage=int(stage) if stage else None,
                     views=views,

@@ -4,7 +4,8 @@
 
     out/model.safetensors, config.json   the epoch with the best validation AUC
     out/metrics.json                     history, best epoch, validation metrics, split
-                                         with class balance, data flags, text encoder, and
+                                         with class balance, data flags, text encoder
+                                         with its report token counts and [UNK] rate, and
                                          ``risk_stage``: the stage method the model serves
     out/training_curve.png               loss and validation AUC per epoch
     out/validation_roc.png, validation_calibration.png   the best epoch's predictions
@@ -20,14 +21,15 @@ training loss; early stopping after ``patience`` epochs without a better
 AUC. At each kept epoch the stage head and banding of the LLNM probability
 are compared on the validation cases and the better is recorded as the
 model's stage method (:func:`models.llnm.risk_stage.choose_method`). Report
-tokens come from a frozen local text encoder, computed once.
+tokens come from a frozen local text encoder, computed once; the config's
+``text_width`` follows that encoder.
 On CUDA the forward pass runs under bf16 autocast.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +49,7 @@ from models.llnm.dataset import (
 from models.llnm.evaluation import binary_metrics, roc_auc
 from models.llnm.evaluation_plots import plot_calibration, plot_roc
 from models.llnm.risk_stage import choose_method
-from models.llnm.text import TextEncoder
+from models.llnm.text import TextEncoder, TokenCounts
 from models.llnm.tmdl import TMDL, TMDLBatch
 from models.llnm.weights import save_tmdl
 from models.schedule import seed_everything
@@ -181,6 +183,7 @@ class _TMDLTask:
     train_rows: NDArray[np.int64]
     val_rows: NDArray[np.int64]
     encoder: TextEncoder
+    report_tokens: TokenCounts
     last_validation: tuple[FeatureTable, NDArray[np.float64], NDArray[np.float64]] | None = None
 
     def batches(self, seed: int) -> list[NDArray[np.int64]]:
@@ -215,7 +218,8 @@ class _TMDLTask:
         trainer["risk_stage"] = choose_method(table.stages, probabilities, stage_probabilities)
 
     def record(self, trainer: dict[str, Any]) -> None:
-        _write_metrics(self.out, self.options, trainer, self.data, self.encoder)
+        _write_metrics(self.out, self.options, trainer, self.data, self.encoder,
+                       self.report_tokens)  # fmt: skip
         plot_training_curve(trainer["history"], self.out / "training_curve.png",
                             "LLNM-Net (TMDL)", scores=(("val_auc", "AUC"),))  # fmt: skip
 
@@ -239,10 +243,7 @@ def train_tmdl(data: Path, out: Path, config: TMDLConfig, options: TMDLTrainOpti
     train_rows = np.array([position[p.case_id] for p in train_patients], dtype=np.int64)
     val_rows = np.array([position[p.case_id] for p in val_patients], dtype=np.int64)
     encoder = TextEncoder(options.text_encoder, torch.device("cpu"), config.text_tokens)
-    if encoder.width != config.text_width:
-        raise ValueError(
-            f"the text encoder is {encoder.width} wide, the config {config.text_width}"
-        )
+    config = replace(config, text_width=encoder.width)  # the encoder decides the report width
     split = {
         "train_patients": len(train_rows),
         "val_patients": len(val_rows),
@@ -264,6 +265,7 @@ def train_tmdl(data: Path, out: Path, config: TMDLConfig, options: TMDLTrainOpti
         train_rows=train_rows,
         val_rows=val_rows,
         encoder=encoder,
+        report_tokens=encoder.token_counts(table.reports),
     )
     return train_epochs(
         out,
@@ -289,7 +291,12 @@ def _validation_plots(
 
 
 def _write_metrics(
-    out: Path, options: TMDLTrainOptions, trainer: dict[str, Any], data: Path, encoder: TextEncoder
+    out: Path,
+    options: TMDLTrainOptions,
+    trainer: dict[str, Any],
+    data: Path,
+    encoder: TextEncoder,
+    report_tokens: TokenCounts,
 ) -> None:
     record = run_record(options, trainer, data, read_data_manifest(data))
     metrics = {
@@ -299,6 +306,10 @@ def _write_metrics(
         "best_val_metrics": trainer.get("best_val_metrics"),
         "risk_stage": trainer.get("risk_stage"),
         **record,
-        "text_encoder": {"folder": str(encoder.folder), "width": encoder.width},
+        "text_encoder": {
+            "folder": str(encoder.folder),
+            "width": encoder.width,
+            "report_tokens": report_tokens.to_dict(),
+        },
     }
     (out / METRICS_FILE).write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")

@@ -59,7 +59,8 @@ Fallback without regions
 Model inputs
     Age in years from Patient's Age, else from Patient's Birth Date and the
     Study (or Series, Acquisition, Content) Date; sex ``F``/``M`` or None; the
-    report text of intake's structured reports with every occurrence of the
+    model text of intake's structured reports (:mod:`models.llnm.report_text`,
+    joined in study order) with every occurrence of the
     patient's name parts, IDs, accession number and birth date (several date
     spellings) replaced by ``[REDACTED]``. They are stage outputs, never
     written into the copy unless :attr:`DeidentificationOptions.retain_patient_characteristics`.

@@ -27,6 +27,7 @@ from sqlalchemy.orm import Session
 from db.pseudonyms import PseudonymEntry, save_pseudonyms
 from imaging.dicom_files import read_dataset
 from imaging.errors import StageError
+from models.llnm.report_text import model_text
 from pipeline.contracts import (
     DeidentifiedImage,
     DeidentifiedStudy,
@@ -165,15 +166,13 @@ def deidentify(
     if not images:
         raise StageError("no image has a usable image area: " + "; ".join(unusable))
 
-    texts = [document.text for document in report.reports]
-    report_text, redactions = redact(
-        "\n\n".join(texts), identifier_pattern(identifiers, loose=False)
-    )
+    texts = model_text(document.text for document in report.reports)
+    report_text, redactions = redact(texts or "", identifier_pattern(identifiers, loose=False))
     all_headers = [*headers, *report_headers]
     inputs = ModelInputs(
         age_years=next((a for a in map(age_years, all_headers) if a is not None), None),
         sex=next((s for s in map(sex, all_headers) if s is not None), None),
-        report_text=report_text if texts else None,
+        report_text=None if texts is None else report_text,
     )
     return Deidentification(
         study=DeidentifiedStudy(

@@ -26,6 +26,6 @@ done
 mkdir -p "$bundle/llnm"
 cp "$scratch/llnm"/{model.safetensors,config.json,metrics.json,training_curve.png} \
   "$scratch/llnm"/validation_{roc,calibration}.png "$bundle/llnm/"
-"$node" bundle seal "$bundle" --name llnm-demo --version 0.1.0
+"$node" bundle seal "$bundle" --name llnm-demo --version 0.2.0
 # The scope gate's statistics (view limits, OOD thresholds) from the training seed.
 "$node" bundle fit-scope "$bundle" --phantoms 300 --validation-phantoms 150 --seed 1

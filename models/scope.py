@@ -22,12 +22,15 @@ Out-of-distribution scores
     and speckle statistics (:mod:`imaging.texture`); each part has its own
     distribution, and the view's score is that of the part farthest beyond its
     threshold. ``llnm``, LLNM-Net's pooled token vector that its heads read, is
-    checked in the infer stage. A distance is the Mahalanobis distance to the
-    fitting views (their mean and Ledoit-Wolf shrunk covariance); the
-    thresholds are set on separate validation views so that the ``percentile``
-    (default 99.5) of them passes: of ``llnm`` its distances, of ``image`` the
-    worst of its parts (each part's own percentile, scaled by one common
-    factor).
+    checked in the infer stage; it is taken with the report withheld
+    (:data:`LLNM_EMBEDDING_INPUTS`), so a study without a report is judged on
+    the same footing as one with (with the report in, a report-less study's
+    views scored about twice as far out and one in five lost a view). A
+    distance is the Mahalanobis distance to the fitting views (their mean and
+    Ledoit-Wolf shrunk covariance); the thresholds are set on separate
+    validation views so that the ``percentile`` (default 99.5) of them passes:
+    of ``llnm`` its distances, of ``image`` the worst of its parts (each part's
+    own percentile, scaled by one common factor).
 A bundle without ``scope/`` still loads: its views are checked only for a
 non-empty thyroid mask, and the OOD check is reported unavailable.
 """
@@ -47,6 +50,8 @@ from safetensors.torch import load_file, save_file
 
 from models.bundle import BundleError
 
+# What the ``llnm`` embedding is computed from; statistics that say otherwise do not load.
+LLNM_EMBEDDING_INPUTS = "images, demographics and measured features; report withheld"
 SCOPE_DIR = "scope"
 STATISTICS_FILE = "statistics.json"
 EMBEDDING_FILE = "embedding.safetensors"
@@ -278,6 +283,7 @@ def save_scope(bundle_dir: Path, statistics: ScopeStatistics) -> dict[str, Any]:
                 "percentile": statistics.llnm.percentile,
                 "width": int(statistics.llnm.mean.shape[0]),
                 "threshold": round(statistics.llnm.threshold, 4),
+                "inputs": LLNM_EMBEDDING_INPUTS,
             },
         },
         "limits": asdict(statistics.limits),
@@ -319,6 +325,8 @@ def _read_scope(folder: Path) -> ScopeStatistics:
         return EmbeddingDistribution(mean, precision, float(threshold), float(percentile))
 
     image, llnm, limits = summary["ood"]["image"], summary["ood"]["llnm"], summary["limits"]
+    if llnm.get("inputs") != LLNM_EMBEDDING_INPUTS:
+        raise ValueError(f"LLNM-Net embeddings of other inputs ({llnm.get('inputs')!r})")
     parts = tuple(
         EmbeddingPart(
             str(part["name"]),

@@ -12,8 +12,8 @@ Model
     cut-points; a bundle that records none uses the head.
 Scope gate
     Every view with an index nodule gets an out-of-distribution score: the
-    Mahalanobis distance of its LLNM-Net embedding to the bundle's training
-    views (:mod:`models.scope`). A view over the bundle's threshold is
+    Mahalanobis distance of its LLNM-Net embedding (the report withheld) to the
+    bundle's training views (:mod:`models.scope`). A view over the bundle's threshold is
     excluded (``out_of_distribution``, "score 41.2 > 18.0"); a study left
     with none is not assessed and no probability is computed. A bundle
     without scope statistics says so in the result (``ood.available``).
@@ -40,7 +40,7 @@ Output
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -210,8 +210,13 @@ def _write_heatmap(path: Path, view: MeasuredView, heatmap: np.ndarray[Any, Any]
 def view_embeddings(
     views: tuple[MeasuredView, ...], inputs: ModelInputs, llnm: LoadedLlnm
 ) -> np.ndarray[Any, np.dtype[np.float64]]:
-    """LLNM-Net's embedding (V, W) of each view (with the study's text and demographics)."""
-    batch, _ = _batch(views, inputs, llnm)
+    """LLNM-Net's embedding (V, W) of each view, the scope gate's: the report withheld.
+
+    Demographics and the measured features count; the report does not
+    (:data:`models.scope.LLNM_EMBEDDING_INPUTS`), so whether a study came with
+    one does not move its views in or out of the training range.
+    """
+    batch, _ = _batch(views, replace(inputs, report_text=None), llnm)
     with torch.inference_mode():
         output = llnm.model.eval()(batch)
     return np.asarray(output.view_embeddings[0].double().cpu().numpy())

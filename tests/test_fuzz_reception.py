@@ -16,6 +16,7 @@ import tempfile
 import zlib
 from pathlib import Path
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydicom.uid import DeflatedExplicitVRLittleEndian
@@ -27,6 +28,7 @@ from dicom_node.network.ingest import (
     check_instance,
     check_limits,
 )
+from dicom_node.network.statuses import StoreStatus
 from phantoms import make_case
 
 _CASE = make_case(3).datasets[0]
@@ -112,3 +114,18 @@ def test_the_valid_file_is_taken() -> None:
             StoreRequest(path, str(_CASE.SOPClassUID), str(_CASE.SOPInstanceUID), "F", "::1")
         )
     assert dataset.SOPInstanceUID == _CASE.SOPInstanceUID
+
+
+def test_a_uid_with_a_corrupt_vr_is_refused_as_not_understood() -> None:
+    """Hypothesis found SOP Class UID's VR flipped from UI to AI escaping as NotImplementedError."""
+    at = VALID.index(b"\x08\x00\x16\x00UI", BODY)
+    data = VALID[: at + 4] + b"AI" + VALID[at + 6 :]
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "received.dcm"
+        path.write_bytes(data)
+        check_limits(path, LIMITS)
+        request = StoreRequest(path, str(_CASE.SOPClassUID), str(_CASE.SOPInstanceUID), "F", "::1")
+        with pytest.raises(RefusedInstance) as refused:
+            check_instance(request)
+    assert refused.value.status == StoreStatus.CANNOT_UNDERSTAND
+    assert refused.value.reason == "SOPClassUID cannot be read (NotImplementedError)"

@@ -147,7 +147,8 @@ def test_dsrdump_shows_the_prediction(two_views: Built) -> None:
     text = _dsrdump(two_views.sr.path)
     prediction = two_views.report.prediction
     assert f'"LLNM probability")="{round(100 * prediction.probability, 2)}" (%,UCUM' in text
-    assert f'"LLNM risk stage")=(258219007,SCT,"Stage {prediction.risk_stage}")' in text
+    stage = codes.STAGE[prediction.risk_stage]
+    assert f'"LLNM risk stage")=({stage.value},SCT,"{stage.meaning}")' in text
     assert '"LLNM prediction")=(10828004,SCT,"Positive")' in text  # seed 1 is positive
     assert f'"Threshold Value")="{round(100 * prediction.threshold, 2)}" (%,UCUM' in text
     for group in CONTRIBUTION_GROUPS:

@@ -184,9 +184,9 @@ def test_variants_are_declined_and_a_mixed_study_says_which_views_it_used(
     doppler = make_variant(21, "colour_doppler").datasets
     regions = make_variant(22, "colour_doppler_region").datasets
     split = make_variant(23, "split_screen").datasets
-    case = make_case(24)
+    case = make_case(25)
     mixed = [*case.datasets]
-    colour = make_variant(24, "colour_doppler").datasets[1]  # the longitudinal view in colour
+    colour = make_variant(25, "colour_doppler").datasets[1]  # the longitudinal view in colour
     colour.StudyInstanceUID = case.datasets[0].StudyInstanceUID
     colour.SeriesInstanceUID = case.datasets[0].SeriesInstanceUID
     mixed.append(colour)
@@ -294,6 +294,28 @@ def test_the_ood_score_is_the_models_own_distance(gated: OfflineModels, tmp_path
     finally:
         model.norm.load_state_dict(saved)
     assert shifted.outcome == "not_assessed"
+
+
+def test_a_study_without_its_report_is_gated_like_one_with(
+    gated: OfflineModels, tmp_path: Path
+) -> None:
+    """The gate's embedding withholds the report; the prediction still reads it."""
+    case = make_case(37)  # report in the embedding: 3.1 / 3.5 with it, 5.1 / 5.0 without
+    assert case.report_dataset is not None
+    outcomes = [
+        run_study(
+            write_study(datasets, tmp_path / name), tmp_path / f"w-{name}", gated, measures=True
+        )
+        for name, datasets in (
+            ("with", [*case.datasets, case.report_dataset]),
+            ("without", [*case.datasets]),
+        )
+    ]
+    assert [o.outcome for o in outcomes] == ["predicted", "predicted"]
+    assert [len(o.views) for o in outcomes] == [2, 2]
+    with_report, without = ([v.embedding for v in o.views] for o in outcomes)
+    np.testing.assert_array_equal(np.stack(with_report), np.stack(without))
+    assert outcomes[0].probability != outcomes[1].probability
 
 
 def _crops(datasets: Any, tmp_path: Path) -> list[np.ndarray]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import shutil
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from imaging.scope_reasons import Exclusion, Reason, outcome_text
 from models.bundle import MANIFEST_FILE, BundleError, reseal_bundle, verify_bundle
 from models.demo import DEMO_BUNDLE_DIR
 from models.scope import (
+    LLNM_EMBEDDING_INPUTS,
     SCOPE_DIR,
     PartedDistribution,
     Range,
@@ -132,6 +134,19 @@ def test_statistics_of_another_layout_are_refused_with_a_clear_error(tmp_path: P
     statistics = bundle / SCOPE_DIR / "statistics.json"
     statistics.write_text(statistics.read_text().replace('"parts"', '"sections"'))
     with pytest.raises(BundleError, match="fit them again"):
+        load_scope(bundle)
+
+
+def test_statistics_of_embeddings_with_the_report_are_refused(tmp_path: Path) -> None:
+    """Statistics fitted before the report was withheld from the gate's embedding do not load."""
+    bundle = tmp_path / "bundle"
+    shutil.copytree(DEMO_BUNDLE_DIR, bundle)
+    statistics = bundle / SCOPE_DIR / "statistics.json"
+    summary = json.loads(statistics.read_text())
+    assert summary["ood"]["llnm"]["inputs"] == LLNM_EMBEDDING_INPUTS
+    del summary["ood"]["llnm"]["inputs"]
+    statistics.write_text(json.dumps(summary))
+    with pytest.raises(BundleError, match=r"other inputs.*fit them again"):
         load_scope(bundle)
 
 

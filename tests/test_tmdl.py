@@ -88,6 +88,10 @@ def test_presets_and_round_trip() -> None:
     assert base.text_width == 768 and base.size == "base"
     for config in (TINY, base, MINI):
         assert TMDLConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
+    assert TMDLConfig.preset("base", input_dropout=0.3).input_dropout == 0.3
+    assert TMDLConfig.preset("tiny", input_dropout=None).input_dropout == TINY.input_dropout
+    with pytest.raises(ValueError, match="input_dropout"):
+        TMDLConfig.preset("tiny", input_dropout=1.0)
 
 
 @pytest.mark.parametrize(

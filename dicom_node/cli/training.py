@@ -161,13 +161,24 @@ def train(
         list[str] | None,
         typer.Option(help="Ablation: an input the model never sees (repeatable), e.g. report."),
     ] = None,
+    input_dropout: Annotated[
+        float | None,
+        typer.Option(
+            min=0.0, max=0.99, help="Probability each non-report input is withheld (default 0.1)."
+        ),
+    ] = None,
 ) -> None:
     """Train LLNM-Net (TMDL); the kept epoch is the one with the best validation AUC."""
     from models.llnm.config import TMDLConfig
     from models.llnm.training import TMDLTrainOptions, train_tmdl
 
     try:
-        config = TMDLConfig.preset(size, withheld=tuple(withhold or ()), text_tokens=text_tokens)
+        config = TMDLConfig.preset(
+            size,
+            withheld=tuple(withhold or ()),
+            text_tokens=text_tokens,
+            input_dropout=input_dropout,
+        )
         run = _run(epochs, batch_size, seed, val_fraction, patience, learning_rate, half, resume)
         options = TMDLTrainOptions(**run, text_encoder=text_encoder)
         result = train_tmdl(data, out, config, options)

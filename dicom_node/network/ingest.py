@@ -99,7 +99,19 @@ def check_limits(path: Path, limits: ReceptionLimits) -> None:
 
 
 def _text(dataset: Dataset, keyword: str) -> str:
-    return str(dataset.get(keyword, "") or "").strip()
+    """The element's value as stripped text ("" when absent).
+
+    Raises
+    ------
+    RefusedInstance
+        If the value cannot be decoded (a corrupt VR such as "AI" for a UID).
+    """
+    try:
+        return str(dataset.get(keyword, "") or "").strip()
+    except Exception as exc:  # boundary: values from the network may break pydicom anyhow
+        raise RefusedInstance(
+            StoreStatus.CANNOT_UNDERSTAND, f"{keyword} cannot be read ({type(exc).__name__})"
+        ) from exc
 
 
 def check_instance(request: StoreRequest) -> tuple[Dataset, str]:

@@ -98,12 +98,18 @@ class TMDLConfig:
 
     @classmethod
     def preset(
-        cls, name: str, *, withheld: tuple[str, ...] = (), text_tokens: int | None = None
+        cls,
+        name: str,
+        *,
+        withheld: tuple[str, ...] = (),
+        text_tokens: int | None = None,
+        input_dropout: float | None = None,
     ) -> TMDLConfig:
         """The ``tiny`` (defaults) or ``base`` (paper-sized) configuration.
 
-        ``withheld`` (ablations) and ``text_tokens`` (report length; None keeps
-        the paper's 50) apply to either preset.
+        ``withheld`` (ablations), ``text_tokens`` (report length; None keeps
+        the paper's 50) and ``input_dropout`` (None keeps the default) apply to
+        either preset.
 
         Raises
         ------
@@ -128,7 +134,8 @@ class TMDLConfig:
                 mlp_dropout=0.3,
             )
         tokens = config.text_tokens if text_tokens is None else text_tokens
-        return replace(config, withheld=withheld, text_tokens=tokens)
+        dropout = config.input_dropout if input_dropout is None else input_dropout
+        return replace(config, withheld=withheld, text_tokens=tokens, input_dropout=dropout)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready fields."""

@@ -116,9 +116,15 @@ def test_the_valid_file_is_taken() -> None:
     assert dataset.SOPInstanceUID == _CASE.SOPInstanceUID
 
 
-def test_a_uid_with_a_corrupt_vr_is_refused_as_not_understood() -> None:
+@pytest.mark.parametrize(
+    ("tag", "vr", "keyword"),
+    [(b"\x08\x00\x16\x00", b"UI", "SOPClassUID"), (b"\x10\x00\x20\x00", b"LO", "PatientID")],
+)
+def test_a_value_with_a_corrupt_vr_is_refused_before_it_is_stored(
+    tag: bytes, vr: bytes, keyword: str
+) -> None:
     """Hypothesis found SOP Class UID's VR flipped from UI to AI escaping as NotImplementedError."""
-    at = VALID.index(b"\x08\x00\x16\x00UI", BODY)
+    at = VALID.index(tag + vr, BODY)
     data = VALID[: at + 4] + b"AI" + VALID[at + 6 :]
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "received.dcm"
@@ -128,4 +134,4 @@ def test_a_uid_with_a_corrupt_vr_is_refused_as_not_understood() -> None:
         with pytest.raises(RefusedInstance) as refused:
             check_instance(request)
     assert refused.value.status == StoreStatus.CANNOT_UNDERSTAND
-    assert refused.value.reason == "SOPClassUID cannot be read (NotImplementedError)"
+    assert refused.value.reason == f"{keyword} cannot be read (NotImplementedError)"

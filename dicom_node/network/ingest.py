@@ -98,6 +98,10 @@ def check_limits(path: Path, limits: ReceptionLimits) -> None:
         )
 
 
+# What the database keeps of an instance besides its UIDs (and the result-object check).
+_REGISTERED = ("Modality", "PatientID", "IssuerOfPatientID", "StudyDate", "Manufacturer")
+
+
 def _text(dataset: Dataset, keyword: str) -> str:
     """The element's value as stripped text ("" when absent).
 
@@ -147,6 +151,8 @@ def check_instance(request: StoreRequest) -> tuple[Dataset, str]:
             raise RefusedInstance(
                 StoreStatus.DATASET_DOES_NOT_MATCH_SOP_CLASS, f"{keyword} is missing"
             )
+    for keyword in _REGISTERED:  # decoded now: a value that cannot be is refused before storing
+        _text(dataset, keyword)
     return dataset, str(header.transfer_syntax_uid)
 
 

@@ -26,6 +26,7 @@ import numpy as np
 from phantoms.nodule import NoduleSpec
 
 NO_REPORT_RATE = 0.12
+NEAR_CAPSULE_MM = 2.5  # closer: the report gives the distance; farther: "capsule intact"
 ReportLanguage = Literal["en", "zh"]
 REPORT_LANGUAGES: tuple[ReportLanguage, ...] = ("en", "zh")
 
@@ -115,6 +116,16 @@ class _Draft:
     fna: bool | None  # None: no FNA advice; else True for the first wording
     typo: bool
 
+    def capsule_text(self, abuts: str, near: str, intact: str) -> str | None:
+        """The capsule relation in the wording given (``near`` formats ``{mm}``); None: unsaid."""
+        if not self.capsule:
+            return None
+        if self.capsule_distance_mm == 0.0:
+            return abuts
+        if self.capsule_distance_mm < NEAR_CAPSULE_MM:
+            return near.format(mm=f"{self.capsule_distance_mm:.1f}")
+        return intact
+
     @classmethod
     def draw(
         cls,
@@ -185,13 +196,13 @@ def _english(d: _Draft) -> str:
                 "macro": "Coarse calcification with posterior shadowing.",
             }[spec.calcification]
         )
-    if d.capsule:
-        if d.capsule_distance_mm == 0.0:
-            sentences.append("The nodule abuts and bulges the thyroid capsule.")
-        elif d.capsule_distance_mm < 2.5:
-            sentences.append(f"It lies {d.capsule_distance_mm:.1f} mm from the capsule.")
-        else:
-            sentences.append("Capsule intact.")
+    capsule = d.capsule_text(
+        "The nodule abuts and bulges the thyroid capsule.",
+        "It lies {mm} mm from the capsule.",
+        "Capsule intact.",
+    )
+    if capsule is not None:
+        sentences.append(capsule)
     sentences.append("No other focal lesion." if d.no_other else "")
     tirads = TiRads.of(spec, d.capsule_distance_mm)
     impression = f"IMPRESSION: ACR TI-RADS TR{tirads.level} ({tirads.points} points)."
@@ -239,13 +250,9 @@ def _chinese(d: _Draft) -> str:
                 "macro": "内见粗大钙化，后方伴声影",
             }[spec.calcification]
         )
-    if d.capsule:
-        if d.capsule_distance_mm == 0.0:
-            nodule.append("紧贴被膜，被膜局部膨隆")
-        elif d.capsule_distance_mm < 2.5:
-            nodule.append(f"距被膜约{d.capsule_distance_mm:.1f}mm")
-        else:
-            nodule.append("被膜完整")
+    capsule = d.capsule_text("紧贴被膜，被膜局部膨隆", "距被膜约{mm}mm", "被膜完整")
+    if capsule is not None:
+        nodule.append(capsule)
     parts.append("，".join(nodule) + "。")
     parts.append("余腺体内未见明显占位。" if d.no_other else "")
     tirads = TiRads.of(spec, d.capsule_distance_mm)

@@ -49,6 +49,17 @@ def finished_jobs(
     return wait_for(finished, timeout=timeout, what=f"{count} finished job(s)", describe=why)
 
 
+def done_study(
+    node: Node, datasets: list[Dataset], folder: Path, timeout: float = 120.0
+) -> listings.JobDetail:
+    """Send ``datasets`` as one study, wait for its job to be done; its detail."""
+    send(node, datasets, folder)
+    (job,) = finished_jobs(node, 1, timeout=timeout)
+    assert job.state == "done", job.error
+    with node.database.session() as session:
+        return listings.job_detail(session, job_id=job.id)
+
+
 def test_corrupt_pixel_stream_fails_its_job_and_the_node_goes_on(
     node_factory: Factory, tmp_path: Path
 ) -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from test_imaging_jobs import Factory, finished_jobs, send
+from test_imaging_jobs import Factory, done_study, finished_jobs, send
 
 from db import listings
 from models.bundle import NOT_FOR_CLINICAL_USE, seal_bundle, verify_bundle
@@ -31,11 +31,7 @@ def test_a_phantom_study_gets_a_probability_stage_contributions_and_heatmaps(
     node = node_factory()
     case = make_case(1)
     assert case.report_dataset is not None
-    send(node, [*case.datasets, case.report_dataset], tmp_path / "case")
-    (job,) = finished_jobs(node, 1, timeout=120)
-    assert job.state == "done", job.error
-    with node.database.session() as session:
-        detail = listings.job_detail(session, job_id=job.id)
+    detail = done_study(node, [*case.datasets, case.report_dataset], tmp_path / "case")
     result = detail.result
     assert result is not None and result.outcome == "predicted"
     assert result.probability is not None and 0.0 <= result.probability <= 1.0
@@ -57,7 +53,7 @@ def test_a_phantom_study_gets_a_probability_stage_contributions_and_heatmaps(
         assert contributions[group] == pytest.approx(100 * abs(value) / total, abs=0.1)
     views = result.detail["views"]
     assert [v["view"] for v in views] == ["transverse", "longitudinal"]
-    work = node.spool.layout.work_dir(job.id)
+    work = node.spool.layout.work_dir(detail.job.id)
     for view in views:
         heatmap = cv2.imread(str(work / view["heatmap"]), cv2.IMREAD_GRAYSCALE)
         assert heatmap is not None and heatmap.max() > 200
@@ -75,11 +71,7 @@ def test_a_study_without_report_is_predicted_from_the_images(
     node_factory: Factory, tmp_path: Path
 ) -> None:
     node = node_factory()
-    send(node, [*make_case(2).datasets], tmp_path / "case")
-    (job,) = finished_jobs(node, 1, timeout=120)
-    assert job.state == "done", job.error
-    with node.database.session() as session:
-        detail = listings.job_detail(session, job_id=job.id)
+    detail = done_study(node, [*make_case(2).datasets], tmp_path / "case")
     assert detail.result is not None and detail.result.outcome == "predicted"
     assert stage_summary(detail, "infer")["report_text_used"] is False
     assert stage_summary(detail, "infer")["contributions"]["report"] == 0.0  # type: ignore[index]

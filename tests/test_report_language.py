@@ -20,10 +20,9 @@ import pytest
 import torch
 from pydicom import Dataset, dcmread
 from pydicom.sequence import Sequence
-from test_imaging_jobs import Factory, finished_jobs, send
+from test_imaging_jobs import Factory, done_study
 from typer.testing import CliRunner
 
-from db import listings
 from dicom_node.cli.main import app
 from models.bundle import (
     TEXT_ENCODER_DIR,
@@ -245,11 +244,7 @@ def test_chinese_reports_train_travel_in_the_bundle_and_are_read_at_inference(
     node = node_factory(model={"bundle_dir": bundle})
     case = make_case(case_seed(77, 0), CHINESE)
     assert case.report_dataset is not None
-    send(node, [*case.datasets, case.report_dataset], tmp_path / "case")
-    (job,) = finished_jobs(node, 1, timeout=120)
-    assert job.state == "done", job.error
-    with node.database.session() as session:
-        detail = listings.job_detail(session, job_id=job.id)
+    detail = done_study(node, [*case.datasets, case.report_dataset], tmp_path / "case")
     assert detail.result is not None and detail.result.detail is not None
     assert detail.result.report_text_used is True
     tokens = detail.result.detail["report_tokens"]
@@ -269,11 +264,7 @@ def test_a_chinese_report_read_by_the_english_encoder_is_a_warning(
     node = node_factory(model={"bundle_dir": bundle})
     case = make_case(case_seed(77, 1), CHINESE)
     assert case.report_dataset is not None
-    send(node, [*case.datasets, case.report_dataset], tmp_path / "case")
-    (job,) = finished_jobs(node, 1, timeout=120)
-    assert job.state == "done", job.error
-    with node.database.session() as session:
-        detail = listings.job_detail(session, job_id=job.id)
+    detail = done_study(node, [*case.datasets, case.report_dataset], tmp_path / "case")
     (warning,) = [e for e in detail.events if e.kind == "report.unknown_tokens"]
     assert warning.level == "warning" and warning.detail is not None
     assert warning.detail["unknown_rate"] > 0.3

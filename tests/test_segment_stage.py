@@ -15,7 +15,7 @@ import pytest
 import torch
 from harness import write_toml
 from numpy.typing import NDArray
-from test_imaging_jobs import Factory, finished_jobs, send
+from test_imaging_jobs import Factory, done_study, finished_jobs, send
 from typer.testing import CliRunner
 
 from db import listings
@@ -89,11 +89,7 @@ def test_no_nodule_found_is_a_done_job_with_its_own_result(
 ) -> None:
     node = node_factory(model={"bundle_dir": blind_bundle})
     case = make_case(21)
-    send(node, [*case.datasets], tmp_path / "case")
-    (job,) = finished_jobs(node, 1, timeout=120)
-    assert job.state == "done", job.error
-    with node.database.session() as session:
-        detail = listings.job_detail(session, job_id=job.id)
+    detail = done_study(node, [*case.datasets], tmp_path / "case")
     assert detail.result is not None and detail.result.outcome == "no_nodule_found"
     assert detail.result.probability is None
     done = next(e for e in detail.events if e.kind == "job.done")
@@ -106,13 +102,13 @@ def test_no_nodule_found_is_a_done_job_with_its_own_result(
     assert summary["nodule_found"] is False
     assert [v["view"] for v in summary["views"]] == ["transverse", "longitudinal"]
     assert all(v["reason"] == "no nodule found in the nodule mask" for v in summary["views"])
-    masks = sorted((node.spool.layout.work_dir(job.id) / "segment").glob("*_nodule.png"))
+    masks = sorted((node.spool.layout.work_dir(detail.job.id) / "segment").glob("*_nodule.png"))
     assert len(masks) == 2 and not any(read_grey(m).any() for m in masks)
     config = write_toml(
         node.settings.data_dir / "node.toml",
         {"data_dir": node.settings.data_dir, "database_url": node.settings.resolved_database_url},
     )
-    shown = runner.invoke(app, ["jobs", "show", str(job.id), "--config", str(config)])
+    shown = runner.invoke(app, ["jobs", "show", str(detail.job.id), "--config", str(config)])
     assert shown.exit_code == 0 and "result: no_nodule_found" in shown.output
 
 

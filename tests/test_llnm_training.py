@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import struct
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ from typer.testing import CliRunner
 
 from dicom_node.cli.main import app
 from models.checkpoints import load_checkpoint
+from models.llnm.config import TMDLConfig
 from models.llnm.dataset import (
     FeatureTable,
     build_features,
@@ -23,6 +25,8 @@ from models.llnm.dataset import (
     read_patients,
     split_patients,
 )
+from models.llnm.tmdl import TMDL
+from models.llnm.training import RISK_TERMS_LR_SCALE, TMDLTrainOptions
 from models.llnm.view_inputs import letterbox
 from models.llnm.weights import load_tmdl
 from phantoms import export_phantoms
@@ -207,3 +211,15 @@ def test_report_length_is_a_training_option(phantoms: Path, tmp_path: Path) -> N
     _, config = load_tmdl(out, torch.device("cpu"))
     assert config.text_tokens == 16 and config.size == "tiny"
     assert json.loads((out / "config.json").read_text())["text_tokens"] == 16
+
+
+def test_the_risk_terms_learn_faster_than_the_transformer() -> None:
+    options = TMDLTrainOptions(learning_rate=1e-4)
+    model = TMDL(TMDLConfig())
+    assert model.risk_terms is not None
+    groups = options.optimizer(model).param_groups
+    assert [g["lr"] for g in groups] == [1e-4, 1e-4 * RISK_TERMS_LR_SCALE]
+    assert {id(p) for p in groups[1]["params"]} == {id(p) for p in model.risk_terms.parameters()}
+    assert sum(len(g["params"]) for g in groups) == len(list(model.parameters()))
+    without = options.optimizer(TMDL(replace(TMDLConfig(), risk_terms=False))).param_groups
+    assert [g["lr"] for g in without] == [1e-4]

@@ -334,3 +334,53 @@ def test_input_dropout_withholds_each_input_per_patient_at_its_rate() -> None:
     with torch.no_grad():
         model.eval()
         torch.testing.assert_close(model(batch).logit, model(batch).logit)
+
+
+# --- risk terms beside the transformer ---------------------------------------------------------
+
+
+def _silenced(config: TMDLConfig) -> TMDL:
+    """A model whose transformer head outputs 0: only the risk terms (if any) remain."""
+    torch.manual_seed(0)
+    model = TMDL(config).eval()
+    last = model.head[-1]
+    assert isinstance(last, torch.nn.Linear)
+    torch.nn.init.zeros_(last.weight)
+    torch.nn.init.zeros_(last.bias)
+    return model
+
+
+def test_risk_terms_add_one_score_per_report_token() -> None:
+    model = _silenced(MINI)
+    assert model.risk_terms is not None
+    batch = make_batch(MINI, patients=1, views=1)
+    batch.text[0, 3:] = 0.0  # a report of three tokens
+    with torch.inference_mode():
+        full = model(batch).logit
+        scores = model.risk_terms.report(batch.text[0, :3]).squeeze(-1)
+        shorter = replace(batch, text=batch.text.clone())
+        shorter.text[0, 2] = 0.0
+        dropped = model(shorter).logit
+        silent = model(replace(batch, text_present=torch.zeros(1, dtype=torch.bool))).logit
+    torch.testing.assert_close(full - dropped, scores[2:3])
+    torch.testing.assert_close(full - silent, scores.sum().view(1))
+
+
+@pytest.mark.parametrize("name", ["age", "sex", "echogenicity", "shape", "position"])
+def test_the_risk_terms_read_every_scalar_input(name: str) -> None:
+    batch = make_batch(MINI, patients=1, views=1)
+    changed = replace(batch, **{name: getattr(batch, name) + 0.5})
+    with torch.inference_mode():
+        terms, transformer_only = _silenced(MINI), _silenced(replace(MINI, risk_terms=False))
+        assert float(transformer_only(changed).logit) == float(transformer_only(batch).logit) == 0
+        assert not torch.allclose(terms(changed).logit, terms(batch).logit)
+
+
+def test_a_config_from_before_the_risk_terms_rebuilds_without_them() -> None:
+    old = {k: v for k, v in MINI.to_dict().items() if k != "risk_terms"}
+    config = TMDLConfig.from_dict(old)
+    assert config.risk_terms is False and MINI.risk_terms is True
+    model = TMDL(config)
+    assert model.risk_terms is None
+    assert not any(name.startswith("risk_terms.") for name in model.state_dict())
+    model.load_state_dict(TMDL(replace(MINI, risk_terms=False)).state_dict())

@@ -18,15 +18,17 @@ class TMDLConfig:
     """Everything needed to rebuild a :class:`~models.llnm.tmdl.TMDL`.
 
     The defaults are the ``tiny`` preset (CPU tests, synthetic demos). ``base``
-    is the paper's ViT-B/16-sized model: width 768, 12 heads, MLP 3072, 224 px
-    inputs in 16 px patches, 768-wide report embeddings and IRENE's dropouts.
+    is the paper's ViT-B/16-sized model: 4 bidirectional and 12 self-attention blocks,
+    width 768, 12 heads, MLP 3072, 224 px inputs in 16 px patches, 768-wide report
+    embeddings and IRENE's dropouts. ``tiny`` has one block of each kind: on phantoms
+    of 2,000 patients its 4 + 12 blocks scored held-out patients worse.
     """
 
     size: str = "tiny"  # "tiny" | "base" | "custom" (informational)
     width: int = 64  # token width
     heads: int = 4
-    bidirectional_blocks: int = 4
-    self_attention_blocks: int = 12
+    bidirectional_blocks: int = 1  # tiny: 1 + 1 blocks (deeper stacks generalised worse)
+    self_attention_blocks: int = 1
     mlp_ratio: float = 2.0  # MLP hidden = width * mlp_ratio
     image_size: int = 32  # x_l, x_t, x_m are each (1, image_size, image_size)
     patch_size: int = 8  # conv patch embedding kernel = stride
@@ -41,6 +43,7 @@ class TMDLConfig:
     view_dropout: float = 0.2  # training only: probability one of two present views is dropped
     input_dropout: float = 0.1  # training only: probability each other input is withheld
     stages: int = 3
+    risk_terms: bool = True  # additive per-input terms beside the transformer (tmdl.RiskTerms)
     withheld: tuple[str, ...] = ()  # ablations: inputs the model never sees (WITHHOLDABLE)
 
     def __post_init__(self) -> None:
@@ -125,6 +128,8 @@ class TMDLConfig:
                 size="base",
                 width=768,
                 heads=12,
+                bidirectional_blocks=4,
+                self_attention_blocks=12,
                 mlp_ratio=4.0,
                 image_size=224,
                 patch_size=16,
@@ -147,6 +152,8 @@ class TMDLConfig:
     def from_dict(cls, data: dict[str, Any]) -> TMDLConfig:
         """Rebuild from :meth:`to_dict` output (missing fields take their defaults).
 
+        A config without ``risk_terms`` predates them and rebuilds without.
+
         Raises
         ------
         ValueError
@@ -158,4 +165,5 @@ class TMDLConfig:
         values = dict(data)
         if "withheld" in values:
             values["withheld"] = tuple(values["withheld"])
+        values.setdefault("risk_terms", False)  # configs from before the risk terms
         return cls(**values)

@@ -7,7 +7,12 @@ gland form the text tokens. Both
 streams pass through bidirectional multimodal blocks (each stream attends to
 itself and to the other), are concatenated and run through ordinary
 self-attention blocks, then mean-pooled into an LLNM logit and risk-stage
-logits. A patient's views are scored independently and their logits averaged.
+logits. Beside the transformer, :class:`RiskTerms` adds the inputs' own
+additive terms to the LLNM logit (``config.risk_terms``; not in the paper: on
+phantoms the transformer alone used the scalar inputs and the report's
+descriptors no better than a logistic regression on the scalars, see
+``models/demo_bundle/README.md``). A patient's views are scored independently
+and their logits averaged.
 
 Shapes in comments: B patients, V views, M = B*V, S image side, n patches per
 image, T report tokens, N = 3n + T + 5 tokens, W width, H heads, D = W / H.
@@ -155,6 +160,35 @@ class ScalarTokens(nn.Module):
         return torch.stack(tokens, dim=1) + self.types
 
 
+class RiskTerms(nn.Module):
+    """Additive LLNM logit terms straight from the inputs, beside the transformer.
+
+    A small MLP plus a linear term over the view's scalar inputs (sex, age,
+    echogenicity, shape, position), and a bag of report tokens: every present
+    report token gets a score from a small MLP, and the scores are summed, so
+    each descriptor the report states ("microcalcifications", "ill-defined",
+    "upper pole") adds its own share whatever the report's length. Withheld
+    inputs are zeros, so they add what "unknown" adds.
+    """
+
+    def __init__(self, config: TMDLConfig) -> None:
+        super().__init__()
+        scalars = 3 + config.shape_features + config.position_features
+        self.linear = nn.Linear(scalars, 1)
+        self.scalars = nn.Sequential(nn.Linear(scalars, 32), nn.GELU(), nn.Linear(32, 1))
+        self.report = nn.Sequential(nn.Linear(config.text_width, 64), nn.GELU(), nn.Linear(64, 1))
+
+    def forward(
+        self, scalars: torch.Tensor, report: torch.Tensor, report_mask: torch.Tensor
+    ) -> torch.Tensor:
+        """(M, F) scalar inputs, (M, T, text_width) report tokens, (M, T) bool -> (M,) logit."""
+        scalar_terms = self.linear(scalars) + self.scalars(scalars)  # (M, 1)
+        token_scores = self.report(report).squeeze(-1)  # (M, T)
+        report_term = torch.where(report_mask, token_scores, 0.0).sum(dim=1)  # (M,)
+        logit: torch.Tensor = scalar_terms.squeeze(-1) + report_term
+        return logit
+
+
 class MLP(nn.Sequential):
     """Linear - GELU - Dropout - Linear - Dropout."""
 
@@ -289,6 +323,7 @@ class TMDL(nn.Module):
             nn.Linear(width, 1),
         )
         self.stage_head = nn.Linear(width, config.stages)
+        self.risk_terms = RiskTerms(config) if config.risk_terms else None
         self.apply(_init_weights)
         for positions in (self.image_positions, self.report_positions, self.scalars.types):
             nn.init.trunc_normal_(positions, std=0.02)
@@ -342,6 +377,20 @@ class TMDL(nn.Module):
         tokens = self.norm(tokens)
         pooled = (tokens * weights).sum(dim=1) / weights.sum(dim=1)
         view_logits = self.head(pooled).view(b, v)  # (B, V)
+        if self.risk_terms is not None:
+            view_scalars = torch.cat(
+                [
+                    _per_view(batch.sex, v)[:, None],
+                    _per_view(batch.age, v)[:, None],
+                    batch.echogenicity.flatten(0, 1)[:, None],
+                    batch.shape.flatten(0, 1),
+                    batch.position.flatten(0, 1),
+                ],
+                dim=1,
+            )  # (M, 3 + shape + position)
+            report_text = _per_view(batch.text, v)  # (M, T, text_width)
+            terms = self.risk_terms(view_scalars, report_text, report_mask)
+            view_logits = view_logits + terms.view(b, v)
         view_stages = self.stage_head(pooled).view(b, v, -1)  # (B, V, stages)
 
         # Mean over present views; absent views contribute nothing (not even NaNs).

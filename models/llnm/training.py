@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 import torch
 from numpy.typing import NDArray
+from torch import nn
 from torch.nn import functional
 
 from models.llnm.config import TMDLConfig
@@ -58,6 +59,9 @@ from models.training_loop import LoopOptions, TrainResult, run_record, train_epo
 from models.training_plots import plot_training_curve
 
 METRICS_FILE = "metrics.json"
+# The risk terms' learning rate relative to the transformer's: at the transformer's rate
+# they were still far from fitted when the transformer stopped improving (phantoms).
+RISK_TERMS_LR_SCALE = 10.0
 
 
 @dataclass(frozen=True)
@@ -76,6 +80,15 @@ class TMDLTrainOptions(LoopOptions):
         super().__post_init__()
         if self.stage_loss_weight < 0:
             raise ValueError("stage_loss_weight must not be negative")
+
+    def optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
+        """AdamW; the risk terms learn :data:`RISK_TERMS_LR_SCALE` times faster than the rest."""
+        risk = [p for n, p in model.named_parameters() if n.startswith("risk_terms.")]
+        rest = [p for n, p in model.named_parameters() if not n.startswith("risk_terms.")]
+        groups: list[dict[str, Any]] = [{"params": rest}]
+        if risk:
+            groups.append({"params": risk, "lr": self.learning_rate * RISK_TERMS_LR_SCALE})
+        return torch.optim.AdamW(groups, lr=self.learning_rate, weight_decay=self.weight_decay)
 
 
 @dataclass(frozen=True)

@@ -181,11 +181,14 @@ class RiskTerms(nn.Module):
     def forward(
         self, scalars: torch.Tensor, report: torch.Tensor, report_mask: torch.Tensor
     ) -> torch.Tensor:
-        """(M, F) scalar inputs, (M, T, text_width) report tokens, (M, T) bool -> (M,) logit."""
-        scalar_terms = self.linear(scalars) + self.scalars(scalars)  # (M, 1)
-        token_scores = self.report(report).squeeze(-1)  # (M, T)
-        report_term = torch.where(report_mask, token_scores, 0.0).sum(dim=1)  # (M,)
-        logit: torch.Tensor = scalar_terms.squeeze(-1) + report_term
+        """(B, V, F) scalar inputs, (B, T, text_width) report tokens, (B, T) bool -> (B, V).
+
+        The report term is the patient's, the same for each of its views.
+        """
+        scalar_terms = self.linear(scalars) + self.scalars(scalars)  # (B, V, 1)
+        token_scores = self.report(report).squeeze(-1)  # (B, T)
+        report_term = torch.where(report_mask, token_scores, 0.0).sum(dim=1)  # (B,)
+        logit: torch.Tensor = scalar_terms.squeeze(-1) + report_term[:, None]
         return logit
 
 
@@ -351,16 +354,14 @@ class TMDL(nn.Module):
         image_mask = torch.ones(image.shape[:2], dtype=torch.bool, device=image.device)
 
         # Text stream: report (T), then the five scalar tokens -> (M, T+5, W).
-        report_mask = text_present[:, None] & batch.text.ne(0).any(dim=-1)  # (B, T)
+        patient_report_mask = text_present[:, None] & batch.text.ne(0).any(dim=-1)  # (B, T)
         report = self.report(batch.text) + self.report_positions  # (B, T, W)
-        report, report_mask = _per_view(report, v), _per_view(report_mask, v)  # (M, T, W), (M, T)
-        scalars = self.scalars(
-            _per_view(batch.sex, v),
-            _per_view(batch.age, v),
-            batch.echogenicity.flatten(0, 1),
-            batch.shape.flatten(0, 1),
-            batch.position.flatten(0, 1),
-        )  # (M, 5, W)
+        report, report_mask = _per_view(report, v), _per_view(patient_report_mask, v)  # (M, T, .)
+        sex, age = _per_view(batch.sex, v), _per_view(batch.age, v)  # (M,)
+        echogenicity, shape, position = (
+            x.flatten(0, 1) for x in (batch.echogenicity, batch.shape, batch.position)
+        )  # (M,), (M, shape_features), (M, position_features)
+        scalars = self.scalars(sex, age, echogenicity, shape, position)  # (M, 5, W)
         text = self.embed_drop(torch.cat([report, scalars], dim=1))  # (M, T+5, W)
         text_mask = torch.cat([report_mask, report_mask.new_ones(b * v, SCALAR_TOKENS)], dim=1)
 
@@ -379,18 +380,11 @@ class TMDL(nn.Module):
         view_logits = self.head(pooled).view(b, v)  # (B, V)
         if self.risk_terms is not None:
             view_scalars = torch.cat(
-                [
-                    _per_view(batch.sex, v)[:, None],
-                    _per_view(batch.age, v)[:, None],
-                    batch.echogenicity.flatten(0, 1)[:, None],
-                    batch.shape.flatten(0, 1),
-                    batch.position.flatten(0, 1),
-                ],
-                dim=1,
-            )  # (M, 3 + shape + position)
-            report_text = _per_view(batch.text, v)  # (M, T, text_width)
-            terms = self.risk_terms(view_scalars, report_text, report_mask)
-            view_logits = view_logits + terms.view(b, v)
+                [sex[:, None], age[:, None], echogenicity[:, None], shape, position], dim=1
+            ).view(b, v, -1)  # (B, V, 3 + shape_features + position_features)
+            view_logits = view_logits + self.risk_terms(
+                view_scalars, batch.text, patient_report_mask
+            )
         view_stages = self.stage_head(pooled).view(b, v, -1)  # (B, V, stages)
 
         # Mean over present views; absent views contribute nothing (not even NaNs).

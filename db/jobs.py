@@ -6,11 +6,13 @@ it; each transition is an event in the audit trail.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, cast
 
 from sqlalchemy import (
+    Connection,
     CursorResult,
     func,
     select,
@@ -21,6 +23,7 @@ from sqlalchemy.orm import Session
 from db.events import record_event
 from db.models import (
     TERMINAL_STATES,
+    CompletionRule,
     Event,
     EventLevel,
     Job,
@@ -70,8 +73,101 @@ def queue_settled_jobs(session: Session, *, settled_before: datetime) -> list[in
             job_id=job.id,
             study_id=job.study_fk,
             message="study complete (quiet period over); job queued",
+            detail={"rule": CompletionRule.QUIET_TIME.value},
         )
     return [job.id for job in jobs]
+
+
+def mark_released(connection: Connection, *, study_ids: Iterable[int], calling_ae: str) -> None:
+    """An association of ``calling_ae`` that stored instances of these studies was released.
+
+    Their ``received`` jobs wait for the completion watcher to ask ``calling_ae``
+    how many instances each study has (:func:`take_released_jobs`).
+    """
+    connection.execute(
+        update(Job)
+        .where(Job.study_fk.in_(sorted(study_ids)), Job.state == JobState.RECEIVED)
+        .values(released_by=calling_ae)
+    )
+
+
+@dataclass(frozen=True)
+class ReleasedJob:
+    """A received job whose sender may now be asked for the size of its study."""
+
+    job_id: int
+    study_instance_uid: str
+    released_by: str  # the calling AE to ask
+
+
+def take_released_jobs(session: Session) -> list[ReleasedJob]:
+    """Received jobs marked by :func:`mark_released`; the marks are cleared."""
+    rows = session.execute(
+        select(Job.id, Study.study_instance_uid, Job.released_by)
+        .join(Study)
+        .where(Job.state == JobState.RECEIVED, Job.released_by.is_not(None))
+        .order_by(Job.id)
+    ).all()
+    if rows:
+        session.execute(
+            update(Job).where(Job.id.in_([row.id for row in rows])).values(released_by=None)
+        )
+    return [ReleasedJob(row.id, row.study_instance_uid, str(row.released_by)) for row in rows]
+
+
+def queue_counted_job(session: Session, *, job_id: int, expected: int, asked: str) -> bool:
+    """Queue received job ``job_id`` if its study holds ``expected`` instances or more.
+
+    ``expected`` is what the sender ``asked`` holds of the study. Returns whether
+    the job was queued (event ``job.queued``, rule ``instance_count``).
+    """
+    row = session.execute(
+        select(Job.state, Job.study_fk, Study.instance_count).join(Study).where(Job.id == job_id)
+    ).one_or_none()
+    if row is None or row.state != JobState.RECEIVED or row.instance_count < expected:
+        return False
+    queued = cast(
+        CursorResult[Any],
+        session.execute(
+            update(Job)
+            .where(Job.id == job_id, Job.state == JobState.RECEIVED)
+            .values(state=JobState.QUEUED, queued_at=utcnow(), released_by=None)
+        ),
+    ).rowcount
+    if not queued:
+        return False
+    record_event(
+        session,
+        kind="job.queued",
+        job_id=job_id,
+        study_id=row.study_fk,
+        message=(
+            f"study complete ({asked} holds {expected} instances, the node "
+            f"{row.instance_count}); job queued"
+        ),
+        detail={
+            "rule": CompletionRule.INSTANCE_COUNT.value,
+            "asked": asked,
+            "expected": expected,
+            "held": row.instance_count,
+        },
+    )
+    return True
+
+
+def note_count_unknown(session: Session, *, job_id: int, asked: str, reason: str) -> None:
+    """Record that ``asked`` could not say how large job ``job_id``'s study is."""
+    study_id = session.scalar(select(Job.study_fk).where(Job.id == job_id))
+    record_event(
+        session,
+        kind="completion.count_unknown",
+        level=EventLevel.WARNING,
+        job_id=job_id,
+        study_id=study_id,
+        message=f"{asked} did not say how many instances the study has ({reason}); "
+        "it completes after the quiet time",
+        detail={"asked": asked, "reason": reason},
+    )
 
 
 def take_dispatchable_jobs(session: Session, *, now: datetime | None = None) -> list[int]:

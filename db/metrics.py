@@ -13,7 +13,16 @@ from typing import Any, TypeVar
 from sqlalchemy import SQLColumnExpression, case, func, select
 from sqlalchemy.orm import Session
 
-from db.models import Event, ExportAttempt, ExportState, Instance, Job, JobState, Result
+from db.models import (
+    CompletionRule,
+    Event,
+    ExportAttempt,
+    ExportState,
+    Instance,
+    Job,
+    JobState,
+    Result,
+)
 
 _K = TypeVar("_K")
 
@@ -42,6 +51,7 @@ class NodeCounts:
     stage_durations: tuple[StageDurations, ...]
     results_by_outcome: dict[str, int]  # predicted, no_nodule_found, not_assessed, ...
     not_assessed_by_reason: dict[str, int]  # the scope gate's reason codes present
+    completions_by_rule: dict[CompletionRule, int]  # studies completed (job.queued), every rule
 
 
 def ping(session: Session) -> None:
@@ -68,7 +78,15 @@ def node_counts(session: Session, *, buckets: Sequence[float] = STAGE_BUCKETS) -
                 session, Result.reason, Result.id, Result.reason.is_not(None)
             ).items()
         },
+        completions_by_rule=completions_by_rule(session),
     )
+
+
+def completions_by_rule(session: Session) -> dict[CompletionRule, int]:
+    """How many times a study was complete (``job.queued`` events) by each rule."""
+    rule = Event.detail["rule"].as_string()
+    counts = _grouped_counts(session, rule, Event.id, Event.kind == "job.queued")
+    return {r: counts.get(r.value, 0) for r in CompletionRule}
 
 
 def _grouped_counts(

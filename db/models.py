@@ -74,6 +74,13 @@ class JobState(enum.StrEnum):
 TERMINAL_STATES = frozenset({JobState.DONE, JobState.FAILED, JobState.DEAD, JobState.CANCELLED})
 
 
+class CompletionRule(enum.StrEnum):
+    """What made a study complete, and its job ``queued`` (event ``job.queued``)."""
+
+    INSTANCE_COUNT = "instance_count"  # the node holds as many instances as the sender has
+    QUIET_TIME = "quiet_time"  # no instance arrived for completion.quiet_seconds
+
+
 class EventLevel(enum.StrEnum):
     """Severity of an event."""
 
@@ -197,6 +204,9 @@ class Job(Base):
     dispatched_at: Mapped[datetime | None] = mapped_column(default=None)
     # A retry waits until then.
     not_before: Mapped[datetime | None] = mapped_column(default=None)
+    # The calling AE of a released association that stored instances of the study, when
+    # the node may ask it for the study's size; cleared by the completion watcher as it asks.
+    released_by: Mapped[str | None] = mapped_column(String(16), default=None)
     started_at: Mapped[datetime | None] = mapped_column(default=None)
     finished_at: Mapped[datetime | None] = mapped_column(default=None)
 

@@ -162,6 +162,24 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
+class QueryCaller(_Section):
+    """A sender the node may ask by C-FIND how many instances of a study it holds."""
+
+    # The calling AE title the sender stores with.
+    ae_title: str
+    # Where it answers C-FIND (Study Root), and the AE title to call there (default: ae_title).
+    host: str
+    port: int = Field(ge=1, le=65535)
+    called_ae_title: str | None = None
+
+    _check_ae = field_validator("ae_title")(_check_ae_title)
+
+    @field_validator("called_ae_title")
+    @classmethod
+    def _check_called_ae(cls, value: str | None) -> str | None:
+        return None if value is None else _check_ae_title(value)
+
+
 class CompletionSettings(_Section):
     """When a study counts as complete."""
 
@@ -169,6 +187,26 @@ class CompletionSettings(_Section):
     quiet_seconds: float = Field(30.0, ge=0)
     # How often the watcher looks for settled studies.
     poll_seconds: float = Field(1.0, gt=0)
+    # Senders asked (by C-FIND, calling as export.calling_ae_title), when an association that
+    # stored instances of a study is released, how many instances the study has: it is
+    # complete once the node holds that many. Other callers, and a sender that cannot
+    # answer, complete by the quiet time.
+    query_callers: list[QueryCaller] = Field(default_factory=list)
+    # Seconds each step of such a query (connect, associate, each answer) may take.
+    query_timeout_s: float = Field(3.0, gt=0)
+
+    @field_validator("query_callers")
+    @classmethod
+    def _one_entry_per_caller(cls, callers: list[QueryCaller]) -> list[QueryCaller]:
+        titles = [c.ae_title for c in callers]
+        if len(set(titles)) != len(titles):
+            raise ValueError("completion.query_callers names a calling AE title twice")
+        return callers
+
+    def query_caller(self, calling_ae: str) -> QueryCaller | None:
+        """The query entry of ``calling_ae``; None when the node may not ask it."""
+        calling_ae = calling_ae.strip()
+        return next((c for c in self.query_callers if c.ae_title == calling_ae), None)
 
 
 class ExecutorSettings(_Section):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Protocol
 
@@ -23,10 +24,16 @@ class Executor(Protocol):
 
 
 class InProcessExecutor:
-    """A thread pool in this process, one job per worker thread."""
+    """A thread pool in this process, one job per worker thread.
 
-    def __init__(self, runner: JobRunner, *, workers: int) -> None:
+    ``finished`` is called after each run, whatever its end (e.g. to wake the exporter).
+    """
+
+    def __init__(
+        self, runner: JobRunner, *, workers: int, finished: Callable[[], None] | None = None
+    ) -> None:
         self._runner = runner
+        self._finished = finished
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="llnm-job")
         self._lock = threading.Lock()
         self._in_flight: set[int] = set()
@@ -47,6 +54,8 @@ class InProcessExecutor:
         finally:
             with self._lock:
                 self._in_flight.discard(job_id)
+            if self._finished is not None:
+                self._finished()
 
     def shutdown(self, *, wait: bool) -> None:
         """Stop the pool; jobs not yet started stay queued in the database."""

@@ -90,6 +90,15 @@ class Orthanc:
         """Store a Part 10 file through the REST API; returns Orthanc's instance id."""
         return str(self.post("/instances", path.read_bytes())["ID"])
 
+    def send_to_node(self, *resources: str) -> None:
+        """C-STORE Orthanc resources (ids of studies, instances, ...) to modality ``llnm``.
+
+        Returns when Orthanc's send is over (its association released), as a PACS's
+        routing call does.
+        """
+        body = {"Resources": list(resources), "Synchronous": True}
+        self.post(f"/modalities/{NODE_MODALITY}/store", json.dumps(body).encode())
+
     def series_of_study(self, study_uid: str) -> list[dict[str, Any]]:
         """The expanded series of the study with Study Instance UID ``study_uid``."""
         found = self.post(

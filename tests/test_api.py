@@ -27,7 +27,7 @@ from test_report_stage import PACS_AE, _delivered, _send_as_pacs
 from typer.testing import CliRunner
 
 from db import exports, jobs, listings, metrics
-from db.models import ExportState, JobState, utcnow
+from db.models import CompletionRule, ExportState, JobState, utcnow
 from db.session import Database
 from dicom_node.api.auth import Caller, identify, new_token, token_digest
 from dicom_node.app.demo import DemoPacs
@@ -234,6 +234,11 @@ def _check_metrics(client: httpx.Client, node: Node, objects: int) -> None:
         assert samples[("llnm_exports", frozenset({("state", export_state.value)}))] == expected
     for failure in ("failed", "dead"):
         assert samples[("llnm_job_failures_total", frozenset({("state", failure)}))] == 0
+    for rule in CompletionRule:  # no caller to ask: the quiet time completed the study
+        expected = 1 if rule == CompletionRule.QUIET_TIME else 0
+        assert (
+            samples[("llnm_study_completions_total", frozenset({("rule", rule.value)}))] == expected
+        )
     for stage in ("intake", "deidentify", "crop", "segment", "features", "infer", "report"):
         labels = frozenset({("stage", stage)})
         assert samples[("llnm_stage_duration_seconds_count", labels)] == 1

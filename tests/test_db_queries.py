@@ -12,8 +12,8 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import func, select
 
-from db import jobs, listings, registration
-from db.models import Base, Event, Instance, Job, JobState, Study, utcnow
+from db import jobs, listings, metrics, registration
+from db.models import Base, CompletionRule, Event, Instance, Job, JobState, Study, utcnow
 from db.session import Database
 
 _counter = itertools.count(1)
@@ -103,6 +103,34 @@ def test_quiet_period_then_dispatch_once(database: Database) -> None:
         assert jobs.take_dispatchable_jobs(session) == [job_id]
     with database.session() as session:
         assert jobs.take_dispatchable_jobs(session) == []
+
+
+def test_count_rule_queues_a_released_job_once_the_node_holds_the_study(
+    database: Database,
+) -> None:
+    first = register(database, new_instance("3.2"))
+    register(database, new_instance("3.2"))
+    quiet = register(database, new_instance("3.3")).job_id
+    with database.connection() as connection:
+        jobs.mark_released(connection, study_ids=[first.study_id], calling_ae="PACS")
+    with database.session() as session:
+        assert jobs.take_released_jobs(session) == [jobs.ReleasedJob(first.job_id, "3.2", "PACS")]
+    with database.session() as session:
+        assert jobs.take_released_jobs(session) == []  # taken once
+        assert not jobs.queue_counted_job(session, job_id=first.job_id, expected=3, asked="PACS")
+        assert jobs.queue_counted_job(session, job_id=first.job_id, expected=2, asked="PACS")
+    with database.session() as session:
+        assert not jobs.queue_counted_job(session, job_id=first.job_id, expected=2, asked="PACS")
+        assert session.get_one(Job, first.job_id).state == JobState.QUEUED
+        assert jobs.queue_settled_jobs(session, settled_before=utcnow()) == [quiet]
+    with database.connection() as connection:  # a queued job is not marked again
+        jobs.mark_released(connection, study_ids=[first.study_id], calling_ae="PACS")
+    with database.session() as session:
+        assert jobs.take_released_jobs(session) == []
+        assert metrics.completions_by_rule(session) == {
+            CompletionRule.INSTANCE_COUNT: 1,
+            CompletionRule.QUIET_TIME: 1,
+        }
 
 
 def test_claim_is_exclusive_and_fail_paths(database: Database) -> None:

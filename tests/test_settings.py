@@ -8,6 +8,7 @@ from dicom_node.settings import (
     AllowedCaller,
     BasicAuth,
     BearerAuth,
+    CompletionSettings,
     DicomSettings,
     DicomWebDestination,
     ExportSettings,
@@ -159,3 +160,15 @@ def test_dicomweb_destination_defaults_and_inline_secrets() -> None:
 def test_dicomweb_destination_errors(values: dict[str, object], message: str) -> None:
     with pytest.raises(ValidationError, match=message):
         ExportSettings(destinations=[_dicomweb(**values)])
+
+
+def test_query_callers_one_entry_per_calling_ae() -> None:
+    pacs = {"ae_title": "PACS", "host": "10.1.2.3", "port": 104}
+    settings = CompletionSettings(query_callers=[pacs, {**pacs, "ae_title": "PACS2"}])
+    caller = settings.query_caller("PACS ")  # as the association names it, padded
+    assert caller is not None and (caller.host, caller.called_ae_title) == ("10.1.2.3", None)
+    assert settings.query_caller("OTHER") is None
+    with pytest.raises(ValidationError, match="twice"):
+        CompletionSettings(query_callers=[pacs, pacs])
+    with pytest.raises(ValidationError, match="AE title"):
+        CompletionSettings(query_callers=[{**pacs, "called_ae_title": "BAD\\AE"}])

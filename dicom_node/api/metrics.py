@@ -77,6 +77,14 @@ class DatabaseCollector:
         for reason in Reason:
             reasons.add_metric([reason.value], counts.not_assessed_by_reason.get(reason.value, 0))
         yield reasons
+        completions = CounterMetricFamily(
+            "llnm_study_completions",
+            "Studies found complete (jobs queued), by the rule that decided it.",
+            labels=["rule"],
+        )
+        for rule, count in counts.completions_by_rule.items():
+            completions.add_metric([rule.value], count)
+        yield completions
         yield _stage_histogram(counts.stage_durations)
 
 

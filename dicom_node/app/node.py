@@ -17,6 +17,7 @@ from dicom_node.network.completion import CompletionWatcher, Stalled
 from dicom_node.network.exporter import Exporter
 from dicom_node.network.ingest import Ingestor, ReceptionLimits
 from dicom_node.network.listener import DicomListener, configure_reception
+from dicom_node.network.releases import ReleasedStudies
 from dicom_node.network.spool import Spool
 from dicom_node.settings import Settings
 from imaging.dicom_files import keep_header_values_out_of_logs
@@ -54,27 +55,30 @@ class Node:
         self.spool = Spool(settings.data_dir / "spool", durable=durable)
         app = distributed_app(settings)
         self.distributed = app is not None
+        calling_ae = settings.export.calling_ae_title or settings.dicom.ae_title
+        self.exporter = Exporter(
+            database=self.database,
+            spool=self.spool.layout,
+            settings=settings.export,
+            calling_ae=calling_ae,
+        )
         self.executor: Executor
         if app is None:
             runner = job_runner(
                 settings, self.database, notices=local_notices(settings), stages=stages
             )
-            self.executor = InProcessExecutor(runner, workers=settings.executor.workers)
+            self.executor = InProcessExecutor(
+                runner, workers=settings.executor.workers, finished=self.exporter.wake
+            )
         else:
             runner = job_runner(settings, self.database, notices=QueuedNotices(app), stages=stages)
             self.executor = CeleryExecutor(app, runner, self.database)
         self.watcher = CompletionWatcher(
             database=self.database,
             executor=self.executor,
-            quiet_seconds=settings.completion.quiet_seconds,
-            poll_seconds=settings.completion.poll_seconds,
+            settings=settings.completion,
+            calling_ae=calling_ae,
             stalled=Stalled(settings.executor.stall_timeout_s, runner.fail) if app else None,
-        )
-        self.exporter = Exporter(
-            database=self.database,
-            spool=self.spool.layout,
-            settings=settings.export,
-            calling_ae=settings.export.calling_ae_title or settings.dicom.ae_title,
         )
         self.listener = DicomListener(
             settings.dicom,
@@ -86,6 +90,11 @@ class Node:
                     max_instance_bytes=int(settings.dicom.max_instance_mb * 1024 * 1024),
                     max_inflated_bytes=int(settings.dicom.max_inflated_mb * 1024 * 1024),
                 ),
+            ),
+            ReleasedStudies(
+                database=self.database,
+                queried=frozenset(c.ae_title for c in settings.completion.query_callers),
+                wake=self.watcher.wake,
             ),
         )
         api = settings.api

@@ -157,6 +157,10 @@ class Exporter:
         if summary != RoundSummary():
             log.debug("exporter round: %s", summary)
 
+    def wake(self) -> None:
+        """Run the next round now (a job may have queued results) instead of at the next poll."""
+        self._poller.wake()
+
     def start(self) -> None:
         """Start polling in a background thread."""
         self._poller.start()

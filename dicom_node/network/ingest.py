@@ -48,6 +48,14 @@ class StoreRequest:
     peer_address: str
 
 
+@dataclass(frozen=True)
+class Answer:
+    """What a C-STORE is answered with and, for a newly stored instance, the study it joined."""
+
+    status: StoreStatus
+    study_id: int | None = None  # the study's row, when a new instance was registered
+
+
 class RefusedInstance(Exception):
     """An instance the node will not store; carries the status to answer with.
 
@@ -221,34 +229,36 @@ class Ingestor:
                 detail={"files": removed, "idle_s": idle_s},
             )
 
-    def accept(self, request: StoreRequest) -> StoreStatus:
+    def accept(self, request: StoreRequest) -> Answer:
         """Handle one C-STORE; never raises."""
         if not self.has_room():
-            return self._out_of_resources(
-                request, f"less than {self._min_free_bytes} bytes free in the spool"
+            return Answer(
+                self._out_of_resources(
+                    request, f"less than {self._min_free_bytes} bytes free in the spool"
+                )
             )
         sop_class = request.sop_class_uid
         if sop_class not in ACCEPTED_STORAGE_CLASSES and sop_class not in OWN_RESULT_ONLY_CLASSES:
-            return self._unsupported_class(request)
+            return Answer(self._unsupported_class(request))
         synced = self._spool.start_sync(request.path)
         try:
             check_limits(request.path, self._limits)
             dataset, transfer_syntax = check_instance(request)
             if is_result_object(dataset):
-                return self._own_result(request)
+                return Answer(self._own_result(request))
             if sop_class in OWN_RESULT_ONLY_CLASSES:
-                return self._unsupported_class(request)
+                return Answer(self._unsupported_class(request))
             check_modality(sop_class, dataset)
         except RefusedInstance as refusal:
             self._refused(request, refusal.status, refusal.reason, quarantine=refusal.quarantine)
-            return refusal.status
+            return Answer(refusal.status)
         lock = self._locks[hash(request.sop_instance_uid) % _LOCK_STRIPES]
         with lock:
             return self._store(request, dataset, transfer_syntax, synced)
 
     def _store(
         self, request: StoreRequest, dataset: Dataset, transfer_syntax: str, synced: Future[None]
-    ) -> StoreStatus:
+    ) -> Answer:
         """Place the file, then register it while the file and its folder are fsynced."""
         try:
             placement = self._spool.place(
@@ -260,12 +270,12 @@ class Ingestor:
         except FileExistsError:
             return self._already_placed(request, dataset, transfer_syntax)
         except OSError as exc:
-            return self._out_of_resources(request, f"cannot write to the spool: {exc}")
+            return Answer(self._out_of_resources(request, f"cannot write to the spool: {exc}"))
         return self._register(request, dataset, transfer_syntax, placement)
 
     def _register(
         self, request: StoreRequest, dataset: Dataset, transfer_syntax: str, placement: Placement
-    ) -> StoreStatus:
+    ) -> Answer:
         """Write the row while the fsyncs run; it commits only once they are done."""
         try:
             with self._database.connection() as connection:
@@ -275,17 +285,19 @@ class Ingestor:
                 )
                 placement.wait()
         except OSError as exc:  # an fsync failed: rolled back, and the file is gone
-            return self._out_of_resources(request, f"cannot write to the spool: {exc}")
+            return Answer(self._out_of_resources(request, f"cannot write to the spool: {exc}"))
         except IntegrityError as exc:
             # Registered before under another study: keep the first copy, count the resend.
             self._drop(placement)
             duplicate = self._duplicate(request)
             if duplicate is None:
-                return self._out_of_resources(request, f"database refused the instance: {exc}")
-            return duplicate
+                return Answer(
+                    self._out_of_resources(request, f"database refused the instance: {exc}")
+                )
+            return Answer(duplicate)
         except SQLAlchemyError as exc:
             self._drop(placement)
-            return self._out_of_resources(request, f"database unavailable: {exc}")
+            return Answer(self._out_of_resources(request, f"database unavailable: {exc}"))
         log.debug(
             "stored instance #%d (study #%d, job #%d) from %s",
             registered.instance_id,
@@ -293,7 +305,7 @@ class Ingestor:
             registered.job_id,
             request.calling_ae,
         )
-        return StoreStatus.SUCCESS
+        return Answer(StoreStatus.SUCCESS, registered.study_id)
 
     def _drop(self, placement: Placement) -> None:
         """Remove a placed file whose row was not written, once its fsyncs are over."""
@@ -305,11 +317,11 @@ class Ingestor:
 
     def _already_placed(
         self, request: StoreRequest, dataset: Dataset, transfer_syntax: str
-    ) -> StoreStatus:
+    ) -> Answer:
         """A file is at the target: a resend, or what a crash before acknowledgement left."""
         duplicate = self._duplicate(request)
         if duplicate is not None:
-            return duplicate
+            return Answer(duplicate)
         try:
             placement = self._spool.place(
                 request.path,
@@ -318,7 +330,7 @@ class Ingestor:
                 replace=True,
             )
         except OSError as exc:
-            return self._out_of_resources(request, f"cannot write to the spool: {exc}")
+            return Answer(self._out_of_resources(request, f"cannot write to the spool: {exc}"))
         return self._register(request, dataset, transfer_syntax, placement)
 
     def _duplicate(self, request: StoreRequest) -> StoreStatus | None:

@@ -11,6 +11,7 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from dicom_node.network.association_policy import handle_requested
 from dicom_node.network.ingest import Ingestor
+from dicom_node.network.releases import ReleasedStudies
 from dicom_node.network.sop_classes import (
     ACCEPTED_STORAGE_CLASSES,
     TRANSFER_SYNTAXES,
@@ -54,11 +55,14 @@ def build_ae(settings: DicomSettings) -> AE:
 
 
 class DicomListener:
-    """The running C-STORE/C-ECHO SCP."""
+    """The running C-STORE/C-ECHO SCP; ``released`` learns which studies each association stored."""
 
-    def __init__(self, settings: DicomSettings, ingestor: Ingestor) -> None:
+    def __init__(
+        self, settings: DicomSettings, ingestor: Ingestor, released: ReleasedStudies
+    ) -> None:
         self._settings = settings
         self._ingestor = ingestor
+        self._released = released
         self._server: Any = None
 
     def start(self) -> None:
@@ -66,8 +70,10 @@ class DicomListener:
         ae = build_ae(self._settings)
         handlers: list[Any] = [
             (evt.EVT_REQUESTED, handle_requested, [self._settings, self._ingestor]),
-            (evt.EVT_C_STORE, handle_store, [self._ingestor]),
+            (evt.EVT_C_STORE, handle_store, [self._ingestor, self._released]),
             (evt.EVT_C_ECHO, handle_echo),
+            (evt.EVT_RELEASED, self._released.handle_released),
+            (evt.EVT_ABORTED, self._released.handle_aborted),
             (evt.EVT_PDU_RECV, handle_pdu_received),
             (evt.EVT_CONN_CLOSE, self._after_connection),
         ]

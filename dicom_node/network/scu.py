@@ -1,4 +1,4 @@
-"""SCU helpers for admins: C-ECHO a peer, C-STORE files to it (bytes sent as stored)."""
+"""SCU helpers: associate with a peer, C-ECHO it, C-STORE files to it (bytes sent as stored)."""
 
 from __future__ import annotations
 
@@ -48,7 +48,14 @@ class AssociationError(ConnectionError):
     """The peer could not be reached or rejected the association."""
 
 
-def _associate(ae: AE, peer: Peer) -> Association:
+def associate(ae: AE, peer: Peer) -> Association:
+    """An established association of ``ae`` with ``peer``.
+
+    Raises
+    ------
+    AssociationError
+        If the peer cannot be reached, rejects or aborts the association.
+    """
     tls_args = (peer.tls, peer.host) if peer.tls is not None else None
     assoc = ae.associate(peer.host, peer.port, ae_title=peer.called_ae, tls_args=tls_args)
     if not assoc.is_established:
@@ -69,7 +76,7 @@ def echo(peer: Peer) -> int:
     """
     ae = AE(ae_title=peer.calling_ae)
     ae.add_requested_context(Verification)
-    assoc = _associate(ae, peer)
+    assoc = associate(ae, peer)
     try:
         status = assoc.send_c_echo()
     finally:
@@ -124,7 +131,7 @@ def _send_batch(peer: Peer, batch: list[tuple[Path, str, str, str]]) -> list[Sen
     for sop_class, syntax in sorted({(e[1], e[2]) for e in batch}):
         ae.add_requested_context(sop_class, syntax)
     try:
-        assoc = _associate(ae, peer)
+        assoc = associate(ae, peer)
     except AssociationError as exc:
         return [SendOutcome(path, uid, None, str(exc)) for path, _, _, uid in batch]
     outcomes = []

@@ -1,4 +1,4 @@
-"""DIMSE status codes the node answers with (PS3.4 Annex B and PS3.7 Annex C)."""
+"""DIMSE status codes the node answers with or reads (PS3.4 Annex B/C and PS3.7 Annex C)."""
 
 from enum import IntEnum
 
@@ -11,6 +11,14 @@ class StoreStatus(IntEnum):
     OUT_OF_RESOURCES = 0xA700
     DATASET_DOES_NOT_MATCH_SOP_CLASS = 0xA900
     CANNOT_UNDERSTAND = 0xC000
+
+
+class FindStatus(IntEnum):
+    """C-FIND response statuses the node reads as a query's caller (others are failures)."""
+
+    SUCCESS = 0x0000  # matching complete
+    PENDING = 0xFF00  # a match follows
+    PENDING_WARNING = 0xFF01  # a match follows; an optional key was not supported
 
 
 class EchoStatus(IntEnum):

@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import math
 import os
 import platform
 import resource
@@ -168,7 +169,9 @@ def tool_version(argv: Sequence[str]) -> str:
 
 
 def process_cpu_seconds(pid: int) -> float:
-    """User plus system CPU seconds used so far by a live process (all its threads).
+    """User plus system CPU seconds used so far by a live process and its live descendants.
+
+    The node's listener processes are its children; their time counts as the node's.
 
     Parameters
     ----------
@@ -186,7 +189,20 @@ def process_cpu_seconds(pid: int) -> float:
         return float("nan")
     fields = stat[stat.rindex(")") + 2 :].split()
     ticks = int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of stat)
-    return ticks / os.sysconf("SC_CLK_TCK")
+    # children a process has reaped count in its cutime/cstime, live ones are read here
+    own = (ticks + int(fields[13]) + int(fields[14])) / os.sysconf("SC_CLK_TCK")
+    children = (process_cpu_seconds(child) for child in _children(pid))
+    return own + sum(c for c in children if not math.isnan(c))  # nan: exited meanwhile
+
+
+def _children(pid: int) -> list[int]:
+    """Live child processes of ``pid`` (started by any of its threads)."""
+    found: list[int] = []
+    with contextlib.suppress(OSError):
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            with contextlib.suppress(OSError):
+                found.extend(int(p) for p in (task / "children").read_text().split())
+    return found
 
 
 _PF_KTHREAD = 0x00200000

@@ -124,7 +124,11 @@ class DicomSettings(_Section):
     accept_any_caller: bool = False
     # Reject associations whose called AE title is not ae_title.
     require_called_ae: bool = True
+    # Open associations at once, over all listener processes.
     max_associations: int = Field(16, ge=1)
+    # Processes that receive (sharing the port by SO_REUSEPORT); None: one per core.
+    # 1 receives in the node's own process.
+    listener_processes: int | None = Field(None, ge=1)
     # Largest PDU we accept, bytes; 0 means no limit.
     max_pdu: int = Field(262_144, ge=0)
     # Largest instance taken, as received, and largest a deflated data set may inflate
@@ -147,6 +151,11 @@ class DicomSettings(_Section):
                 "any caller; list the calling AEs (or set dicom.accept_any_caller = true)"
             )
         return self
+
+    @property
+    def processes(self) -> int:
+        """How many listener processes run (``listener_processes``, else the core count)."""
+        return self.listener_processes or os.cpu_count() or 1
 
     def admits(self, ae_title: str, address: str) -> bool:
         """Whether a calling AE at ``address`` may associate."""

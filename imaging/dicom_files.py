@@ -6,6 +6,7 @@ import logging
 import struct
 import warnings
 import zlib
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,7 +18,7 @@ from pydicom.filereader import read_file_meta_info
 from pydicom.sequence import Sequence
 from pydicom.uid import UID, DeflatedExplicitVRLittleEndian, ImplicitVRLittleEndian
 
-from imaging.header_values import normalise_header
+from imaging.header_values import normalise_elements, normalise_header
 
 PIXEL_DATA_TAG = (0x7FE0, 0x0010)
 _UNDEFINED_LENGTH = 0xFFFFFFFF
@@ -166,12 +167,14 @@ def read_dataset(path: Path, *, pixels: bool = False) -> Dataset:
     return dataset
 
 
-def read_header(path: Path) -> FileHeader:
+def read_header(path: Path, *, normalised: Collection[str] | None = None) -> FileHeader:
     """Read everything before the pixels and check the pixel element is complete.
 
     Only the header is decoded; pixel bytes are never read into memory except
     for the last eight bytes of an encapsulated stream, whose sequence
-    delimiter proves the stream arrived whole.
+    delimiter proves the stream arrived whole. Every value is normalised, or
+    only the top-level elements of the ``normalised`` keywords (the listener's
+    hot path; intake reads the header again, whole).
 
     Raises
     ------
@@ -186,7 +189,11 @@ def read_header(path: Path) -> FileHeader:
             short = _cut_short(dataset)
             if short is not None:
                 raise UnreadableDicomError(f"{short} runs past the end of the data set")
-            repaired = normalise_header(dataset)
+            repaired = (
+                normalise_header(dataset)
+                if normalised is None
+                else normalise_elements(dataset, normalised)
+            )
         except RecursionError as exc:
             raise UnreadableDicomError("sequences nested too deep to read") from exc
         except UnreadableDicomError:

@@ -32,13 +32,14 @@ from __future__ import annotations
 import re
 import struct
 import warnings
+from collections.abc import Collection
 from datetime import date
 from typing import Any
 
 from pydicom import Dataset
 from pydicom.charset import python_encoding
-from pydicom.datadict import dictionary_VR, keyword_for_tag
-from pydicom.dataelem import DataElement
+from pydicom.datadict import dictionary_VR, keyword_for_tag, tag_for_keyword
+from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.multival import MultiValue
 from pydicom.tag import BaseTag
 
@@ -107,6 +108,34 @@ def normalise_header(dataset: Dataset) -> tuple[str, ...]:
         warnings.simplefilter("ignore")  # pydicom warns with the offending value in the text
         _normalise_character_set(dataset, changed)
         _normalise(dataset, changed)
+    return tuple(sorted(changed))
+
+
+def normalise_elements(dataset: Dataset, keywords: Collection[str]) -> tuple[str, ...]:
+    """``normalise_header`` of the top-level elements named by ``keywords`` only.
+
+    For a reader that uses a few values of a header that a later reader normalises
+    whole (the listener: the rest costs it ~3 ms an instance). The character set is
+    checked first, as there.
+    """
+    changed: set[str] = set()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        _normalise_character_set(dataset, changed)
+        part = Dataset()
+        for keyword in ("SpecificCharacterSet", *keywords):
+            tag = tag_for_keyword(keyword)
+            if tag is not None and tag in dataset:
+                part[tag] = dataset.get_item(tag)  # decoded in ``part``, with its character set
+        _normalise(part, changed)
+        for keyword in keywords:
+            tag = tag_for_keyword(keyword)
+            if tag is None or tag not in dataset:
+                continue
+            if tag not in part:  # did not decode
+                del dataset[tag]
+            elif not isinstance(part.get_item(tag), RawDataElement):  # decoded (and checked)
+                dataset[tag] = part[tag]
     return tuple(sorted(changed))
 
 

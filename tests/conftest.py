@@ -68,7 +68,13 @@ def node_factory(tmp_path: Path) -> Iterator[Callable[..., Node]]:
     started: list[Node] = []
 
     def make(database_url: str = "", **overrides: Any) -> Node:
-        dicom = {"host": "127.0.0.1", "port": 0, **overrides.pop("dicom", {})}
+        # One listener in the test's process (its logs reach caplog) unless a test asks for more.
+        dicom = {
+            "host": "127.0.0.1",
+            "port": 0,
+            "listener_processes": 1,
+            **overrides.pop("dicom", {}),
+        }
         completion = {"quiet_seconds": 0.5, "poll_seconds": 0.1, **overrides.pop("completion", {})}
         api = {"port": 0, **overrides.pop("api", {})}  # never the fixed default port
         overrides.setdefault("min_free_disk_mb", 5)  # CI disks can be nearly full

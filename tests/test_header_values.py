@@ -70,6 +70,20 @@ def test_a_value_that_breaks_its_vr_is_dropped_and_named(
         assert value not in " ".join(header.repaired)
 
 
+def test_the_listener_normalises_only_what_it_reads(tmp_path: Path) -> None:
+    dataset = make_case(1).datasets[0]
+    _raw(dataset, "StudyDate", "DA", "2023-02-29")
+    _raw(dataset, "ContentDate", "DA", "2023-02-29")
+    dataset.SpecificCharacterSet = "NOT A CHARSET"
+    path = _saved(dataset, tmp_path / "i.dcm")
+    header = read_header(path, normalised=("StudyDate", "PatientID", "NoSuchKeyword"))
+    assert header.repaired == ("SpecificCharacterSet", "StudyDate")
+    assert header.dataset.StudyDate == ""
+    assert header.dataset.ContentDate == "2023-02-29"  # intake, reading it whole, repairs it
+    assert header.dataset.PatientID == dataset.PatientID
+    assert "ContentDate" in read_header(path).repaired
+
+
 def test_multi_values_keep_what_is_valid_and_sequences_are_walked() -> None:
     dataset = Dataset()
     dataset.OtherPatientIDsSequence = Sequence([Dataset()])

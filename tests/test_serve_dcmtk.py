@@ -102,6 +102,7 @@ class ServeProcess:
         quiet_seconds: float = 3600.0,
         poll_seconds: float = 0.2,
         allowed_callers: Sequence[str] = (),
+        dicom_extra: dict[str, Any] | None = None,
         extra: dict[str, Any] | None = None,
     ) -> None:
         root.mkdir(parents=True, exist_ok=True)
@@ -111,7 +112,12 @@ class ServeProcess:
         self.port = free_port()
         self.database_url = database_url or f"sqlite:///{self.data_dir.resolve() / 'llnm.db'}"
         self._engine: Engine | None = None
-        dicom: dict[str, Any] = {"host": "127.0.0.1", "port": self.port, "ae_title": NODE_AE}
+        dicom: dict[str, Any] = {
+            "host": "127.0.0.1",
+            "port": self.port,
+            "ae_title": NODE_AE,
+            **(dicom_extra or {}),
+        }
         if allowed_callers:
             dicom["allowed_callers"] = [{"ae_title": ae} for ae in allowed_callers]
         settings = {
@@ -666,6 +672,103 @@ def test_kill_9_mid_send_loses_no_acknowledged_instance(
     jobs = node.rows("SELECT version, state FROM jobs")
     assert [(j.version, j.state) for j in jobs] == [(1, "received")] * 10
     assert node.terminate() == 0
+
+
+def _listener_pids(node: ServeProcess) -> list[int]:
+    """The serve process's children (started by any of its threads): its listener processes."""
+    tasks = Path(f"/proc/{node.pid}/task")
+    return sorted(
+        int(p) for task in tasks.iterdir() for p in (task / "children").read_text().split()
+    )
+
+
+def _sockets(pid: int) -> int:
+    """Open sockets of a process: its listening socket and one per association."""
+    fds = Path(f"/proc/{pid}/fd")
+    with contextlib.suppress(OSError):
+        return sum(1 for fd in fds.iterdir() if str(fd.readlink()).startswith("socket:"))
+    return 0
+
+
+def test_kill_9_of_one_listener_process_loses_nothing_acknowledged(
+    serve: ServeFactory, tmp_path: Path
+) -> None:
+    """Two listener processes, four senders: SIGKILL one mid-send; the other keeps storing,
+    the dead one is restarted, every 0x0000 survives and a resend dedups across processes."""
+    outbox = _synthetic_outbox(tmp_path / "outbox")
+    by_uid = {sop_uid(p): p for p in outbox}
+    # four slots: the resend's four associations need the dead process's slots back
+    node = serve(dicom_extra={"listener_processes": 2, "max_associations": 4})
+    listeners = _listener_pids(node)
+    assert len(listeners) == 2, node.log()
+
+    lock = threading.Lock()
+    successes = 0
+    killed: list[int] = []
+
+    def after_each(_sent: int, status: int | None) -> bool:
+        nonlocal successes
+        with lock:
+            successes += status == 0x0000
+            if successes >= KILL_AFTER_SUCCESSES and not killed:
+                busiest = max(listeners, key=_sockets)  # the one with more associations
+                assert _sockets(busiest) > 1, "no association on either listener"
+                os.kill(busiest, signal.SIGKILL)
+                killed.append(busiest)
+        return False
+
+    statuses: list[int | None] = [None] * len(outbox)
+
+    def send_share(first: int) -> None:
+        indexes = range(first, len(outbox), 4)
+        shares = raw_store(node.port, [outbox[i] for i in indexes], after_each=after_each)
+        for i, status in zip(indexes, shares, strict=True):
+            statuses[i] = status
+
+    with chunked_send(), ThreadPoolExecutor(4) as pool:
+        for future in [pool.submit(send_share, k) for k in range(4)]:
+            future.result()
+    assert killed, f"never reached {KILL_AFTER_SUCCESSES} successes"
+    acknowledged = {sop_uid(p) for p, s in zip(outbox, statuses, strict=True) if s == 0x0000}
+    assert KILL_AFTER_SUCCESSES <= len(acknowledged) < 200, "the kill stopped no sender"
+    assert {s for s in statuses if s is not None} <= {0x0000}, statuses
+
+    wait_for(
+        lambda: len(node.events("listener.restarted")) == 1 and len(_listener_pids(node)) == 2,
+        timeout=30,
+        what="the killed listener process replaced",
+    )
+    assert killed[0] not in _listener_pids(node)
+    (event,) = node.events("listener.restarted")
+    assert event.detail["pid"] == killed[0] and event.detail["exit_code"] == -signal.SIGKILL
+    rows = node.rows("SELECT sop_instance_uid, path, size_bytes FROM instances")
+    uids = {r.sop_instance_uid for r in rows}
+    assert len(rows) == len(uids) and acknowledged <= uids <= set(by_uid)
+    for row in rows:  # every registered instance, acknowledged or not, is whole on disk
+        stored = node.spool / row.path
+        assert dataset_bytes(stored) == dataset_bytes(by_uid[row.sop_instance_uid])
+        assert row.size_bytes == stored.stat().st_size
+
+    resent = raw_store_concurrently(node.port, outbox, associations=4)
+    assert resent == [0x0000] * 200, node.events("association.rejected")
+    rows = node.rows("SELECT sop_instance_uid, path FROM instances")
+    assert len(rows) == 200 and {r.sop_instance_uid for r in rows} == set(by_uid)
+    assert sorted(str(p.relative_to(node.spool)) for p in spool_files(node, "incoming")) == sorted(
+        r.path for r in rows
+    )
+    studies = node.rows(
+        "SELECT s.instance_count, COUNT(DISTINCT i.id) AS instances, "
+        "COUNT(DISTINCT j.id) AS jobs FROM studies s "
+        "LEFT JOIN instances i ON i.study_fk = s.id LEFT JOIN jobs j ON j.study_fk = s.id "
+        "GROUP BY s.id, s.instance_count"
+    )
+    assert len(studies) == 10
+    assert all(s.jobs == 1 and s.instances == 20 == s.instance_count for s in studies), studies
+
+    survivors = _listener_pids(node)
+    assert node.terminate() == 0, node.log()
+    for pid in survivors:  # shutdown stopped every listener process
+        assert not Path(f"/proc/{pid}").exists(), f"listener process {pid} outlived serve"
 
 
 # --- 4. refusals keep the listener alive --------------------------------------------------

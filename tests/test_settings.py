@@ -1,3 +1,4 @@
+import os
 from pathlib import Path
 
 import pytest
@@ -64,6 +65,13 @@ def test_open_listener_without_allow_list_is_refused() -> None:
         DicomSettings(host="0.0.0.0")
     DicomSettings(host="0.0.0.0", accept_any_caller=True)
     DicomSettings(host="0.0.0.0", allowed_callers=[AllowedCaller(ae_title="PACS")])
+
+
+def test_listener_processes_default_to_the_cores() -> None:
+    assert DicomSettings().processes == (os.cpu_count() or 1)
+    assert DicomSettings(listener_processes=1).processes == 1
+    with pytest.raises(ValidationError):
+        DicomSettings(listener_processes=0)
 
 
 def test_allow_list_with_hosts() -> None:

@@ -301,6 +301,7 @@ def test_association_policy(node_factory: Factory) -> None:
                 {"ae_title": "REMOTE", "hosts": ["10.0.0.0/8"]},
             ],
             "max_associations": 2,
+            "listener_processes": 2,  # the limit holds over both
         }
     )
     assert _associates(node, "PACS", "LLNM_NODE")

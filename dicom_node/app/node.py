@@ -12,12 +12,11 @@ from db.models import utcnow
 from db.session import Database
 from dicom_node.api.app import create_app
 from dicom_node.api.server import ApiServer
+from dicom_node.app.listeners import ListenerProcesses, ListenerSpec, open_listener
 from dicom_node.app.wiring import distributed_app, job_runner, local_notices
 from dicom_node.network.completion import CompletionWatcher, Stalled
 from dicom_node.network.exporter import Exporter
-from dicom_node.network.ingest import Ingestor, ReceptionLimits
 from dicom_node.network.listener import DicomListener, configure_reception
-from dicom_node.network.releases import ReleasedStudies
 from dicom_node.network.spool import Spool
 from dicom_node.settings import Settings
 from imaging.dicom_files import keep_header_values_out_of_logs
@@ -80,23 +79,10 @@ class Node:
             calling_ae=calling_ae,
             stalled=Stalled(settings.executor.stall_timeout_s, runner.fail) if app else None,
         )
-        self.listener = DicomListener(
-            settings.dicom,
-            Ingestor(
-                spool=self.spool,
-                database=self.database,
-                min_free_bytes=int(settings.min_free_disk_mb * 1024 * 1024),
-                limits=ReceptionLimits(
-                    max_instance_bytes=int(settings.dicom.max_instance_mb * 1024 * 1024),
-                    max_inflated_bytes=int(settings.dicom.max_inflated_mb * 1024 * 1024),
-                ),
-            ),
-            ReleasedStudies(
-                database=self.database,
-                queried=frozenset(c.ae_title for c in settings.completion.query_callers),
-                wake=self.watcher.wake,
-            ),
+        self._listener_spec = ListenerSpec.of(
+            settings, spool_root=self.spool.layout.root, durable=durable
         )
+        self.listener: DicomListener | ListenerProcesses | None = None
         api = settings.api
         self.api = (
             ApiServer(
@@ -123,7 +109,22 @@ class Node:
             log.warning("re-queued %d job(s) interrupted by the last stop", len(recovered))
         if released:
             log.warning("%d export(s) taken before the last stop are due again", released)
-        configure_reception(self.spool)
+        processes = self.settings.dicom.processes
+        if processes == 1:
+            configure_reception(self.spool)
+            self.listener = open_listener(
+                self._listener_spec,
+                database=self.database,
+                spool=self.spool,
+                wake=self.watcher.wake,
+            )
+        else:
+            self.listener = ListenerProcesses(
+                self._listener_spec,
+                count=processes,
+                database=self.database,
+                wake=self.watcher.wake,
+            )
         self.listener.start()
         if self.api is not None:
             self.api.start()
@@ -133,6 +134,8 @@ class Node:
     @property
     def port(self) -> int:
         """The DICOM port actually bound."""
+        if self.listener is None:
+            raise RuntimeError("listener not started")
         return self.listener.port
 
     @property
@@ -144,7 +147,9 @@ class Node:
         """Stop the API, listening, dispatching and exporting; let running jobs finish."""
         if self.api is not None:
             self.api.stop()
-        self.listener.stop()
+        if self.listener is not None:
+            self.listener.stop()
+            self.listener = None
         self.watcher.stop()
         self.exporter.stop()
         self.executor.shutdown(wait=True)

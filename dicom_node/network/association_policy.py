@@ -1,4 +1,9 @@
-"""Who may associate: calling-AE allow-list (with hosts), called AE, association limit."""
+"""Who may associate: calling-AE allow-list (with hosts), called AE, association limit.
+
+The limit holds over every listener process: an association takes one of
+``max_associations`` slots (``process_locks.AssociationSlots``) and frees it when
+its connection closes.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +13,7 @@ from typing import Any
 
 from db.models import EventLevel
 from dicom_node.network.ingest import Ingestor
+from dicom_node.network.process_locks import AssociationSlots
 from dicom_node.network.statuses import RejectReason
 from dicom_node.settings import DicomSettings
 
@@ -24,7 +30,6 @@ def rejection(
     calling_ae: str,
     called_ae: str,
     address: str,
-    active: int,
     has_room: bool,
 ) -> tuple[int, int, RejectReason, str] | None:
     """Why an association request must be rejected, as (result, source, reason, text)."""
@@ -42,13 +47,6 @@ def rejection(
             RejectReason.CALLED_AE_NOT_RECOGNISED,
             f"called AE {called_ae!r} is not {settings.ae_title!r}",
         )
-    if active > settings.max_associations:
-        return (
-            _TRANSIENT,
-            _PRESENTATION,
-            RejectReason.LOCAL_LIMIT_EXCEEDED,
-            f"{active - 1} associations already open (limit {settings.max_associations})",
-        )
     if not has_room:
         return (
             _TRANSIENT,
@@ -59,23 +57,35 @@ def rejection(
     return None
 
 
-def handle_requested(event: Any, settings: DicomSettings, ingestor: Ingestor) -> None:
-    """EVT_REQUESTED handler: send A-ASSOCIATE-RJ and record an event when refused."""
+def over_limit(settings: DicomSettings) -> tuple[int, int, RejectReason, str]:
+    """The rejection of an association beyond ``max_associations``."""
+    return (
+        _TRANSIENT,
+        _PRESENTATION,
+        RejectReason.LOCAL_LIMIT_EXCEEDED,
+        f"{settings.max_associations} associations already open (the limit)",
+    )
+
+
+def handle_requested(
+    event: Any, settings: DicomSettings, ingestor: Ingestor, slots: AssociationSlots
+) -> None:
+    """EVT_REQUESTED handler: take a slot, or send A-ASSOCIATE-RJ and record an event."""
     assoc = event.assoc
     request = assoc.requestor.primitive
     calling_ae = str(request.calling_ae_title).strip()
     address = str(assoc.requestor.address)
-    active = sum(1 for a in assoc.ae.active_associations if a.is_acceptor)
     refused = rejection(
         settings,
         calling_ae=calling_ae,
         called_ae=str(request.called_ae_title),
         address=address,
-        active=active,
         has_room=ingestor.has_room(),
     )
     if refused is None:
-        return
+        if slots.take(assoc):
+            return
+        refused = over_limit(settings)
     result, source, reason, text = refused
     log.warning("association rejected: %s", text)
     ingestor.record_listener_event(

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import filecmp
 import logging
-import threading
 import zlib
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -21,6 +20,7 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from db import events, registration
 from db.models import EventLevel
 from db.session import Database
+from dicom_node.network.process_locks import StripeLocks
 from dicom_node.network.sop_classes import (
     ACCEPTED_STORAGE_CLASSES,
     OWN_RESULT_ONLY_CLASSES,
@@ -33,8 +33,6 @@ from imaging.identity import MANUFACTURER
 from imaging.sop_classes import SECONDARY_CAPTURE_CLASS
 
 log = logging.getLogger(__name__)
-
-_LOCK_STRIPES = 64
 
 
 @dataclass(frozen=True)
@@ -108,6 +106,14 @@ def check_limits(path: Path, limits: ReceptionLimits) -> None:
 
 # What the database keeps of an instance besides its UIDs (and the result-object check).
 _REGISTERED = ("Modality", "PatientID", "IssuerOfPatientID", "StudyDate", "Manufacturer")
+# Every value the listener reads, normalised as intake will (it normalises the whole header).
+_READ = (
+    "SOPClassUID",
+    "SOPInstanceUID",
+    "StudyInstanceUID",
+    "SeriesInstanceUID",
+    *_REGISTERED,
+)
 
 
 def _text(dataset: Dataset, keyword: str) -> str:
@@ -137,7 +143,7 @@ def check_instance(request: StoreRequest) -> tuple[Dataset, str]:
         With the C-STORE status and a reason an admin can act on.
     """
     try:
-        header = read_header(request.path)
+        header = read_header(request.path, normalised=_READ)
     except (UnreadableDicomError, zlib.error) as exc:
         raise RefusedInstance(StoreStatus.CANNOT_UNDERSTAND, str(exc)) from exc
     dataset = header.dataset
@@ -190,21 +196,30 @@ def check_modality(sop_class: str, dataset: Dataset) -> None:
 
 
 class Ingestor:
-    """Stores received instances in the spool and the database."""
+    """Stores received instances in the spool and the database.
+
+    ``locks`` keep two receptions of one SOP Instance UID apart, in every listener
+    process: deduplication then needs nothing but the spool and the database.
+    """
 
     def __init__(
         self,
         *,
         spool: Spool,
         database: Database,
+        locks: StripeLocks,
         min_free_bytes: int,
         limits: ReceptionLimits = ReceptionLimits(),
     ) -> None:
         self._spool = spool
         self._database = database
+        self._locks = locks
         self._min_free_bytes = min_free_bytes
         self._limits = limits
-        self._locks = tuple(threading.Lock() for _ in range(_LOCK_STRIPES))
+
+    def close(self) -> None:
+        """Release what the ingestor holds open (its lock file)."""
+        self._locks.close()
 
     def has_room(self) -> bool:
         """Whether the spool has more free space than the configured minimum."""
@@ -252,8 +267,7 @@ class Ingestor:
         except RefusedInstance as refusal:
             self._refused(request, refusal.status, refusal.reason, quarantine=refusal.quarantine)
             return Answer(refusal.status)
-        lock = self._locks[hash(request.sop_instance_uid) % _LOCK_STRIPES]
-        with lock:
+        with self._locks.hold(request.sop_instance_uid):
             return self._store(request, dataset, transfer_syntax, synced)
 
     def _store(

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import logging
+import socket
 import tempfile
-from typing import Any
+import threading
+from typing import Any, cast
 
 from pynetdicom import AE, AllStoragePresentationContexts, _config, evt
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+from pynetdicom.transport import ThreadedAssociationServer
 
 from dicom_node.network.association_policy import handle_requested
 from dicom_node.network.ingest import Ingestor
+from dicom_node.network.process_locks import AssociationSlots
 from dicom_node.network.releases import ReleasedStudies
 from dicom_node.network.sop_classes import (
     ACCEPTED_STORAGE_CLASSES,
@@ -41,7 +45,10 @@ def build_ae(settings: DicomSettings) -> AE:
     """An AE that accepts every storage SOP class (refusing non-ultrasound ones by status)."""
     register_retired_storage_classes()
     ae = AE(ae_title=settings.ae_title)
-    ae.maximum_associations = settings.max_associations
+    # The limit is the association slots' (over all processes). pynetdicom's own count also
+    # holds connections that never sent an A-ASSOCIATE-RQ (a port probe keeps its thread
+    # for the ACSE timeout), so it is only a backstop.
+    ae.maximum_associations = 2 * settings.max_associations
     ae.maximum_pdu_size = settings.max_pdu
     ae.acse_timeout = settings.acse_timeout_s
     ae.dimse_timeout = settings.dimse_timeout_s
@@ -54,36 +61,79 @@ def build_ae(settings: DicomSettings) -> AE:
     return ae
 
 
+class SharedPortServer(ThreadedAssociationServer):
+    """pynetdicom's threaded server on a socket bound with ``SO_REUSEPORT``.
+
+    Every listener process binds the same port; the kernel spreads new
+    connections over them.
+    """
+
+    def server_bind(self) -> None:
+        """Set ``SO_REUSEPORT``, then bind as pynetdicom does."""
+        cast(socket.socket, self.socket).setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        super().server_bind()
+
+
+def reserve_port(host: str, port: int) -> socket.socket:
+    """A socket bound (not listening) with ``SO_REUSEPORT`` that keeps ``port`` for the node.
+
+    Port 0 picks a free port; the listener processes then bind the one it got.
+    """
+    reserved = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    try:
+        reserved.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        reserved.bind((host, port))
+    except OSError:
+        reserved.close()
+        raise
+    return reserved
+
+
 class DicomListener:
-    """The running C-STORE/C-ECHO SCP; ``released`` learns which studies each association stored."""
+    """The running C-STORE/C-ECHO SCP; ``released`` learns which studies each association stored.
+
+    ``slots`` holds the association limit over every listener process.
+    """
 
     def __init__(
-        self, settings: DicomSettings, ingestor: Ingestor, released: ReleasedStudies
+        self,
+        settings: DicomSettings,
+        ingestor: Ingestor,
+        released: ReleasedStudies,
+        slots: AssociationSlots,
     ) -> None:
         self._settings = settings
         self._ingestor = ingestor
         self._released = released
+        self._slots = slots
         self._server: Any = None
 
     def start(self) -> None:
-        """Bind and serve in background threads."""
+        """Bind (sharing the port) and serve in background threads."""
         ae = build_ae(self._settings)
         handlers: list[Any] = [
-            (evt.EVT_REQUESTED, handle_requested, [self._settings, self._ingestor]),
+            (evt.EVT_REQUESTED, handle_requested, [self._settings, self._ingestor, self._slots]),
             (evt.EVT_C_STORE, handle_store, [self._ingestor, self._released]),
             (evt.EVT_C_ECHO, handle_echo),
             (evt.EVT_RELEASED, self._released.handle_released),
             (evt.EVT_ABORTED, self._released.handle_aborted),
+            # the slot is free before the requestor learns the association ended
+            (evt.EVT_RELEASED, self._free_slot),
+            (evt.EVT_ABORTED, self._free_slot),
             (evt.EVT_PDU_RECV, handle_pdu_received),
             (evt.EVT_CONN_CLOSE, self._after_connection),
         ]
         ssl_context = server_context(self._settings.tls) if self._settings.tls.enabled else None
-        self._server = ae.start_server(
+        self._server = ae.make_server(
             (self._settings.host, self._settings.port),
-            block=False,
             evt_handlers=handlers,
             ssl_context=ssl_context,
+            server_class=SharedPortServer,
         )
+        ae._servers.append(self._server)  # as AE.start_server does; shutdown removes it
+        threading.Thread(
+            target=self._server.serve_forever, name="llnm-acceptor", daemon=True
+        ).start()
         log.info(
             "listening as %s on %s:%d%s",
             self._settings.ae_title,
@@ -92,12 +142,17 @@ class DicomListener:
             " (TLS)" if ssl_context else "",
         )
 
-    def _after_connection(self, _event: Any) -> None:
-        """EVT_CONN_CLOSE: sweep partial files that no live association can still be writing.
+    def _free_slot(self, event: Any) -> None:
+        """EVT_RELEASED, EVT_ABORTED: the association's slot is free."""
+        self._slots.give_back(event.assoc)
+
+    def _after_connection(self, event: Any) -> None:
+        """EVT_CONN_CLOSE: free the slot (if still held), then sweep abandoned partial files.
 
         A reception idle for longer than the network plus DIMSE timeouts has been
         aborted by pynetdicom; twice that is the margin.
         """
+        self._slots.give_back(event.assoc)
         idle_s = 2 * (self._settings.network_timeout_s + self._settings.dimse_timeout_s)
         self._ingestor.sweep_abandoned(idle_s=idle_s)
 
@@ -113,3 +168,5 @@ class DicomListener:
         if self._server is not None:
             self._server.shutdown()
             self._server = None
+            self._slots.close()
+            self._ingestor.close()

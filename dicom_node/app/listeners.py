@@ -1,0 +1,254 @@
+"""The DICOM listener in the node's process or in ``dicom.listener_processes`` child processes.
+
+Child processes share the port (``SO_REUSEPORT``) and coordinate only through
+the database and the spool: deduplication by the stripe locks and the
+database's unique SOP Instance UID, the association limit by slot locks
+(``network/process_locks.py``). The completion watcher, executor, exporter and
+API stay in the parent; a child wakes the watcher by writing a byte to a pipe.
+A child reads its ``ListenerSpec`` as one JSON line on stdin, answers ``ready``
+on stdout once it listens, and stops when stdin closes (the parent stopping or
+dying) or on SIGTERM. The parent restarts a child that dies.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import select
+import subprocess
+import sys
+import threading
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy.exc import SQLAlchemyError
+
+from db import events
+from db.models import EventLevel
+from db.session import Database
+from dicom_node.network.ingest import Ingestor, ReceptionLimits
+from dicom_node.network.listener import DicomListener, reserve_port
+from dicom_node.network.process_locks import AssociationSlots, StripeLocks
+from dicom_node.network.releases import ReleasedStudies
+from dicom_node.network.spool import Spool
+from dicom_node.settings import DicomSettings, Settings
+
+log = logging.getLogger(__name__)
+
+READY = "ready"
+START_TIMEOUT_S = 60.0
+STOP_TIMEOUT_S = 15.0
+SUPERVISE_INTERVAL_S = 0.5
+
+
+@dataclass(frozen=True)
+class ListenerSpec:
+    """What a listener needs of the settings, as JSON for a child process."""
+
+    dicom: dict[str, Any]
+    database_url: str
+    spool_root: str
+    min_free_bytes: int
+    max_instance_bytes: int
+    max_inflated_bytes: int
+    queried: tuple[str, ...]
+    durable: bool
+    log_level: str
+
+    @classmethod
+    def of(cls, settings: Settings, *, spool_root: Path, durable: bool) -> ListenerSpec:
+        """The listener's part of ``settings``."""
+        dicom = settings.dicom
+        return cls(
+            dicom=dicom.model_dump(mode="json"),
+            database_url=settings.resolved_database_url,
+            spool_root=str(spool_root),
+            min_free_bytes=int(settings.min_free_disk_mb * 1024 * 1024),
+            max_instance_bytes=int(dicom.max_instance_mb * 1024 * 1024),
+            max_inflated_bytes=int(dicom.max_inflated_mb * 1024 * 1024),
+            queried=tuple(c.ae_title for c in settings.completion.query_callers),
+            durable=durable,
+            log_level=settings.log_level,
+        )
+
+    def to_json(self) -> str:
+        """One line of JSON."""
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, line: str) -> ListenerSpec:
+        """The spec a parent wrote with ``to_json``."""
+        data = json.loads(line)
+        return cls(**{**data, "queried": tuple(data["queried"])})
+
+
+def open_listener(
+    spec: ListenerSpec, *, database: Database, spool: Spool, wake: Callable[[], None]
+) -> DicomListener:
+    """A listener over ``database`` and ``spool`` (not started)."""
+    settings = DicomSettings.model_validate(spec.dicom)
+    locks = spool.layout.root / "locks"
+    ingestor = Ingestor(
+        spool=spool,
+        database=database,
+        locks=StripeLocks(locks / "instances"),
+        min_free_bytes=spec.min_free_bytes,
+        limits=ReceptionLimits(
+            max_instance_bytes=spec.max_instance_bytes,
+            max_inflated_bytes=spec.max_inflated_bytes,
+        ),
+    )
+    released = ReleasedStudies(database=database, queried=frozenset(spec.queried), wake=wake)
+    slots = AssociationSlots(locks / "associations", settings.max_associations)
+    return DicomListener(settings, ingestor, released, slots)
+
+
+class ListenerProcesses:
+    """Runs and supervises ``count`` listener child processes on one shared port.
+
+    Parameters
+    ----------
+    spec
+        What each child listens with; its port 0 picks one free port for all.
+    count
+        How many children.
+    database
+        Where a child's restart is recorded.
+    wake
+        Called when a child has marked released studies (the watcher's wake).
+    """
+
+    def __init__(
+        self, spec: ListenerSpec, *, count: int, database: Database, wake: Callable[[], None]
+    ) -> None:
+        self._spec = spec
+        self._count = count
+        self._database = database
+        self._wake = wake
+        self._children: list[subprocess.Popen[str]] = []
+        self._stopping = threading.Event()
+        self._lock = threading.Lock()
+        self._reserved = reserve_port(str(spec.dicom["host"]), int(spec.dicom["port"]))
+        self.port = int(self._reserved.getsockname()[1])
+        self._wake_read, self._wake_write = os.pipe()
+        self._threads = [
+            threading.Thread(target=self._relay_wakes, name="llnm-listener-wakes", daemon=True),
+            threading.Thread(target=self._supervise, name="llnm-listener-supervisor", daemon=True),
+        ]
+
+    @property
+    def pids(self) -> list[int]:
+        """The children's process ids."""
+        with self._lock:
+            return [child.pid for child in self._children]
+
+    def start(self) -> None:
+        """Start every child and wait until each listens.
+
+        Raises
+        ------
+        OSError
+            If a child does not come up.
+        """
+        for _ in range(self._count):
+            child = self._spawn()
+            with self._lock:
+                self._children.append(child)
+        for thread in self._threads:
+            thread.start()
+        log.info(
+            "listening on %s:%d in %d processes", self._spec.dicom["host"], self.port, self._count
+        )
+
+    def _spawn(self) -> subprocess.Popen[str]:
+        spec = replace(self._spec, dicom={**self._spec.dicom, "port": self.port})
+        child = subprocess.Popen(
+            [sys.executable, "-m", "dicom_node.app.listener_process", str(self._wake_write)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            pass_fds=(self._wake_write,),
+        )
+        assert child.stdin is not None and child.stdout is not None  # both are PIPE
+        child.stdin.write(spec.to_json() + "\n")
+        child.stdin.flush()
+        readable, _, _ = select.select([child.stdout], [], [], START_TIMEOUT_S)
+        if not readable or child.stdout.readline().strip() != READY:
+            _end(child, grace_s=0.0)
+            raise OSError(f"a listener process did not start (exit code {child.returncode})")
+        return child
+
+    def _relay_wakes(self) -> None:
+        while os.read(self._wake_read, 512):
+            if self._stopping.is_set():
+                return
+            self._wake()
+
+    def _supervise(self) -> None:
+        while not self._stopping.wait(SUPERVISE_INTERVAL_S):
+            with self._lock:
+                for index, child in enumerate(self._children):
+                    code = child.poll()
+                    if code is None or self._stopping.is_set():
+                        continue
+                    self._restart(index, child.pid, code)
+
+    def _restart(self, index: int, pid: int, code: int) -> None:
+        """Replace the dead child at ``index`` (called under the lock)."""
+        message = f"listener process {pid} ended with exit code {code}; starting another"
+        log.error("%s", message)
+        try:
+            with self._database.session() as session:
+                events.record_event(
+                    session,
+                    kind="listener.restarted",
+                    message=message,
+                    level=EventLevel.ERROR,
+                    detail={"pid": pid, "exit_code": code},
+                )
+        except SQLAlchemyError as exc:
+            log.error("event listener.restarted not recorded: %s", exc)
+        try:
+            self._children[index] = self._spawn()
+        except OSError as exc:  # tried again at the next round
+            log.error("listener process not restarted: %s", exc)
+
+    def stop(self) -> None:
+        """Stop every child (stdin closed, then SIGTERM, then SIGKILL) and free the port."""
+        self._stopping.set()
+        with self._lock:
+            children = list(self._children)
+        for child in children:  # all told first, so that they stop together
+            if child.stdin is not None:
+                with contextlib.suppress(BrokenPipeError):
+                    child.stdin.close()
+        for child in children:
+            _end(child, grace_s=STOP_TIMEOUT_S)
+        os.write(self._wake_write, b"!")  # ends the relay thread
+        for thread in self._threads:
+            if thread.is_alive():
+                thread.join()
+        os.close(self._wake_write)
+        os.close(self._wake_read)
+        self._reserved.close()
+
+
+def _end(child: subprocess.Popen[str], *, grace_s: float) -> None:
+    """Close its stdin, give ``child`` ``grace_s`` to exit, then SIGTERM, then SIGKILL."""
+    if child.stdin is not None:
+        with contextlib.suppress(BrokenPipeError):
+            child.stdin.close()
+    for step, wait_s in ((None, grace_s), (child.terminate, STOP_TIMEOUT_S), (child.kill, None)):
+        if step is not None:
+            step()
+        try:
+            child.wait(wait_s)
+            break
+        except subprocess.TimeoutExpired:
+            continue
+    if child.stdout is not None:
+        child.stdout.close()

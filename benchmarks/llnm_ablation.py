@@ -1,7 +1,8 @@
-"""LLNM-Net ablations in one table: image only, text only, no location map, full model.
+"""LLNM-Net ablations in one table: image only, text only, no location map, no risk terms, full.
 
-Each variant is the same model and training (``llnm-node train`` defaults, the
-given size and epochs) with some inputs withheld (``TMDLConfig.withheld``:
+Each variant is the same model and training (``llnm-node train`` with the
+given size, epochs, patience, learning rate and input dropout; the defaults
+are the demo bundle's recipe) with some inputs withheld (``TMDLConfig.withheld``:
 maps and scalars zero, the report absent), trained on ``--train`` once per
 training seed (``--seeds``: split, initialisation, shuffling) and evaluated
 on every held-out set of ``--test`` (one or more folders, e.g. phantoms of
@@ -14,7 +15,12 @@ does not decide a comparison:
   echogenicity and shape stay);
 * text only: withholds the three maps, echogenicity and shape (report, sex, age stay);
 * no location map: withholds the CPDT map x_l;
+* no risk terms: withholds nothing, built without the risk terms
+  (``TMDLConfig.risk_terms``: the transformer's logit alone);
 * full: withholds nothing.
+
+The training features are extracted once, by the first run, and shared by the
+others (the same ``--train`` and image size).
 
 Run::
 
@@ -23,7 +29,8 @@ Run::
     .venv/bin/llnm-node phantom --n 200 --out /tmp/abl-test-3 --seed 3
     .venv/bin/python benchmarks/llnm_ablation.py --train /tmp/abl-train
         --test /tmp/abl-test-2 /tmp/abl-test-3 [--seeds 0 1 2]
-        [--out benchmarks/out/ablation] [--epochs 40] [--size tiny] [--text-tokens 128]
+        [--out benchmarks/out/ablation] [--epochs 20] [--patience 8] [--size tiny]
+        [--text-tokens 128] [--learning-rate 5e-4] [--input-dropout 0.3]
         (options on the same line)
 """
 
@@ -32,6 +39,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -43,24 +51,39 @@ from models.llnm.assessment import AssessOptions, assess
 from models.llnm.config import TMDLConfig
 from models.llnm.training import TMDLTrainOptions, train_tmdl
 
-VARIANTS: dict[str, tuple[str, ...]] = {
-    "image only": ("report", "sex", "age"),
-    "text only": ("location", "texture", "margin", "echogenicity", "shape"),
-    "no location map": ("location",),
-    "full model": (),
+VARIANTS: dict[str, tuple[tuple[str, ...], bool]] = {  # name: (withheld, risk terms)
+    "image only": (("report", "sex", "age"), True),
+    "text only": (("location", "texture", "margin", "echogenicity", "shape"), True),
+    "no location map": (("location",), True),
+    "no risk terms": ((), False),
+    "full model": ((), True),
 }
 
 
 def run(args: argparse.Namespace) -> list[dict[str, Any]]:
     """Every variant trained per seed and tested on every test set; one row per variant."""
     rows = []
-    for name, withheld in track(list(VARIANTS.items()), "variants"):
+    first_run: Path | None = None  # its extracted training features are every run's
+    for name, (withheld, risk_terms) in track(list(VARIANTS.items()), "variants"):
         runs = []
         for seed in args.seeds:
             folder = args.out / name.replace(" ", "-") / f"seed-{seed}"
-            config = TMDLConfig.preset(args.size, withheld=withheld, text_tokens=args.text_tokens)
-            options = TMDLTrainOptions(epochs=args.epochs, seed=seed, progress=False)
+            config = replace(
+                TMDLConfig.preset(args.size, withheld=withheld, text_tokens=args.text_tokens,
+                                  input_dropout=args.input_dropout),
+                risk_terms=risk_terms,
+            )  # fmt: skip
+            options = TMDLTrainOptions(
+                epochs=args.epochs,
+                patience=args.patience,
+                seed=seed,
+                learning_rate=args.learning_rate,
+                progress=False,
+            )
+            if first_run is not None:
+                _share_features(first_run, folder / "run", config.image_size)
             trained = train_tmdl(args.train, folder / "run", config, options)
+            first_run = first_run or folder / "run"
             for test in args.test:
                 result = assess(folder / "run", test, folder / f"evaluation-{test.name}",
                                 AssessOptions(progress=False))  # fmt: skip
@@ -78,6 +101,15 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
                 )
         rows.append({"variant": name, "withheld": list(withheld), **_spread(runs), "runs": runs})
     return rows
+
+
+def _share_features(source: Path, run: Path, size: int) -> None:
+    """Hard-link ``source``'s extracted training features into ``run`` (training reuses them)."""
+    run.mkdir(parents=True, exist_ok=True)
+    for suffix in (".safetensors", ".json"):
+        name = f"features-{size}{suffix}"
+        if not (run / name).exists():
+            (run / name).hardlink_to(source / name)
 
 
 def _spread(runs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -101,8 +133,11 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="training seeds")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/out/ablation"))
     parser.add_argument("--size", default="tiny")
-    parser.add_argument("--epochs", type=int, default=40)
-    parser.add_argument("--text-tokens", type=int, default=None, help="default: the preset's")
+    parser.add_argument("--epochs", type=int, default=20)
+    parser.add_argument("--patience", type=int, default=8)
+    parser.add_argument("--learning-rate", type=float, default=5e-4)
+    parser.add_argument("--input-dropout", type=float, default=0.3)
+    parser.add_argument("--text-tokens", type=int, default=128)
     args = parser.parse_args()
     rows = run(args)
     runs = len(args.seeds) * len(args.test)

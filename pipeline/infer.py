@@ -170,8 +170,8 @@ def _batch(
         if view.features.index is None:
             raise StageError("a chosen view has no nodule")
         nodules.append(view.features.index)
-    side, third = study_position(nodules)
-    per_view = [view_inputs(nodule, size, side, third) for nodule in nodules]
+    study = study_position(nodules)
+    per_view = [view_inputs(nodule, size, study) for nodule in nodules]
 
     def maps(name: str) -> torch.Tensor:
         stacked = np.stack([getattr(v, name) for v in per_view])  # (V, S, S)

@@ -35,8 +35,8 @@ def case_inputs(case: PhantomCase) -> list[ViewInputs]:
         )
         assert features.index is not None
         nodules.append(features.index)
-    side, third = study_position(nodules)
-    return [view_inputs(n, SIZE, side, third) for n in nodules]
+    study = study_position(nodules)
+    return [view_inputs(n, SIZE, study) for n in nodules]
 
 
 @pytest.mark.parametrize("seed", [3, 11])
@@ -48,7 +48,7 @@ def test_upper_and_lower_third_give_different_inputs(seed: int) -> None:
     for views, third in ((upper, 7), (lower, 9)):
         for view in views:  # the study's third reaches both views
             assert view.position[0] == 1.0  # location known
-            assert view.position[7:].tolist() == [float(k == third) for k in (7, 8, 9)]
+            assert view.position[7:10].tolist() == [float(k == third) for k in (7, 8, 9)]
             assert view.position[6] in (1.0, -1.0)  # the lobe, from the transverse view
     # Longitudinal view: the nodule's centre along the lobe (cranial pole at u = 0).
     assert upper[1].position[1] < 1 / 3 < 2 / 3 < lower[1].position[1]
@@ -64,7 +64,7 @@ def test_without_a_thyroid_the_position_is_unknown() -> None:
     nodule = truth.nodule_mask[y0:y1, x0:x1]
     features = extract_view(crop, nodule, np.zeros_like(nodule), truth.mm_per_pixel)
     assert features.index is not None
-    inputs = view_inputs(features.index, SIZE, *study_position([features.index]))
+    inputs = view_inputs(features.index, SIZE, study_position([features.index]))
     assert not inputs.position.any() and not inputs.location.any()
 
 
@@ -72,6 +72,16 @@ def test_the_position_carries_the_capsule_distance_in_mm() -> None:
     case = make_case(5)
     for truth, inputs in zip(case.images, case_inputs(case), strict=True):
         assert inputs.position[5] * 10.0 == pytest.approx(truth.capsule_distance_mm, abs=0.5)
+
+
+@pytest.mark.parametrize("seed", [5, 8])
+def test_every_view_carries_the_studys_closest_capsule_distance(seed: int) -> None:
+    case = make_case(seed)
+    views = case_inputs(case)
+    closest = min(v.position[5] for v in views)
+    assert [v.position[10] for v in views] == [closest] * len(views)
+    assert closest * 10.0 == pytest.approx(min(t.capsule_distance_mm for t in case.images), abs=0.5)
+    assert views[0].position[5] != views[1].position[5]  # the views disagree; the study does not
 
 
 def test_the_demo_bundle_rates_an_upper_third_nodule_higher_over_dicom(

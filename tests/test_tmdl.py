@@ -384,3 +384,18 @@ def test_a_config_from_before_the_risk_terms_rebuilds_without_them() -> None:
     assert model.risk_terms is None
     assert not any(name.startswith("risk_terms.") for name in model.state_dict())
     model.load_state_dict(TMDL(replace(MINI, risk_terms=False)).state_dict())
+
+
+def test_a_model_built_for_fewer_position_features_reads_the_first_ones() -> None:
+    """Bundles before the study's capsule distance have 10; the vector grew at its end."""
+    old = replace(MINI, position_features=10)
+    torch.manual_seed(0)
+    model = TMDL(old).eval()
+    batch = make_batch(MINI)  # 11 position features, as view_inputs writes them now
+    assert batch.position.shape[-1] == 11
+    first = replace(batch, position=batch.position[..., :10])
+    later = replace(batch, position=torch.cat([first.position, -batch.position[..., 10:]], -1))
+    with torch.no_grad():
+        expected = model(first).logit
+        torch.testing.assert_close(model(batch).logit, expected, rtol=0, atol=0)
+        torch.testing.assert_close(model(later).logit, expected, rtol=0, atol=0)

@@ -35,7 +35,7 @@ class TMDLConfig:
     text_tokens: int = 50
     text_width: int = 384  # hidden size of the text encoder (MiniLM: 384, BERT-base: 768)
     shape_features: int = 4  # x_s scalars
-    position_features: int = 10  # the nodule's place in the gland (view_inputs.position_vector)
+    position_features: int = 11  # the nodule's place in the gland (view_inputs.position_vector)
     embed_dropout: float = 0.1
     attention_dropout: float = 0.0
     mlp_dropout: float = 0.1

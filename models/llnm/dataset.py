@@ -289,9 +289,9 @@ def build_features(patients: list[Patient], size: int, *, progress: bool = True)
             index = extract_view(crop, nodule, thyroid, files.mm_per_pixel, view=plane).index
             if index is not None:
                 found[j] = index
-        side, third = study_position(list(found.values()))
+        study = study_position(list(found.values()))
         for j, index in found.items():
-            inputs = view_inputs(index, size, side, third)
+            inputs = view_inputs(index, size, study)
             for name in ("location", "texture", "margin", "echogenicity", "shape", "position"):
                 arrays[name][i, j] = getattr(inputs, name)
             arrays["view_mask"][i, j] = True

@@ -20,7 +20,7 @@ image, T report tokens, N = 3n + T + 5 tokens, W width, H heads, D = W / H.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 
 import torch
 import torch.nn.functional as F
@@ -70,7 +70,7 @@ class TMDLBatch:
     margin: torch.Tensor  # (B, V, 1, S, S) x_m
     echogenicity: torch.Tensor  # (B, V) x_e, scaled to about [-1, 1]
     shape: torch.Tensor  # (B, V, shape_features) x_s
-    position: torch.Tensor  # (B, V, position_features) the nodule's place in the gland
+    position: torch.Tensor  # (B, V, >= position_features) the nodule's place; the first count
     view_mask: torch.Tensor  # (B, V) bool, True where the view exists
     text: torch.Tensor  # (B, T, text_width) report token embeddings
     text_present: torch.Tensor  # (B,) bool
@@ -332,7 +332,14 @@ class TMDL(nn.Module):
             nn.init.trunc_normal_(positions, std=0.02)
 
     def forward(self, batch: TMDLBatch) -> TMDLOutput:
-        """Score every view, then average the present views' logits per patient."""
+        """Score every view, then average the present views' logits per patient.
+
+        The position vector only grows at its end (``view_inputs``), so a model built
+        for fewer position features reads the first ``config.position_features``.
+        """
+        features = self.config.position_features
+        if batch.position.shape[-1] > features:
+            batch = replace(batch, position=batch.position[..., :features])
         self._check(batch)
         batch = withhold(batch, self.config.withheld)
         b, v = batch.view_mask.shape

@@ -20,9 +20,15 @@ Position in the gland (:func:`position_vector`)
     nodule-capsule distance in units of :data:`CAPSULE_SCALE_MM` (at most
     :data:`CAPSULE_CAP`; uncalibrated views convert pixels as for the shape), then
     the study's lobe (+1 right, -1 left, 0 unknown; read from the transverse
-    view) and its third as one-hot upper, middle, lower (read from the
-    longitudinal view; all 0 when unknown). Lobe and third belong to the
-    study, so every view of it carries them (:func:`study_position`).
+    view), its third as one-hot upper, middle, lower (read from the
+    longitudinal view; all 0 when unknown), and the study's nodule-capsule
+    distance, the smallest over its views, in the same units as the view's
+    own (one view can miss where the nodule comes closest to the capsule, and
+    the risk follows the closest point, a per-view model cannot take a
+    minimum over views). Lobe, third and that distance belong to the study, so
+    every view of it carries them (:func:`study_position`). The vector only
+    grows at its end: a model built for fewer features reads the first ones
+    (``TMDLConfig.position_features``; 10 before the study's distance).
 Location unavailable
     When the thyroid mask gave no location, ``x_l`` and the position are all zeros.
 """
@@ -40,7 +46,7 @@ from imaging.features import Location, NoduleFeatures
 from imaging.features.position import Side, Third
 
 SHAPE_FEATURES = 4
-POSITION_FEATURES = 10
+POSITION_FEATURES = 11
 CAPSULE_SCALE_MM = 10.0
 CAPSULE_CAP = 1.5
 _SIDES: dict[str, float] = {"right": 1.0, "left": -1.0}
@@ -119,16 +125,34 @@ def shape_vector(nodule: NoduleFeatures) -> NDArray[np.float32]:
     )
 
 
-def study_position(nodules: Sequence[NoduleFeatures]) -> tuple[Side | None, Third | None]:
-    """The study's lobe (first view that tells it) and third (likewise), None when unknown."""
+@dataclass(frozen=True)
+class StudyPosition:
+    """Where the study's index nodule sits, as far as its views tell: None when unknown."""
+
+    side: Side | None  # the first view that tells it (a transverse one)
+    third: Third | None  # likewise (a longitudinal one)
+    capsule_mm: float | None  # the smallest nodule-capsule distance over the views
+
+
+def capsule_mm(location: Location) -> float:
+    """A view's nodule-capsule distance in mm (pixels converted as in the module docstring)."""
+    distance = location.capsule_distance
+    return distance * ASSUMED_MM_PER_PIXEL if location.unit == "px" else distance
+
+
+def study_position(nodules: Sequence[NoduleFeatures]) -> StudyPosition:
+    """The study's lobe, third and closest nodule-capsule distance over its views."""
     sides = [n.lobe for n in nodules if isinstance(n.lobe, str)]
     thirds = [n.third for n in nodules if isinstance(n.third, str)]
-    return (sides[0] if sides else None), (thirds[0] if thirds else None)
+    distances = [capsule_mm(n.location) for n in nodules if isinstance(n.location, Location)]
+    return StudyPosition(
+        side=sides[0] if sides else None,
+        third=thirds[0] if thirds else None,
+        capsule_mm=min(distances) if distances else None,
+    )
 
 
-def position_vector(
-    nodule: NoduleFeatures, side: Side | None, third: Third | None
-) -> NDArray[np.float32]:
+def position_vector(nodule: NoduleFeatures, study: StudyPosition) -> NDArray[np.float32]:
     """Where the nodule sits in the gland: :data:`POSITION_FEATURES` scalars (module docstring)."""
     out = np.zeros(POSITION_FEATURES, dtype=np.float32)
     if not isinstance(nodule.location, Location):
@@ -136,29 +160,31 @@ def position_vector(
     gx0, gy0, gx1, gy1 = nodule.location.gland_box
     x0, y0, x1, y1 = nodule.box
     gw, gh = gx1 - gx0, gy1 - gy0
-    distance = nodule.location.capsule_distance
-    if nodule.location.unit == "px":
-        distance *= ASSUMED_MM_PER_PIXEL
+    own = capsule_mm(nodule.location)
     out[:6] = (
         1.0,
         ((x0 + x1) / 2 - gx0) / gw,
         ((y0 + y1) / 2 - gy0) / gh,
         (x1 - x0) / gw,
         (y1 - y0) / gh,
-        min(distance / CAPSULE_SCALE_MM, CAPSULE_CAP),
+        _capsule_feature(own),
     )
-    out[6] = _SIDES.get(side or "", 0.0)
-    if third is not None:
-        out[7 + _THIRDS.index(third)] = 1.0
+    out[6] = _SIDES.get(study.side or "", 0.0)
+    if study.third is not None:
+        out[7 + _THIRDS.index(study.third)] = 1.0
+    out[10] = _capsule_feature(own if study.capsule_mm is None else min(own, study.capsule_mm))
     return out
 
 
-def view_inputs(
-    nodule: NoduleFeatures, size: int, side: Side | None, third: Third | None
-) -> ViewInputs:
+def _capsule_feature(distance_mm: float) -> float:
+    return min(distance_mm / CAPSULE_SCALE_MM, CAPSULE_CAP)
+
+
+def view_inputs(nodule: NoduleFeatures, size: int, study: StudyPosition) -> ViewInputs:
     """The inputs of a view's index nodule, maps letterboxed to ``size`` x ``size``.
 
-    ``side`` and ``third`` are the study's (:func:`study_position`).
+    ``study`` is the study's position (:func:`study_position`) over all its chosen views,
+    this one included.
     """
     x0, y0, x1, y1 = nodule.box
     if isinstance(nodule.location, Location):
@@ -172,5 +198,5 @@ def view_inputs(
         margin=letterbox(nodule.margin, size, cv2.INTER_AREA),
         echogenicity=0.0 if difference is None else difference / ECHO_SCALE,
         shape=shape_vector(nodule),
-        position=position_vector(nodule, side, third),
+        position=position_vector(nodule, study),
     )

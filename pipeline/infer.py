@@ -10,6 +10,13 @@ Model
     ``metrics.llnm.risk_stage`` records (:mod:`models.llnm.risk_stage`):
     the stage head, or banding the LLNM probability at the recorded
     cut-points; a bundle that records none uses the head.
+Batching
+    When several jobs infer at once (a worker with ``--concurrency`` above 1),
+    their patients share one forward, Grad-CAM++ and Shapley pass
+    (:class:`pipeline.batching.MicroBatcher` over
+    :func:`models.llnm.batched.explain_patients`, at most
+    :data:`MAX_BATCH_PATIENTS`); on CUDA through pinned memory under bf16
+    autocast. On the CPU a lone job's result is bit-for-bit its unbatched one.
 Scope gate
     Every view with an index nodule gets an out-of-distribution score: the
     Mahalanobis distance of its LLNM-Net embedding (the report withheld) to the
@@ -55,8 +62,9 @@ from imaging.errors import StageError
 from imaging.png import write_png
 from imaging.scope_reasons import Exclusion, Reason
 from models.bundle import BundleLoader, Manifest, text_encoder_folder
+from models.llnm.batched import explain_patients
 from models.llnm.config import TMDLConfig
-from models.llnm.explain import explain
+from models.llnm.explain import Explanation
 from models.llnm.risk_stage import StageMethod
 from models.llnm.text import UNKNOWN_RATE_WARNING, TextEncoder, TokenCounts
 from models.llnm.tmdl import TMDL, TMDLBatch
@@ -64,6 +72,7 @@ from models.llnm.view_inputs import demographics, study_position, unletterbox, v
 from models.llnm.weights import load_tmdl
 from models.scope import ScopeStatistics, load_scope
 from models.segmentation.segmenter import select_device
+from pipeline.batching import MicroBatcher
 from pipeline.contracts import ExcludedImage, JobContext, ModelInputs
 from pipeline.features import MeasuredStudy, MeasuredView
 from pipeline.scope import (
@@ -79,11 +88,15 @@ from pipeline.stage import Stage
 LLNM_DIR = "llnm"
 DEFAULT_THRESHOLD = 0.5
 PREDICTED = "predicted"
+MAX_BATCH_PATIENTS = 8  # jobs' patients per explanation pass at most
 
 
 @dataclass(frozen=True)
 class LoadedLlnm:
-    """LLNM-Net, its text encoder and the bundle they came from."""
+    """LLNM-Net, its text encoder and the bundle they came from.
+
+    ``explanations`` explains one-patient CPU batches, batching concurrent calls.
+    """
 
     model: TMDL
     config: TMDLConfig
@@ -92,6 +105,7 @@ class LoadedLlnm:
     threshold: float
     device: torch.device
     scope: ScopeStatistics | None  # None: the bundle has no scope statistics (no OOD check)
+    explanations: MicroBatcher[TMDLBatch, Explanation]
     stage: StageMethod = field(default_factory=StageMethod)  # how the risk stage is reported
 
 
@@ -112,6 +126,11 @@ def load_llnm(
     encoder = TextEncoder(text_encoder_folder(bundle_dir, manifest), device, config.text_tokens)
     metrics = manifest.metrics.get(LLNM_DIR, {})
     threshold = metrics.get("threshold", DEFAULT_THRESHOLD)
+    explainer = MicroBatcher[TMDLBatch, Explanation](
+        lambda batches: explain_patients(model, batches, device),
+        max_items=MAX_BATCH_PATIENTS,
+        name="llnm",
+    )
     return LoadedLlnm(
         model,
         config,
@@ -120,6 +139,7 @@ def load_llnm(
         float(threshold),
         device,
         load_scope(bundle_dir),
+        explainer,
         StageMethod.from_metrics(metrics),
     )
 
@@ -192,7 +212,7 @@ def _batch(
         sex=torch.tensor([sex]),
         age=torch.tensor([age]),
     )
-    return batch.to(llnm.device), bool(present[0])
+    return batch, bool(present[0])
 
 
 def _write_heatmap(path: Path, view: MeasuredView, heatmap: np.ndarray[Any, Any]) -> Path:
@@ -218,7 +238,7 @@ def view_embeddings(
     """
     batch, _ = _batch(views, replace(inputs, report_text=None), llnm)
     with torch.inference_mode():
-        output = llnm.model.eval()(batch)
+        output = llnm.model.eval()(batch.to(llnm.device))
     return np.asarray(output.view_embeddings[0].double().cpu().numpy())
 
 
@@ -264,7 +284,7 @@ def infer_study(study: MeasuredStudy, llnm: LoadedLlnm) -> PredictedStudy | NotA
         raise StageError("no view with a nodule to predict from")
     batch, report_used = _batch(views, study.job.inputs, llnm)
     report = study.job.inputs.report_text
-    explanation = explain(llnm.model, batch)
+    (explanation,) = llnm.explanations([batch])
     probability = float(torch.sigmoid(explanation.logit.float())[0])
     head = torch.softmax(explanation.stage_logits.float(), dim=-1)[0].cpu().numpy()
     risk_stage, stage_probabilities = llnm.stage.stage(probability, head)

@@ -41,12 +41,24 @@ _EPS = 1e-12
 class Explanation:
     """Explanations of a batch of patients."""
 
-    logit: torch.Tensor  # (B,)
-    stage_logits: torch.Tensor  # (B, stages)
+    logit: torch.Tensor  # (B,) float32
+    stage_logits: torch.Tensor  # (B, stages) float32
     contributions: list[dict[str, float]]  # per patient: group -> percent of sum |phi|
     shapley: list[dict[str, float]]  # per patient: group -> phi, logit units (+ raises risk)
     baseline_logit: torch.Tensor  # (B,) logit with every input withheld
     heatmaps: dict[str, torch.Tensor]  # IMAGE_INPUTS and "combined": (B, V, S, S) in [0, 1]
+
+    def patient(self, index: int, views: int) -> Explanation:
+        """Patient ``index`` alone (B = 1), with the maps of its first ``views`` views."""
+        rows = slice(index, index + 1)
+        return Explanation(
+            logit=self.logit[rows],
+            stage_logits=self.stage_logits[rows],
+            contributions=self.contributions[rows],
+            shapley=self.shapley[rows],
+            baseline_logit=self.baseline_logit[rows],
+            heatmaps={k: t[rows, :views] for k, t in self.heatmaps.items()},
+        )
 
 
 def _by_group(table: torch.Tensor) -> list[dict[str, float]]:
@@ -103,10 +115,10 @@ def explain(model: TMDL, batch: TMDLBatch, chunk_rows: int = 64) -> Explanation:
             handle.remove()
     heatmaps: dict[str, torch.Tensor] = {}
     for name in IMAGE_INPUTS:
-        activation = captured[name].detach()
+        activation = captured[name].detach().float()  # float32 also under bf16 autocast
         gradient = captured[name].grad
         assert gradient is not None  # the logit depends on every patch embedding
-        cam = _gradcam_plus_plus(activation, gradient)[:, None]  # (M, 1, h, w)
+        cam = _gradcam_plus_plus(activation, gradient.float())[:, None]  # (M, 1, h, w)
         upsampled = functional.interpolate(cam, (size, size), mode="bilinear", align_corners=False)
         heatmaps[name] = _unit(upsampled[:, 0]).view(b, v, size, size)
     combined = sum((heatmaps[name] for name in IMAGE_INPUTS), torch.zeros_like(heatmaps["texture"]))
@@ -114,10 +126,10 @@ def explain(model: TMDL, batch: TMDLBatch, chunk_rows: int = 64) -> Explanation:
     values = shapley_values(model, batch, chunk_rows)
     order = [GROUPS.index(name) for name in CONTRIBUTION_GROUPS]
     return Explanation(
-        logit=out.logit.detach(),
-        stage_logits=out.stage_logits.detach(),
+        logit=out.logit.detach().float(),
+        stage_logits=out.stage_logits.detach().float(),
         contributions=_by_group(values.percent()[:, order]),
         shapley=_by_group(values.phi[:, order]),
-        baseline_logit=values.baseline.to(out.logit.dtype),
+        baseline_logit=values.baseline.float(),
         heatmaps={k: t.detach() for k, t in heatmaps.items()},
     )

@@ -598,6 +598,18 @@ def _synthetic_outbox(folder: Path, *, studies: int = 10, per_study: int = 20) -
     return paths
 
 
+def assert_ten_whole_studies(node: ServeProcess) -> None:
+    """The synthetic outbox's 10 studies: 20 instances each, all registered, one job each."""
+    studies = node.rows(
+        "SELECT s.id, s.instance_count, COUNT(DISTINCT i.id) AS instances, "
+        "COUNT(DISTINCT j.id) AS jobs FROM studies s "
+        "LEFT JOIN instances i ON i.study_fk = s.id LEFT JOIN jobs j ON j.study_fk = s.id "
+        "GROUP BY s.id, s.instance_count"
+    )
+    assert len(studies) == 10
+    assert all(s.jobs == 1 and s.instances == 20 == s.instance_count for s in studies), studies
+
+
 @pytest.mark.parametrize(
     "backend", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
 )
@@ -661,14 +673,7 @@ def test_kill_9_mid_send_loses_no_acknowledged_instance(
     assert spool_files(node, "tmp") == [] and spool_files(node, "quarantine") == []
     (duplicates,) = node.rows("SELECT SUM(duplicates_received) AS n FROM instances")
     assert duplicates.n == stored_before_resend
-    studies = node.rows(
-        "SELECT s.id, s.instance_count, COUNT(DISTINCT i.id) AS instances, "
-        "COUNT(DISTINCT j.id) AS jobs FROM studies s "
-        "LEFT JOIN instances i ON i.study_fk = s.id LEFT JOIN jobs j ON j.study_fk = s.id "
-        "GROUP BY s.id, s.instance_count"
-    )
-    assert len(studies) == 10
-    assert all(s.jobs == 1 and s.instances == 20 == s.instance_count for s in studies), studies
+    assert_ten_whole_studies(node)
     jobs = node.rows("SELECT version, state FROM jobs")
     assert [(j.version, j.state) for j in jobs] == [(1, "received")] * 10
     assert node.terminate() == 0
@@ -756,14 +761,7 @@ def test_kill_9_of_one_listener_process_loses_nothing_acknowledged(
     assert sorted(str(p.relative_to(node.spool)) for p in spool_files(node, "incoming")) == sorted(
         r.path for r in rows
     )
-    studies = node.rows(
-        "SELECT s.instance_count, COUNT(DISTINCT i.id) AS instances, "
-        "COUNT(DISTINCT j.id) AS jobs FROM studies s "
-        "LEFT JOIN instances i ON i.study_fk = s.id LEFT JOIN jobs j ON j.study_fk = s.id "
-        "GROUP BY s.id, s.instance_count"
-    )
-    assert len(studies) == 10
-    assert all(s.jobs == 1 and s.instances == 20 == s.instance_count for s in studies), studies
+    assert_ten_whole_studies(node)
 
     survivors = _listener_pids(node)
     assert node.terminate() == 0, node.log()

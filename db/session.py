@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
+from pathlib import Path
+from types import TracebackType
 from typing import Any
 
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
+
+from db import file_locks
 
 # A writer waits this long for SQLite's lock before the statement fails.
 SQLITE_BUSY_TIMEOUT_MS = 10_000
@@ -35,7 +40,60 @@ def _configure_sqlite(engine: Engine, *, durable: bool) -> None:
 
     @event.listens_for(engine, "begin")
     def _on_begin(connection: Any) -> None:
-        connection.exec_driver_sql("BEGIN IMMEDIATE")
+        # straight to the driver: once per transaction, on the listener's hot path
+        connection.connection.dbapi_connection.execute("BEGIN IMMEDIATE")
+
+
+class WriterTurn:
+    """Whose turn it is to write an SQLite file: one thread of one process at a time.
+
+    A thread lock queues this process's threads; a lock on ``path`` (``fcntl``,
+    dropped by the kernel when a process dies) queues the processes. A waiting
+    writer then wakes the moment the lock is free, instead of SQLite's busy
+    handler sleeping 1 to 100 ms between tries. Re-entrant within a thread.
+    """
+
+    def __init__(self, path: Path | None) -> None:
+        self._path = path
+        self._threads = threading.RLock()
+        self._depth = 0
+        self._fd: int | None = None  # opened at first use: the folder may not exist yet
+
+    def __enter__(self) -> None:
+        self._threads.acquire()
+        try:
+            if self._depth == 0 and self._path is not None:
+                if self._fd is None:
+                    self._fd = file_locks.open_lock_file(self._path)
+                file_locks.lock(self._fd)
+        except BaseException:
+            self._threads.release()
+            raise
+        self._depth += 1
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._depth -= 1
+        if self._depth == 0 and self._fd is not None:
+            file_locks.unlock(self._fd)
+        self._threads.release()
+
+    def close(self) -> None:
+        """Close the lock file (it is opened again if the turn is taken again)."""
+        with self._threads:
+            if self._fd is not None:
+                os.close(self._fd)
+                self._fd = None
+
+
+def _sqlite_file(engine: Engine) -> Path | None:
+    """The database file of an SQLite engine; None for an in-memory database."""
+    name = engine.url.database
+    return None if not name or name == ":memory:" or name.startswith("file:") else Path(name)
 
 
 class Database:
@@ -65,11 +123,17 @@ class Database:
             self.engine = create_engine(url, echo=echo, pool_pre_ping=True, connect_args=options)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
         # SQLite has one writer at a time and every transaction here writes (BEGIN
-        # IMMEDIATE). Queueing this process's transactions on a lock keeps threads from
-        # colliding in SQLite, whose busy handler backs off by sleeping up to 100 ms.
-        self._turn: AbstractContextManager[object] = (
-            threading.RLock() if url.startswith("sqlite") else nullcontext()
-        )
+        # IMMEDIATE). Queueing transactions on a lock, across this process's threads and
+        # the node's processes, keeps them from colliding in SQLite, whose busy handler
+        # backs off by sleeping up to 100 ms.
+        self._turn: AbstractContextManager[object] = nullcontext()
+        if url.startswith("sqlite"):
+            database_file = _sqlite_file(self.engine)
+            self._turn = WriterTurn(
+                None
+                if database_file is None
+                else database_file.with_name(database_file.name + ".writer-lock")
+            )
 
     @contextmanager
     def session(self) -> Iterator[Session]:
@@ -84,5 +148,7 @@ class Database:
             yield connection
 
     def dispose(self) -> None:
-        """Close every pooled connection."""
+        """Close every pooled connection (and the writer lock file)."""
         self.engine.dispose()
+        if isinstance(self._turn, WriterTurn):
+            self._turn.close()

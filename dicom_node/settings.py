@@ -126,7 +126,7 @@ class DicomSettings(_Section):
     require_called_ae: bool = True
     # Open associations at once, over all listener processes.
     max_associations: int = Field(16, ge=1)
-    # Processes that receive (sharing the port by SO_REUSEPORT); None: one per core.
+    # Processes that receive (accepting from one shared listening socket); None: one per core.
     # 1 receives in the node's own process.
     listener_processes: int | None = Field(None, ge=1)
     # Largest PDU we accept, bytes; 0 means no limit.

@@ -110,10 +110,10 @@ def test_the_valid_file_is_taken() -> None:
         path = Path(folder) / "received.dcm"
         path.write_bytes(VALID)
         check_limits(path, LIMITS)
-        dataset, _ = check_instance(
+        header = check_instance(
             StoreRequest(path, str(_CASE.SOPClassUID), str(_CASE.SOPInstanceUID), "F", "::1")
         )
-    assert dataset.SOPInstanceUID == _CASE.SOPInstanceUID
+    assert header["SOPInstanceUID"] == _CASE.SOPInstanceUID
 
 
 @pytest.mark.parametrize(

@@ -11,7 +11,7 @@ def test_store_places_file_under_study_and_sop(tmp_path: Path) -> None:
     spool.prepare()
     received = spool.layout.tmp / "rx.dcm"
     received.write_bytes(b"DICM" * 1000)
-    stored = spool.place(received, study_uid="1.2.3", sop_uid="1.2.3.4").wait()
+    stored = spool.place(received, study_uid="1.2.3", sop_uid="1.2.3.4")
     assert stored.relative_path == "incoming/1.2.3/1.2.3.4.dcm"
     assert stored.size_bytes == 4000
     assert spool.layout.path_of(stored.relative_path).read_bytes() == b"DICM" * 1000
@@ -23,7 +23,7 @@ def test_store_from_another_folder_copies(tmp_path: Path) -> None:
     spool.prepare()
     outside = tmp_path / "elsewhere.dcm"
     outside.write_bytes(b"abc")
-    stored = spool.place(outside, study_uid="1.2", sop_uid="1.2.9").wait()
+    stored = spool.place(outside, study_uid="1.2", sop_uid="1.2.9")
     assert spool.layout.path_of(stored.relative_path).read_bytes() == b"abc"
 
 
@@ -32,7 +32,7 @@ def test_hostile_uids_cannot_escape_the_spool(tmp_path: Path) -> None:
     spool.prepare()
     received = spool.layout.tmp / "rx"
     received.write_bytes(b"x")
-    stored = spool.place(received, study_uid="../../etc", sop_uid="../passwd").wait()
+    stored = spool.place(received, study_uid="../../etc", sop_uid="../passwd")
     path = spool.layout.path_of(stored.relative_path).resolve()
     assert path.is_relative_to(spool.layout.incoming)
 
@@ -46,9 +46,9 @@ def test_leftover_of_a_crash_is_replaced(tmp_path: Path) -> None:
     received = spool.layout.tmp / "rx"
     received.write_bytes(b"whole")
     with pytest.raises(FileExistsError):
-        spool.place(received, study_uid="1.2", sop_uid="1.2.5").wait()
+        spool.place(received, study_uid="1.2", sop_uid="1.2.5")
     assert target.read_bytes() == b"half"
-    spool.place(received, study_uid="1.2", sop_uid="1.2.5", replace=True).wait()
+    spool.place(received, study_uid="1.2", sop_uid="1.2.5", replace=True)
     assert target.read_bytes() == b"whole"
 
 
@@ -71,7 +71,7 @@ def test_discard_removes_file(tmp_path: Path) -> None:
     spool.prepare()
     received = spool.layout.tmp / "rx"
     received.write_bytes(b"x")
-    stored = spool.place(received, study_uid="1", sop_uid="2").wait()
+    stored = spool.place(received, study_uid="1", sop_uid="2")
     spool.discard(stored)
     assert not spool.layout.path_of(stored.relative_path).exists()
 
@@ -97,9 +97,7 @@ def test_a_spool_fsyncs_unless_made_not_durable(
     spool.prepare()
     received = spool.layout.tmp / "rx"
     received.write_bytes(b"x")
-    placement = spool.place(received, study_uid="1", sop_uid="2", synced=spool.start_sync(received))
-    stored = placement.wait()
+    stored = spool.place(received, study_uid="1", sop_uid="2")
     spool.discard(stored)
-    spool.close()
     assert len(synced) == fsyncs
     assert not spool.layout.path_of(stored.relative_path).exists()

@@ -1,8 +1,10 @@
-"""One listener child process (``python -m dicom_node.app.listener_process WAKE_FD``).
+"""One listener child process (``python -m dicom_node.app.listener_process WAKE_FD SOCKET_FD``).
 
 Protocol with the parent (``app/listeners.py``): a ``ListenerSpec`` as one JSON
-line on stdin, ``ready`` on stdout once listening, stop when stdin closes or on
-SIGTERM. SIGINT is left to the parent, which stops its children in order.
+line on stdin; ``prepared`` on stdout once it could serve; ``listen`` from the
+parent; ``ready`` once it accepts on the inherited listening socket; stop when
+stdin closes or on SIGTERM. SIGINT is left to the parent, which stops its
+children in order.
 """
 
 from __future__ import annotations
@@ -11,13 +13,14 @@ import contextlib
 import logging
 import os
 import signal
+import socket
 import sys
 import threading
 from collections.abc import Callable
 from pathlib import Path
 
 from db.session import Database
-from dicom_node.app.listeners import READY, ListenerSpec, open_listener
+from dicom_node.app.listeners import LISTEN, PREPARED, READY, ListenerSpec, open_listener
 from dicom_node.network.listener import configure_reception
 from dicom_node.network.spool import Spool
 from imaging.dicom_files import keep_header_values_out_of_logs
@@ -41,6 +44,7 @@ def _stop_at_end_of_input(stop: threading.Event) -> None:
 def main(argv: list[str]) -> int:
     """Listen until stdin closes or SIGTERM; returns the exit code."""
     wake_fd = int(argv[0])
+    listening = socket.socket(fileno=int(argv[1]))
     os.set_blocking(wake_fd, False)  # a full pipe already wakes the watcher
     spec = ListenerSpec.from_json(sys.stdin.readline())
     logging.basicConfig(
@@ -57,13 +61,21 @@ def main(argv: list[str]) -> int:
     database = Database(spec.database_url, durable=spec.durable)
     spool = Spool(Path(spec.spool_root), durable=spec.durable)
     configure_reception(spool)
-    listener = open_listener(spec, database=database, spool=spool, wake=_wake_pipe(wake_fd))
-    listener.start()
-    print(READY, flush=True)
-    threading.Thread(target=_stop_at_end_of_input, args=(stop,), daemon=True).start()
-    stop.wait()
+    listener = open_listener(
+        spec,
+        database=database,
+        spool=spool,
+        wake=_wake_pipe(wake_fd),
+        listening=listening,
+        shared=True,
+    )
+    print(PREPARED, flush=True)
+    if sys.stdin.readline().strip() == LISTEN:  # else the parent stopped before
+        listener.start()
+        print(READY, flush=True)
+        threading.Thread(target=_stop_at_end_of_input, args=(stop,), daemon=True).start()
+        stop.wait()
     listener.stop()
-    spool.close()
     database.dispose()
     return 0
 

@@ -1,13 +1,21 @@
 """The DICOM listener in the node's process or in ``dicom.listener_processes`` child processes.
 
-Child processes share the port (``SO_REUSEPORT``) and coordinate only through
-the database and the spool: deduplication by the stripe locks and the
-database's unique SOP Instance UID, the association limit by slot locks
-(``network/process_locks.py``). The completion watcher, executor, exporter and
-API stay in the parent; a child wakes the watcher by writing a byte to a pipe.
-A child reads its ``ListenerSpec`` as one JSON line on stdin, answers ``ready``
-on stdout once it listens, and stops when stdin closes (the parent stopping or
-dying) or on SIGTERM. The parent restarts a child that dies.
+Child processes accept from one listening socket that the parent binds and
+passes down, so a connection waits in one queue for whichever process is least
+busy (``SharedSocketServer``), and a child's death loses only the associations
+it had accepted. They coordinate only through the database and the spool:
+deduplication by the stripe locks and the database's unique SOP Instance UID,
+the association limit by slot locks (``network/process_locks.py``), SQLite
+writes by the database's writer lock. The completion watcher, executor,
+exporter and API stay in the parent; a child wakes the watcher by writing a
+byte to a pipe.
+
+Protocol: a child reads its ``ListenerSpec`` as one JSON line on stdin and
+answers ``prepared`` once it could serve; the parent makes the socket listen
+once every child is prepared and then writes ``listen`` to each, which answers
+``ready`` once it accepts. So the node answers its first association with all
+its processes. A child stops when stdin closes (the parent stopping or dying)
+or on SIGTERM. The parent restarts a child that dies.
 """
 
 from __future__ import annotations
@@ -17,6 +25,7 @@ import json
 import logging
 import os
 import select
+import socket
 import subprocess
 import sys
 import threading
@@ -31,7 +40,7 @@ from db import events
 from db.models import EventLevel
 from db.session import Database
 from dicom_node.network.ingest import Ingestor, ReceptionLimits
-from dicom_node.network.listener import DicomListener, reserve_port
+from dicom_node.network.listener import LISTEN_BACKLOG, DicomListener, listening_socket
 from dicom_node.network.process_locks import AssociationSlots, StripeLocks
 from dicom_node.network.releases import ReleasedStudies
 from dicom_node.network.spool import Spool
@@ -39,6 +48,8 @@ from dicom_node.settings import DicomSettings, Settings
 
 log = logging.getLogger(__name__)
 
+PREPARED = "prepared"
+LISTEN = "listen"
 READY = "ready"
 START_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 15.0
@@ -87,9 +98,18 @@ class ListenerSpec:
 
 
 def open_listener(
-    spec: ListenerSpec, *, database: Database, spool: Spool, wake: Callable[[], None]
+    spec: ListenerSpec,
+    *,
+    database: Database,
+    spool: Spool,
+    wake: Callable[[], None],
+    listening: socket.socket,
+    shared: bool,
 ) -> DicomListener:
-    """A listener over ``database`` and ``spool`` (not started)."""
+    """A listener over ``database`` and ``spool`` on ``listening`` (not started).
+
+    ``shared``: other processes accept from the same socket.
+    """
     settings = DicomSettings.model_validate(spec.dicom)
     locks = spool.layout.root / "locks"
     ingestor = Ingestor(
@@ -104,7 +124,7 @@ def open_listener(
     )
     released = ReleasedStudies(database=database, queried=frozenset(spec.queried), wake=wake)
     slots = AssociationSlots(locks / "associations", settings.max_associations)
-    return DicomListener(settings, ingestor, released, slots)
+    return DicomListener(settings, ingestor, released, slots, listening=listening, shared=shared)
 
 
 class ListenerProcesses:
@@ -132,8 +152,8 @@ class ListenerProcesses:
         self._children: list[subprocess.Popen[str]] = []
         self._stopping = threading.Event()
         self._lock = threading.Lock()
-        self._reserved = reserve_port(str(spec.dicom["host"]), int(spec.dicom["port"]))
-        self.port = int(self._reserved.getsockname()[1])
+        self._socket = listening_socket(str(spec.dicom["host"]), int(spec.dicom["port"]))
+        self.port = int(self._socket.getsockname()[1])
         self._wake_read, self._wake_write = os.pipe()
         self._threads = [
             threading.Thread(target=self._relay_wakes, name="llnm-listener-wakes", daemon=True),
@@ -147,39 +167,62 @@ class ListenerProcesses:
             return [child.pid for child in self._children]
 
     def start(self) -> None:
-        """Start every child and wait until each listens.
+        """Start every child, then listen once all are prepared; returns when each accepts.
 
         Raises
         ------
         OSError
-            If a child does not come up.
+            If a child does not come up (every child started is stopped).
         """
-        for _ in range(self._count):
-            child = self._spawn()
-            with self._lock:
-                self._children.append(child)
+        launched: list[subprocess.Popen[str]] = []
+        try:
+            for _ in range(self._count):
+                launched.append(self._launch())
+            for child in launched:
+                _expect(child, PREPARED)
+            self._socket.listen(LISTEN_BACKLOG)
+            for child in launched:
+                _let_listen(child)
+        except OSError:
+            for child in launched:
+                _end(child, grace_s=0.0)
+            raise
+        with self._lock:
+            self._children.extend(launched)
         for thread in self._threads:
             thread.start()
         log.info(
             "listening on %s:%d in %d processes", self._spec.dicom["host"], self.port, self._count
         )
 
-    def _spawn(self) -> subprocess.Popen[str]:
+    def _launch(self) -> subprocess.Popen[str]:
+        """Start a child and send it its spec (it prepares meanwhile)."""
         spec = replace(self._spec, dicom={**self._spec.dicom, "port": self.port})
+        listening_fd = self._socket.fileno()
         child = subprocess.Popen(
-            [sys.executable, "-m", "dicom_node.app.listener_process", str(self._wake_write)],
+            [
+                *(sys.executable, "-m", "dicom_node.app.listener_process"),
+                *(str(self._wake_write), str(listening_fd)),
+            ],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
-            pass_fds=(self._wake_write,),
+            pass_fds=(self._wake_write, listening_fd),
         )
-        assert child.stdin is not None and child.stdout is not None  # both are PIPE
+        assert child.stdin is not None  # PIPE
         child.stdin.write(spec.to_json() + "\n")
         child.stdin.flush()
-        readable, _, _ = select.select([child.stdout], [], [], START_TIMEOUT_S)
-        if not readable or child.stdout.readline().strip() != READY:
+        return child
+
+    def _spawn(self) -> subprocess.Popen[str]:
+        """A replacement child, accepting on the already listening socket."""
+        child = self._launch()
+        try:
+            _expect(child, PREPARED)
+            _let_listen(child)
+        except OSError:
             _end(child, grace_s=0.0)
-            raise OSError(f"a listener process did not start (exit code {child.returncode})")
+            raise
         return child
 
     def _relay_wakes(self) -> None:
@@ -234,7 +277,38 @@ class ListenerProcesses:
                 thread.join()
         os.close(self._wake_write)
         os.close(self._wake_read)
-        self._reserved.close()
+        self._socket.close()
+
+
+def _expect(child: subprocess.Popen[str], answer: str) -> None:
+    """Wait for ``child`` to write the line ``answer``.
+
+    Raises
+    ------
+    OSError
+        If it writes something else, ends, or says nothing within the start timeout.
+    """
+    assert child.stdout is not None  # PIPE
+    readable, _, _ = select.select([child.stdout], [], [], START_TIMEOUT_S)
+    if not readable or child.stdout.readline().strip() != answer:
+        raise OSError(f"listener process {child.pid} did not start (no {answer!r} from it)")
+
+
+def _let_listen(child: subprocess.Popen[str]) -> None:
+    """Tell a prepared ``child`` to accept, and wait until it does.
+
+    Raises
+    ------
+    OSError
+        If it cannot be told or does not answer ``ready``.
+    """
+    assert child.stdin is not None  # PIPE
+    try:
+        child.stdin.write(LISTEN + "\n")
+        child.stdin.flush()
+    except BrokenPipeError as exc:
+        raise OSError(f"listener process {child.pid} ended before it listened") from exc
+    _expect(child, READY)
 
 
 def _end(child: subprocess.Popen[str], *, grace_s: float) -> None:

@@ -16,7 +16,12 @@ from dicom_node.app.listeners import ListenerProcesses, ListenerSpec, open_liste
 from dicom_node.app.wiring import distributed_app, job_runner, local_notices
 from dicom_node.network.completion import CompletionWatcher, Stalled
 from dicom_node.network.exporter import Exporter
-from dicom_node.network.listener import DicomListener, configure_reception
+from dicom_node.network.listener import (
+    LISTEN_BACKLOG,
+    DicomListener,
+    configure_reception,
+    listening_socket,
+)
 from dicom_node.network.spool import Spool
 from dicom_node.settings import Settings
 from imaging.dicom_files import keep_header_values_out_of_logs
@@ -112,11 +117,16 @@ class Node:
         processes = self.settings.dicom.processes
         if processes == 1:
             configure_reception(self.spool)
+            dicom = self.settings.dicom
+            listening = listening_socket(dicom.host, dicom.port)
+            listening.listen(LISTEN_BACKLOG)
             self.listener = open_listener(
                 self._listener_spec,
                 database=self.database,
                 spool=self.spool,
                 wake=self.watcher.wake,
+                listening=listening,
+                shared=False,
             )
         else:
             self.listener = ListenerProcesses(
@@ -153,6 +163,5 @@ class Node:
         self.watcher.stop()
         self.exporter.stop()
         self.executor.shutdown(wait=True)
-        self.spool.close()
         self.database.dispose()
         log.info("node stopped")

@@ -10,11 +10,11 @@ from __future__ import annotations
 import filecmp
 import logging
 import zlib
-from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 
 from pydicom import Dataset
+from pydicom.uid import DeflatedExplicitVRLittleEndian
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from db import events, registration
@@ -26,7 +26,7 @@ from dicom_node.network.sop_classes import (
     OWN_RESULT_ONLY_CLASSES,
     SECONDARY_CAPTURE_MODALITIES,
 )
-from dicom_node.network.spool import Placement, Spool, StoredFile
+from dicom_node.network.spool import Spool, StoredFile
 from dicom_node.network.statuses import StoreStatus
 from imaging.dicom_files import UnreadableDicomError, inflated_size_over, read_header
 from imaging.identity import MANUFACTURER
@@ -44,6 +44,8 @@ class StoreRequest:
     sop_instance_uid: str
     calling_ae: str
     peer_address: str
+    # The presentation context's; None (unknown) makes ``check_limits`` read the file meta.
+    transfer_syntax_uid: str | None = None
 
 
 @dataclass(frozen=True)
@@ -75,8 +77,13 @@ class ReceptionLimits:
     max_inflated_bytes: int = 64 << 20  # a deflated data set, inflated
 
 
-def check_limits(path: Path, limits: ReceptionLimits) -> None:
+def check_limits(
+    path: Path, limits: ReceptionLimits, transfer_syntax_uid: str | None = None
+) -> None:
     """Refuse an instance larger than ``limits`` before any of it is parsed.
+
+    ``transfer_syntax_uid`` is the one the instance was received in (pynetdicom
+    writes it into the file meta); only a deflated one needs the file read.
 
     Raises
     ------
@@ -91,6 +98,8 @@ def check_limits(path: Path, limits: ReceptionLimits) -> None:
             f"{size} bytes received, over dicom.max_instance_mb",
             quarantine=False,
         )
+    if transfer_syntax_uid is not None and transfer_syntax_uid != DeflatedExplicitVRLittleEndian:
+        return
     try:
         inflated = inflated_size_over(path, limits.max_inflated_bytes)
     except UnreadableDicomError as exc:
@@ -132,10 +141,19 @@ def _text(dataset: Dataset, keyword: str) -> str:
         ) from exc
 
 
-def check_instance(request: StoreRequest) -> tuple[Dataset, str]:
-    """Parse the received header and check it against the request.
+@dataclass(frozen=True)
+class ReceivedHeader:
+    """The values the listener reads of a received instance, decoded and normalised."""
 
-    Returns the header dataset and its transfer syntax UID.
+    values: dict[str, str]  # keyword -> stripped text ("" when absent), for every one of _READ
+    transfer_syntax_uid: str
+
+    def __getitem__(self, keyword: str) -> str:
+        return self.values[keyword]
+
+
+def check_instance(request: StoreRequest) -> ReceivedHeader:
+    """Parse the received header and check it against the request.
 
     Raises
     ------
@@ -146,14 +164,16 @@ def check_instance(request: StoreRequest) -> tuple[Dataset, str]:
         header = read_header(request.path, normalised=_READ)
     except (UnreadableDicomError, zlib.error) as exc:
         raise RefusedInstance(StoreStatus.CANNOT_UNDERSTAND, str(exc)) from exc
-    dataset = header.dataset
-    sop_class = _text(dataset, "SOPClassUID")
-    sop_instance = _text(dataset, "SOPInstanceUID")
-    if not sop_class or not sop_instance:
+    # Every value is decoded now: one that cannot be is refused before storing.
+    values = {keyword: _text(header.dataset, keyword) for keyword in _READ}
+    if not values["SOPClassUID"] or not values["SOPInstanceUID"]:
         raise RefusedInstance(
             StoreStatus.CANNOT_UNDERSTAND, "the data set has no SOP Class or SOP Instance UID"
         )
-    if sop_class != request.sop_class_uid or sop_instance != request.sop_instance_uid:
+    if (
+        values["SOPClassUID"] != request.sop_class_uid
+        or values["SOPInstanceUID"] != request.sop_instance_uid
+    ):
         raise RefusedInstance(
             StoreStatus.DATASET_DOES_NOT_MATCH_SOP_CLASS,
             # No UIDs in the text (it is logged; UIDs identify): the event and the
@@ -161,25 +181,23 @@ def check_instance(request: StoreRequest) -> tuple[Dataset, str]:
             "the data set's SOP Class/Instance UIDs differ from the C-STORE request's",
         )
     for keyword in ("StudyInstanceUID", "SeriesInstanceUID"):
-        if not _text(dataset, keyword):
+        if not values[keyword]:
             raise RefusedInstance(
                 StoreStatus.DATASET_DOES_NOT_MATCH_SOP_CLASS, f"{keyword} is missing"
             )
-    for keyword in _REGISTERED:  # decoded now: a value that cannot be is refused before storing
-        _text(dataset, keyword)
-    return dataset, str(header.transfer_syntax_uid)
+    return ReceivedHeader(values, str(header.transfer_syntax_uid))
 
 
-def is_result_object(dataset: Dataset) -> bool:
-    """Whether ``dataset`` is a result object an LLNM node made (its SR, SC or SEG).
+def is_result_object(header: ReceivedHeader) -> bool:
+    """Whether ``header`` is that of a result object an LLNM node made (its SR, SC or SEG).
 
     A PACS that routes whole studies sends them back with the study; they are
     no input and must not start a new job version.
     """
-    return _text(dataset, "Manufacturer") == MANUFACTURER
+    return header["Manufacturer"] == MANUFACTURER
 
 
-def check_modality(sop_class: str, dataset: Dataset) -> None:
+def check_modality(sop_class: str, header: ReceivedHeader) -> None:
     """Refuse secondary captures of other modalities than ultrasound.
 
     Raises
@@ -187,7 +205,7 @@ def check_modality(sop_class: str, dataset: Dataset) -> None:
     RefusedInstance
         With status 0xA900-class "SOP class not supported" and the modality.
     """
-    modality = _text(dataset, "Modality")
+    modality = header["Modality"]
     if sop_class == SECONDARY_CAPTURE_CLASS and modality not in SECONDARY_CAPTURE_MODALITIES:
         raise RefusedInstance(
             StoreStatus.SOP_CLASS_NOT_SUPPORTED,
@@ -255,54 +273,46 @@ class Ingestor:
         sop_class = request.sop_class_uid
         if sop_class not in ACCEPTED_STORAGE_CLASSES and sop_class not in OWN_RESULT_ONLY_CLASSES:
             return Answer(self._unsupported_class(request))
-        synced = self._spool.start_sync(request.path)
         try:
-            check_limits(request.path, self._limits)
-            dataset, transfer_syntax = check_instance(request)
-            if is_result_object(dataset):
+            check_limits(request.path, self._limits, request.transfer_syntax_uid)
+            header = check_instance(request)
+            if is_result_object(header):
                 return Answer(self._own_result(request))
             if sop_class in OWN_RESULT_ONLY_CLASSES:
                 return Answer(self._unsupported_class(request))
-            check_modality(sop_class, dataset)
+            check_modality(sop_class, header)
         except RefusedInstance as refusal:
             self._refused(request, refusal.status, refusal.reason, quarantine=refusal.quarantine)
             return Answer(refusal.status)
         with self._locks.hold(request.sop_instance_uid):
-            return self._store(request, dataset, transfer_syntax, synced)
+            return self._store(request, header)
 
-    def _store(
-        self, request: StoreRequest, dataset: Dataset, transfer_syntax: str, synced: Future[None]
-    ) -> Answer:
-        """Place the file, then register it while the file and its folder are fsynced."""
+    def _store(self, request: StoreRequest, header: ReceivedHeader) -> Answer:
+        """Place the file durably, then register it."""
         try:
-            placement = self._spool.place(
+            stored = self._spool.place(
                 request.path,
-                study_uid=_text(dataset, "StudyInstanceUID"),
+                study_uid=header["StudyInstanceUID"],
                 sop_uid=request.sop_instance_uid,
-                synced=synced,
             )
         except FileExistsError:
-            return self._already_placed(request, dataset, transfer_syntax)
+            return self._already_placed(request, header)
         except OSError as exc:
             return Answer(self._out_of_resources(request, f"cannot write to the spool: {exc}"))
-        return self._register(request, dataset, transfer_syntax, placement)
+        return self._register(request, header, stored)
 
     def _register(
-        self, request: StoreRequest, dataset: Dataset, transfer_syntax: str, placement: Placement
+        self, request: StoreRequest, header: ReceivedHeader, stored: StoredFile
     ) -> Answer:
-        """Write the row while the fsyncs run; it commits only once they are done."""
+        """Write and commit the row of a file that is on disk."""
         try:
             with self._database.connection() as connection:
                 registered = registration.register_instance(
-                    connection,
-                    new=self._new_instance(request, dataset, transfer_syntax, placement.stored),
+                    connection, new=self._new_instance(request, header, stored)
                 )
-                placement.wait()
-        except OSError as exc:  # an fsync failed: rolled back, and the file is gone
-            return Answer(self._out_of_resources(request, f"cannot write to the spool: {exc}"))
         except IntegrityError as exc:
             # Registered before under another study: keep the first copy, count the resend.
-            self._drop(placement)
+            self._drop(stored)
             duplicate = self._duplicate(request)
             if duplicate is None:
                 return Answer(
@@ -310,7 +320,7 @@ class Ingestor:
                 )
             return Answer(duplicate)
         except SQLAlchemyError as exc:
-            self._drop(placement)
+            self._drop(stored)
             return Answer(self._out_of_resources(request, f"database unavailable: {exc}"))
         log.debug(
             "stored instance #%d (study #%d, job #%d) from %s",
@@ -321,31 +331,28 @@ class Ingestor:
         )
         return Answer(StoreStatus.SUCCESS, registered.study_id)
 
-    def _drop(self, placement: Placement) -> None:
-        """Remove a placed file whose row was not written, once its fsyncs are over."""
+    def _drop(self, stored: StoredFile) -> None:
+        """Remove a placed file whose row was not written."""
         try:
-            placement.wait()
-            self._spool.discard(placement.stored)
+            self._spool.discard(stored)
         except OSError as exc:
             log.error("could not remove an unregistered file from the spool: %s", exc)
 
-    def _already_placed(
-        self, request: StoreRequest, dataset: Dataset, transfer_syntax: str
-    ) -> Answer:
+    def _already_placed(self, request: StoreRequest, header: ReceivedHeader) -> Answer:
         """A file is at the target: a resend, or what a crash before acknowledgement left."""
         duplicate = self._duplicate(request)
         if duplicate is not None:
             return Answer(duplicate)
         try:
-            placement = self._spool.place(
+            stored = self._spool.place(
                 request.path,
-                study_uid=_text(dataset, "StudyInstanceUID"),
+                study_uid=header["StudyInstanceUID"],
                 sop_uid=request.sop_instance_uid,
                 replace=True,
             )
         except OSError as exc:
             return Answer(self._out_of_resources(request, f"cannot write to the spool: {exc}"))
-        return self._register(request, dataset, transfer_syntax, placement)
+        return self._register(request, header, stored)
 
     def _duplicate(self, request: StoreRequest) -> StoreStatus | None:
         """Count a resend of a registered instance; None if the instance is not registered."""
@@ -374,18 +381,18 @@ class Ingestor:
 
     @staticmethod
     def _new_instance(
-        request: StoreRequest, dataset: Dataset, transfer_syntax: str, stored: StoredFile
+        request: StoreRequest, header: ReceivedHeader, stored: StoredFile
     ) -> registration.NewInstance:
         return registration.NewInstance(
             sop_instance_uid=request.sop_instance_uid,
             sop_class_uid=request.sop_class_uid,
-            series_instance_uid=_text(dataset, "SeriesInstanceUID"),
-            study_instance_uid=_text(dataset, "StudyInstanceUID"),
-            transfer_syntax_uid=transfer_syntax,
-            modality=_text(dataset, "Modality")[:16],
-            patient_id=_text(dataset, "PatientID")[:64],
-            issuer_of_patient_id=_text(dataset, "IssuerOfPatientID")[:64],
-            study_date=_text(dataset, "StudyDate")[:8],
+            series_instance_uid=header["SeriesInstanceUID"],
+            study_instance_uid=header["StudyInstanceUID"],
+            transfer_syntax_uid=header.transfer_syntax_uid,
+            modality=header["Modality"][:16],
+            patient_id=header["PatientID"][:64],
+            issuer_of_patient_id=header["IssuerOfPatientID"][:64],
+            study_date=header["StudyDate"][:8],
             path=stored.relative_path,
             size_bytes=stored.size_bytes,
             calling_ae=request.calling_ae,

@@ -6,6 +6,7 @@ import logging
 import socket
 import tempfile
 import threading
+import time
 from typing import Any, cast
 
 from pynetdicom import AE, AllStoragePresentationContexts, _config, evt
@@ -24,7 +25,6 @@ from dicom_node.network.sop_classes import (
 from dicom_node.network.spool import Spool
 from dicom_node.network.storage_scp import handle_echo, handle_store
 from dicom_node.network.tls import server_context
-from dicom_node.network.writeback import handle_pdu_received
 from dicom_node.settings import DicomSettings
 
 log = logging.getLogger(__name__)
@@ -61,38 +61,72 @@ def build_ae(settings: DicomSettings) -> AE:
     return ae
 
 
-class SharedPortServer(ThreadedAssociationServer):
-    """pynetdicom's threaded server on a socket bound with ``SO_REUSEPORT``.
+# Backlog of the listening socket: connections the kernel completes before a process accepts.
+LISTEN_BACKLOG = 128
+# A process serving k associations waits k times this before accepting another (sharing).
+ACCEPT_DELAY_PER_ASSOCIATION_S = 0.01
 
-    Every listener process binds the same port; the kernel spreads new
-    connections over them.
+
+def listening_socket(host: str, port: int) -> socket.socket:
+    """A TCP socket bound to ``host:port``, not yet listening (port 0 picks a free one).
+
+    One socket serves every listener process: each accepts from its one queue.
     """
+    listening = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    try:
+        listening.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listening.bind((host, port))
+    except OSError:
+        listening.close()
+        raise
+    return listening
+
+
+class SharedSocketServer(ThreadedAssociationServer):
+    """pynetdicom's threaded server on a given listening socket, possibly shared by processes.
+
+    Every process that shares the socket wakes for a new connection; one that
+    already serves associations waits ``accept_delay_s`` for each before it
+    tries to accept, so the least busy process takes the connection and the
+    others find the queue empty. The socket is closed on shutdown, never shut
+    down: the other processes go on listening on it.
+    """
+
+    def __init__(
+        self, *args: Any, listening: socket.socket, accept_delay_s: float, **kwargs: Any
+    ) -> None:
+        self._listening = listening
+        self._accept_delay_s = accept_delay_s
+        super().__init__(*args, **kwargs)
 
     def server_bind(self) -> None:
-        """Set ``SO_REUSEPORT``, then bind as pynetdicom does."""
-        cast(socket.socket, self.socket).setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        super().server_bind()
+        """Serve on the given socket instead of binding a new one."""
+        cast(socket.socket, self.socket).close()
+        self.socket = self._listening
+        self.socket.setblocking(False)  # a process that loses the race is not blocked
+        self.server_address = self.socket.getsockname()
 
+    def server_activate(self) -> None:
+        """Nothing: the owner of the socket has made it listen."""
 
-def reserve_port(host: str, port: int) -> socket.socket:
-    """A socket bound (not listening) with ``SO_REUSEPORT`` that keeps ``port`` for the node.
+    def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
+        """Accept after waiting in proportion to the associations being served."""
+        busy = len(self.active_associations)
+        if busy and self._accept_delay_s:
+            time.sleep(busy * self._accept_delay_s)
+        return super().get_request()
 
-    Port 0 picks a free port; the listener processes then bind the one it got.
-    """
-    reserved = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
-    try:
-        reserved.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        reserved.bind((host, port))
-    except OSError:
-        reserved.close()
-        raise
-    return reserved
+    def server_close(self) -> None:
+        """Close this process's descriptor of the socket."""
+        cast(socket.socket, self.socket).close()
 
 
 class DicomListener:
     """The running C-STORE/C-ECHO SCP; ``released`` learns which studies each association stored.
 
-    ``slots`` holds the association limit over every listener process.
+    ``slots`` holds the association limit over every listener process;
+    ``listening`` is the listening socket, ``shared`` when other processes
+    accept from it too.
     """
 
     def __init__(
@@ -101,15 +135,20 @@ class DicomListener:
         ingestor: Ingestor,
         released: ReleasedStudies,
         slots: AssociationSlots,
+        *,
+        listening: socket.socket,
+        shared: bool,
     ) -> None:
         self._settings = settings
         self._ingestor = ingestor
         self._released = released
         self._slots = slots
+        self._listening = listening
+        self._shared = shared
         self._server: Any = None
 
     def start(self) -> None:
-        """Bind (sharing the port) and serve in background threads."""
+        """Serve the listening socket in background threads."""
         ae = build_ae(self._settings)
         handlers: list[Any] = [
             (evt.EVT_REQUESTED, handle_requested, [self._settings, self._ingestor, self._slots]),
@@ -120,7 +159,6 @@ class DicomListener:
             # the slot is free before the requestor learns the association ended
             (evt.EVT_RELEASED, self._free_slot),
             (evt.EVT_ABORTED, self._free_slot),
-            (evt.EVT_PDU_RECV, handle_pdu_received),
             (evt.EVT_CONN_CLOSE, self._after_connection),
         ]
         ssl_context = server_context(self._settings.tls) if self._settings.tls.enabled else None
@@ -128,7 +166,9 @@ class DicomListener:
             (self._settings.host, self._settings.port),
             evt_handlers=handlers,
             ssl_context=ssl_context,
-            server_class=SharedPortServer,
+            server_class=SharedSocketServer,
+            listening=self._listening,
+            accept_delay_s=ACCEPT_DELAY_PER_ASSOCIATION_S if self._shared else 0.0,
         )
         ae._servers.append(self._server)  # as AE.start_server does; shutdown removes it
         threading.Thread(

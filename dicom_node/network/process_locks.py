@@ -1,6 +1,6 @@
 """Locks shared by every listener process: byte-range locks on two files in the spool.
 
-A lock is one byte of a file, locked with ``fcntl.lockf``; the kernel drops a
+A lock is one byte of a file (:mod:`db.file_locks`); the kernel drops a
 process's locks when it dies, so a listener killed with SIGKILL holds nothing
 afterwards. Such locks belong to the process, not the thread: threads of one
 process are kept apart by a thread lock beside each byte.
@@ -8,7 +8,6 @@ process are kept apart by a thread lock beside each byte.
 
 from __future__ import annotations
 
-import fcntl
 import os
 import threading
 import zlib
@@ -17,17 +16,14 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-
-def _open(path: Path) -> int:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+from db import file_locks
 
 
 class AssociationSlots:
     """At most ``limit`` open associations over all processes: one locked byte per slot."""
 
     def __init__(self, path: Path, limit: int) -> None:
-        self._fd = _open(path)
+        self._fd = file_locks.open_lock_file(path)
         self._limit = limit
         self._lock = threading.Lock()
         self._held: dict[Any, int] = {}  # association -> slot
@@ -39,9 +35,7 @@ class AssociationSlots:
             for slot in range(self._limit):
                 if slot in busy:
                     continue
-                try:
-                    fcntl.lockf(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, slot)
-                except OSError:  # held by another process
+                if not file_locks.try_lock(self._fd, start=slot):  # held by another process
                     continue
                 self._held[owner] = slot
                 return True
@@ -52,7 +46,7 @@ class AssociationSlots:
         with self._lock:
             slot = self._held.pop(owner, None)
             if slot is not None:
-                fcntl.lockf(self._fd, fcntl.LOCK_UN, 1, slot)
+                file_locks.unlock(self._fd, start=slot)
 
     def close(self) -> None:
         """Close the file, freeing every slot this process holds."""
@@ -69,7 +63,7 @@ class StripeLocks:
     """
 
     def __init__(self, path: Path, stripes: int = 64) -> None:
-        self._fd = _open(path)
+        self._fd = file_locks.open_lock_file(path)
         self._threads = tuple(threading.Lock() for _ in range(stripes))
 
     @contextmanager
@@ -77,11 +71,11 @@ class StripeLocks:
         """Hold ``key``'s stripe in this thread and process."""
         stripe = zlib.crc32(key.encode()) % len(self._threads)
         with self._threads[stripe]:
-            fcntl.lockf(self._fd, fcntl.LOCK_EX, 1, stripe)
+            file_locks.lock(self._fd, start=stripe)
             try:
                 yield
             finally:
-                fcntl.lockf(self._fd, fcntl.LOCK_UN, 1, stripe)
+                file_locks.unlock(self._fd, start=stripe)
 
     def close(self) -> None:
         """Close the file."""

@@ -20,6 +20,7 @@ def handle_store(event: Any, ingestor: Ingestor, released: ReleasedStudies) -> i
             sop_instance_uid=str(request.AffectedSOPInstanceUID),
             calling_ae=calling_ae,
             peer_address=str(event.assoc.requestor.address),
+            transfer_syntax_uid=str(event.context.transfer_syntax),
         )
     )
     if answer.study_id is not None:

@@ -5,8 +5,10 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import signal
 import ssl
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -354,6 +356,30 @@ def test_associations_are_spread_over_the_listener_processes(node_factory: Facto
         for assoc in held:
             assoc.release()
     assert served == [2, 2]
+
+
+def test_a_listener_process_that_cannot_restart_is_retried_with_back_off(
+    node_factory: Factory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A killed child whose replacements cannot start is tried after 1 s, 3 s, 7 s ... not
+    every half second; once a replacement can start it takes its place."""
+    node = node_factory(dicom={"listener_processes": 2})
+    assert isinstance(node.listener, ListenerProcesses)
+    victim, survivor = node.listener.pids
+    monkeypatch.setattr(sys, "executable", "/bin/false")  # a replacement exits at once
+    os.kill(victim, signal.SIGKILL)
+    # noticed within 0.5 s; tries after 1 s, then 2 s later, then 4 s later (at 7 s or after)
+    time.sleep(5.5)
+    (restarted,) = events(node, "listener.restarted")
+    assert restarted.detail == {"pid": victim, "exit_code": -signal.SIGKILL, "restart_in_s": 1.0}
+    failed = events(node, "listener.restart_failed")
+    assert [e.detail["retry_in_s"] for e in failed] == [2.0, 4.0]  # type: ignore[index]
+    assert node.listener.pids == [survivor]
+    assert scu.echo(peer(node)) == 0  # the other process serves meanwhile
+    monkeypatch.undo()
+    wait_for(lambda: len(node.listener.pids) == 2, timeout=30, what="a replacement")  # type: ignore[union-attr]
+    assert len(events(node, "listener.restart_failed")) == 2
+    assert scu.echo(peer(node)) == 0
 
 
 def test_tls_listener_with_mutual_authentication(

@@ -15,7 +15,9 @@ answers ``prepared`` once it could serve; the parent makes the socket listen
 once every child is prepared and then writes ``listen`` to each, which answers
 ``ready`` once it accepts. So the node answers its first association with all
 its processes. A child stops when stdin closes (the parent stopping or dying)
-or on SIGTERM. The parent restarts a child that dies.
+or on SIGTERM. The parent restarts a child that dies: at once if it ran for
+``STABLE_S``, else (and after a failed restart) when a back-off of 1, 2, 4 ... up to
+60 seconds is over, so a child that cannot start does not flood the event log.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -54,6 +57,25 @@ READY = "ready"
 START_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 15.0
 SUPERVISE_INTERVAL_S = 0.5
+# A child that ran this long before it died is restarted at once; one that died sooner, or
+# a restart that failed, waits 1, 2, 4 ... up to RESTART_BACKOFF_MAX_S seconds.
+STABLE_S = 30.0
+RESTART_BACKOFF_MAX_S = 60.0
+
+
+def restart_delay(failures: int) -> float:
+    """Seconds to wait before restarting a child after ``failures`` failures in a row."""
+    return 0.0 if failures <= 0 else min(RESTART_BACKOFF_MAX_S, 2.0 ** (failures - 1))
+
+
+@dataclass
+class _Slot:
+    """One child process's place: the child, and while it is dead, when to start another."""
+
+    child: subprocess.Popen[str]
+    started_at: float
+    failures: int = 0  # quick deaths and failed restarts in a row
+    restart_at: float | None = None  # None while the child is meant to be running
 
 
 @dataclass(frozen=True)
@@ -149,7 +171,7 @@ class ListenerProcesses:
         self._count = count
         self._database = database
         self._wake = wake
-        self._children: list[subprocess.Popen[str]] = []
+        self._slots: list[_Slot] = []
         self._stopping = threading.Event()
         self._lock = threading.Lock()
         self._socket = listening_socket(str(spec.dicom["host"]), int(spec.dicom["port"]))
@@ -164,7 +186,7 @@ class ListenerProcesses:
     def pids(self) -> list[int]:
         """The children's process ids."""
         with self._lock:
-            return [child.pid for child in self._children]
+            return [slot.child.pid for slot in self._slots if slot.restart_at is None]
 
     def start(self) -> None:
         """Start every child, then listen once all are prepared; returns when each accepts.
@@ -188,7 +210,8 @@ class ListenerProcesses:
                 _end(child, grace_s=0.0)
             raise
         with self._lock:
-            self._children.extend(launched)
+            now = time.monotonic()
+            self._slots.extend(_Slot(child, started_at=now) for child in launched)
         for thread in self._threads:
             thread.start()
         log.info(
@@ -234,37 +257,58 @@ class ListenerProcesses:
     def _supervise(self) -> None:
         while not self._stopping.wait(SUPERVISE_INTERVAL_S):
             with self._lock:
-                for index, child in enumerate(self._children):
-                    code = child.poll()
-                    if code is None or self._stopping.is_set():
-                        continue
-                    self._restart(index, child.pid, code)
+                for slot in self._slots:
+                    if self._stopping.is_set():
+                        return
+                    self._tend(slot, time.monotonic())
 
-    def _restart(self, index: int, pid: int, code: int) -> None:
-        """Replace the dead child at ``index`` (called under the lock)."""
-        message = f"listener process {pid} ended with exit code {code}; starting another"
+    def _tend(self, slot: _Slot, now: float) -> None:
+        """Notice a dead child and start another when its back-off is over (under the lock)."""
+        if slot.restart_at is None:
+            code = slot.child.poll()
+            if code is None:
+                return
+            slot.failures = slot.failures + 1 if now - slot.started_at < STABLE_S else 0
+            delay = restart_delay(slot.failures)
+            slot.restart_at = now + delay
+            self._record(
+                "listener.restarted",
+                f"listener process {slot.child.pid} ended with exit code {code}; "
+                f"starting another{f' in {delay:.0f} s' if delay else ''}",
+                {"pid": slot.child.pid, "exit_code": code, "restart_in_s": delay},
+            )
+        if now < slot.restart_at:
+            return
+        try:
+            slot.child = self._spawn()
+        except OSError as exc:
+            slot.failures += 1
+            delay = restart_delay(slot.failures)
+            slot.restart_at = time.monotonic() + delay
+            self._record(
+                "listener.restart_failed",
+                f"listener process not restarted ({exc}); trying again in {delay:.0f} s",
+                {"error": str(exc), "retry_in_s": delay},
+            )
+            return
+        slot.started_at = time.monotonic()
+        slot.restart_at = None
+
+    def _record(self, kind: str, message: str, detail: dict[str, Any]) -> None:
         log.error("%s", message)
         try:
             with self._database.session() as session:
                 events.record_event(
-                    session,
-                    kind="listener.restarted",
-                    message=message,
-                    level=EventLevel.ERROR,
-                    detail={"pid": pid, "exit_code": code},
+                    session, kind=kind, message=message, level=EventLevel.ERROR, detail=detail
                 )
         except SQLAlchemyError as exc:
-            log.error("event listener.restarted not recorded: %s", exc)
-        try:
-            self._children[index] = self._spawn()
-        except OSError as exc:  # tried again at the next round
-            log.error("listener process not restarted: %s", exc)
+            log.error("event %s not recorded: %s", kind, exc)
 
     def stop(self) -> None:
         """Stop every child (stdin closed, then SIGTERM, then SIGKILL) and free the port."""
         self._stopping.set()
         with self._lock:
-            children = list(self._children)
+            children = [slot.child for slot in self._slots]
         for child in children:  # all told first, so that they stop together
             if child.stdin is not None:
                 with contextlib.suppress(BrokenPipeError):

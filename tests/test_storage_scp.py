@@ -333,8 +333,8 @@ def test_associations_are_spread_over_the_listener_processes(node_factory: Facto
     """Connections opened right after the start land on the least busy listener process.
 
     Both processes accept from one queue from the start: four associations held
-    open at once are served two by each (with the kernel hashing connections
-    over per-process sockets, a 2/2 split came up in 6 of 16 cases).
+    open at once are served two by each (a uniform hash of connections over
+    per-process sockets splits them 2/2 with probability 6/16).
     """
     node = node_factory(dicom={"listener_processes": 2})
     assert isinstance(node.listener, ListenerProcesses)

@@ -111,9 +111,8 @@ class SharedSocketServer(ThreadedAssociationServer):
 
     def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
         """Accept after waiting in proportion to the associations being served."""
-        busy = len(self.active_associations)
-        if busy and self._accept_delay_s:
-            time.sleep(busy * self._accept_delay_s)
+        if self._accept_delay_s:  # counting the associations is for sharing only
+            time.sleep(len(self.active_associations) * self._accept_delay_s)
         return super().get_request()
 
     def server_close(self) -> None:

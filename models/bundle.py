@@ -324,7 +324,7 @@ class BundleLoader(Generic[T]):
         self.bundle_dir = bundle_dir
         self._load = load
         self._lock = threading.Lock()
-        self._loaded: T | None = None
+        self._loaded: tuple[T] | None = None  # a tuple: the loaded thing may be None
 
     def __call__(self) -> T:
         """The loaded thing, loading it the first time.
@@ -338,5 +338,5 @@ class BundleLoader(Generic[T]):
         """
         with self._lock:
             if self._loaded is None:
-                self._loaded = self._load(self.bundle_dir, verify_bundle(self.bundle_dir))
-            return self._loaded
+                self._loaded = (self._load(self.bundle_dir, verify_bundle(self.bundle_dir)),)
+            return self._loaded[0]

@@ -74,7 +74,7 @@ MACRO_NODE_CM = 3.0  # any node larger makes stage 3
 MAX_MICRO_NODES = 5  # stage 1 allows at most this many micro-metastases
 _SEVERITY_SHIFT = 0.9  # the logit of a typical positive case
 
-_REGION = {"upper": 0.9, "middle": 0.6, "lower": 0.0}
+REGION_LOGIT = {"upper": 0.9, "middle": 0.6, "lower": 0.0}  # the regional risk of the map proof
 _SHAPE = {"round": 0.0, "lobulated": 0.35, "taller-than-wide": 0.5, "irregular": 0.7}
 _MARGIN = {"well-defined": 0.0, "ill-defined": 0.55}
 _CALCIFICATION = {"none": 0.0, "macro": 0.3, "micro": 0.9}
@@ -103,7 +103,7 @@ def llnm_logit(factors: RiskFactors) -> float:
     return (
         INTERCEPT
         + 3.0 * capsule
-        + _REGION[factors.region]
+        + REGION_LOGIT[factors.region]
         + 1.1 * size
         + _SHAPE[factors.shape]
         + _MARGIN[factors.margin]

@@ -15,6 +15,12 @@ Scope gate
     its mask and box). With bundle scope statistics, a view whose index
     nodule is less confident than the bundle's limit is excluded
     (``low_nodule_confidence``).
+Population location
+    With a bundle risk map (:mod:`models.risk_map`), each view's index nodule
+    is framed (:mod:`imaging.gland_frame`) and registered to the template of
+    its plane and side (the transverse view's own lobe; a longitudinal view
+    takes the study's, from its transverse view) and the map is read there
+    (:func:`models.risk_map.place`). A view that cannot be placed says why.
 No nodule
     A study none of whose views holds a nodule is not an error: the stage
     records a job result with outcome ``no_nodule_found`` (listing the views
@@ -24,17 +30,28 @@ No nodule
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, ClassVar
 
 from sqlalchemy.orm import Session
 
 from db import results
-from imaging.features.extract import View, ViewFeatures, extract_view, summarize
+from imaging.features.extract import (
+    Location,
+    View,
+    ViewFeatures,
+    extract_view,
+    index_component,
+    summarize,
+)
+from imaging.features.geometry import Unavailable, gland
+from imaging.features.position import Side
+from imaging.gland_frame import frame_view
 from imaging.png import read_png
 from imaging.scope_reasons import Exclusion, Reason
 from models.bundle import BundleLoader, Manifest
+from models.risk_map import PopulationLocation, RiskMap, load_risk_map, place
 from models.scope import ScopeStatistics, ViewLimits, load_scope
 from pipeline.contracts import ExcludedImage, JobContext
 from pipeline.scope import (
@@ -60,13 +77,15 @@ class MeasuredView:
     segmented: SegmentedView
     features: ViewFeatures
     nodule_confidence: float | None  # of the index nodule's detection; None without one
+    # Where the index nodule sits on the bundle's population map; None without a map.
+    population: PopulationLocation | Unavailable | None = None
 
 
 @dataclass(frozen=True)
 class MeasuredStudy:
     """The features stage's output."""
 
-    SCHEMA_VERSION: ClassVar[int] = 3  # of the stage output file (pipeline.stage_outputs)
+    SCHEMA_VERSION: ClassVar[int] = 4  # of the stage output file (pipeline.stage_outputs)
 
     job: JobContext
     views: tuple[MeasuredView, ...]
@@ -127,8 +146,36 @@ def confidence_exclusion(view: MeasuredView, limits: ViewLimits | None) -> Exclu
     )
 
 
+def study_side(views: tuple[MeasuredView, ...]) -> Side | None:
+    """The lobe of the study's index nodule, read from its first transverse view that tells it."""
+    for view in views:
+        index = view.features.index
+        if index is not None and isinstance(index.lobe, str):
+            return index.lobe
+    return None
+
+
+def locate_in_population(
+    view: MeasuredView, side: Side | None, risk_map: RiskMap
+) -> PopulationLocation | Unavailable:
+    """Where ``view``'s index nodule sits on the population map (module docstring)."""
+    index, plane = view.features.index, view.features.view
+    if index is None or not isinstance(index.location, Location):
+        return Unavailable("the view has no located index nodule")
+    if plane is None:
+        return Unavailable("the view plane is unknown")
+    nodules = read_png(view.segmented.nodule_mask, grey=True) != 0
+    thyroid = read_png(view.segmented.thyroid_mask, grey=True) != 0
+    region = gland(thyroid, nodules)
+    framed = frame_view(region, index_component(nodules, index), index.location, plane, side)
+    if isinstance(framed, Unavailable):
+        return framed
+    placed = place(risk_map, framed, framed.side or side or "")
+    return Unavailable(placed) if isinstance(placed, str) else placed
+
+
 def measure(
-    study: SegmentedStudy, scope: ScopeStatistics | None = None
+    study: SegmentedStudy, scope: ScopeStatistics | None = None, risk_map: RiskMap | None = None
 ) -> MeasuredStudy | NotAssessed:
     """Features of every view of ``study``; uncertain index nodules excluded (module doc)."""
     limits = None if scope is None else scope.limits
@@ -139,6 +186,9 @@ def measure(
     )
     if excluded and not any(v.features.index is not None for v in views):
         return not_assessed(study.job.job_id, excluded, before=study.excluded)
+    if risk_map is not None:
+        side = study_side(views)
+        views = tuple(replace(v, population=locate_in_population(v, side, risk_map)) for v in views)
     return MeasuredStudy(job=study.job, views=views, excluded=(*study.excluded, *excluded))
 
 
@@ -154,10 +204,29 @@ def summarize_measures(study: MeasuredStudy) -> dict[str, Any]:
                 if v.nodule_confidence is None
                 else round(v.nodule_confidence, 3),
                 **summarize(v.features),
+                **_population_summary(v.population),
             }
             for v in study.views
         ],
         "excluded": describe_excluded(study.excluded),
+    }
+
+
+def _population_summary(population: PopulationLocation | Unavailable | None) -> dict[str, Any]:
+    if population is None:
+        return {}
+    if isinstance(population, Unavailable):
+        return {"population_location": {"unavailable": population.reason}}
+    return {
+        "population_location": {
+            "risk": population.risk,
+            "paper_value": population.paper_value,
+            "region": population.region,
+            "side": population.side,
+            "coverage": population.coverage,
+            "registration_dice": population.dice,
+            "registration_mse": population.mse,
+        }
     }
 
 
@@ -194,11 +263,24 @@ def _scope_of(bundle_dir: Path, _manifest: Manifest) -> ScopeStatistics | None:
     return load_scope(bundle_dir)
 
 
-def features_stage(scope: ScopeLoader) -> Stage[SegmentedStudy, MeasuredStudy | NotAssessed]:
-    """The features stage, gating with the scope statistics ``scope`` provides."""
+class RiskMapLoader(BundleLoader[RiskMap | None]):
+    """The population risk map of the bundle in ``bundle_dir``, loaded once."""
+
+    def __init__(self, bundle_dir: Path) -> None:
+        super().__init__(bundle_dir, _risk_map_of)
+
+
+def _risk_map_of(bundle_dir: Path, _manifest: Manifest) -> RiskMap | None:
+    return load_risk_map(bundle_dir)
+
+
+def features_stage(
+    scope: ScopeLoader, risk_map: RiskMapLoader
+) -> Stage[SegmentedStudy, MeasuredStudy | NotAssessed]:
+    """The features stage, gating with ``scope``'s statistics, placing on ``risk_map``'s map."""
     return Stage[SegmentedStudy, MeasuredStudy | NotAssessed](
         name="features",
-        run=lambda study: measure(study, scope()),
+        run=lambda study: measure(study, scope(), risk_map()),
         summarize=gated_summary(summarize_measures),
         store=gated(conclude_without_nodule),
         output_type=MeasuredStudy,

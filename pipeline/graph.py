@@ -8,7 +8,7 @@ from typing import Any
 from imaging.scope import ScopeRules
 from pipeline.crop import CROP
 from pipeline.deidentify import DEIDENTIFY
-from pipeline.features import ScopeLoader, features_stage
+from pipeline.features import RiskMapLoader, ScopeLoader, features_stage
 from pipeline.infer import LlnmLoader, infer_stage
 from pipeline.intake import intake_stage
 from pipeline.report.inputs import ReportOptions
@@ -36,7 +36,7 @@ def default_stages(
         DEIDENTIFY,
         CROP,
         segment_stage(SegmenterLoader(bundle_dir)),
-        features_stage(ScopeLoader(bundle_dir)),
+        features_stage(ScopeLoader(bundle_dir), RiskMapLoader(bundle_dir)),
         infer_stage(LlnmLoader(bundle_dir)),
         report_stage(report, spool, destinations_for),
     )

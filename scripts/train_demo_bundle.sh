@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Rebuild the demo model bundle (models/demo_bundle: nodule, thyroid, llnm) from phantoms.
-# Synthetic data only: NOT FOR CLINICAL USE. About 2 hours on 2 CPU cores.
+# Synthetic data only: NOT FOR CLINICAL USE. About 2 hours 15 minutes on 2 CPU cores.
 # The segmenters learn from 200 phantoms of seed 1, LLNM-Net from 2,000 (a superset:
 # case i of a seed is the same case whatever --n is).
 # Usage: bash scripts/train_demo_bundle.sh [SCRATCH_DIR]
@@ -29,3 +29,6 @@ cp "$scratch/llnm"/{model.safetensors,config.json,metrics.json,training_curve.pn
 "$node" bundle seal "$bundle" --name llnm-demo --version 0.3.0
 # The scope gate's statistics (view limits, OOD thresholds) from the training seed.
 "$node" bundle fit-scope "$bundle" --phantoms 300 --validation-phantoms 150 --seed 1
+# The population location risk map: templates and maps from 1,000 phantoms of seed 301.
+"$node" phantom --n 1000 --out "$scratch/phantoms-risk-map" --seed 301
+"$node" risk-map build --data "$scratch/phantoms-risk-map/dataset" --bundle "$bundle"

@@ -12,7 +12,7 @@ from pipeline.contracts import InstanceRef, StudyInput
 from pipeline.crop import crop
 from pipeline.deidentify.options import DEFAULT_OPTIONS
 from pipeline.deidentify.stage import deidentify
-from pipeline.features import MeasuredStudy, measure
+from pipeline.features import MeasuredStudy, RiskMapLoader, measure
 from pipeline.infer import LlnmLoader, PredictedStudy, infer_study
 from pipeline.intake import IntakeReport, intake
 from pipeline.report.inputs import ReportInput
@@ -21,6 +21,7 @@ from pipeline.segment import SegmentedStudy, SegmenterLoader, segment_study
 
 _SEGMENTERS = SegmenterLoader(DEMO_BUNDLE_DIR)
 _LLNM = LlnmLoader(DEMO_BUNDLE_DIR)
+_RISK_MAP = RiskMapLoader(DEMO_BUNDLE_DIR)
 
 
 def write_case(
@@ -60,7 +61,7 @@ def predicted_case(
     deidentified = deidentify(report, options=DEFAULT_OPTIONS)
     segmented = segment_study(crop(deidentified.study), _SEGMENTERS())
     assert isinstance(segmented, SegmentedStudy)
-    measured = measure(segmented)
+    measured = measure(segmented, risk_map=_RISK_MAP())
     assert isinstance(measured, MeasuredStudy)
     predicted = infer_study(measured, _LLNM())
     assert isinstance(predicted, PredictedStudy)

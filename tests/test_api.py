@@ -200,7 +200,8 @@ def _check_detail_and_files(client: httpx.Client, node: Node, job_id: int) -> No
         )
         assert dcmread(BytesIO(response.content)).SOPInstanceUID == obj["sop_instance_uid"]
     assert client.get(f"/api/v1/jobs/{job_id}/objects/1.2.3.4").status_code == 404
-    assert len(result["heatmaps"]) == len(kinds) - 1  # one per view, as the SCs
+    # One heatmap SC per view, and one population map SC per view placed on the map.
+    assert len(kinds) - 1 == 2 * len(result["heatmaps"]) == 4
     for href in result["heatmaps"]:
         png = client.get(href)
         assert png.headers["content-type"] == "image/png"

@@ -15,6 +15,7 @@ from db.models import Job, JobState
 from db.session import Database
 from dicom_node.app.node import Node
 from dicom_node.cli.main import app
+from models.demo import DEMO_BUNDLE_DIR
 
 runner = CliRunner()
 
@@ -121,3 +122,14 @@ def test_bad_config_is_a_clear_error(tmp_path: Path) -> None:
     assert code == 2 and "allowed_callers" in out
     code, out = invoke("jobs", "list", "--config", str(tmp_path / "missing.toml"))
     assert code == 2 and "not found" in out
+
+
+def test_risk_map_show_and_a_build_without_data(tmp_path: Path) -> None:
+    code, output = invoke("risk-map", "show", "--bundle", str(DEMO_BUNDLE_DIR))
+    assert code == 0, output
+    assert "longitudinal.right" in output and "Dice median" in output
+    assert "LLNM rate by capsule distance" in output
+    code, output = invoke("risk-map", "build", "--data", str(tmp_path), "--bundle", str(tmp_path))
+    assert code == 1 and "holds no cases.jsonl" in " ".join(output.split())
+    code, output = invoke("risk-map", "show", "--bundle", str(tmp_path))
+    assert code == 1 and "no risk map" in " ".join(output.split())

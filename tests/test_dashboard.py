@@ -7,6 +7,7 @@ are kept under the test's folder and copied to /tmp/llnm-dashboard-screenshots.
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import ssl
@@ -34,6 +35,7 @@ from dicom_node.api.auth import COOKIE, Caller, Sessions, token_digest
 from dicom_node.app.node import Node
 from dicom_node.network import scu
 from dicom_node.settings import Settings
+from models.demo import DEMO_BUNDLE_DIR
 from phantoms import make_case
 from phantoms.case import PhantomCase
 
@@ -289,6 +291,23 @@ def test_the_heatmap_route_serves_only_the_overlays_of_the_result(
         f"/ui/jobs/{site.jobs['failed']}/heatmaps/{names[0]}",  # another job's overlay
     ):
         assert client.get(attempt).status_code == 404, attempt
+
+
+def test_the_risk_map_page_shows_the_bundle_maps_and_counts(
+    site: Site, client: httpx.Client
+) -> None:
+    page = client.get("/ui/risk-map")
+    assert page.status_code == 200
+    summary = json.loads((DEMO_BUNDLE_DIR / "risk_map" / "risk_map.json").read_text())
+    assert f"Built from {summary['cases']} cases" in page.text
+    assert 'data-map="longitudinal.right"' in page.text
+    names = re.findall(r'src="/ui/risk-map/([^"]+)"', page.text)
+    assert "longitudinal_right.png" in names and "lobe_left_3d.png" in names
+    picture = client.get(f"/ui/risk-map/{names[0]}")
+    assert picture.status_code == 200 and picture.content.startswith(b"\x89PNG")
+    for attempt in ("risk_map.json", "..%2Fmanifest.json", "..%2F..%2Fdemo_bundle%2Fmanifest.json"):
+        assert client.get(f"/ui/risk-map/{attempt}").status_code == 404, attempt
+    assert httpx.get(site.url + "/ui/risk-map").status_code == 303  # no cookie: log in first
 
 
 def test_links_out_of_the_job_and_ids_beyond_the_database_are_refused(

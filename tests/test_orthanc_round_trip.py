@@ -80,12 +80,12 @@ def test_a_study_routed_by_orthanc_gets_its_sr_and_heatmaps_back_in_the_same_stu
     assert sr_tags[0]["StudyInstanceUID"] == study_uid
     assert "LLNM probability" in str(sr_tags[0]["ContentSequence"])
     heatmaps = next(s for s in results if s["MainDicomTags"]["Modality"] != "SR")
-    assert len(heatmaps["Instances"]) == 2  # one per view
+    assert len(heatmaps["Instances"]) == 4  # a heatmap and a population map per view
 
     with node.database.session() as session:
         jobs = listings.list_jobs(session)
         sent = exports.list_exports(session)
         events = [e.kind for e in listings.job_detail(session, job_id=jobs[0].id).events]
     assert len(jobs) == 1 and jobs[0].state == "done", jobs
-    assert len(sent) == 3 and all(e.state == ExportState.SENT for e in sent), sent
+    assert len(sent) == 5 and all(e.state == ExportState.SENT for e in sent), sent
     assert "export.sent" in events

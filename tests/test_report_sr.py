@@ -17,10 +17,15 @@ from pydicom import Dataset, dcmread
 from report_cases import predicted_case
 from scipy import ndimage
 
-from imaging.features.extract import extract_view
+from imaging.features.extract import Location, extract_view, index_component
+from imaging.features.geometry import gland
+from imaging.gland_frame import FramedView, frame_view
 from imaging.identity import MANUFACTURER
 from imaging.png import read_png
+from imaging.registration import register
+from models.demo import DEMO_BUNDLE_DIR
 from models.llnm.explain import CONTRIBUTION_GROUPS
+from models.risk_map import PopulationLocation, load_risk_map
 from phantoms import PhantomCase, make_case
 from phantoms.case import PhantomOptions
 from pipeline.report import codes
@@ -378,3 +383,53 @@ def test_originals_without_type2_attributes_still_give_conformant_objects(
         assert errors == [], (made.kind, errors)
         dataset = dcmread(made.path, stop_before_pixels=True)
         assert dataset.PatientName == "" and dataset.PatientID == original.PatientID
+
+
+def _population_risks(dataset: Dataset) -> list[float]:
+    """Each nodule group's population location risk, as a fraction."""
+    return [
+        float(item.MeasuredValueSequence[0].NumericValue) / 100
+        for group in _groups(dataset)
+        for item in group.ContentSequence
+        if item.ValueType == "NUM" and item.ConceptNameCodeSequence[0].CodeValue == "POP-RISK"
+    ]
+
+
+@pytest.mark.parametrize("which", ["two_views", "uncalibrated"])
+def test_population_risk_is_the_map_at_the_nodules_true_registered_place(
+    which: str, request: pytest.FixtureRequest
+) -> None:
+    """The SR's value is the demo map's at the generator's nodule, registered, +-1 pixel."""
+    built: Built = request.getfixturevalue(which)
+    risk_map = load_risk_map(DEMO_BUNDLE_DIR)
+    assert risk_map is not None
+    risks = _population_risks(built.dataset)
+    assert len(risks) == len(built.report.views) == 2
+    for risk, view in zip(risks, built.report.views, strict=True):
+        placed = view.measured.population
+        assert isinstance(placed, PopulationLocation)
+        truth = built.case.images[0 if placed.plane == "transverse" else 1]
+        x0, y0, x1, y1 = truth.image_area
+        nodules, thyroid = truth.nodule_mask[y0:y1, x0:x1], truth.thyroid_mask[y0:y1, x0:x1]
+        features = extract_view(
+            truth.pixels[y0:y1, x0:x1], nodules, thyroid, truth.mm_per_pixel, view=placed.plane
+        )
+        assert features.index is not None and isinstance(features.index.location, Location)
+        framed = frame_view(
+            gland(thyroid, nodules),
+            index_component(nodules, features.index),
+            features.index.location,
+            placed.plane,
+            built.case.lobe,
+        )
+        assert isinstance(framed, FramedView)
+        entry = risk_map.planes[(placed.plane, built.case.lobe)]
+        position = register(entry.template, framed).position
+        assert position is not None
+        col, row = (round(c) for c in position)
+        near = entry.maps["rate"][row - 1 : row + 2, col - 1 : col + 2]
+        assert np.nanmin(near) - 5e-5 <= risk <= np.nanmax(near) + 5e-5, (risk, near)
+    caption = " ".join(
+        str(item.TextValue) for item in _items(built.dataset) if item.ValueType == "TEXT"
+    )
+    assert "Population location risk" in caption

@@ -75,11 +75,11 @@ def test_a_study_gets_sr_heatmaps_and_segs_back_in_its_own_study(
         _send_as_pacs(node, [*case.datasets, case.report_dataset], tmp_path / "case")
         (job,) = finished_jobs(node, 1, timeout=120)
         assert job.state == "done", job.error
-        objects = _delivered(node, pacs, 5)
+        objects = _delivered(node, pacs, 7)
     finally:
         pacs.stop()
     kinds = sorted(str(o.Modality) for o in objects)
-    assert kinds == ["OT", "OT", "SEG", "SEG", "SR"]
+    assert kinds == ["OT"] * 4 + ["SEG", "SEG", "SR"]  # heatmaps and population maps
     original = case.datasets[0]
     for obj in objects:
         assert obj.PatientID == original.PatientID and obj.PatientName == original.PatientName

@@ -21,6 +21,7 @@ from db.results import Prediction
 from imaging.crop import ImageArea
 from imaging.features import Location, Unavailable, ViewFeatures, extract_view
 from imaging.scope_reasons import Exclusion, Reason
+from models.risk_map import PopulationLocation
 from models.scope import PartScore
 from pipeline.contracts import (
     DeidentifiedImage,
@@ -288,7 +289,28 @@ def _view(work: Path, n: int, features: ViewFeatures) -> MeasuredView:
         np.linspace(-1.0, 1.0, 8, dtype=np.float32),
         None if n else PartScore("texture", 3.25, 6.06),
     )
-    return MeasuredView(segmented, features, None if features.index is None else 0.62)
+    population: PopulationLocation | Unavailable | None = (
+        PopulationLocation(
+            plane="transverse",
+            side="right",
+            position=(20.25, 17.5),
+            pixel=(20, 18),
+            region="lateral",
+            risk=0.6412,
+            paper_value=0.31,
+            coverage=54.5,
+            cases=480,
+            dice=0.995,
+            mse=0.0045,
+            rate_map=np.linspace(0.0, 1.0, 56 * 72, dtype=np.float32).reshape(56, 72),
+            template=np.eye(56, 72, dtype=bool),
+        )
+        if n == 0
+        else Unavailable("the lobe's lateral edge is cut by the crop")
+        if n == 1
+        else None
+    )
+    return MeasuredView(segmented, features, None if features.index is None else 0.62, population)
 
 
 def real_outputs(root: Path) -> dict[str, object]:

@@ -9,6 +9,7 @@ that poll job states are all served from this package.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
@@ -37,6 +38,7 @@ from dicom_node.api.auth import (
 from dicom_node.api.files import Heatmap, heatmaps, listed_objects
 from dicom_node.api.routes import JobId
 from imaging.scope_reasons import outcome_text
+from models.risk_map import RISK_MAP_DIR, SUMMARY_FILE
 
 _HERE = Path(__file__).parent
 _FLASH = "llnm_flash"
@@ -371,6 +373,36 @@ def cancel(request: Request, caller: PageCaller, job_id: JobId) -> RedirectRespo
 
 
 # --- exports ----------------------------------------------------------------------
+
+
+# --- population risk map ------------------------------------------------------------
+
+
+def _risk_map_folder(request: Request) -> Path:
+    bundle_dir: Path = request.app.state.settings.model.bundle_dir
+    return bundle_dir / RISK_MAP_DIR
+
+
+@router.get("/risk-map", response_class=HTMLResponse)
+def risk_map_page(request: Request, _caller: PageCaller) -> HTMLResponse:
+    """The bundle's population location risk maps, their case counts and statistics."""
+    folder = _risk_map_folder(request)
+    summary_path = folder / SUMMARY_FILE
+    summary = (
+        json.loads(summary_path.read_text(encoding="utf-8")) if summary_path.is_file() else None
+    )
+    pictures = sorted(p.name for p in folder.glob("*.png")) if summary else []
+    return _render(request, "risk_map.html", summary=summary, pictures=pictures)
+
+
+@router.get("/risk-map/{name}")
+def risk_map_picture(request: Request, _caller: PageCaller, name: str) -> FileResponse:
+    """One PNG of the bundle's risk map; only the folder's own PNG files are served."""
+    folder = _risk_map_folder(request)
+    for found in folder.glob("*.png"):
+        if found.name == name:
+            return FileResponse(found, media_type="image/png")
+    raise HTTPException(status.HTTP_404_NOT_FOUND, "no such picture")
 
 
 @router.get("/exports", response_class=HTMLResponse)

@@ -10,6 +10,7 @@ from dicom_node.cli import api, dicom, node, retention, standard, training
 from dicom_node.cli.bundle import bundle_app
 from dicom_node.cli.exports import exports_app
 from dicom_node.cli.jobs import jobs_app
+from dicom_node.cli.risk_map import risk_map_app
 from dicom_node.cli.studies import studies_app
 
 app = typer.Typer(
@@ -34,6 +35,7 @@ app.add_typer(studies_app, name="studies")
 app.add_typer(node.db_app, name="db")
 app.add_typer(bundle_app, name="bundle")
 app.add_typer(exports_app, name="exports")
+app.add_typer(risk_map_app, name="risk-map")
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -7,6 +7,7 @@ from typing import Any, Literal
 
 import numpy as np
 from numpy.typing import NDArray
+from scipy import ndimage
 
 from imaging.features.geometry import (
     BoolMap,
@@ -116,6 +117,30 @@ def _location(
         gland_box=(int(cols.min()), int(rows.min()), int(cols.max()) + 1, int(rows.max()) + 1),
         unit=unit,
     )
+
+
+def index_component(nodules: BoolMap, index: NoduleFeatures) -> BoolMap:
+    """The 8-connected component of ``nodules`` closest to ``index`` in area, then centroid.
+
+    Raises
+    ------
+    ValueError
+        If ``nodules`` is empty.
+    """
+    labels, count = ndimage.label(nodules, structure=np.ones((3, 3), dtype=bool))
+    if count == 0:
+        raise ValueError("the nodule mask is empty")
+    numbers = range(1, count + 1)
+    areas = ndimage.sum_labels(nodules, labels, numbers)
+    centres = ndimage.center_of_mass(nodules, labels, numbers)  # (row, column)
+    cx, cy = index.centroid
+
+    def mismatch(k: int) -> tuple[float, float]:
+        row, col = centres[k]
+        return abs(float(areas[k]) - index.area_px), float(np.hypot(col - cx, row - cy))
+
+    best = min(range(count), key=mismatch)
+    return np.asarray(labels == best + 1)
 
 
 def _index_order(area: int, distance: float | None, label: int) -> tuple[int, float, int]:

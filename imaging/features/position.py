@@ -59,22 +59,34 @@ def lobe_side(region: BoolMap, nodule: BoolMap) -> Side | Unavailable:
     return "right" if reach_right > reach_left else "left"
 
 
+def lobe_length_span(lobe: BoolMap) -> tuple[float, float] | Unavailable:
+    """The lobe's extent along image x in pixel edges, the hidden pole mirrored (module doc).
+
+    ``lobe`` is the gland component of a longitudinal view.
+    """
+    thickness = lobe.sum(axis=0)
+    cols = np.flatnonzero(thickness)
+    start, stop = float(cols.min()), float(cols.max() + 1)
+    cut_left, cut_right = start == 0, stop == lobe.shape[1]
+    if not (cut_left or cut_right):
+        return start, stop
+    plateau = np.flatnonzero(thickness >= PLATEAU * thickness.max())
+    low, high = float(plateau.min()), float(plateau.max() + 1)
+    if (cut_left and (cut_right or low == start)) or (cut_right and high == stop):
+        return Unavailable("the lobe is cut by the crop's edges; its length is unknown")
+    middle = (low + high) / 2
+    return (2 * middle - stop, stop) if cut_left else (start, 2 * middle - start)
+
+
 def lobe_third(region: BoolMap, nodule: BoolMap) -> Third | Unavailable:
     """The third of the lobe holding ``nodule`` on a longitudinal view, or why not."""
     lobe = gland_component(region, nodule)
     if lobe is None:
         return Unavailable("the nodule lies outside the thyroid")
-    thickness = lobe.sum(axis=0)
-    cols = np.flatnonzero(thickness)
-    start, stop = float(cols.min()), float(cols.max() + 1)
-    cut_left, cut_right = start == 0, stop == region.shape[1]
-    if cut_left or cut_right:
-        plateau = np.flatnonzero(thickness >= PLATEAU * thickness.max())
-        low, high = float(plateau.min()), float(plateau.max() + 1)
-        if (cut_left and (cut_right or low == start)) or (cut_right and high == stop):
-            return Unavailable("the lobe is cut by the crop's edges; its length is unknown")
-        middle = (low + high) / 2
-        start, stop = (2 * middle - stop, stop) if cut_left else (start, 2 * middle - start)
+    span = lobe_length_span(lobe)
+    if isinstance(span, Unavailable):
+        return span
+    start, stop = span
     centre = float(np.nonzero(nodule)[1].mean()) + 0.5
     t = (centre - start) / (stop - start)
     if t < 1 / 3:

@@ -100,6 +100,18 @@ PLANE = MappingProxyType(
     {"transverse": codes.SCT.Transverse, "longitudinal": codes.SCT.Longitudinal}
 )
 
+# Per view: where the index nodule sits on the bundle's population location risk map.
+POPULATION_RISK = _private("POP-RISK", "Pop. location risk")  # LLNM rate there, %
+POPULATION_REGION = _private("POP-REGION", "Population map region")
+POPULATION_REGIONS = MappingProxyType(
+    {
+        **THIRD,
+        "lateral": codes.SCT.Lateral,  # SCT 49370004
+        "central": codes.SCT.Central,  # SCT 26216008
+        "medial": codes.SCT.Medial,  # SCT 255561001
+    }
+)
+
 # Units (UCUM; curly braces are UCUM annotations of a dimensionless unit).
 PERCENT = codes.UCUM.Percent  # "%"
 MILLIMETRE = codes.UCUM.Millimeter  # "mm"

@@ -13,6 +13,8 @@ shows it legibly at the crop's own size.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import cv2
 import numpy as np
 from numpy.typing import NDArray
@@ -28,7 +30,7 @@ TEXT_RGB = (255, 255, 255)
 FONT = cv2.FONT_HERSHEY_SIMPLEX
 
 
-def _font_scale(width: int) -> float:
+def font_scale(width: int) -> float:
     """About 10 px high capitals on a 512 px wide crop, growing with the width."""
     return max(0.4, width / 1000)
 
@@ -37,7 +39,8 @@ def _thickness(scale: float) -> int:
     return 1 if scale < 0.8 else 2
 
 
-def _line_height(scale: float) -> int:
+def line_height(scale: float) -> int:
+    """The height of a caption line at font ``scale``, spacing included."""
     (_, height), baseline = cv2.getTextSize("Hg", FONT, scale, _thickness(scale))
     return round((height + baseline) * 1.5)
 
@@ -76,19 +79,24 @@ def _overlay(view: ReportView) -> RGB8:
     return out
 
 
-def _colour_bar_panel(height: int, scale: float) -> RGB8:
-    """A black panel with a vertical JET bar, ``high`` at the top and ``low`` at the bottom."""
+def colour_bar_panel(
+    height: int,
+    scale: float,
+    colour_map: Callable[[NDArray[np.uint8]], RGB8] = _colour_map,
+    labels: tuple[str, str] = ("high", "low"),
+) -> RGB8:
+    """A black panel with a vertical bar of ``colour_map``, ``labels`` at its top and bottom."""
     thickness = _thickness(scale)
-    label_width = max(cv2.getTextSize(t, FONT, scale, thickness)[0][0] for t in ("high", "low"))
+    label_width = max(cv2.getTextSize(t, FONT, scale, thickness)[0][0] for t in labels)
     bar_width = max(12, round(24 * scale))
     margin = max(6, round(12 * scale))
     text_height = cv2.getTextSize("high", FONT, scale, thickness)[0][1]
     panel = np.zeros((height, 3 * margin + bar_width + label_width, 3), dtype=np.uint8)
     top, bottom = margin, height - margin
     ramp = np.linspace(255, 0, bottom - top).astype(np.uint8)[:, None]
-    panel[top:bottom, margin : margin + bar_width] = _colour_map(np.repeat(ramp, bar_width, axis=1))
+    panel[top:bottom, margin : margin + bar_width] = colour_map(np.repeat(ramp, bar_width, axis=1))
     x_text = 2 * margin + bar_width
-    for text, y in (("high", top + text_height), ("low", bottom)):
+    for text, y in ((labels[0], top + text_height), (labels[1], bottom)):
         cv2.putText(panel, text, (x_text, y), FONT, scale, TEXT_RGB, thickness, cv2.LINE_AA)
     return panel
 
@@ -106,13 +114,13 @@ def wrap_text(text: str, width: int, scale: float) -> list[str]:
     return lines
 
 
-def _caption_band(lines: list[str], width: int, scale: float) -> RGB8:
+def caption_band(lines: list[str], width: int, scale: float) -> RGB8:
     """A black band holding ``lines`` of white text, left-aligned."""
-    line_height = _line_height(scale)
-    margin = line_height // 2
-    band = np.zeros((2 * margin + line_height * len(lines), width, 3), dtype=np.uint8)
+    step = line_height(scale)
+    margin = step // 2
+    band = np.zeros((2 * margin + step * len(lines), width, 3), dtype=np.uint8)
     for n, line in enumerate(lines):
-        baseline = margin + line_height * (n + 1) - line_height // 3
+        baseline = margin + step * (n + 1) - step // 3
         cv2.putText(
             band, line, (margin, baseline), FONT, scale, TEXT_RGB, _thickness(scale), cv2.LINE_AA
         )
@@ -137,8 +145,8 @@ def render_heatmap(view: ReportView, caption: str) -> RGB8:
         If the crop, nodule mask or heatmap PNG cannot be read.
     """
     overlay = _overlay(view)
-    scale = _font_scale(overlay.shape[1])
-    top = np.hstack([overlay, _colour_bar_panel(overlay.shape[0], scale)])
-    margin = _line_height(scale) // 2
+    scale = font_scale(overlay.shape[1])
+    top = np.hstack([overlay, colour_bar_panel(overlay.shape[0], scale)])
+    margin = line_height(scale) // 2
     lines = [*wrap_text(caption, top.shape[1] - 2 * margin, scale), view_plane(view)]
-    return np.vstack([top, _caption_band(lines, top.shape[1], scale)])
+    return np.vstack([top, caption_band(lines, top.shape[1], scale)])

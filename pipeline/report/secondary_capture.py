@@ -58,6 +58,19 @@ def derivation_description(report: ReportInput) -> str:
 
 def heatmap_sc(report: ReportInput, view: ReportView, number: int, pixels: RGB8) -> hd.sc.SCImage:
     """The Secondary Capture of ``pixels`` (the rendered heatmap of ``view``)."""
+    return derived_sc(
+        report, view, number, pixels, "made this Grad-CAM++ heatmap", derivation_description(report)
+    )
+
+
+def derived_sc(
+    report: ReportInput, view: ReportView, number: int, pixels: RGB8, purpose: str, derivation: str
+) -> hd.sc.SCImage:
+    """An RGB Secondary Capture ``number`` of the heatmap series, derived from ``view``'s image.
+
+    ``purpose`` completes "the algorithm ..." in Contributing Equipment;
+    ``derivation`` is the Derivation Description.
+    """
     original = read_original(view.original)
     sc = hd.sc.SCImage.from_ref_dataset(
         ref_dataset=original,
@@ -74,9 +87,7 @@ def heatmap_sc(report: ReportInput, view: ReportView, number: int, pixels: RGB8)
         transfer_syntax_uid=ExplicitVRLittleEndian,
         series_description=series_description("LLNM-Net heatmaps", report.clinical_use_label),
         software_versions=SOFTWARE_VERSION,
-        contributing_equipment=[
-            algorithm_equipment(report.algorithm, "made this Grad-CAM++ heatmap")
-        ],
+        contributing_equipment=[algorithm_equipment(report.algorithm, purpose)],
     )
     copy_identity(original, sc)
     sc.PatientOrientation = original.get("PatientOrientation", "")
@@ -84,7 +95,7 @@ def heatmap_sc(report: ReportInput, view: ReportView, number: int, pixels: RGB8)
     sc.ImageType = ["DERIVED", "SECONDARY"]
     sc.BurnedInAnnotation = "YES"
     sc.ImageComments = result_caption(report.prediction, report.clinical_use_label)
-    sc.DerivationDescription = derivation_description(report)
+    sc.DerivationDescription = derivation
     sc.SourceImageSequence = DicomSequence([source_image_item(view, original)])
     return sc
 

@@ -37,10 +37,9 @@ from numpy.typing import NDArray
 from pydicom import Dataset
 from pydicom.sr.coding import Code
 from pydicom.uid import generate_uid
-from scipy import ndimage
 
 from db.results import Prediction
-from imaging.features.extract import Location, NoduleFeatures, ViewFeatures
+from imaging.features.extract import Location, NoduleFeatures, ViewFeatures, index_component
 from imaging.features.geometry import Unavailable
 from imaging.identity import MANUFACTURER, SOFTWARE_VERSION
 from imaging.png import read_png
@@ -56,6 +55,11 @@ from pipeline.report.common import (
     series_description,
 )
 from pipeline.report.inputs import ReportInput, ReportObject, ReportView, object_uid
+from pipeline.report.population import (
+    population_evaluations,
+    population_line,
+    population_measurements,
+)
 
 MODEL_NAME = "LLNM node"
 _DEVICE_UID = generate_uid(entropy_srcs=["llnm-node device observer"])
@@ -233,7 +237,7 @@ def nodule_outline(
     pixel, so pixel (i, j) has its centre at (j + 0.5, i + 0.5). The first
     point is repeated at the end (a closed POLYLINE).
     """
-    component = _index_component(np.asarray(nodule_mask != 0), index)
+    component = index_component(np.asarray(nodule_mask != 0), index)
     contours, _ = cv2.findContours(
         component.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE
     )
@@ -242,24 +246,6 @@ def nodule_outline(
     points = (simplified if len(simplified) >= 3 else contour)[:, 0, :].astype(np.float64)
     points += np.asarray(origin, dtype=np.float64) + 0.5
     return np.vstack([points, points[:1]])
-
-
-def _index_component(nodules: NDArray[np.bool_], index: NoduleFeatures) -> NDArray[np.bool_]:
-    """The 8-connected component closest to the index nodule in area, then centroid."""
-    labels, count = ndimage.label(nodules, structure=np.ones((3, 3), dtype=bool))
-    if count == 0:
-        raise ValueError("the nodule mask is empty")
-    numbers = range(1, count + 1)
-    areas = ndimage.sum_labels(nodules, labels, numbers)
-    centres = ndimage.center_of_mass(nodules, labels, numbers)  # (row, column)
-    cx, cy = index.centroid
-
-    def mismatch(k: int) -> tuple[float, float]:
-        row, col = centres[k]
-        return abs(float(areas[k]) - index.area_px), float(np.hypot(col - cx, row - cy))
-
-    best = min(range(count), key=mismatch)
-    return np.asarray(labels == best + 1)
 
 
 def _contributions(prediction: Prediction) -> list[hd.sr.Measurement]:
@@ -309,12 +295,14 @@ def _nodule_group(
             # In percent: viewers print the unit's code, and "%" reads better than "1".
             _measure(codes.PROBABILITY, round(100 * prediction.probability, 2), codes.PERCENT),
             *_nodule_measurements(index),
+            *population_measurements(view.measured),
             _measure(codes.THRESHOLD, round(100 * prediction.threshold, 2), codes.PERCENT),
             *_contributions(prediction),
         ],
         qualitative_evaluations=[
             *(hd.sr.QualitativeEvaluation(n, v) for n, v in _prediction_codes(prediction)),
             *_nodule_evaluations(features, index),
+            *population_evaluations(view.measured),
         ],
     )
 
@@ -429,12 +417,15 @@ def _qualitative_evaluations(report: ReportInput) -> hd.sr.ContainerContentItem:
         )
         for name, value in _prediction_codes(prediction)
     ]
-    notes = [f"Image not used: {line}" for line in report.not_used]
+    notes = [
+        *(population_line(v.measured) for v in report.views),
+        *(f"Image not used: {line}" for line in report.not_used),
+    ]
     container.ContentSequence = hd.sr.ContentSequence(
         [
             *coded,
             _text(codes.RESULT, result_caption(prediction, report.clinical_use_label)),
-            *(_text(codes.RESULT, _shorten(note)) for note in notes),
+            *(_text(codes.RESULT, _shorten(note)) for note in notes if note),
         ]
     )
     return container

@@ -6,9 +6,11 @@ Input
     job's pseudonym map (:func:`~pipeline.report.reidentify.report_input`).
 Output
     In ``work_dir/report``: the TID 1500 SR, one heatmap Secondary Capture per
-    used view (with the PNG a person opens) and, when configured, a SEG of the
-    masks, all in the original study. The ``store`` step lists them in the
-    job's result and queues them for export to the study's destinations.
+    used view (with the PNG a person opens), one population map Secondary
+    Capture per view the features stage placed on the bundle's risk map and,
+    when configured, a SEG of the masks, all in the original study. The
+    ``store`` step lists them in the job's result and queues them for export
+    to the study's destinations.
 Notices
     A job that failed for good, found no nodule, or was not assessed by the
     scope gate gets (when configured) a short SR saying so and why, queued for
@@ -34,6 +36,7 @@ from pipeline.features import NO_NODULE_FOUND
 from pipeline.infer import PredictedStudy
 from pipeline.report.common import result_caption
 from pipeline.report.inputs import ReportInput, ReportObject, ReportOptions
+from pipeline.report.population import build_population_scs
 from pipeline.report.reidentify import report_input
 from pipeline.report.secondary_capture import build_heatmap_scs
 from pipeline.report.segmentation import build_seg
@@ -61,7 +64,7 @@ class ReportObjects:
 
 def build_report(report: ReportInput, options: ReportOptions) -> ReportObjects:
     """Make the SR, the heatmap SCs and (if configured) the SEG of ``report``."""
-    objects = [build_sr(report), *build_heatmap_scs(report)]
+    objects = [build_sr(report), *build_heatmap_scs(report), *build_population_scs(report)]
     if options.segmentation:
         objects.extend(build_seg(report))
     return ReportObjects(

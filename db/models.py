@@ -261,6 +261,21 @@ class Result(Base):
     job: Mapped[Job] = relationship(back_populates="result")
 
 
+class Outcome(Base):
+    """A study's pathology outcome as the site imported it (db.outcomes); no identifier."""
+
+    __tablename__ = "outcomes"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    study_fk: Mapped[int] = mapped_column(ForeignKey("studies.id"), unique=True)
+    llnm: Mapped[bool]
+    nodal_stage: Mapped[int | None] = mapped_column(Integer, default=None)
+    outcome_date: Mapped[str] = mapped_column(String(8), default="")  # YYYYMMDD or ""
+    source: Mapped[str] = mapped_column(String(64), default="")
+    imported_at: Mapped[datetime] = mapped_column(default=utcnow)
+    imported_by: Mapped[str] = mapped_column(String(64))
+
+
 class ExportAttempt(Base):
     """Delivery of one result object to one destination, with its retry bookkeeping."""
 

@@ -89,7 +89,9 @@ def test_health_needs_no_token_and_everything_else_does(
     for client in (anonymous, wrong):
         assert client.get("/metrics").status_code == 401
         for path in paths:
-            method = client.post if path.endswith(("/retry", "/cancel")) else client.get
+            method = (
+                client.post if path.endswith(("/retry", "/cancel", "/outcomes")) else client.get
+            )
             response = method(path)
             assert response.status_code == 401, (path, response.status_code)
             assert response.headers["www-authenticate"] == "Bearer"

@@ -41,6 +41,7 @@ from phantoms.case import PhantomCase
 
 TOKEN = "dashboard-test-token"
 _ADMIN = {"name": "test-admin", "sha256": token_digest(TOKEN)}
+_BEARER = {"Authorization": f"Bearer {TOKEN}"}
 PACS_AE = "TEST_PACS"
 SCREENSHOTS = Path("/tmp/llnm-dashboard-screenshots")
 FINISHED = {"done", "failed", "dead", "cancelled"}
@@ -156,7 +157,13 @@ def client(site: Site) -> Iterator[httpx.Client]:
 
 
 def test_pages_without_the_cookie_redirect_to_the_login_page(site: Site) -> None:
-    for path in ("/ui/", "/ui/exports", f"/ui/jobs/{site.jobs['predicted']}"):
+    for path in (
+        "/ui/",
+        "/ui/exports",
+        "/ui/outcomes",
+        "/ui/risk-map",
+        f"/ui/jobs/{site.jobs['predicted']}",
+    ):
         response = httpx.get(site.url + path)
         assert response.status_code == 303 and response.headers["location"] == "/ui/login"
     assert httpx.get(site.url + "/ui/jobs.json?ids=1").status_code == 401
@@ -246,7 +253,7 @@ def test_a_remote_api_needs_tls_and_serves_https(
 def test_no_page_shows_the_patient_name_or_id(site: Site, client: httpx.Client) -> None:
     _settled(site)
     ids = ",".join(str(j) for j in site.jobs.values())
-    paths = ["/ui/", "/ui/exports", f"/ui/jobs.json?ids={ids}"]
+    paths = ["/ui/", "/ui/exports", "/ui/outcomes", "/ui/risk-map", f"/ui/jobs.json?ids={ids}"]
     paths += [f"/ui/jobs/{job_id}" for job_id in site.jobs.values()]
     phi = [s for s in site.case.phi if len(s) >= 4]
     assert phi
@@ -308,6 +315,27 @@ def test_the_risk_map_page_shows_the_bundle_maps_and_counts(
     for attempt in ("risk_map.json", "..%2Fmanifest.json", "..%2F..%2Fdemo_bundle%2Fmanifest.json"):
         assert client.get(f"/ui/risk-map/{attempt}").status_code == 404, attempt
     assert httpx.get(site.url + "/ui/risk-map").status_code == 303  # no cookie: log in first
+
+
+def test_outcomes_are_uploaded_from_the_dashboard_and_the_api(
+    site: Site, client: httpx.Client
+) -> None:
+    _settled(site)  # de-identification has stored the accession number's pseudonym
+    original = site.case.datasets[0]
+    accession, uid = str(original.AccessionNumber), str(original.StudyInstanceUID)
+    upload = f"accession_number,llnm,nodal_stage\n{accession},yes,2\nNO-SUCH-1,no,\n"
+    page = client.post("/ui/outcomes", files={"file": ("o.csv", upload, "text/csv")})
+    assert page.status_code == 200
+    assert "2 rows: 1 new, 0 updated, 0 unchanged" in " ".join(page.text.split())
+    assert 'data-problem="unmatched"' in page.text and "NO-SUCH-1" not in page.text
+    by_uid = {"file": ("o.csv", f"study_instance_uid,llnm,nodal_stage\n{uid},yes,2\n", "text/csv")}
+    api = httpx.post(f"{site.url}/api/v1/outcomes", headers=_BEARER, files=by_uid)
+    assert api.status_code == 200, api.text
+    assert api.json()["unchanged"] == 1 and api.json()["studies_with_outcome"] == 1
+    bad = client.post("/ui/outcomes", files={"file": ("x.csv", "a,b\n1,2\n", "text/csv")})
+    assert bad.status_code == 400 and "study_instance_uid" in bad.text
+    assert httpx.post(f"{site.url}/api/v1/outcomes", files=by_uid).status_code == 401
+    assert "1 studies have an outcome" in client.get("/ui/outcomes").text
 
 
 def test_links_out_of_the_job_and_ids_beyond_the_database_are_refused(

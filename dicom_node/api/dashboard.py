@@ -17,14 +17,14 @@ from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import quote, unquote
 
-from fastapi import APIRouter, Depends, FastAPI, Form, HTTPException, Request, status
+from fastapi import APIRouter, Depends, FastAPI, Form, HTTPException, Request, UploadFile, status
 from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 from jinja2 import Environment, FileSystemLoader
 from sqlalchemy.orm import Session
 
-from db import exports, jobs, listings
+from db import exports, jobs, listings, outcomes
 from db.models import ExportState, JobState
 from db.session import Database
 from dicom_node.api.auth import (
@@ -36,7 +36,7 @@ from dicom_node.api.auth import (
     require_caller,
 )
 from dicom_node.api.files import Heatmap, heatmaps, listed_objects
-from dicom_node.api.routes import JobId
+from dicom_node.api.routes import JobId, read_outcome_file, store_outcomes
 from imaging.scope_reasons import outcome_text
 from models.risk_map import RISK_MAP_DIR, SUMMARY_FILE
 
@@ -373,6 +373,32 @@ def cancel(request: Request, caller: PageCaller, job_id: JobId) -> RedirectRespo
 
 
 # --- exports ----------------------------------------------------------------------
+
+
+# --- outcomes ------------------------------------------------------------------------
+
+
+@router.get("/outcomes", response_class=HTMLResponse)
+def outcomes_page(request: Request, _caller: PageCaller) -> HTMLResponse:
+    """The outcome upload form and how many studies have an outcome."""
+    with _session(request) as session:
+        counts = outcomes.outcome_counts(session)
+    return _render(request, "outcomes.html", counts=counts, report=None)
+
+
+@router.post("/outcomes", response_class=HTMLResponse)
+def upload_outcomes(request: Request, caller: PageCaller, file: UploadFile) -> HTMLResponse:
+    """Import an uploaded outcome CSV (as the API does; audited) and show what it did."""
+    try:
+        report = store_outcomes(request, read_outcome_file(file), imported_by=caller.name)
+    except HTTPException as exc:
+        with _session(request) as session:
+            counts = outcomes.outcome_counts(session)
+        return _render(
+            request, "outcomes.html", exc.status_code, counts=counts, report=None, error=exc.detail
+        )
+    counts = {"studies": report.studies_with_outcome, "positive": report.positive}
+    return _render(request, "outcomes.html", counts=counts, report=report)
 
 
 # --- population risk map ------------------------------------------------------------

@@ -12,12 +12,12 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, HTTPException, Query, Request, status
+from fastapi import APIRouter, Depends, HTTPException, Query, Request, UploadFile, status
 from fastapi import Path as PathParam
 from fastapi.responses import FileResponse
 from sqlalchemy.orm import Session
 
-from db import exports, jobs, listings
+from db import exports, jobs, listings, outcomes
 from db.models import ExportState, JobState
 from dicom_node.api import files, health, schemas
 from dicom_node.api.auth import Caller, require_caller
@@ -26,6 +26,7 @@ from models.bundle import NOT_FOR_CLINICAL_USE, BundleError
 from pipeline.spool import SpoolLayout
 
 PREFIX = "/api/v1"
+MAX_OUTCOME_FILE = 16 * 1024 * 1024  # bytes of an outcome CSV
 MAX_ID = 2**31 - 1  # ids and offsets beyond any the database holds are refused, not overflowed
 _PRINTABLE = r"^[ -~]+$"  # AE titles and pseudonyms: printable ASCII
 
@@ -232,6 +233,42 @@ def retry_job(request: Request, job_id: JobId, caller: CallerDep) -> schemas.Ret
         action="exports_queued" if resent else "job_queued",
         exports_queued=resent,
     )
+
+
+def read_outcome_file(upload: UploadFile) -> str:
+    """The uploaded CSV as text; 413 when too large, 400 when not UTF-8."""
+    data = upload.file.read(MAX_OUTCOME_FILE + 1)
+    if len(data) > MAX_OUTCOME_FILE:
+        raise HTTPException(status.HTTP_413_CONTENT_TOO_LARGE, "the outcome file is too large")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise HTTPException(status.HTTP_400_BAD_REQUEST, "the outcome file is not UTF-8") from exc
+
+
+def store_outcomes(request: Request, text: str, *, imported_by: str) -> schemas.OutcomeImport:
+    """Import ``text`` (audited under ``imported_by``); 400 when it is not an outcome file."""
+    try:
+        with _session(request) as session:
+            report = outcomes.import_outcomes(session, text, imported_by=imported_by)
+            counts = outcomes.outcome_counts(session)
+    except outcomes.OutcomeFileError as exc:
+        raise HTTPException(status.HTTP_400_BAD_REQUEST, str(exc)) from exc
+    return schemas.OutcomeImport.of(report, counts)
+
+
+@api.post(
+    "/outcomes",
+    tags=["outcomes"],
+    responses={status.HTTP_400_BAD_REQUEST: {"model": schemas.Problem}},
+)
+def import_outcomes(request: Request, file: UploadFile, caller: CallerDep) -> schemas.OutcomeImport:
+    """Import pathology outcomes from a CSV upload (idempotent; audited with the token's name).
+
+    Columns: ``accession_number`` or ``study_instance_uid``, ``llnm`` (yes/no), optional
+    ``nodal_stage``, ``date``, ``source``. Lines not applied are listed by number.
+    """
+    return store_outcomes(request, read_outcome_file(file), imported_by=f"{caller.name} (api)")
 
 
 @api.post("/jobs/{job_id}/cancel", tags=["jobs"], responses=_CONFLICT)

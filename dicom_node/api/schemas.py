@@ -12,6 +12,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 
 from db.models import EventLevel, ExportState, JobState
+from db.outcomes import ImportReport
 
 
 class Problem(BaseModel):
@@ -173,6 +174,46 @@ class RetryOutcome(BaseModel):
     job: Job
     action: Literal["job_queued", "exports_queued"]
     exports_queued: int
+
+
+class InvalidLine(BaseModel):
+    """A line of an outcome file that could not be read, and why."""
+
+    line: int
+    reason: str
+
+
+class OutcomeImport(BaseModel):
+    """What an outcome import did (db.outcomes), by file line; no identifiers."""
+
+    rows: int
+    imported: int
+    updated: int
+    unchanged: int
+    invalid: list[InvalidLine]
+    unmatched: list[int]
+    ambiguous: list[int]
+    duplicates: list[int]
+    conflicting: list[int]
+    studies_with_outcome: int
+    positive: int
+
+    @classmethod
+    def of(cls, report: ImportReport, counts: dict[str, int]) -> OutcomeImport:
+        """The response for ``report`` and the database's outcome ``counts``."""
+        return cls(
+            rows=report.rows,
+            imported=report.imported,
+            updated=report.updated,
+            unchanged=report.unchanged,
+            invalid=[InvalidLine(line=line, reason=why) for line, why in report.invalid],
+            unmatched=report.unmatched,
+            ambiguous=report.ambiguous,
+            duplicates=report.duplicates,
+            conflicting=report.conflicting,
+            studies_with_outcome=counts["studies"],
+            positive=counts["positive"],
+        )
 
 
 class Bundle(BaseModel):

@@ -10,6 +10,7 @@ from dicom_node.cli import api, dicom, node, retention, standard, training
 from dicom_node.cli.bundle import bundle_app
 from dicom_node.cli.exports import exports_app
 from dicom_node.cli.jobs import jobs_app
+from dicom_node.cli.outcomes import outcomes_app
 from dicom_node.cli.risk_map import risk_map_app
 from dicom_node.cli.studies import studies_app
 
@@ -36,6 +37,7 @@ app.add_typer(node.db_app, name="db")
 app.add_typer(bundle_app, name="bundle")
 app.add_typer(exports_app, name="exports")
 app.add_typer(risk_map_app, name="risk-map")
+app.add_typer(outcomes_app, name="outcomes")
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -253,7 +253,8 @@ def test_a_remote_api_needs_tls_and_serves_https(
 def test_no_page_shows_the_patient_name_or_id(site: Site, client: httpx.Client) -> None:
     _settled(site)
     ids = ",".join(str(j) for j in site.jobs.values())
-    paths = ["/ui/", "/ui/exports", "/ui/outcomes", "/ui/risk-map", f"/ui/jobs.json?ids={ids}"]
+    paths = ["/ui/", "/ui/exports", "/ui/outcomes", "/ui/risk-map", "/ui/bundle"]
+    paths.append(f"/ui/jobs.json?ids={ids}")
     paths += [f"/ui/jobs/{job_id}" for job_id in site.jobs.values()]
     phi = [s for s in site.case.phi if len(s) >= 4]
     assert phi
@@ -315,6 +316,13 @@ def test_the_risk_map_page_shows_the_bundle_maps_and_counts(
     for attempt in ("risk_map.json", "..%2Fmanifest.json", "..%2F..%2Fdemo_bundle%2Fmanifest.json"):
         assert client.get(f"/ui/risk-map/{attempt}").status_code == 404, attempt
     assert httpx.get(site.url + "/ui/risk-map").status_code == 303  # no cookie: log in first
+
+
+def test_the_model_page_shows_the_bundles_card(client: httpx.Client) -> None:
+    page = client.get("/ui/bundle")
+    assert page.status_code == 200
+    assert 'id="clinical-use">NOT FOR CLINICAL USE' in page.text
+    assert 'data-section="Known limitations"' in page.text and "95 % CI" in page.text
 
 
 def test_outcomes_are_uploaded_from_the_dashboard_and_the_api(

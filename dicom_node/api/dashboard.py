@@ -38,6 +38,8 @@ from dicom_node.api.auth import (
 from dicom_node.api.files import Heatmap, heatmaps, listed_objects
 from dicom_node.api.routes import JobId, read_outcome_file, store_outcomes
 from imaging.scope_reasons import outcome_text
+from models.bundle import BundleError
+from models.model_card import bundle_card
 from models.risk_map import RISK_MAP_DIR, SUMMARY_FILE
 
 _HERE = Path(__file__).parent
@@ -399,6 +401,19 @@ def upload_outcomes(request: Request, caller: PageCaller, file: UploadFile) -> H
         )
     counts = {"studies": report.studies_with_outcome, "positive": report.positive}
     return _render(request, "outcomes.html", counts=counts, report=report)
+
+
+# --- model card ----------------------------------------------------------------------
+
+
+@router.get("/bundle", response_class=HTMLResponse)
+def bundle_page(request: Request, _caller: PageCaller) -> HTMLResponse:
+    """The model card of the bundle in use."""
+    try:
+        card = bundle_card(request.app.state.settings.model.bundle_dir)
+    except BundleError as exc:
+        return _render(request, "bundle.html", 503, card=None, error=str(exc))
+    return _render(request, "bundle.html", card=card, error=None)
 
 
 # --- population risk map ------------------------------------------------------------

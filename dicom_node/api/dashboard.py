@@ -403,6 +403,34 @@ def upload_outcomes(request: Request, caller: PageCaller, file: UploadFile) -> H
     return _render(request, "outcomes.html", counts=counts, report=report)
 
 
+# --- site validation -----------------------------------------------------------------
+
+
+def _validation_reports(request: Request) -> dict[str, Path]:
+    """Bundle name -> folder of each report ``llnm-node validate`` wrote."""
+    root: Path = request.app.state.settings.data_dir / "validation"
+    return {p.parent.name: p.parent for p in sorted(root.glob("*/validation.json"))}
+
+
+@router.get("/validation", response_class=HTMLResponse)
+def validation_page(request: Request, _caller: PageCaller) -> HTMLResponse:
+    """The site validation reports: per bundle its overall numbers and a link to the page."""
+    reports = {
+        name: json.loads((folder / "validation.json").read_text(encoding="utf-8"))
+        for name, folder in _validation_reports(request).items()
+    }
+    return _render(request, "validation.html", reports=reports)
+
+
+@router.get("/validation/{bundle}/report", response_class=HTMLResponse)
+def validation_report(request: Request, _caller: PageCaller, bundle: str) -> HTMLResponse:
+    """The self-contained report page of one bundle; only reports the node wrote."""
+    folder = _validation_reports(request).get(bundle)
+    if folder is None or not (folder / "validation.html").is_file():
+        raise HTTPException(status.HTTP_404_NOT_FOUND, "no such report")
+    return HTMLResponse((folder / "validation.html").read_text(encoding="utf-8"))
+
+
 # --- model card ----------------------------------------------------------------------
 
 

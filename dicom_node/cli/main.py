@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import typer
 
-from dicom_node.cli import api, dicom, node, retention, standard, training
+from dicom_node.cli import api, dicom, node, retention, standard, training, validation
 from dicom_node.cli.bundle import bundle_app
 from dicom_node.cli.exports import exports_app
 from dicom_node.cli.jobs import jobs_app
@@ -31,6 +31,7 @@ app.command()(training.phantom)
 app.command("train-seg")(training.train_seg)
 app.command()(training.train)
 app.command()(training.evaluate)
+app.command("validate")(validation.validate_command)
 app.add_typer(jobs_app, name="jobs")
 app.add_typer(studies_app, name="studies")
 app.add_typer(node.db_app, name="db")

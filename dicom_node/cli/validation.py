@@ -1,0 +1,53 @@
+"""``llnm-node validate``: a bundle's results against the site's imported outcomes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from db.session import Database
+from dicom_node.app.site_validation import MIN_CASES, collect, validate
+from dicom_node.app.wiring import spool_layout
+from dicom_node.cli.common import ConfigOption, console, fail, settings_or_exit
+
+
+def validate_command(
+    bundle: Annotated[str, typer.Option(help="The bundle's name, as its results record it.")],
+    vs: Annotated[str | None, typer.Option(help="Compare with this bundle's results.")] = None,
+    out: Annotated[
+        Path | None, typer.Option(help="Report folder (default: DATA_DIR/validation/BUNDLE).")
+    ] = None,
+    min_cases: Annotated[int, typer.Option(min=2, help="Fewer predicted cases: no numbers.")] = (
+        MIN_CASES
+    ),
+    config: ConfigOption = None,
+) -> None:
+    """Measure a bundle on every study with a result and an outcome; write HTML, PNG, JSON."""
+    settings = settings_or_exit(config)
+    spool = spool_layout(settings)
+    database = Database(settings.resolved_database_url)
+    with database.session() as session:
+        cases = collect(session, spool, bundle)
+        versus = None if vs is None else (vs, collect(session, spool, vs))
+    if not cases:
+        raise fail(
+            "nothing to validate", ValueError(f"no study has an outcome and a {bundle} result")
+        )
+    folder = out or settings.data_dir / "validation" / bundle
+    report = validate(cases, bundle, folder, min_cases=min_cases, versus=versus)
+    overall = report["overall"]
+    found = overall["metrics"]
+    auc = (
+        f"AUC {found['auc']['value']:.3f} ({found['auc']['low']:.3f}-{found['auc']['high']:.3f})"
+        if isinstance(found, dict)
+        else str(found)
+    )
+    console.print(
+        f"{overall['cases']} studies, {overall['predicted']} predicted "
+        f"({overall['positive']} LLNM-positive): {auc}; not assessed "
+        f"{report['not_assessed']['count']}; report in {folder / 'validation.html'}"
+    )
+    if "versus" in report:
+        console.print(f"against {vs}: {report['versus']}")

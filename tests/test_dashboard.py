@@ -330,7 +330,7 @@ def test_the_validation_page_lists_the_reports_validate_wrote(
     site: Site, client: httpx.Client
 ) -> None:
     cases = [
-        ValidationCase(i, i % 2 == 0, 0.9 if i % 3 else 0.2, "predicted", None, 0.5,
+        ValidationCase(i, i % 2 == 0, "predicted", None, 0.9 if i % 3 else 0.2, 0.5,
                        {"device": "GE", "sex": "F", "age": "45-59", "calibrated": "yes"})
         for i in range(24)
     ]  # fmt: skip
@@ -339,6 +339,7 @@ def test_the_validation_page_lists_the_reports_validate_wrote(
     assert page.status_code == 200 and 'data-bundle="site-bundle"' in page.text
     report = client.get("/ui/validation/site-bundle/report")
     assert report.status_code == 200 and "Site validation of site-bundle" in report.text
+    assert "data:image/png;base64," in report.text  # 24 predicted cases: numbers and plots
     for name in ("other", "..%2F..%2Fspool", "site-bundle%2F..%2F.."):
         assert client.get(f"/ui/validation/{name}/report").status_code == 404, name
 

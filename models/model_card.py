@@ -131,8 +131,26 @@ def _segmenter_metrics(
     return rows
 
 
+def _parent(parent: Any) -> str:
+    if not isinstance(parent, dict):
+        return "none: trained from scratch"
+    return (
+        f"{parent.get('name')} {parent.get('version')} "
+        f"(manifest SHA-256 {str(parent.get('manifest_sha256', ''))[:16]}...)"
+    )
+
+
 def _training_rows(training: dict[str, Any]) -> list[tuple[str, str]]:
     rows = [("Synthetic", "yes: phantoms only" if training.get("synthetic") else "no")]
+    site = training.get("site_calibration")
+    if isinstance(site, dict):
+        rows.append(
+            (
+                "Site recalibration",
+                f"{site.get('method')} on {site.get('cases')} site cases "
+                f"({site.get('positives')} LLNM-positive), threshold {site.get('threshold')}",
+            )
+        )
     for name, component in (training.get("components") or {}).items():
         split = component.get("split") or {}
         if "train_patients" in split:
@@ -201,7 +219,7 @@ def limitations(manifest: Manifest, risk_map: dict[str, Any] | None) -> list[str
             "The report text encoder is English (all-MiniLM-L6-v2): reports in other "
             "languages need a bundle with an encoder for them."
         )
-    if "parent" not in manifest.training_data:
+    if "site_calibration" not in manifest.training_data:
         notes.append("Not recalibrated on any site's data.")
     notes.append("One index nodule per view (the largest) is assessed; others are listed only.")
     if risk_map is not None:
@@ -225,7 +243,7 @@ def model_card(manifest: Manifest, risk_map: dict[str, Any] | None = None) -> Mo
     lineage = [
         ("Created", manifest.created),
         ("Device UID", device_uid(manifest.name, manifest.version, manifest.files)),
-        ("Parent bundle", str(training.get("parent", "none: trained from scratch"))),
+        ("Parent bundle", _parent(training.get("parent"))),
         ("Text encoder", str(encoder.get("name") or encoder.get("folder") or "none")),
         ("Files", f"{len(manifest.files)}, each with its SHA-256 in the manifest"),
     ]

@@ -4,8 +4,11 @@ Model
     The bundle's ``llnm/`` component (:mod:`models.llnm.weights`) with the text
     encoder its manifest names (``text_encoder.folder``, inside the bundle; the
     packaged all-MiniLM-L6-v2 when it names none), loaded once per process after the
-    bundle's checksums are verified (:class:`LlnmLoader`). The decision
-    threshold is the manifest's ``metrics.llnm.threshold`` (default 0.5).
+    bundle's checksums are verified (:class:`LlnmLoader`). A bundle
+    recalibrated on a site's outcomes maps the model's probability through
+    its calibration (:mod:`models.calibration`; the risk stage keeps the
+    model's own). The decision threshold is the manifest's
+    ``metrics.llnm.threshold`` (default 0.5).
     The risk stage comes from the method the manifest's
     ``metrics.llnm.risk_stage`` records (:mod:`models.llnm.risk_stage`):
     the stage head, or banding the LLNM probability at the recorded
@@ -62,6 +65,7 @@ from imaging.errors import StageError
 from imaging.png import write_png
 from imaging.scope_reasons import Exclusion, Reason
 from models.bundle import BundleLoader, Manifest, text_encoder_folder
+from models.calibration import Calibration, load_calibration
 from models.llnm.batched import explain_patients
 from models.llnm.config import TMDLConfig
 from models.llnm.explain import Explanation
@@ -107,6 +111,7 @@ class LoadedLlnm:
     scope: ScopeStatistics | None  # None: the bundle has no scope statistics (no OOD check)
     explanations: MicroBatcher[TMDLBatch, Explanation]
     stage: StageMethod = field(default_factory=StageMethod)  # how the risk stage is reported
+    calibration: Calibration = field(default_factory=Calibration)  # the site's, if any
 
 
 def load_llnm(
@@ -141,6 +146,7 @@ def load_llnm(
         load_scope(bundle_dir),
         explainer,
         StageMethod.from_metrics(metrics),
+        load_calibration(bundle_dir),
     )
 
 
@@ -285,9 +291,11 @@ def infer_study(study: MeasuredStudy, llnm: LoadedLlnm) -> PredictedStudy | NotA
     batch, report_used = _batch(views, study.job.inputs, llnm)
     report = study.job.inputs.report_text
     (explanation,) = llnm.explanations([batch])
-    probability = float(torch.sigmoid(explanation.logit.float())[0])
+    model_probability = float(torch.sigmoid(explanation.logit.float())[0])
     head = torch.softmax(explanation.stage_logits.float(), dim=-1)[0].cpu().numpy()
-    risk_stage, stage_probabilities = llnm.stage.stage(probability, head)
+    # The stage's cut points (when banding) belong to the model's own probability.
+    risk_stage, stage_probabilities = llnm.stage.stage(model_probability, head)
+    probability = llnm.calibration(model_probability)
     out_dir = study.job.folder("infer")
     combined = explanation.heatmaps["combined"][0].float().cpu().numpy()  # (V, S, S)
     heatmaps = tuple(

@@ -52,13 +52,24 @@ def test_a_real_data_bundle_has_no_label_and_names_its_parent() -> None:
     manifest = Manifest(**json.loads((DEMO_BUNDLE_DIR / MANIFEST_FILE).read_text()))
     site = dataclasses.replace(
         manifest,
-        training_data={**manifest.training_data, "synthetic": False, "parent": "sha256:ab12"},
+        training_data={
+            **manifest.training_data,
+            "synthetic": False,
+            "parent": {"name": "site", "version": "1.0", "manifest_sha256": "ab12" * 16},
+            "site_calibration": {
+                "method": "platt",
+                "cases": 200,
+                "positives": 90,
+                "threshold": 0.41,
+            },
+        },
         metrics={k: v for k, v in manifest.metrics.items() if k != "scope"},
     )
     card = model_card(site)
     assert card.label is None
     rows = {s.title: dict(s.rows) for s in card.sections}
-    assert rows["Lineage"]["Parent bundle"] == "sha256:ab12"
+    assert rows["Lineage"]["Parent bundle"] == "site 1.0 (manifest SHA-256 ab12ab12ab12ab12...)"
+    assert rows["Training data"]["Site recalibration"].startswith("platt on 200 site cases")
     assert "no fitted statistics" in rows["Scope gate"]["Scope gate"]
     assert rows["Population risk map"]["Population risk map"] == "none in this bundle"
     limitations = " ".join(rows["Known limitations"].values())

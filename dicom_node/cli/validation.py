@@ -1,16 +1,26 @@
-"""``llnm-node validate``: a bundle's results against the site's imported outcomes."""
+"""``llnm-node validate`` and ``calibrate``: a bundle against the site's imported outcomes."""
 
 from __future__ import annotations
 
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from db.session import Database
+from dicom_node.app.recalibration import calibrate_bundle
 from dicom_node.app.site_validation import MIN_CASES, collect, validate
 from dicom_node.app.wiring import spool_layout
 from dicom_node.cli.common import ConfigOption, console, fail, settings_or_exit
+from models.bundle import BundleError, verify_bundle
+
+
+class CalibrationMethod(StrEnum):
+    """How the probability is recalibrated (:mod:`models.calibration`)."""
+
+    platt = "platt"
+    isotonic = "isotonic"
 
 
 def validate_command(
@@ -51,3 +61,43 @@ def validate_command(
     )
     if "versus" in report:
         console.print(f"against {vs}: {report['versus']}")
+
+
+def calibrate_command(
+    bundle: Annotated[Path, typer.Option(help="The bundle folder to recalibrate.")],
+    out: Annotated[Path, typer.Option(help="The new bundle's folder (must not exist).")],
+    version: Annotated[str, typer.Option(help="The new bundle's version.")],
+    method: Annotated[CalibrationMethod, typer.Option(help="platt or isotonic.")] = (
+        CalibrationMethod.platt
+    ),
+    target_sensitivity: Annotated[
+        float | None, typer.Option(min=0.01, max=1.0, help="Threshold for this sensitivity.")
+    ] = None,
+    config: ConfigOption = None,
+) -> None:
+    """Fit a calibration on the site's outcomes and write it as a new, sealed bundle version."""
+    settings = settings_or_exit(config)
+    try:
+        name = verify_bundle(bundle).name
+    except BundleError as exc:
+        raise fail("invalid bundle", exc) from exc
+    database = Database(settings.resolved_database_url)
+    with database.session() as session:
+        cases = collect(session, spool_layout(settings), name)
+    try:
+        summary = calibrate_bundle(
+            bundle,
+            out,
+            cases,
+            method=method.value,
+            version=version,
+            target_sensitivity=target_sensitivity,
+        )
+    except (ValueError, BundleError) as exc:
+        raise fail("cannot calibrate", exc) from exc
+    console.print(
+        f"{name} {version} in {out}: {summary['method']} on {summary['cases']} cases "
+        f"({summary['positives']} LLNM-positive), threshold {summary['threshold']}; "
+        f"calibration error {summary['calibration_error_before']} -> "
+        f"{summary['calibration_error_after_in_sample']} (on the fitting cases)"
+    )

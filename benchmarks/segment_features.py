@@ -35,9 +35,9 @@ from rich.table import Table
 
 from imaging.crop import crop_image
 from imaging.features import Location, extract_view
+from imaging.overlap import dice
 from models.demo import DEMO_BUNDLE_DIR
 from models.segmentation import predict_probabilities
-from models.segmentation.metrics import dice
 from phantoms import make_case
 from pipeline.segment import SegmenterLoader
 

@@ -39,6 +39,7 @@ from scipy import ndimage
 
 from imaging.features.extract import View
 from imaging.gland_frame import CanvasMap, FramedView
+from imaging.overlap import dice
 
 Float64Map = NDArray[np.float64]
 LEVEL_ITERATIONS = (40, 20, 10)  # coarsest scale first
@@ -86,12 +87,6 @@ def depth_map(gland: NDArray[np.generic]) -> Float64Map:
 
 def _cpdt(depth: Float64Map) -> Float64Map:
     return np.where(depth > 0, 1.0 - depth, 0.0)
-
-
-def dice(a: NDArray[np.bool_], b: NDArray[np.bool_]) -> float:
-    """Dice coefficient of two masks (1.0 when both are empty)."""
-    total = int(a.sum()) + int(b.sum())
-    return 1.0 if total == 0 else 2.0 * int((a & b).sum()) / total
 
 
 def centroid(weights: NDArray[np.floating]) -> tuple[float, float] | None:

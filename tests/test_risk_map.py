@@ -18,7 +18,8 @@ import pytest
 from imaging.features.extract import Location, extract_view, index_component
 from imaging.features.geometry import Unavailable, gland
 from imaging.gland_frame import CANVAS, MARGIN, FramedView, frame_view
-from imaging.registration import build_template, dice, register
+from imaging.overlap import dice
+from imaging.registration import build_template, register
 from models.bundle import verify_bundle
 from models.demo import DEMO_BUNDLE_DIR
 from models.risk_map import RISK_MAP_DIR, load_risk_map, place, region_of

@@ -20,6 +20,7 @@ from typer.testing import CliRunner
 
 from db import listings
 from dicom_node.cli.main import app
+from imaging.overlap import dice
 from models.bundle import BundleError, seal_bundle
 from models.demo import DEMO_BUNDLE_DIR
 from models.segmentation import (
@@ -27,7 +28,6 @@ from models.segmentation import (
     segment,
 )
 from models.segmentation.data import load_view, read_records
-from models.segmentation.metrics import dice
 from phantoms import PhantomOptions, export_phantoms, make_case
 from pipeline.features import view_plane
 from pipeline.segment import SegmenterLoader

@@ -21,6 +21,7 @@ import torch
 from typer.testing import CliRunner
 
 from dicom_node.cli.main import app
+from imaging.overlap import dice
 from models.checkpoints import load_checkpoint
 from models.segmentation import (
     Segmenter,
@@ -33,7 +34,6 @@ from models.segmentation import (
 )
 from models.segmentation.data import load_view, read_records, split_by_case
 from models.segmentation.letterbox import Letterbox
-from models.segmentation.metrics import dice
 from models.segmentation.training import evaluate_folder
 from phantoms import PhantomOptions, export_phantoms
 

@@ -1,28 +1,10 @@
-"""Overlap scores of binary masks and the Dice + BCE training loss."""
+"""The Dice + BCE training loss (overlap scores of masks: :mod:`imaging.overlap`)."""
 
 from __future__ import annotations
 
-import numpy as np
 import torch
-from numpy.typing import NDArray
 from torch import nn
 from torch.nn import functional
-
-
-def dice(prediction: NDArray[np.bool_], truth: NDArray[np.bool_]) -> float:
-    """Dice coefficient 2|A∩B| / (|A| + |B|) of two masks; 1.0 when both are empty."""
-    total = int(prediction.sum()) + int(truth.sum())
-    if total == 0:
-        return 1.0
-    return 2.0 * int(np.logical_and(prediction, truth).sum()) / total
-
-
-def iou(prediction: NDArray[np.bool_], truth: NDArray[np.bool_]) -> float:
-    """Intersection over union of two masks; 1.0 when both are empty."""
-    union = int(np.logical_or(prediction, truth).sum())
-    if union == 0:
-        return 1.0
-    return int(np.logical_and(prediction, truth).sum()) / union
 
 
 class DiceBCELoss(nn.Module):

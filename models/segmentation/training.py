@@ -33,6 +33,7 @@ import numpy as np
 import torch
 from rich.progress import track
 
+from imaging.overlap import dice, iou
 from models.schedule import seed_everything
 from models.segmentation.architectures import build_model, predict_probabilities, training_loss
 from models.segmentation.config import AnyConfig, SegmenterConfig
@@ -44,7 +45,6 @@ from models.segmentation.data import (
     read_records,
     split_by_case,
 )
-from models.segmentation.metrics import dice, iou
 from models.segmentation.segmenter import Segmenter, select_device
 from models.segmentation.weights import load_segmenter, save_segmenter
 from models.training_loop import LoopOptions, TrainResult, run_record, train_epochs

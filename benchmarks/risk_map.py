@@ -45,9 +45,8 @@ from pydicom import dcmread
 from rich.console import Console
 from rich.progress import track
 
-from imaging.features.extract import Location, extract_view, index_component
-from imaging.features.geometry import gland
-from imaging.gland_frame import FramedView, frame_view
+from imaging.features.extract import extract_view
+from imaging.gland_frame import FramedView, frame_index_nodule
 from imaging.registration import register
 from models.demo import DEMO_BUNDLE_DIR
 from models.risk_map import BOTH, RISK_MAP_DIR, PopulationLocation, RiskMap, load_risk_map
@@ -80,13 +79,7 @@ def _true_place(case: PhantomCase, placed: PopulationLocation, risk_map: RiskMap
         truth.mm_per_pixel,
         view=placed.plane,
     )
-    index = features.index
-    if index is None or not isinstance(index.location, Location):
-        return None
-    framed = frame_view(
-        gland(thyroid, nodules), index_component(nodules, index), index.location,
-        placed.plane, case.lobe,
-    )  # fmt: skip
+    framed = frame_index_nodule(nodules, thyroid, features, case.lobe)
     if not isinstance(framed, FramedView):
         return None
     entry = risk_map.planes[(placed.plane, placed.side)]

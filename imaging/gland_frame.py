@@ -26,6 +26,7 @@ Side
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,8 +34,8 @@ import cv2
 import numpy as np
 from numpy.typing import NDArray
 
-from imaging.features.extract import Location, View
-from imaging.features.geometry import BoolMap, Unavailable
+from imaging.features.extract import Location, View, ViewFeatures, index_component
+from imaging.features.geometry import BoolMap, Unavailable, gland
 from imaging.features.position import (
     PLATEAU,
     Side,
@@ -63,10 +64,6 @@ class FramedView:
     location: CanvasMap  # the CPDT map x_l (phi on the nodule, 0 elsewhere)
     box: Box  # the lobe box in the crop
 
-    def canvas_point(self, x: float, y: float) -> tuple[float, float]:
-        """Canvas coordinates (pixel centres at integers) of crop point (x, y) (same rule)."""
-        return _to_canvas(self.box, self.plane, x + 0.5, y + 0.5)
-
 
 def mirrored(view: FramedView) -> FramedView:
     """``view`` flipped left to right: a left lobe's transverse view as a right lobe's."""
@@ -78,14 +75,6 @@ def mirrored(view: FramedView) -> FramedView:
         location=np.ascontiguousarray(view.location[:, ::-1]),
         box=view.box,
     )
-
-
-def _to_canvas(box: Box, plane: View, x_edge: float, y_edge: float) -> tuple[float, float]:
-    height, width = CANVAS[plane]
-    x0, y0, x1, y1 = box
-    u = MARGIN + (x_edge - x0) / (x1 - x0) * (width - 2 * MARGIN)
-    v = MARGIN + (y_edge - y0) / (y1 - y0) * (height - 2 * MARGIN)
-    return u - 0.5, v - 0.5
 
 
 def _transverse_span(lobe: BoolMap, side: Side) -> tuple[float, float] | Unavailable:
@@ -180,3 +169,27 @@ def frame_view(
         location=_sample(location.cpdt, map_x, map_y, step),
         box=box,
     )
+
+
+def study_side(views: Iterable[ViewFeatures]) -> Side | None:
+    """The lobe of a study's index nodule: from the first view that tells it (a transverse one)."""
+    for view in views:
+        if view.index is not None and isinstance(view.index.lobe, str):
+            return view.index.lobe
+    return None
+
+
+def frame_index_nodule(
+    nodules: BoolMap, thyroid: BoolMap, features: ViewFeatures, side: Side | None
+) -> FramedView | Unavailable:
+    """The view's index nodule framed (:func:`frame_view`) from its crop's masks, or why not.
+
+    ``features`` are the view's (:func:`imaging.features.extract_view` of these masks).
+    """
+    index, plane = features.index, features.view
+    if index is None or not isinstance(index.location, Location):
+        return Unavailable("the view has no located index nodule")
+    if plane is None:
+        return Unavailable("the view plane is unknown")
+    region = gland(thyroid, nodules)
+    return frame_view(region, index_component(nodules, index), index.location, plane, side)

@@ -37,17 +37,10 @@ from typing import Any, ClassVar
 from sqlalchemy.orm import Session
 
 from db import results
-from imaging.features.extract import (
-    Location,
-    View,
-    ViewFeatures,
-    extract_view,
-    index_component,
-    summarize,
-)
-from imaging.features.geometry import Unavailable, gland
+from imaging.features.extract import View, ViewFeatures, extract_view, summarize
+from imaging.features.geometry import BoolMap, Unavailable
 from imaging.features.position import Side
-from imaging.gland_frame import frame_view
+from imaging.gland_frame import frame_index_nodule, study_side
 from imaging.png import read_png
 from imaging.scope_reasons import Exclusion, Reason
 from models.bundle import BundleLoader, Manifest
@@ -66,6 +59,7 @@ from pipeline.segment import SegmentedStudy, SegmentedView
 from pipeline.stage import JobConcluded, Stage
 
 NO_NODULE_FOUND = "no_nodule_found"
+Masks = tuple[BoolMap, BoolMap]  # a view's nodule and thyroid masks
 _TRANSVERSE = ("transverse", "transversal", "axial", "trans")
 _LONGITUDINAL = ("longitudinal", "sagittal", "long")
 
@@ -109,8 +103,19 @@ def view_plane(meaning: str | None) -> View | None:
     return None
 
 
-def measure_view(view: SegmentedView) -> MeasuredView:
-    """Read a view's crop and masks and extract its features.
+def read_masks(view: SegmentedView) -> Masks:
+    """The view's nodule and thyroid masks (crop resolution).
+
+    Raises
+    ------
+    StageError
+        If a PNG cannot be read.
+    """
+    return read_png(view.nodule_mask, grey=True) != 0, read_png(view.thyroid_mask, grey=True) != 0
+
+
+def measure_view(view: SegmentedView, masks: Masks) -> MeasuredView:
+    """Extract a view's features from its crop and ``masks`` (:func:`read_masks`).
 
     Raises
     ------
@@ -118,19 +123,15 @@ def measure_view(view: SegmentedView) -> MeasuredView:
         If a PNG cannot be read.
     """
     crop = view.crop
-    nodules = read_png(view.nodule_mask, grey=True)
+    nodules, thyroid = masks
     features = extract_view(
-        read_png(crop.png_path),
-        nodules,
-        read_png(view.thyroid_mask, grey=True),
-        crop.mm_per_pixel,
-        view=view_plane(crop.view),
+        read_png(crop.png_path), nodules, thyroid, crop.mm_per_pixel, view=view_plane(crop.view)
     )
     confidence = None
     if features.index is not None:
         x0, y0, x1, y1 = features.index.box
         inside = read_png(view.nodule_confidence, grey=True)[y0:y1, x0:x1]
-        covered = inside[nodules[y0:y1, x0:x1] > 0]
+        covered = inside[nodules[y0:y1, x0:x1]]
         confidence = float(covered.max()) / 255.0 if covered.size else 0.0
     return MeasuredView(segmented=view, features=features, nodule_confidence=confidence)
 
@@ -146,32 +147,19 @@ def confidence_exclusion(view: MeasuredView, limits: ViewLimits | None) -> Exclu
     )
 
 
-def study_side(views: tuple[MeasuredView, ...]) -> Side | None:
-    """The lobe of the study's index nodule, read from its first transverse view that tells it."""
-    for view in views:
-        index = view.features.index
-        if index is not None and isinstance(index.lobe, str):
-            return index.lobe
-    return None
-
-
 def locate_in_population(
-    view: MeasuredView, side: Side | None, risk_map: RiskMap
+    view: MeasuredView, masks: Masks, side: Side | None, risk_map: RiskMap
 ) -> PopulationLocation | Unavailable:
     """Where ``view``'s index nodule sits on the population map (module docstring)."""
-    index, plane = view.features.index, view.features.view
-    if index is None or not isinstance(index.location, Location):
-        return Unavailable("the view has no located index nodule")
-    if plane is None:
-        return Unavailable("the view plane is unknown")
-    nodules = read_png(view.segmented.nodule_mask, grey=True) != 0
-    thyroid = read_png(view.segmented.thyroid_mask, grey=True) != 0
-    region = gland(thyroid, nodules)
-    framed = frame_view(region, index_component(nodules, index), index.location, plane, side)
+    framed = frame_index_nodule(*masks, view.features, side)
     if isinstance(framed, Unavailable):
         return framed
     placed = place(risk_map, framed, framed.side or side or "")
     return Unavailable(placed) if isinstance(placed, str) else placed
+
+
+def _image_key(view: SegmentedView) -> tuple[str, int]:
+    return view.crop.sop_instance_uid, view.crop.frame_index
 
 
 def measure(
@@ -179,16 +167,23 @@ def measure(
 ) -> MeasuredStudy | NotAssessed:
     """Features of every view of ``study``; uncertain index nodules excluded (module doc)."""
     limits = None if scope is None else scope.limits
+    masks = {_image_key(view): read_masks(view) for view in study.views}
     views, excluded = partition(
-        (measure_view(view) for view in study.views),
+        (measure_view(view, masks[_image_key(view)]) for view in study.views),
         lambda v: confidence_exclusion(v, limits),
         lambda v: v.segmented.crop.sop_instance_uid,
     )
     if excluded and not any(v.features.index is not None for v in views):
         return not_assessed(study.job.job_id, excluded, before=study.excluded)
     if risk_map is not None:
-        side = study_side(views)
-        views = tuple(replace(v, population=locate_in_population(v, side, risk_map)) for v in views)
+        side = study_side(v.features for v in views)
+        views = tuple(
+            replace(
+                v,
+                population=locate_in_population(v, masks[_image_key(v.segmented)], side, risk_map),
+            )
+            for v in views
+        )
     return MeasuredStudy(job=study.job, views=views, excluded=(*study.excluded, *excluded))
 
 

@@ -37,9 +37,9 @@ import numpy as np
 from numpy.typing import NDArray
 from rich.progress import track
 
-from imaging.features.extract import Location, View, extract_view, index_component
-from imaging.features.geometry import Unavailable, gland
-from imaging.gland_frame import CANVAS, MARGIN, FramedView, frame_view, mirrored
+from imaging.features.extract import Location, View, extract_view
+from imaging.features.geometry import Unavailable
+from imaging.gland_frame import CANVAS, MARGIN, FramedView, frame_index_nodule, mirrored, study_side
 from imaging.png import read_png
 from imaging.registration import (
     CC_RADIUS,
@@ -132,9 +132,8 @@ def measure_case(data: Path, record: dict[str, Any]) -> MeasuredCase:
             image, nodules, thyroid, None if mm is None else tuple(mm), view=plane
         )
         measured.append((plane, nodules != 0, thyroid != 0, features))
-    lobes = [f.index.lobe for *_, f in measured if f.index and isinstance(f.index.lobe, str)]
     thirds = [f.index.third for *_, f in measured if f.index and isinstance(f.index.third, str)]
-    side = lobes[0] if lobes else None
+    side = study_side(f for *_, f in measured)
     distances = [
         f.index.location.capsule_distance
         for *_, f in measured
@@ -142,13 +141,7 @@ def measure_case(data: Path, record: dict[str, Any]) -> MeasuredCase:
     ]
     views, unplaced = [], []
     for plane, nodules, thyroid, features in measured:
-        index = features.index
-        if index is None or not isinstance(index.location, Location):
-            unplaced.append(f"{plane}: no located nodule")
-            continue
-        framed = frame_view(
-            gland(thyroid, nodules), index_component(nodules, index), index.location, plane, side
-        )
+        framed = frame_index_nodule(nodules, thyroid, features, side)
         if isinstance(framed, Unavailable):
             unplaced.append(f"{plane}: {framed.reason}")
         else:

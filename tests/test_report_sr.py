@@ -17,9 +17,8 @@ from pydicom import Dataset, dcmread
 from report_cases import predicted_case
 from scipy import ndimage
 
-from imaging.features.extract import Location, extract_view, index_component
-from imaging.features.geometry import gland
-from imaging.gland_frame import FramedView, frame_view
+from imaging.features.extract import extract_view
+from imaging.gland_frame import FramedView, frame_index_nodule
 from imaging.identity import MANUFACTURER
 from imaging.png import read_png
 from imaging.registration import register
@@ -414,15 +413,8 @@ def test_population_risk_is_the_map_at_the_nodules_true_registered_place(
         features = extract_view(
             truth.pixels[y0:y1, x0:x1], nodules, thyroid, truth.mm_per_pixel, view=placed.plane
         )
-        assert features.index is not None and isinstance(features.index.location, Location)
-        framed = frame_view(
-            gland(thyroid, nodules),
-            index_component(nodules, features.index),
-            features.index.location,
-            placed.plane,
-            built.case.lobe,
-        )
-        assert isinstance(framed, FramedView)
+        framed = frame_index_nodule(nodules, thyroid, features, built.case.lobe)
+        assert isinstance(framed, FramedView), framed
         entry = risk_map.planes[(placed.plane, built.case.lobe)]
         position = register(entry.template, framed).position
         assert position is not None

@@ -15,9 +15,9 @@ import cv2
 import numpy as np
 import pytest
 
-from imaging.features.extract import Location, extract_view, index_component
-from imaging.features.geometry import Unavailable, gland
-from imaging.gland_frame import CANVAS, MARGIN, FramedView, frame_view
+from imaging.features.extract import Location, extract_view
+from imaging.features.geometry import Unavailable
+from imaging.gland_frame import CANVAS, MARGIN, FramedView, frame_index_nodule
 from imaging.overlap import dice
 from imaging.registration import build_template, register
 from models.bundle import verify_bundle
@@ -42,11 +42,8 @@ def _view(
     features = extract_view(
         image, nodules, thyroid, truth.mm_per_pixel if calibrated else None, view=plane
     )
-    index = features.index
-    assert index is not None and isinstance(index.location, Location)
-    return frame_view(
-        gland(thyroid, nodules), index_component(nodules, index), index.location, plane, case.lobe
-    )
+    assert features.index is not None and isinstance(features.index.location, Location)
+    return frame_index_nodule(nodules, thyroid, features, case.lobe)
 
 
 def _framed(case: PhantomCase, k: int, **kwargs: object) -> FramedView:

@@ -5,7 +5,7 @@ line per view for the Qualitative Evaluations (:func:`population_caption`).
 Picture: one RGB Secondary Capture per view the features stage placed on the map
 (:class:`models.risk_map.PopulationLocation`), in the heatmap series after
 the heatmaps. The template's LLNM rate map is scaled up to about
-:data:`WIDTH` pixels (white 0 to red 1, as the paper's Fig. 4c; grey where
+:data:`WIDTH` pixels (white 0 to red 1, matplotlib's "Reds" as the paper's Fig. 4c; grey where
 too few cases lie), the gland template outlined in black, the nodule's
 registered position marked by a black ring and cross; a colour bar on the
 right, and below a caption: the clinical-use label and the result, the
@@ -18,6 +18,7 @@ from __future__ import annotations
 import cv2
 import highdicom as hd
 import numpy as np
+from matplotlib import colormaps
 from numpy.typing import NDArray
 
 from imaging.png import write_png
@@ -42,10 +43,9 @@ _INK = (0, 0, 0)
 
 
 def reds(values: NDArray[np.uint8]) -> RGB8:
-    """White (0) to dark red (255), the paper's colour scale."""
-    t = values.astype(np.float32)[..., None] / 255.0
-    white, red = np.array([255.0, 255.0, 255.0]), np.array([165.0, 15.0, 21.0])
-    return np.asarray(np.rint(white * (1 - t) + red * t), dtype=np.uint8)
+    """White (0) to dark red (255): matplotlib's "Reds", as the bundle's map pictures."""
+    rgba = colormaps["Reds"](values, bytes=True)
+    return np.ascontiguousarray(rgba[..., :3], dtype=np.uint8)
 
 
 def population_caption(placed: PopulationLocation) -> str:

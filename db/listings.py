@@ -20,10 +20,12 @@ from sqlalchemy.orm import Session, selectinload
 from db.jobs import find_job
 from db.models import (
     TERMINAL_STATES,
+    InstalledBundle,
     Job,
     JobState,
     Patient,
     Result,
+    ShadowResult,
     Study,
 )
 
@@ -88,6 +90,7 @@ class ResultRow:
     risk_stage: int | None
     bundle_name: str
     bundle_version: str
+    bundle_sha256: str
     synthetic_bundle: bool
     report_text_used: bool
     contributions: dict[str, Any] | None  # percent per model input
@@ -95,13 +98,32 @@ class ResultRow:
 
 
 @dataclass(frozen=True)
+class ShadowRow:
+    """A shadow bundle's answer for a job (never exported)."""
+
+    bundle_name: str
+    bundle_version: str
+    bundle_sha256: str
+    outcome: str
+    reason: str | None
+    probability: float | None
+    threshold: float | None
+    positive: bool | None
+    risk_stage: int | None
+    contributions: dict[str, Any] | None
+    error: str | None  # what a failed shadow bundle raised
+    created_at: datetime
+
+
+@dataclass(frozen=True)
 class JobDetail:
-    """A job with its result (if any) and its whole audit trail."""
+    """A job with its result (if any), its shadow answers and its whole audit trail."""
 
     job: JobRow
     study_instance_uid: str
     result: ResultRow | None
     events: tuple[EventRow, ...]
+    shadow: tuple[ShadowRow, ...] = ()
 
 
 def _job_row(job: Job) -> JobRow:
@@ -216,16 +238,40 @@ def job_detail(session: Session, *, job_id: int) -> JobDetail:
             risk_stage=r.risk_stage,
             bundle_name=r.bundle_name,
             bundle_version=r.bundle_version,
+            bundle_sha256=r.bundle_sha256,
             synthetic_bundle=r.synthetic_bundle,
             report_text_used=r.report_text_used,
             contributions=r.contributions,
             detail=r.detail,
         )
+    shadow = tuple(
+        ShadowRow(
+            bundle_name=b.name,
+            bundle_version=b.version,
+            bundle_sha256=b.sha256,
+            outcome=r.outcome,
+            reason=r.reason,
+            probability=r.probability,
+            threshold=r.threshold,
+            positive=r.positive,
+            risk_stage=r.risk_stage,
+            contributions=r.contributions,
+            error=(r.detail or {}).get("error"),
+            created_at=r.created_at,
+        )
+        for r, b in session.execute(
+            select(ShadowResult, InstalledBundle)
+            .join(InstalledBundle, InstalledBundle.id == ShadowResult.bundle_fk)
+            .where(ShadowResult.job_fk == job_id)
+            .order_by(InstalledBundle.name, InstalledBundle.version)
+        ).all()
+    )
     return JobDetail(
         job=_job_row(job),
         study_instance_uid=job.study.study_instance_uid,
         result=result,
         events=events,
+        shadow=shadow,
     )
 
 

@@ -4,7 +4,8 @@ A patient has studies; a study has instances (the files in the spool) and jobs
 (one per analysis run, numbered by ``version``); a job has events (its audit
 trail), at most one result, its export attempts and the pseudonym map of its
 de-identified copy. Events with no job record what happened at the listener
-(refusals, quarantines).
+(refusals, quarantines). The installed model bundles each have a role (one live,
+others shadow or off); a shadow bundle's answer for a job is a shadow result.
 """
 
 from __future__ import annotations
@@ -105,6 +106,14 @@ class ExportState(enum.StrEnum):
     PENDING = "pending"
     SENT = "sent"
     DEAD = "dead"
+
+
+class BundleRole(enum.StrEnum):
+    """What the node does with an installed bundle."""
+
+    LIVE = "live"  # its results go to the PACS (at most one bundle)
+    SHADOW = "shadow"  # computed and kept in the job database, never exported
+    OFF = "off"  # installed, not run
 
 
 def _enum(cls: type[enum.StrEnum]) -> Enum:
@@ -253,12 +262,57 @@ class Result(Base):
     reason: Mapped[str | None] = mapped_column(String(32), default=None, index=True)
     bundle_name: Mapped[str] = mapped_column(String(128), default="")
     bundle_version: Mapped[str] = mapped_column(String(32), default="")
+    # Of the bundle's manifest (models.bundle.bundle_digest); "" for results made before.
+    bundle_sha256: Mapped[str] = mapped_column(String(64), default="", server_default="")
     synthetic_bundle: Mapped[bool] = mapped_column(default=False)
     report_text_used: Mapped[bool] = mapped_column(default=False)
     contributions: Mapped[dict[str, Any] | None] = mapped_column(default=None)
     detail: Mapped[dict[str, Any] | None] = mapped_column(default=None)
 
     job: Mapped[Job] = relationship(back_populates="result")
+
+
+class InstalledBundle(Base):
+    """A sealed model bundle copied into the node's bundle store (db.bundles)."""
+
+    __tablename__ = "bundles"
+    __table_args__ = (UniqueConstraint("name", "version", name="uq_bundles_name_version"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(128))
+    version: Mapped[str] = mapped_column(String(32))
+    # Of its manifest (models.bundle.bundle_digest): a content hash of the whole bundle.
+    sha256: Mapped[str] = mapped_column(String(64))
+    # Absolute path of the installed copy.
+    path: Mapped[str] = mapped_column(Text)
+    role: Mapped[BundleRole] = mapped_column(
+        _enum(BundleRole), default=BundleRole.SHADOW, index=True
+    )
+    installed_at: Mapped[datetime] = mapped_column(default=utcnow)
+    changed_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class ShadowResult(Base):
+    """A shadow bundle's answer for a job: kept here, never exported."""
+
+    __tablename__ = "shadow_results"
+    __table_args__ = (UniqueConstraint("job_fk", "bundle_fk", name="uq_shadow_results_job_bundle"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    job_fk: Mapped[int] = mapped_column(ForeignKey("jobs.id"), index=True)
+    bundle_fk: Mapped[int] = mapped_column(ForeignKey("bundles.id"), index=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    probability: Mapped[float | None] = mapped_column(Float, default=None)
+    threshold: Mapped[float | None] = mapped_column(Float, default=None)
+    positive: Mapped[bool | None] = mapped_column(default=None)
+    risk_stage: Mapped[int | None] = mapped_column(Integer, default=None)
+    outcome: Mapped[str] = mapped_column(String(32), default="predicted")
+    reason: Mapped[str | None] = mapped_column(String(32), default=None)
+    report_text_used: Mapped[bool] = mapped_column(default=False)
+    contributions: Mapped[dict[str, Any] | None] = mapped_column(default=None)
+    detail: Mapped[dict[str, Any] | None] = mapped_column(default=None)
+
+    bundle: Mapped[InstalledBundle] = relationship()
 
 
 class Outcome(Base):

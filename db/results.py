@@ -9,7 +9,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from db.jobs import JobStateError
-from db.models import Result
+from db.models import Result, ShadowResult
 
 
 @dataclass(frozen=True)
@@ -22,6 +22,7 @@ class Prediction:
     risk_stage: int
     bundle_name: str
     bundle_version: str
+    bundle_sha256: str  # models.bundle.bundle_digest
     synthetic_bundle: bool
     report_text_used: bool
     contributions: dict[str, float]
@@ -46,6 +47,44 @@ def save_result(
         session.flush()
     values = {} if prediction is None else asdict(prediction)
     result = Result(job_fk=job_id, outcome=outcome, reason=reason, detail=detail, **values)
+    session.add(result)
+    session.flush()
+    return result
+
+
+_SHADOW_FIELDS = (
+    "probability",
+    "threshold",
+    "positive",
+    "risk_stage",
+    "report_text_used",
+    "contributions",
+)
+
+
+def save_shadow_result(
+    session: Session,
+    *,
+    job_id: int,
+    bundle_id: int,
+    outcome: str,
+    reason: str | None = None,
+    prediction: Prediction | None = None,
+    detail: dict[str, Any] | None = None,
+) -> ShadowResult:
+    """Record shadow bundle ``bundle_id``'s answer on job ``job_id``, replacing an earlier one."""
+    existing = session.scalar(
+        select(ShadowResult).where(
+            ShadowResult.job_fk == job_id, ShadowResult.bundle_fk == bundle_id
+        )
+    )
+    if existing is not None:
+        session.delete(existing)
+        session.flush()
+    values = {} if prediction is None else {k: getattr(prediction, k) for k in _SHADOW_FIELDS}
+    result = ShadowResult(
+        job_fk=job_id, bundle_fk=bundle_id, outcome=outcome, reason=reason, detail=detail, **values
+    )
     session.add(result)
     session.flush()
     return result

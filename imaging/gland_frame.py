@@ -4,7 +4,9 @@ Lobe box
     The gland component holding the index nodule (:func:`gland_component`)
     gives the box; its columns thinner than :data:`TIP_FRACTION` of the
     thickest are left out along x, so where a segmenter ends a tapering pole
-    moves the box little. Longitudinal views: along x the lobe from pole to pole
+    moves the box little; whether a pole or a lateral edge is cut by the
+    crop is read from the whole component (a thin tip on the crop's edge is a
+    cut pole). Longitudinal views: along x the lobe from pole to pole
     (:func:`lobe_length_span`: a lobe cut by one crop edge is taken as
     symmetric about its thickest part). Transverse views: the lobe is taken as
     symmetric about its thickest part (the middle of the columns at least
@@ -79,13 +81,14 @@ def mirrored(view: FramedView) -> FramedView:
 
 def _transverse_span(lobe: BoolMap, side: Side) -> tuple[float, float] | Unavailable:
     thickness = lobe.sum(axis=0)
-    cols = np.flatnonzero(thickness)
+    edge = np.flatnonzero(thickness)
+    # The right lobe's midline is on the image right: its lateral edge is the left one.
+    if (edge.min() == 0) if side == "right" else (edge.max() + 1 == lobe.shape[1]):
+        return Unavailable("the lobe's lateral edge is cut by the crop")
+    cols = np.flatnonzero(thickness >= max(TIP_FRACTION * thickness.max(), 1))
     plateau = np.flatnonzero(thickness >= PLATEAU * thickness.max())
     middle = (float(plateau.min()) + float(plateau.max() + 1)) / 2
-    # The right lobe's midline is on the image right: its lateral edge is the left one.
     lateral = float(cols.min()) if side == "right" else float(cols.max() + 1)
-    if lateral in (0.0, float(lobe.shape[1])):
-        return Unavailable("the lobe's lateral edge is cut by the crop")
     half = abs(middle - lateral)
     if half == 0:
         return Unavailable("the lobe has no width beside its thickest part")
@@ -97,9 +100,11 @@ def lobe_box(region: BoolMap, nodule: BoolMap, plane: View, side: Side) -> Box |
     lobe = gland_component(region, nodule)
     if lobe is None:
         return Unavailable("the nodule lies outside the thyroid")
-    thickness = lobe.sum(axis=0)
-    core = lobe & (thickness >= TIP_FRACTION * thickness.max())[None, :]
-    span = lobe_length_span(core) if plane == "longitudinal" else _transverse_span(core, side)
+    span = (
+        lobe_length_span(lobe, TIP_FRACTION)
+        if plane == "longitudinal"
+        else _transverse_span(lobe, side)
+    )
     if isinstance(span, Unavailable):
         return span
     x0, x1 = span

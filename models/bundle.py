@@ -117,6 +117,15 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
+def bundle_digest(folder: Path) -> str:
+    """Hex SHA-256 of the bundle's ``manifest.json``: a content hash of the whole bundle.
+
+    The manifest lists every file's sha256, so any change to any file (once sealed)
+    changes it. The files themselves are not checked here (:func:`verify_bundle`).
+    """
+    return sha256_file(folder / MANIFEST_FILE)
+
+
 def _bundle_files(folder: Path) -> list[Path]:
     """Every file of the bundle but the manifest, sorted; refuses disallowed kinds."""
     files = sorted(p for p in folder.rglob("*") if p.is_file() and p.name != MANIFEST_FILE)

@@ -55,6 +55,9 @@ class StudyInput:
     study_instance_uid: str
     instances: tuple[InstanceRef, ...]
     work_dir: Path  # the job's folder in the spool (SpoolLayout.work_dir)
+    # The installed bundle the job runs with (an absolute folder, pinned when the job
+    # starts); None: the node's configured bundle (``model.bundle_dir``).
+    bundle_dir: str | None = None
 
 
 @dataclass(frozen=True)
@@ -94,6 +97,7 @@ class JobContext:
     job_id: int
     work_dir: Path  # the job's folder in the spool (SpoolLayout.work_dir)
     inputs: ModelInputs  # age, sex and redacted report text, from de-identification
+    bundle_dir: str | None = None  # as StudyInput's
 
     def folder(self, name: str) -> Path:
         """``work_dir/name``, created if missing: where a stage writes its files."""

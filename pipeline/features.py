@@ -30,6 +30,7 @@ No nodule
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, ClassVar
@@ -270,12 +271,13 @@ def _risk_map_of(bundle_dir: Path, _manifest: Manifest) -> RiskMap | None:
 
 
 def features_stage(
-    scope: ScopeLoader, risk_map: RiskMapLoader
+    scope: Callable[[JobContext], ScopeStatistics | None],
+    risk_map: Callable[[JobContext], RiskMap | None],
 ) -> Stage[SegmentedStudy, MeasuredStudy | NotAssessed]:
-    """The features stage, gating with ``scope``'s statistics, placing on ``risk_map``'s map."""
+    """The features stage: gates with ``scope(job)``, places on ``risk_map(job)``."""
     return Stage[SegmentedStudy, MeasuredStudy | NotAssessed](
         name="features",
-        run=lambda study: measure(study, scope(), risk_map()),
+        run=lambda study: measure(study, scope(study.job), risk_map(study.job)),
         summarize=gated_summary(summarize_measures),
         store=gated(conclude_without_nodule),
         output_type=MeasuredStudy,

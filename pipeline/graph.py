@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from imaging.scope import ScopeRules
+from pipeline.bundle_models import BundleModels
 from pipeline.crop import CROP
 from pipeline.deidentify import DEIDENTIFY
-from pipeline.features import RiskMapLoader, ScopeLoader, features_stage
-from pipeline.infer import LlnmLoader, infer_stage
+from pipeline.features import features_stage
+from pipeline.infer import infer_stage
 from pipeline.intake import intake_stage
 from pipeline.report.inputs import ReportOptions
 from pipeline.report.stage import DestinationsFor, report_stage
-from pipeline.segment import SegmenterLoader, segment_stage
+from pipeline.segment import segment_stage
+from pipeline.shadow import ShadowSteps, shadow_stage
 from pipeline.spool import SpoolLayout
 from pipeline.stage import Stage
 
@@ -26,17 +29,22 @@ def default_stages(
     destinations_for: DestinationsFor,
     scope: ScopeRules | None = None,
 ) -> tuple[Stage[Any, Any], ...]:
-    """The stages of a job, first to last, with the models of the bundle in ``bundle_dir``.
+    """The stages of a job, first to last, with the models of the job's bundle.
+
+    A job pinned to no installed bundle uses the one in ``bundle_dir``.
 
     The report's objects are queued for export to ``destinations_for(calling AE)``;
     ``scope`` is the site's scope rules (default: :class:`ScopeRules`'s).
     """
+    models = BundleModels(bundle_dir)
+    shadow = ShadowSteps(spool)
     return (
         intake_stage(scope or ScopeRules()),
         DEIDENTIFY,
-        CROP,
-        segment_stage(SegmenterLoader(bundle_dir)),
-        features_stage(ScopeLoader(bundle_dir), RiskMapLoader(bundle_dir)),
-        infer_stage(LlnmLoader(bundle_dir)),
+        replace(CROP, store=shadow.save_crops),
+        segment_stage(models.segmenters),
+        features_stage(models.scope, models.risk_map),
+        infer_stage(models.llnm),
         report_stage(report, spool, destinations_for),
+        shadow_stage(models, shadow),
     )

@@ -50,6 +50,7 @@ Output
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, ClassVar
@@ -64,7 +65,7 @@ from db.models import EventLevel
 from imaging.errors import StageError
 from imaging.png import write_png
 from imaging.scope_reasons import Exclusion, Reason
-from models.bundle import BundleLoader, Manifest, text_encoder_folder
+from models.bundle import BundleLoader, Manifest, bundle_digest, text_encoder_folder
 from models.calibration import Calibration, load_calibration
 from models.llnm.batched import explain_patients
 from models.llnm.config import TMDLConfig
@@ -112,6 +113,7 @@ class LoadedLlnm:
     explanations: MicroBatcher[TMDLBatch, Explanation]
     stage: StageMethod = field(default_factory=StageMethod)  # how the risk stage is reported
     calibration: Calibration = field(default_factory=Calibration)  # the site's, if any
+    digest: str = ""  # the bundle's (models.bundle.bundle_digest)
 
 
 def load_llnm(
@@ -147,6 +149,7 @@ def load_llnm(
         explainer,
         StageMethod.from_metrics(metrics),
         load_calibration(bundle_dir),
+        bundle_digest(bundle_dir),
     )
 
 
@@ -313,6 +316,7 @@ def infer_study(study: MeasuredStudy, llnm: LoadedLlnm) -> PredictedStudy | NotA
             risk_stage=risk_stage,
             bundle_name=manifest.name,
             bundle_version=manifest.version,
+            bundle_sha256=llnm.digest,
             synthetic_bundle=manifest.synthetic,
             report_text_used=report_used,
             contributions={k: round(v, 2) for k, v in explanation.contributions[0].items()},
@@ -393,11 +397,13 @@ def store_prediction(session: Session, job_id: int, study: PredictedStudy) -> Pr
     return study
 
 
-def infer_stage(loader: LlnmLoader) -> Stage[MeasuredStudy, PredictedStudy | NotAssessed]:
-    """The infer stage, using the model ``loader`` provides."""
+def infer_stage(
+    llnm: Callable[[JobContext], LoadedLlnm],
+) -> Stage[MeasuredStudy, PredictedStudy | NotAssessed]:
+    """The infer stage, using LLNM-Net of the job's bundle (``llnm(job)``)."""
     return Stage[MeasuredStudy, PredictedStudy | NotAssessed](
         name="infer",
-        run=lambda study: infer_study(study, loader()),
+        run=lambda study: infer_study(study, llnm(study.job)),
         summarize=gated_summary(summarize_prediction),
         queue="gpu",
         store=gated(store_prediction),

@@ -23,7 +23,7 @@ from typing import Any, Protocol
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session
 
-from db import jobs
+from db import bundles, jobs
 from db.models import JobState
 from db.session import Database
 from imaging.errors import StageError
@@ -123,9 +123,10 @@ class JobRunner:
             return jobs.running_attempt(session, job_id=job_id) == attempt
 
     def study_input(self, job_id: int) -> StudyInput:
-        """The first stage's input: the study's instances in the spool."""
+        """The first stage's input: the study's instances in the spool, the live bundle."""
         with self._database.session() as session:
             source = jobs.job_source(session, job_id=job_id)
+            live = bundles.live_bundle(session)
         work_dir = self._spool.work_dir(job_id)
         work_dir.mkdir(parents=True, exist_ok=True)
         return StudyInput(
@@ -133,6 +134,7 @@ class JobRunner:
             study_instance_uid=source.study_instance_uid,
             instances=instance_refs(source, self._spool),
             work_dir=work_dir,
+            bundle_dir=None if live is None else live.path,
         )
 
     def run(self, job_id: int) -> None:

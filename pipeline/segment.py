@@ -34,6 +34,7 @@ Next
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -304,11 +305,13 @@ def summarize_segmentation(study: SegmentedStudy) -> dict[str, Any]:
     }
 
 
-def segment_stage(loader: SegmenterLoader) -> Stage[CroppedStudy, SegmentedStudy | NotAssessed]:
-    """The segment stage, using the segmenters ``loader`` provides."""
+def segment_stage(
+    segmenters: Callable[[JobContext], Segmenters],
+) -> Stage[CroppedStudy, SegmentedStudy | NotAssessed]:
+    """The segment stage, using the segmenters of the job's bundle (``segmenters(job)``)."""
     return Stage(
         name="segment",
-        run=lambda study: segment_study(study, loader()),
+        run=lambda study: segment_study(study, segmenters(study.job)),
         summarize=gated_summary(summarize_segmentation),
         queue="gpu",
         store=gated(),

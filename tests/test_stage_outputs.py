@@ -46,6 +46,7 @@ from pipeline.intake import (
 from pipeline.report.inputs import ReportObject, ReportOptions
 from pipeline.report.stage import ReportObjects
 from pipeline.segment import SegmentedStudy, SegmentedView
+from pipeline.shadow import ShadowAnswer, ShadowAnswers
 from pipeline.spool import SpoolLayout
 from pipeline.stage import Stage
 from pipeline.stage_outputs import StageOutputError, load_output, save_output
@@ -330,10 +331,12 @@ def real_outputs(root: Path) -> dict[str, object]:
         ExcludedImage("2.25.13", Exclusion(Reason.OUT_OF_DISTRIBUTION, "score 41.2 > 18.0")),
     )
     inputs = ModelInputs(age_years=51.5, sex="F", report_text="left lobe nodule")
-    job = JobContext(3, work, inputs)
+    job = JobContext(3, work, inputs, "/srv/llnm/bundles/llnm-site-1.1-0123abcd")
     ref = InstanceRef("2.25.5", "1.2.840.10008.5.1.4.1.1.6.1", "2.25.6", root / "in" / "5.dcm")
-    study = StudyInput(3, "2.25.7", (ref,), work)
-    prediction = Prediction(0.7, 0.5, True, 2, "demo", "1.0", True, True, {"texture": 41.5})
+    study = StudyInput(3, "2.25.7", (ref,), work, "/srv/llnm/bundles/llnm-site-1.1-0123abcd")
+    prediction = Prediction(
+        0.7, 0.5, True, 2, "demo", "1.0", "ab" * 32, True, True, {"texture": 41.5}
+    )
     image_ref = DeidentifiedImage(work / "deid" / "1.dcm", "2.25.9", 1, 80, 100, True)
     sr = ReportObject(
         "sr",
@@ -374,6 +377,13 @@ def real_outputs(root: Path) -> dict[str, object]:
             excluded=excluded,
         ),
         "report": ReportObjects(job_id=3, caption="LLNM positive", objects=(sr,)),
+        "shadow": ShadowAnswers(
+            (
+                ShadowAnswer(7, "predicted", prediction=prediction),
+                ShadowAnswer(8, "not_assessed", "colour_doppler"),
+                ShadowAnswer(9, "failed", error="BundleError: llnm/model.safetensors altered"),
+            )
+        ),
     }
 
 

@@ -152,6 +152,7 @@ def _result(job_id: int, result: listings.ResultRow, spool: SpoolLayout) -> sche
         contributions=result.contributions,
         bundle_name=result.bundle_name,
         bundle_version=result.bundle_version,
+        bundle_sha256=result.bundle_sha256,
         synthetic_bundle=result.synthetic_bundle,
         clinical_use_label=NOT_FOR_CLINICAL_USE if result.synthetic_bundle else None,
         report_text_used=result.report_text_used,
@@ -170,6 +171,9 @@ def get_job(request: Request, job_id: JobId) -> schemas.JobDetail:
         job=schemas.Job.model_validate(detail.job, from_attributes=True),
         study_instance_uid=detail.study_instance_uid,
         result=None if result is None else _result(job_id, result, request.app.state.spool),
+        shadow=[
+            schemas.ShadowAnswer.model_validate(a, from_attributes=True) for a in detail.shadow
+        ],
         events=[schemas.Event.model_validate(e, from_attributes=True) for e in detail.events],
     )
 

@@ -152,11 +152,29 @@ class Result(BaseModel):
     contributions: dict[str, float] | None  # percent per model input
     bundle_name: str
     bundle_version: str
+    bundle_sha256: str
     synthetic_bundle: bool
     clinical_use_label: str | None
     report_text_used: bool
     objects: list[ReportObject]
     heatmaps: list[str]  # links to the heatmap overlay PNGs, in view order
+
+
+class ShadowAnswer(BaseModel):
+    """A shadow bundle's answer: kept in the job database, never sent to the PACS."""
+
+    bundle_name: str
+    bundle_version: str
+    bundle_sha256: str
+    outcome: str
+    reason: str | None
+    probability: float | None
+    threshold: float | None
+    positive: bool | None
+    risk_stage: int | None
+    contributions: dict[str, float] | None
+    error: str | None
+    created_at: datetime
 
 
 class JobDetail(BaseModel):
@@ -165,6 +183,7 @@ class JobDetail(BaseModel):
     job: Job
     study_instance_uid: str
     result: Result | None
+    shadow: list[ShadowAnswer]  # the shadow bundles' answers (none exported)
     events: list[Event]
 
 

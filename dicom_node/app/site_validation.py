@@ -1,8 +1,9 @@
 """Site validation: a bundle's results measured against the site's imported outcomes.
 
 Cases
-    Every study with an outcome (:mod:`db.outcomes`) and a result of the bundle
-    (by bundle name; a study's newest job with one). Predicted cases enter the
+    Every study with an outcome (:mod:`db.outcomes`) and an answer of the
+    bundle, live (``results``) or shadow (``shadow_results``), by bundle name;
+    a study's newest job with one. Predicted cases enter the
     metrics; the others (not assessed by the scope gate, no nodule found) make
     the not-assessed rate, by reason.
 Metrics (:mod:`models.llnm.evaluation`)
@@ -42,7 +43,7 @@ from pydicom.errors import InvalidDicomError
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from db.models import Instance, Job, Outcome, Result
+from db.models import InstalledBundle, Instance, Job, Outcome, Result, ShadowResult
 from models.llnm.evaluation import bootstrap, expected_calibration_error, roc_auc
 from models.llnm.evaluation_plots import plot_calibration, plot_decision_curve, plot_roc
 from pipeline.spool import SpoolLayout
@@ -99,17 +100,29 @@ def study_strata(path: Path) -> dict[str, str]:
     }
 
 
-def collect(session: Session, spool: SpoolLayout, bundle_name: str) -> list[ValidationCase]:
-    """The validation cases of ``bundle_name`` (module docstring)."""
-    rows = session.execute(
-        select(Outcome, Job, Result)
+def _answers(session: Session, bundle_name: str) -> list[tuple[Outcome, int, Any]]:
+    """(outcome, job version, result) of every job ``bundle_name`` answered, live or shadow."""
+    live = session.execute(
+        select(Outcome, Job.version, Result)
         .join(Job, Job.study_fk == Outcome.study_fk)
         .join(Result, Result.job_fk == Job.id)
         .where(Result.bundle_name == bundle_name)
-        .order_by(Outcome.study_fk, Job.version.desc())
     ).all()
+    shadow = session.execute(
+        select(Outcome, Job.version, ShadowResult)
+        .join(Job, Job.study_fk == Outcome.study_fk)
+        .join(ShadowResult, ShadowResult.job_fk == Job.id)
+        .join(InstalledBundle, InstalledBundle.id == ShadowResult.bundle_fk)
+        .where(InstalledBundle.name == bundle_name)
+    ).all()
+    return [(o, v, r) for o, v, r in (*live, *shadow)]
+
+
+def collect(session: Session, spool: SpoolLayout, bundle_name: str) -> list[ValidationCase]:
+    """The validation cases of ``bundle_name`` (module docstring)."""
+    rows = sorted(_answers(session, bundle_name), key=lambda r: (r[0].study_fk, -r[1]))
     cases: dict[int, ValidationCase] = {}
-    for outcome, _job, result in rows:
+    for outcome, _version, result in rows:
         if outcome.study_fk in cases:
             continue  # an older job of the same study
         first = session.scalars(

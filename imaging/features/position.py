@@ -59,20 +59,24 @@ def lobe_side(region: BoolMap, nodule: BoolMap) -> Side | Unavailable:
     return "right" if reach_right > reach_left else "left"
 
 
-def lobe_length_span(lobe: BoolMap) -> tuple[float, float] | Unavailable:
+def lobe_length_span(lobe: BoolMap, tip_fraction: float = 0.0) -> tuple[float, float] | Unavailable:
     """The lobe's extent along image x in pixel edges, the hidden pole mirrored (module doc).
 
-    ``lobe`` is the gland component of a longitudinal view.
+    ``lobe`` is the gland component of a longitudinal view. With ``tip_fraction``
+    the extent ends where the lobe thins below that share of its greatest
+    thickness; whether a pole is cut is read from the whole lobe (a thin tip on
+    the crop's edge is a cut pole).
     """
     thickness = lobe.sum(axis=0)
     cols = np.flatnonzero(thickness)
-    start, stop = float(cols.min()), float(cols.max() + 1)
-    cut_left, cut_right = start == 0, stop == lobe.shape[1]
+    cut_left, cut_right = cols.min() == 0, cols.max() + 1 == lobe.shape[1]
+    core = np.flatnonzero(thickness >= max(tip_fraction * thickness.max(), 1))
+    start, stop = float(core.min()), float(core.max() + 1)
     if not (cut_left or cut_right):
         return start, stop
     plateau = np.flatnonzero(thickness >= PLATEAU * thickness.max())
     low, high = float(plateau.min()), float(plateau.max() + 1)
-    if (cut_left and (cut_right or low == start)) or (cut_right and high == stop):
+    if (cut_left and (cut_right or low == 0)) or (cut_right and high == lobe.shape[1]):
         return Unavailable("the lobe is cut by the crop's edges; its length is unknown")
     middle = (low + high) / 2
     return (2 * middle - stop, stop) if cut_left else (start, 2 * middle - start)

@@ -176,7 +176,12 @@ def deidentify(
     )
     return Deidentification(
         study=DeidentifiedStudy(
-            job=JobContext(job_id=study.job_id, work_dir=study.work_dir, inputs=inputs),
+            job=JobContext(
+                job_id=study.job_id,
+                work_dir=study.work_dir,
+                inputs=inputs,
+                bundle_dir=study.bundle_dir,
+            ),
             study_instance_uid=pseudonyms.uid(study.study_instance_uid),
             images=tuple(images),
             excluded=tuple(

@@ -27,10 +27,10 @@ from typing import Any, ClassVar
 
 from sqlalchemy.orm import Session
 
-from db import events, exports, jobs, pseudonyms, results
+from db import bundles, events, exports, jobs, pseudonyms, results
 from db.models import EventLevel, PseudonymKind
 from imaging.sop_classes import ULTRASOUND_IMAGE_CLASSES
-from models.bundle import BundleIdentity
+from models.bundle import BundleIdentity, bundle_identity
 from pipeline.contracts import instance_refs
 from pipeline.features import NO_NODULE_FOUND
 from pipeline.infer import PredictedStudy
@@ -167,9 +167,15 @@ class Notices:
         self._destinations_for = destinations_for
         self._algorithm = algorithm
 
+    def _identity(self, session: Session) -> BundleIdentity:
+        """The live installed bundle's identity, else the configured bundle's."""
+        live = bundles.live_bundle(session)
+        return self._algorithm if live is None else bundle_identity(Path(live.path))
+
     def failed(self, session: Session, job_id: int, error: str) -> None:
         """Send the failure SR of job ``job_id`` (``report.failure_report``)."""
         if self._options.failure_report:
+            algorithm = self._identity(session)
             self._send(
                 session,
                 job_id,
@@ -178,12 +184,13 @@ class Notices:
                     out_dir=out_dir,
                     job_id=job_id,
                     reason=error,
-                    algorithm=self._algorithm,
+                    algorithm=algorithm,
                 ),
             )
 
     def concluded(self, session: Session, job_id: int, outcome: str) -> None:
         """Send the no-nodule or not-assessed SR of job ``job_id`` when the options ask."""
+        algorithm = self._identity(session)
         if outcome == NOT_ASSESSED and self._options.not_assessed_report:
             detail = results.result_detail(session, job_id=job_id)
             original = {
@@ -204,7 +211,7 @@ class Notices:
                         f"{image['text']}"
                         for image in detail.get("excluded", [])
                     ],
-                    algorithm=self._algorithm,
+                    algorithm=algorithm,
                 ),
             )
         if outcome == NO_NODULE_FOUND and self._options.no_nodule_report:
@@ -216,7 +223,7 @@ class Notices:
                     out_dir=out_dir,
                     job_id=job_id,
                     views=images,
-                    algorithm=self._algorithm,
+                    algorithm=algorithm,
                 ),
             )
 

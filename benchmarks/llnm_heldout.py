@@ -38,13 +38,13 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from models.bundle import LLNM_DIR
 from models.demo import DEMO_BUNDLE_DIR
 from models.llnm.assessment import AssessOptions, assess
 from models.llnm.dataset import read_data_manifest
 from models.llnm.evaluation_plots import plot_roc
 from phantoms import export_phantoms
 from pipeline.chain_assessment import assess_through_chain
-from pipeline.infer import LLNM_DIR
 
 TARGET_GAP = 0.03
 console = Console(width=max(Console().width, 132))  # the table needs about 130 columns

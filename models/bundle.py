@@ -39,6 +39,7 @@ from typing import Any, Generic, TypeVar
 from pydicom.uid import generate_uid
 
 MANIFEST_FILE = "manifest.json"
+LLNM_DIR = "llnm"  # LLNM-Net's component folder in a bundle
 FORMAT = "llnm-bundle/1"
 ALLOWED_SUFFIXES = frozenset({".safetensors", ".json", ".png", ".md", ".txt"})
 NOT_FOR_CLINICAL_USE = "NOT FOR CLINICAL USE"

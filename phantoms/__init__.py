@@ -7,7 +7,9 @@ Regions), an optional Basic Text SR report, nodule and thyroid masks, the
 true nodule-capsule distance, and an LLNM label drawn from a known
 probability (:mod:`phantoms.labels`). ``export_phantoms`` writes a
 DICOM study folder and a training data set (:mod:`phantoms.dataset_export`).
-``shifted_options`` and ``make_variant`` give inputs a scope gate must
+``PhantomOptions(site=SITE_PROFILES["site-b"])`` renders a case as another
+hospital would (:mod:`phantoms.site_profile`: device, population, label
+errors). ``shifted_options`` and ``make_variant`` give inputs a scope gate must
 handle: the same case rendered with shifted gain, speckle or depth, and
 out-of-scope studies (colour Doppler, split screen, no gland, extreme gain
 or noise; :mod:`phantoms.out_of_scope`).
@@ -16,7 +18,8 @@ Modules: ``patient`` (identities), ``nodule`` (features, outline),
 ``anatomy`` (neck and views), ``speckle`` (B-mode formation),
 ``burned_text`` (screen layout), ``headers`` (DICOM), ``report`` (text),
 ``labels`` (risk model), ``case`` (assembly), ``dataset_export`` (files),
-``out_of_scope`` (shifted and out-of-scope variants), ``hostile`` (malformed data
+``out_of_scope`` (shifted and out-of-scope variants), ``site_profile``
+(simulated sites), ``hostile`` (malformed data
 set pieces for the listener's tests).
 """
 
@@ -30,14 +33,18 @@ from phantoms.labels import (
     roc_auc,
 )
 from phantoms.out_of_scope import VariantCase, make_variant, shifted_options
+from phantoms.site_profile import DEFAULT_SITE, SITE_PROFILES, SiteProfile, site_profile
 
 __all__ = [
+    "DEFAULT_SITE",
     "ENCODINGS",
+    "SITE_PROFILES",
     "ExportSummary",
     "ImageTruth",
     "PhantomCase",
     "PhantomOptions",
     "RiskFactors",
+    "SiteProfile",
     "VariantCase",
     "best_achievable_auc",
     "export_phantoms",
@@ -47,4 +54,5 @@ __all__ = [
     "nodal_stage",
     "roc_auc",
     "shifted_options",
+    "site_profile",
 ]

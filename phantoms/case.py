@@ -15,6 +15,16 @@ neutral, so a case with neutral shifts is byte-for-byte what it was before
 they existed. ``report_language`` (``en`` or ``zh``) writes the same report
 in English or Simplified Chinese from the same draws; only Chinese enters
 the UIDs, so English cases are as they were.
+
+``site`` (:mod:`phantoms.site_profile`) renders the case as a simulated site
+would: its image shift on top of the options' own, its device's Manufacturer
+and model, its prevalence shift on the true logit and its label noise on the
+recorded label (drawn from a ninth child stream, spawned after the others).
+A flipped label keeps the nodes consistent: a recorded negative has none, a
+recorded positive gets them from :func:`phantoms.labels.sample_nodes` with
+the unshifted logit, so a case positive under both profiles has the same
+nodes. Only a site other than :data:`~phantoms.site_profile.DEFAULT_SITE`
+enters the UIDs, so default cases are as they were.
 """
 
 from __future__ import annotations
@@ -51,6 +61,7 @@ from phantoms.labels import (
 from phantoms.nodule import NoduleSpec, sample_nodule
 from phantoms.patient import Encounter, sample_encounter
 from phantoms.report import REPORT_LANGUAGES, ReportLanguage, TiRads, write_report
+from phantoms.site_profile import DEFAULT_SITE, SiteProfile
 from phantoms.speckle import render_bmode
 
 ViewName = Literal["transverse", "longitudinal"]
@@ -58,7 +69,7 @@ ViewName = Literal["transverse", "longitudinal"]
 
 @dataclass(frozen=True)
 class PhantomOptions:
-    """How the images are rendered and encoded.
+    """How the images are rendered and encoded, and which simulated site they come from.
 
     Raises
     ------
@@ -75,6 +86,7 @@ class PhantomOptions:
     speckle_scale: float = 1.0  # multiplies the speckle grain size (point spread function)
     depth_scale: float = 1.0  # multiplies the imaging depth: same anatomy, more mm per pixel
     report_language: ReportLanguage = "en"  # en: English; zh: Simplified Chinese
+    site: SiteProfile = DEFAULT_SITE  # simulated site: device, population, label records
 
     def __post_init__(self) -> None:
         if not self.speckle_scale > 0:
@@ -85,6 +97,21 @@ class PhantomOptions:
             raise ValueError(
                 f"report_language must be one of {REPORT_LANGUAGES}, not {self.report_language!r}"
             )
+
+    @property
+    def image_gain_shift_db(self) -> float:
+        """The gain shift the images get: the options' plus the site's."""
+        return self.gain_shift_db + self.site.gain_shift_db
+
+    @property
+    def image_speckle_scale(self) -> float:
+        """The speckle scale the images get: the options' times the site's."""
+        return self.speckle_scale * self.site.speckle_scale
+
+    @property
+    def image_depth_scale(self) -> float:
+        """The depth scale the images get: the options' times the site's."""
+        return self.depth_scale * self.site.depth_scale
 
 
 # The encodings a PACS sends that the node must assess alike: grey with a Sequence of
@@ -144,10 +171,12 @@ def _key(seed: int, options: PhantomOptions) -> str:
         ("depth", options.depth_scale, 1.0),
     )
     language = "" if options.report_language == "en" else f":report={options.report_language}"
+    site = "" if options.site == DEFAULT_SITE else f":site={options.site!r}"
     return (
         key
         + "".join(f":{name}={value!r}" for name, value, neutral in shifts if value != neutral)
         + language
+        + site
     )
 
 
@@ -186,8 +215,8 @@ def _frame(
         spacing_mm=spacing,
         rng=rng,
         dynamic_range_db=dynamic_range,
-        gain_db=gain + options.gain_shift_db - 55,
-        speckle_scale=options.speckle_scale,
+        gain_db=gain + options.image_gain_shift_db - 55,
+        speckle_scale=options.image_speckle_scale,
     )
     x0, y0, x1, y1 = layout.image_area
     frame = np.zeros((layout.rows, layout.columns, 3), dtype=np.uint8)
@@ -206,7 +235,7 @@ def _frame(
             f"{'RT' if scene.neck.side == 'right' else 'LT'} LOBE",
             enc.transducer,
             f"{frequency / 1000:.0f}MHz",
-            f"Gn {round(gain + options.gain_shift_db)}",
+            f"Gn {round(gain + options.image_gain_shift_db)}",
             f"DR {dynamic_range}",
             f"D {scene.neck.depth_mm / 10:.1f}cm",
         ),
@@ -233,9 +262,15 @@ def make_case(
         If the frame size in ``options`` is too small (see ``Layout.for_frame``).
     """
     layout = Layout.for_frame(options.rows, options.columns)
-    streams = [np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(8)]
-    enc_rng, nodule_rng, neck_rng, label_rng, report_rng, *view_rngs, node_rng = streams
+    streams = [np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(9)]
+    enc_rng, nodule_rng, neck_rng, label_rng, report_rng, *view_rngs, node_rng, flip_rng = streams
+    site = options.site
     enc = sample_encounter(enc_rng)
+    enc = replace(
+        enc,
+        manufacturer=site.manufacturer or enc.manufacturer,
+        model=site.model_name or enc.model,
+    )
     spec: NoduleSpec = sample_nodule(nodule_rng)
     if region is not None:
         spec = replace(spec, region=region)
@@ -251,8 +286,8 @@ def make_case(
     key = _key(seed, options) + ("" if region is None else f":region={region}")
     ids = StudyIds.derive(key)
     views = scenes(neck, spec)  # the truth's geometry
-    shown = scenes(_deepened(neck, options.depth_scale), spec)  # what the images show
-    spacing *= options.depth_scale
+    shown = scenes(_deepened(neck, options.image_depth_scale), spec)  # what the images show
+    spacing *= options.image_depth_scale
     truths: list[ImageTruth] = []
     datasets: list[Dataset] = []
     phi = list(enc.phi)
@@ -303,8 +338,10 @@ def make_case(
         sex=enc.sex,
         age_years=enc.age_years,
     )
-    probability = llnm_probability(factors)
+    probability = llnm_probability(factors, site.prevalence_logit_shift)
     label = bool(label_rng.random() < probability)
+    if flip_rng.random() < site.label_noise:
+        label = not label  # a pathology or record error: the recorded label
     nodes = sample_nodes(llnm_logit(factors), label, node_rng)
     report = write_report(
         report_rng,

@@ -8,7 +8,9 @@ Layout of ``out`` after :func:`export_phantoms`::
         US_longitudinal.dcm
         SR_report.dcm             Basic Text SR with the report (only when the case has one)
       dataset/
-        manifest.json             generator, seed, count, options, stage definition
+        manifest.json             generator, seed, count, options, site profile (only when
+                                  not the default), stage definition, positives, best
+                                  achievable AUC
         cases.jsonl               one JSON object per case (fields below)
         cases.csv                 the same, flattened: one row per case, per-view columns
                                   prefixed ``transverse_`` / ``longitudinal_``
@@ -33,6 +35,13 @@ longitudinal), ``shape``, ``echogenicity``, ``margin``, ``calcification``,
 ``dataset/``), ``image_area`` ([x0, y0, x1, y1], x1/y1 exclusive; crop with
 ``image[y0:y1, x0:x1]``), ``mm_per_pixel`` ([x, y]) and
 ``capsule_distance_mm``.
+
+With a site profile (``options.site``, :mod:`phantoms.site_profile`),
+``llnm_probability`` is the site's true probability (prevalence shift
+applied), ``llnm_label`` the recorded label (label noise applied), and the
+manifest's ``best_achievable_auc`` the AUC of the one against the other: the
+site's Bayes AUC. The manifest's ``site_profile`` holds the profile's name and
+values; it is absent for the default profile, whose files are as they were.
 
 Case ``i`` of a run with seed ``S`` has seed
 ``SeedSequence([S, i]).generate_state(1)[0]``, so runs with different seeds
@@ -60,6 +69,7 @@ from phantoms.labels import (
     MICRO_NODE_CM,
     best_achievable_auc,
 )
+from phantoms.site_profile import DEFAULT_SITE
 
 _CASE_COLUMNS = (
     "case_id",
@@ -206,10 +216,11 @@ def export_phantoms(
     dicom_dir, dataset_dir = out / "dicom", out / "dataset"
     for folder in (dicom_dir, dataset_dir / "images", dataset_dir / "masks"):
         folder.mkdir(parents=True, exist_ok=True)
+    options = options or PhantomOptions()
     records: list[dict[str, Any]] = []
     cases: list[tuple[float, bool]] = []
     for index in track(range(n), description="phantoms", disable=not progress):
-        case = make_case(case_seed(seed, index), options or PhantomOptions())
+        case = make_case(case_seed(seed, index), options)
         records.append(_write_case(case, dicom_dir, dataset_dir))
         cases.append((case.llnm_probability, case.llnm_label))
     with (dataset_dir / "cases.jsonl").open("w", encoding="utf-8") as fp:
@@ -222,13 +233,16 @@ def export_phantoms(
         writer.writerows(rows)
     positives = sum(label for _, label in cases)
     auc = best_achievable_auc(_Labelled(p, y) for p, y in cases) if 0 < positives < n else None
+    rendering = {k: v for k, v in asdict(options).items() if k != "site"}
+    site = {} if options.site == DEFAULT_SITE else {"site_profile": asdict(options.site)}
     manifest = {
         "generator": "phantoms",
         "synthetic": True,
         "intended_use": "testing and development only; NOT FOR CLINICAL USE",
         "seed": seed,
         "cases": n,
-        "options": asdict(options or PhantomOptions()),
+        "options": rendering,
+        **site,
         "risk_stage": {
             "definition": "nodal (phantoms.labels.nodal_stage)",
             "micro_node_cm": MICRO_NODE_CM,

@@ -114,9 +114,13 @@ def llnm_logit(factors: RiskFactors) -> float:
     )
 
 
-def llnm_probability(factors: RiskFactors) -> float:
-    """The true probability of LLNM for these risk factors."""
-    return 1.0 / (1.0 + math.exp(-llnm_logit(factors)))
+def llnm_probability(factors: RiskFactors, logit_shift: float = 0.0) -> float:
+    """The true probability of LLNM for these risk factors.
+
+    ``logit_shift`` is added to the logit: a population with another prevalence
+    (:attr:`phantoms.site_profile.SiteProfile.prevalence_logit_shift`).
+    """
+    return 1.0 / (1.0 + math.exp(-(llnm_logit(factors) + logit_shift)))
 
 
 def sample_nodes(logit: float, label: bool, rng: np.random.Generator) -> tuple[float, ...]:

@@ -315,8 +315,8 @@ def _no_gland(
         spacing_mm=spacing,
         rng=rng,
         dynamic_range_db=float(rng.uniform(50.0, 65.0)),
-        gain_db=float(rng.uniform(-10.0, 10.0)) + options.gain_shift_db,
-        speckle_scale=options.speckle_scale,
+        gain_db=float(rng.uniform(-10.0, 10.0)) + options.image_gain_shift_db,
+        speckle_scale=options.image_speckle_scale,
     )
 
 

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 from rich.progress import track
 
+from models.bundle import LLNM_DIR
 from models.llnm.assessment import (
     PREDICTED,
     AssessOptions,
@@ -35,7 +36,6 @@ from models.llnm.dataset import read_patients
 from models.llnm.risk_stage import STAGES, StageMethod
 from models.llnm.text import TextEncoder
 from models.llnm.weights import load_tmdl
-from pipeline.infer import LLNM_DIR
 from pipeline.offline import OfflineModels, StudyOutcome, run_study
 
 

@@ -15,6 +15,7 @@ from typing import Any, ClassVar
 
 from pydicom import Dataset, dcmread
 from pydicom.errors import InvalidDicomError
+from sqlalchemy.orm import Session
 
 from imaging.crop import Calibration, ImageArea, crop_image
 from imaging.errors import StageError
@@ -28,7 +29,9 @@ from pipeline.contracts import (
     summarize_skipped,
 )
 from pipeline.scope import describe_excluded
+from pipeline.spool import SpoolLayout
 from pipeline.stage import Stage
+from pipeline.stage_outputs import save_output
 
 
 @dataclass(frozen=True)
@@ -136,6 +139,17 @@ def summarize_crop(study: CroppedStudy) -> dict[str, Any]:
     }
 
 
-CROP = Stage[DeidentifiedStudy, CroppedStudy](
-    name="crop", run=crop, summarize=summarize_crop, output_type=CroppedStudy
-)
+def crop_stage(spool: SpoolLayout) -> Stage[DeidentifiedStudy, CroppedStudy]:
+    """The crop stage; it keeps its output as the job's crop record.
+
+    The record (:meth:`SpoolLayout.crop_record`) serves the shadow stage and
+    ``llnm-node dataset export``.
+    """
+
+    def keep(_session: Session, job_id: int, study: CroppedStudy) -> CroppedStudy:
+        save_output(spool.crop_record(job_id), study, root=spool.root)
+        return study
+
+    return Stage[DeidentifiedStudy, CroppedStudy](
+        name="crop", run=crop, summarize=summarize_crop, store=keep, output_type=CroppedStudy
+    )

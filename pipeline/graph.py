@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from imaging.scope import ScopeRules
 from pipeline.bundle_models import BundleModels
-from pipeline.crop import CROP
+from pipeline.crop import crop_stage
 from pipeline.deidentify import DEIDENTIFY
 from pipeline.features import features_stage
 from pipeline.infer import infer_stage
@@ -16,7 +15,7 @@ from pipeline.intake import intake_stage
 from pipeline.report.inputs import ReportOptions
 from pipeline.report.stage import DestinationsFor, report_stage
 from pipeline.segment import segment_stage
-from pipeline.shadow import ShadowSteps, shadow_stage
+from pipeline.shadow import shadow_stage
 from pipeline.spool import SpoolLayout
 from pipeline.stage import Stage
 
@@ -37,14 +36,13 @@ def default_stages(
     ``scope`` is the site's scope rules (default: :class:`ScopeRules`'s).
     """
     models = BundleModels(bundle_dir)
-    shadow = ShadowSteps(spool)
     return (
         intake_stage(scope or ScopeRules()),
         DEIDENTIFY,
-        replace(CROP, store=shadow.save_crops),
+        crop_stage(spool),
         segment_stage(models.segmenters),
         features_stage(models.scope, models.risk_map),
         infer_stage(models.llnm),
         report_stage(report, spool, destinations_for),
-        shadow_stage(models, shadow),
+        shadow_stage(models, spool),
     )

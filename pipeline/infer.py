@@ -65,7 +65,7 @@ from db.models import EventLevel
 from imaging.errors import StageError
 from imaging.png import write_png
 from imaging.scope_reasons import Exclusion, Reason
-from models.bundle import BundleLoader, Manifest, bundle_digest, text_encoder_folder
+from models.bundle import LLNM_DIR, BundleLoader, Manifest, bundle_digest, text_encoder_folder
 from models.calibration import Calibration, load_calibration
 from models.llnm.batched import explain_patients
 from models.llnm.config import TMDLConfig
@@ -90,7 +90,6 @@ from pipeline.scope import (
 )
 from pipeline.stage import Stage
 
-LLNM_DIR = "llnm"
 DEFAULT_THRESHOLD = 0.5
 PREDICTED = "predicted"
 MAX_BATCH_PATIENTS = 8  # jobs' patients per explanation pass at most

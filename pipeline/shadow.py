@@ -9,17 +9,15 @@ prediction, not assessed with its reason, no nodule found, or the error) in
 object: nothing of it is ever exported, and a failing shadow bundle never
 fails the job.
 
-The crops come from the crop stage, which saves its output
-(:func:`save_crops_for_shadow`) while shadow bundles are installed; a job
-whose crops were not saved (a bundle installed after its crop stage) gets no
-shadow answer, and an event says so. Jobs the live bundle ends early (no
-nodule, not assessed) reach no shadow stage.
+The crops come from the job's crop record (:meth:`SpoolLayout.crop_record`);
+a job without one gets no shadow answer, and an event says so. Jobs the live
+bundle ends early (no nodule, not assessed) reach no shadow stage.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
-from pathlib import Path
 from typing import Any, ClassVar
 
 from sqlalchemy.orm import Session
@@ -35,7 +33,7 @@ from pipeline.scope import NOT_ASSESSED, NotAssessed
 from pipeline.segment import segment_study
 from pipeline.spool import SpoolLayout
 from pipeline.stage import Stage
-from pipeline.stage_outputs import load_output, save_output
+from pipeline.stage_outputs import load_output
 
 FAILED = "failed"
 
@@ -153,53 +151,37 @@ def store_shadow(session: Session, job_id: int, answers: ShadowAnswers) -> Shado
     return answers
 
 
-class ShadowSteps:
-    """Where the shadow stage's crops are kept, and how they are saved and read back."""
+def load_shadow(spool: SpoolLayout) -> Callable[[Session, int, Any], ShadowInput]:
+    """The shadow stage's ``load``: the installed shadow bundles and the job's crop record."""
 
-    def __init__(self, spool: SpoolLayout) -> None:
-        self._spool = spool
-
-    def crops(self, job_id: int) -> Path:
-        """The folder of job ``job_id``'s saved crop output."""
-        return self._spool.work_dir(job_id) / "shadow" / "crop"
-
-    def save_crops(self, session: Session, job_id: int, study: CroppedStudy) -> CroppedStudy:
-        """The crop stage's ``store``: save its output while shadow bundles are installed."""
-        if bundles.shadow_bundles(session):
-            save_output(self.crops(job_id), study, root=self._spool.root)
-        return study
-
-    def load(self, session: Session, job_id: int, _reported: Any) -> ShadowInput:
-        """The shadow stage's ``load``: the installed shadow bundles and the saved crops."""
+    def load(session: Session, job_id: int, _reported: Any) -> ShadowInput:
         shadows = tuple(
             ShadowBundle(b.id, b.name, b.version, b.path) for b in bundles.shadow_bundles(session)
         )
         if not shadows:
             return ShadowInput(None, ())
-        folder = self.crops(job_id)
+        folder = spool.crop_record(job_id)
         if not folder.is_dir():
             record_event(
                 session,
                 kind="shadow.skipped",
-                message="the job's crops were not saved (a shadow bundle was installed after "
-                "its crop stage): no shadow answer",
+                message="the job has no crop record: no shadow answer",
                 job_id=job_id,
             )
             return ShadowInput(None, shadows)
-        return ShadowInput(load_output(folder, CroppedStudy, root=self._spool.root), shadows)
+        return ShadowInput(load_output(folder, CroppedStudy, root=spool.root), shadows)
+
+    return load
 
 
-def shadow_stage(models: BundleModels, steps: ShadowSteps) -> Stage[ShadowInput, ShadowAnswers]:
-    """The shadow stage (module docstring), after the report stage.
-
-    ``steps`` also serve the crop stage (:meth:`ShadowSteps.save_crops`).
-    """
+def shadow_stage(models: BundleModels, spool: SpoolLayout) -> Stage[ShadowInput, ShadowAnswers]:
+    """The shadow stage (module docstring), after the report stage."""
     return Stage[ShadowInput, ShadowAnswers](
         name="shadow",
         run=lambda shadow: run_shadow(shadow, models),
         summarize=summarize_shadow,
         queue="gpu",
-        load=steps.load,
+        load=load_shadow(spool),
         store=store_shadow,
         output_type=ShadowAnswers,
     )

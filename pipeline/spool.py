@@ -84,6 +84,10 @@ class SpoolLayout:
         """The folder of job ``job_id`` (not created here)."""
         return self.work / f"job-{job_id}"
 
+    def crop_record(self, job_id: int) -> Path:
+        """Where the crop stage keeps its output for the shadow stage and ``dataset export``."""
+        return self.work_dir(job_id) / "crop" / "record"
+
     def stage_output(self, job_id: int, index: int, stage: str) -> Path:
         """Where stage number ``index`` (0-based) called ``stage`` of a job leaves its output."""
         return self.work_dir(job_id) / "stages" / f"{index:02d}-{stage}"

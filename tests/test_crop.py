@@ -48,9 +48,10 @@ from pipeline.contracts import (
     ModelInputs,
     StudyInput,
 )
-from pipeline.crop import CROP, crop, summarize_crop
+from pipeline.crop import crop, crop_stage, summarize_crop
 from pipeline.deidentify import deidentify
 from pipeline.intake import IntakeReport, intake
+from pipeline.spool import SpoolLayout
 
 # Every ultrasound file of pydicom-data (Modality US or an ultrasound SOP class), with
 # whether its image area comes from its Sequence of Ultrasound Regions.
@@ -494,9 +495,10 @@ def test_crop_stage_saves_pngs_and_skips_unusable_images(tmp_path: Path) -> None
     inputs = ModelInputs(age_years=44, sex="F", report_text="TI-RADS 4 nodule, right upper pole")
     study = _study(7, tmp_path / "job", tuple(images), inputs)
 
-    result = CROP.run(study)
+    stage = crop_stage(SpoolLayout.at(tmp_path / "spool"))
+    result = stage.run(study)
 
-    assert CROP.name == "crop" and result.job is study.job and result.job.inputs is inputs
+    assert stage.name == "crop" and result.job is study.job and result.job.inputs is inputs
     assert [v.sop_instance_uid for v in result.images] == [i.sop_instance_uid for i in images[:2]]
     assert [s.sop_instance_uid for s in result.skipped] == [images[2].sop_instance_uid]
     assert "no 2D tissue" in result.skipped[0].reason

@@ -1,12 +1,13 @@
 """A new bundle version recalibrated on the site's outcomes (``llnm-node calibrate``).
 
 The cases are those of site validation (:func:`dicom_node.app.site_validation.collect`):
-studies with an imported outcome and a predicted result of the source bundle. One
-calibration step (:mod:`models.calibration`) is fitted on their served probabilities
-and appended to the source's steps; the copy gets the new version, its manifest records
-the parent (name, version, SHA-256 of its manifest), the site data summary (counts
-only) and the chosen threshold, and is sealed. It is a new folder: the node uses it once
-``model.bundle_dir`` names it.
+studies with an imported outcome and a predicted answer (live or shadow) of the source
+bundle's name and version. One calibration step (:mod:`models.calibration`) is fitted
+on their served probabilities and appended to the source's steps; a held-out share
+(``holdout``) measures it on cases it was not fitted on. The copy gets the new version,
+its manifest records the parent (name, version, SHA-256 of its manifest), the site data
+summary (counts only) and the chosen threshold, and is sealed. It is a new folder:
+install it (``llnm-node bundle install``, in shadow) or point ``model.bundle_dir`` at it.
 """
 
 from __future__ import annotations
@@ -42,8 +43,13 @@ def calibrate_bundle(
     method: Method,
     version: str,
     target_sensitivity: float | None = None,
+    holdout: float = 0.0,
+    seed: int = 0,
 ) -> dict[str, Any]:
     """Write the recalibrated copy of ``source`` to ``out``; returns its calibration summary.
+
+    With ``holdout`` that share of the predicted cases (seeded) is kept out of the
+    fit and the summary gives the calibration error on them before and after.
 
     Raises
     ------
@@ -56,6 +62,12 @@ def calibrate_bundle(
     if out.exists():
         raise ValueError(f"{out} exists; the new bundle needs a new folder")
     predicted = [c for c in cases if c.probability is not None]
+    held: list[ValidationCase] = []
+    if holdout > 0:
+        order = np.random.default_rng(seed).permutation(len(predicted))
+        cut = round(len(predicted) * holdout)
+        held = [predicted[i] for i in order[:cut]]
+        predicted = [predicted[i] for i in order[cut:]]
     labels = np.array([c.llnm for c in predicted], dtype=bool)
     if len(predicted) < MIN_CALIBRATION_CASES or labels.all() or not labels.any():
         raise ValueError(
@@ -70,7 +82,7 @@ def calibrate_bundle(
         if target_sensitivity is None
         else threshold_for_sensitivity(calibrated, labels, target_sensitivity)
     )
-    summary = {
+    summary: dict[str, Any] = {
         "method": method,
         "cases": len(predicted),
         "positives": int(labels.sum()),
@@ -81,6 +93,20 @@ def calibrate_bundle(
             expected_calibration_error(labels, calibrated), 4
         ),
     }
+    if held:
+        held_labels = np.array([c.llnm for c in held], dtype=bool)
+        held_served = np.array([c.probability for c in held], dtype=np.float64)
+        summary["held_out"] = {
+            "cases": len(held),
+            "positives": int(held_labels.sum()),
+            "seed": seed,
+            "calibration_error_before": round(
+                expected_calibration_error(held_labels, held_served), 4
+            ),
+            "calibration_error_after": round(
+                expected_calibration_error(held_labels, step.apply(held_served)), 4
+            ),
+        }
     parent_sha = hashlib.sha256((source / MANIFEST_FILE).read_bytes()).hexdigest()
     shutil.copytree(source, out)
     save_calibration(out, (*load_calibration(source).steps, step))

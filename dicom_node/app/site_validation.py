@@ -2,8 +2,9 @@
 
 Cases
     Every study with an outcome (:mod:`db.outcomes`) and an answer of the
-    bundle, live (``results``) or shadow (``shadow_results``), by bundle name;
-    a study's newest job with one. Predicted cases enter the
+    bundle, live (``results``) or shadow (``shadow_results``), by bundle name
+    (and version, when given; jobs created from a time on, when given); a
+    study's newest job with one. Predicted cases enter the
     metrics; the others (not assessed by the scope gate, no nodule found) make
     the not-assessed rate, by reason.
 Metrics (:mod:`models.llnm.evaluation`)
@@ -34,6 +35,7 @@ import html
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -100,27 +102,47 @@ def study_strata(path: Path) -> dict[str, str]:
     }
 
 
-def _answers(session: Session, bundle_name: str) -> list[tuple[Outcome, int, Any]]:
-    """(outcome, job version, result) of every job ``bundle_name`` answered, live or shadow."""
-    live = session.execute(
+def _answers(
+    session: Session, name: str, version: str | None, since: datetime | None
+) -> list[tuple[Outcome, int, Any]]:
+    """(outcome, job version, result) of every job the bundle answered, live or shadow."""
+    live = (
         select(Outcome, Job.version, Result)
         .join(Job, Job.study_fk == Outcome.study_fk)
         .join(Result, Result.job_fk == Job.id)
-        .where(Result.bundle_name == bundle_name)
-    ).all()
-    shadow = session.execute(
+        .where(Result.bundle_name == name)
+    )
+    shadow = (
         select(Outcome, Job.version, ShadowResult)
         .join(Job, Job.study_fk == Outcome.study_fk)
         .join(ShadowResult, ShadowResult.job_fk == Job.id)
         .join(InstalledBundle, InstalledBundle.id == ShadowResult.bundle_fk)
-        .where(InstalledBundle.name == bundle_name)
-    ).all()
-    return [(o, v, r) for o, v, r in (*live, *shadow)]
+        .where(InstalledBundle.name == name)
+    )
+    if version is not None:
+        live = live.where(Result.bundle_version == version)
+        shadow = shadow.where(InstalledBundle.version == version)
+    if since is not None:
+        live = live.where(Job.created_at >= since)
+        shadow = shadow.where(Job.created_at >= since)
+    return [(o, v, r) for o, v, r in (*session.execute(live), *session.execute(shadow))]
 
 
-def collect(session: Session, spool: SpoolLayout, bundle_name: str) -> list[ValidationCase]:
-    """The validation cases of ``bundle_name`` (module docstring)."""
-    rows = sorted(_answers(session, bundle_name), key=lambda r: (r[0].study_fk, -r[1]))
+def collect(
+    session: Session,
+    spool: SpoolLayout,
+    bundle_name: str,
+    *,
+    version: str | None = None,
+    since: datetime | None = None,
+) -> list[ValidationCase]:
+    """The validation cases of ``bundle_name`` (module docstring).
+
+    Only its ``version``, and jobs created from ``since`` on, when given.
+    """
+    rows = sorted(
+        _answers(session, bundle_name, version, since), key=lambda r: (r[0].study_fk, -r[1])
+    )
     cases: dict[int, ValidationCase] = {}
     for outcome, _version, result in rows:
         if outcome.study_fk in cases:

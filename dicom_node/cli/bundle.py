@@ -22,6 +22,8 @@ from db.bundles import BundleRegistryError, installed_bundles, live_bundle, set_
 from db.models import BundleRole
 from db.session import Database
 from dicom_node.app.bundles import install_bundle
+from dicom_node.app.fine_tune import MIN_SCOPE_STUDIES, derive_bundle, site_studies
+from dicom_node.app.wiring import spool_layout
 from dicom_node.cli.common import ConfigOption, console, fail, format_time, settings_or_exit
 from models.bundle import (
     NOT_FOR_CLINICAL_USE,
@@ -301,3 +303,43 @@ def list_command(config: ConfigOption = None) -> None:
             b.name, b.version, b.sha256[:12], str(b.role), format_time(b.installed_at), b.path
         )
     console.print(table)
+
+
+@bundle_app.command("derive")
+def derive(
+    base: Annotated[Path, typer.Argument(help="The sealed bundle the runs started from.")],
+    out: Annotated[Path, typer.Option(help="The new bundle's folder (must not exist).")],
+    version: Annotated[str, typer.Option(help="The new bundle's version.")],
+    llnm: Annotated[Path | None, typer.Option(help="A `train --init-from` run folder.")] = None,
+    nodule: Annotated[Path | None, typer.Option(help="A `train-seg nodule` run folder.")] = None,
+    thyroid: Annotated[Path | None, typer.Option(help="A `train-seg thyroid` run folder.")] = None,
+    scope_studies: Annotated[
+        int, typer.Option(min=MIN_SCOPE_STUDIES, help="Newest finished studies to fit scope on.")
+    ] = 300,
+    install: Annotated[bool, typer.Option(help="Install the new bundle in shadow.")] = True,
+    config: ConfigOption = None,
+) -> None:
+    """Seal BASE with fine-tuned components as a new version; refit its scope on site studies.
+
+    The new bundle is installed in shadow (unless --no-install): validate it beside the
+    live one, then promote it with `llnm-node bundle activate`.
+    """
+    settings = settings_or_exit(config)
+    runs = {k: v for k, v in (("llnm", llnm), ("nodule", nodule), ("thyroid", thyroid)) if v}
+    database = Database(settings.resolved_database_url)
+    try:
+        with database.session() as session:
+            studies = site_studies(session, spool_layout(settings), scope_studies)
+        lineage = derive_bundle(base, out, version=version, runs=runs, scope_studies=studies)
+        console.print(
+            f"{out}: {', '.join(sorted(runs))} fine-tuned from {lineage['parent']['name']} "
+            f"{lineage['parent']['version']}; scope refitted on {len(studies)} site studies"
+        )
+        if install:
+            with database.session() as session:
+                bundle = install_bundle(session, out, settings.data_dir / "bundles")
+            console.print(f"installed {bundle.name} {bundle.version} in {bundle.role}")
+    except (BundleError, BundleRegistryError, FileNotFoundError, ValueError) as exc:
+        raise fail("cannot derive the bundle", exc) from exc
+    finally:
+        database.dispose()

@@ -8,6 +8,7 @@ import typer
 
 from dicom_node.cli import api, dicom, node, retention, standard, training, validation
 from dicom_node.cli.bundle import bundle_app
+from dicom_node.cli.dataset import dataset_app
 from dicom_node.cli.exports import exports_app
 from dicom_node.cli.jobs import jobs_app
 from dicom_node.cli.outcomes import outcomes_app
@@ -40,6 +41,7 @@ app.add_typer(bundle_app, name="bundle")
 app.add_typer(exports_app, name="exports")
 app.add_typer(risk_map_app, name="risk-map")
 app.add_typer(outcomes_app, name="outcomes")
+app.add_typer(dataset_app, name="dataset")
 
 
 def main(argv: Sequence[str] | None = None) -> None:

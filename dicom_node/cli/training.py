@@ -35,16 +35,29 @@ def phantom(
         ReportLanguageOption,
         typer.Option(help="Language of the reports: en (English) or zh (Simplified Chinese)."),
     ] = ReportLanguageOption.en,
+    site_profile: Annotated[
+        str,
+        typer.Option(
+            help="Simulated site (phantoms.site_profile.SITE_PROFILES): default, or e.g. "
+            "site-b (another device and population, noisy labels)."
+        ),
+    ] = "default",
 ) -> None:
     """Write synthetic thyroid ultrasound studies and a training data set (NOT FOR CLINICAL USE)."""
     from phantoms import PhantomOptions, export_phantoms
+    from phantoms import site_profile as find_site
 
+    try:
+        site = find_site(site_profile)
+    except ValueError as exc:
+        raise fail("invalid --site-profile", exc, code=2) from exc
     options = PhantomOptions(
         rgb=rgb,
         with_regions=regions,
         rows=rows,
         columns=columns,
         report_language=report_language.value,
+        site=site,
     )
     summary = export_phantoms(out, n=n, seed=seed, options=options, progress=True)
     auc = summary.best_achievable_auc
@@ -52,6 +65,7 @@ def phantom(
         f"{summary.cases} studies in {summary.dicom_dir}, data set in {summary.dataset_dir}; "
         f"{summary.positives} LLNM-positive, {summary.reports} with a report; "
         f"best achievable AUC {'n/a' if auc is None else f'{auc:.3f}'}"
+        + ("" if site_profile == "default" else f"; site profile {site_profile}")
     )
 
 
@@ -117,16 +131,25 @@ def train_seg(
     half: Half = False,
     init_from: Annotated[
         Path | None,
-        typer.Option(help="Fine-tune: start from this segmenter folder's weights (same config)."),
+        typer.Option(
+            help="Fine-tune: start from this bundle's segmenter of TARGET (or a segmenter "
+            "folder), keeping its configuration (--height and --width do not apply)."
+        ),
     ] = None,
 ) -> None:
     """Train a segmenter (CPU or CUDA) on a data set folder; NOT FOR CLINICAL USE as is."""
+    from models.bundle import MANIFEST_FILE
     from models.segmentation.config import AnyConfig, SegmenterConfig, YoloSegConfig
     from models.segmentation.training import TrainOptions, train_segmenter
+    from models.segmentation.weights import load_segmenter
 
     try:
+        if init_from is not None and (init_from / MANIFEST_FILE).is_file():
+            init_from = init_from / target.value
         config: AnyConfig = (
-            SegmenterConfig(input_height=height, input_width=width)
+            load_segmenter(init_from).config
+            if init_from is not None
+            else SegmenterConfig(input_height=height, input_width=width)
             if target is SegTarget.thyroid
             else YoloSegConfig(input_height=height, input_width=width)
         )
@@ -167,22 +190,38 @@ def train(
             min=0.0, max=0.99, help="Probability each non-report input is withheld (default 0.1)."
         ),
     ] = None,
+    init_from: Annotated[
+        Path | None,
+        typer.Option(
+            help="Fine-tune: start from this bundle's LLNM-Net (or an LLNM-Net folder), keeping "
+            "its architecture and text encoder."
+        ),
+    ] = None,
 ) -> None:
-    """Train LLNM-Net (TMDL); the kept epoch is the one with the best validation AUC."""
+    """Train LLNM-Net (TMDL); the kept epoch is the one with the best validation AUC.
+
+    With --init-from the start's architecture and text encoder are kept: --size,
+    --text-tokens, --withhold, --input-dropout and --text-encoder do not apply.
+    """
+    from models.bundle import BundleError
     from models.llnm.config import TMDLConfig
-    from models.llnm.training import TMDLTrainOptions, train_tmdl
+    from models.llnm.training import TMDLTrainOptions, fine_tune_start, train_tmdl
 
     try:
-        config = TMDLConfig.preset(
-            size,
-            withheld=tuple(withhold or ()),
-            text_tokens=text_tokens,
-            input_dropout=input_dropout,
-        )
+        start = None
+        if init_from is not None:
+            start, config, text_encoder = fine_tune_start(init_from)
+        else:
+            config = TMDLConfig.preset(
+                size,
+                withheld=tuple(withhold or ()),
+                text_tokens=text_tokens,
+                input_dropout=input_dropout,
+            )
         run = _run(epochs, batch_size, seed, val_fraction, patience, learning_rate, half, resume)
-        options = TMDLTrainOptions(**run, text_encoder=text_encoder)
+        options = TMDLTrainOptions(**run, text_encoder=text_encoder, init_from=start)
         result = train_tmdl(data, out, config, options)
-    except (FileNotFoundError, ValueError) as exc:
+    except (FileNotFoundError, ValueError, BundleError) as exc:
         raise fail("cannot train", exc) from exc
     _print_result(result, "AUC")
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
@@ -25,7 +26,14 @@ class CalibrationMethod(StrEnum):
 
 def validate_command(
     bundle: Annotated[str, typer.Option(help="The bundle's name, as its results record it.")],
+    version: Annotated[str | None, typer.Option(help="Only this version's answers.")] = None,
     vs: Annotated[str | None, typer.Option(help="Compare with this bundle's results.")] = None,
+    vs_version: Annotated[
+        str | None, typer.Option(help="Only this version of the --vs bundle.")
+    ] = None,
+    since: Annotated[
+        datetime | None, typer.Option(help="Only jobs created from then on (UTC).")
+    ] = None,
     out: Annotated[
         Path | None, typer.Option(help="Report folder (default: DATA_DIR/validation/BUNDLE).")
     ] = None,
@@ -38,15 +46,21 @@ def validate_command(
     settings = settings_or_exit(config)
     spool = spool_layout(settings)
     database = Database(settings.resolved_database_url)
+    when = None if since is None else since.replace(tzinfo=since.tzinfo or UTC)
     with database.session() as session:
-        cases = collect(session, spool, bundle)
-        versus = None if vs is None else (vs, collect(session, spool, vs))
+        cases = collect(session, spool, bundle, version=version, since=when)
+        versus = (
+            None
+            if vs is None
+            else (vs, collect(session, spool, vs, version=vs_version, since=when))
+        )
     if not cases:
         raise fail(
             "nothing to validate", ValueError(f"no study has an outcome and a {bundle} result")
         )
-    folder = out or settings.data_dir / "validation" / bundle
-    report = validate(cases, bundle, folder, min_cases=min_cases, versus=versus)
+    label = bundle if version is None else f"{bundle}-{version}"
+    folder = out or settings.data_dir / "validation" / label
+    report = validate(cases, label, folder, min_cases=min_cases, versus=versus)
     overall = report["overall"]
     found = overall["metrics"]
     auc = (
@@ -73,17 +87,25 @@ def calibrate_command(
     target_sensitivity: Annotated[
         float | None, typer.Option(min=0.01, max=1.0, help="Threshold for this sensitivity.")
     ] = None,
+    holdout: Annotated[
+        float, typer.Option(min=0.0, max=0.9, help="Share of cases kept out of the fit to test it.")
+    ] = 0.0,
+    seed: Annotated[int, typer.Option(min=0, help="Seeds the held-out split.")] = 0,
     config: ConfigOption = None,
 ) -> None:
-    """Fit a calibration on the site's outcomes and write it as a new, sealed bundle version."""
+    """Fit a calibration on the site's outcomes and write it as a new, sealed bundle version.
+
+    The cases are the site's answers of this bundle's name and version (live or shadow).
+    """
     settings = settings_or_exit(config)
     try:
-        name = verify_bundle(bundle).name
+        manifest = verify_bundle(bundle)
     except BundleError as exc:
         raise fail("invalid bundle", exc) from exc
+    name = manifest.name
     database = Database(settings.resolved_database_url)
     with database.session() as session:
-        cases = collect(session, spool_layout(settings), name)
+        cases = collect(session, spool_layout(settings), name, version=manifest.version)
     try:
         summary = calibrate_bundle(
             bundle,
@@ -92,6 +114,8 @@ def calibrate_command(
             method=method.value,
             version=version,
             target_sensitivity=target_sensitivity,
+            holdout=holdout,
+            seed=seed,
         )
     except (ValueError, BundleError) as exc:
         raise fail("cannot calibrate", exc) from exc
@@ -101,3 +125,9 @@ def calibrate_command(
         f"calibration error {summary['calibration_error_before']} -> "
         f"{summary['calibration_error_after_in_sample']} (on the fitting cases)"
     )
+    if "held_out" in summary:
+        held = summary["held_out"]
+        console.print(
+            f"held out {held['cases']} cases: calibration error "
+            f"{held['calibration_error_before']} -> {held['calibration_error_after']}"
+        )

@@ -22,7 +22,9 @@ AUC. At each kept epoch the stage head and banding of the LLNM probability
 are compared on the validation cases and the better is recorded as the
 model's stage method (:func:`models.llnm.risk_stage.choose_method`). Report
 tokens come from a frozen local text encoder, computed once; the config's
-``text_width`` follows that encoder.
+``text_width`` follows that encoder. ``init_from`` fine-tunes: the run starts
+from that LLNM-Net's weights (same config; :func:`fine_tune_start` reads a
+bundle's).
 On CUDA the forward pass runs under bf16 autocast.
 """
 
@@ -39,6 +41,7 @@ from numpy.typing import NDArray
 from torch import nn
 from torch.nn import functional
 
+from models.bundle import LLNM_DIR, MANIFEST_FILE, text_encoder_folder, verify_bundle
 from models.llnm.config import TMDLConfig
 from models.llnm.dataset import (
     FeatureTable,
@@ -52,7 +55,7 @@ from models.llnm.evaluation_plots import plot_calibration, plot_roc
 from models.llnm.risk_stage import choose_method
 from models.llnm.text import TextEncoder, TokenCounts
 from models.llnm.tmdl import TMDL, TMDLBatch
-from models.llnm.weights import save_tmdl
+from models.llnm.weights import load_tmdl, save_tmdl
 from models.schedule import seed_everything
 from models.segmentation.segmenter import select_device
 from models.training_loop import LoopOptions, TrainResult, run_record, train_epochs
@@ -75,6 +78,7 @@ class TMDLTrainOptions(LoopOptions):
     weight_decay: float = 0.01
     stage_loss_weight: float = 0.5
     text_encoder: Path | None = None  # None: the packaged all-MiniLM-L6-v2
+    init_from: Path | None = None  # an LLNM-Net folder whose weights start the run (same config)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -266,6 +270,8 @@ def train_tmdl(data: Path, out: Path, config: TMDLConfig, options: TMDLTrainOpti
     }
     seed_everything(options.seed)
     model = TMDL(config).to(device)
+    if options.init_from is not None:
+        _initialise(model, config, options.init_from)
     task = _TMDLTask(
         out=out,
         data=data,
@@ -290,6 +296,37 @@ def train_tmdl(data: Path, out: Path, config: TMDLConfig, options: TMDLTrainOpti
         options=options,
         task=task,
     )
+
+
+def _initialise(model: TMDL, config: TMDLConfig, folder: Path) -> None:
+    start, start_config = load_tmdl(folder)
+    if start_config.to_dict() != config.to_dict():
+        raise ValueError(
+            f"{folder} holds a {start_config.to_dict()} LLNM-Net, not {config.to_dict()}"
+        )
+    model.load_state_dict(start.state_dict(), strict=True)
+
+
+def fine_tune_start(path: Path) -> tuple[Path, TMDLConfig, Path | None]:
+    """Where a fine-tuning run starts: the LLNM-Net folder, its config and its text encoder.
+
+    ``path`` is a sealed bundle (its ``llnm/`` and its text encoder) or an
+    LLNM-Net folder (the packaged text encoder). The run keeps the start's
+    architecture.
+
+    Raises
+    ------
+    FileNotFoundError
+        If ``path`` holds no LLNM-Net.
+    """
+    manifest_file = path / MANIFEST_FILE
+    folder = path / LLNM_DIR if manifest_file.is_file() else path
+    if not (folder / "config.json").is_file():
+        raise FileNotFoundError(f"{path} holds no LLNM-Net (config.json)")
+    _, config = load_tmdl(folder)
+    if not manifest_file.is_file():
+        return folder, config, None
+    return folder, config, text_encoder_folder(path, verify_bundle(path))
 
 
 def _validation_plots(

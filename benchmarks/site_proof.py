@@ -147,11 +147,13 @@ def _outcomes(cases: list[dict[str, Any]], path: Path) -> Path:
     return path
 
 
-def _validation(site: Site, name: str, version: str, since: datetime) -> dict[str, Any]:
-    out = site.folder / "validation" / f"{name}-{version}"
+def _validation(
+    site: Site, name: str, version: str, since: datetime, min_cases: int
+) -> dict[str, Any]:
+    out = site.folder / "validation" / f"{name}-{version}-{since:%H%M%S}"
     when = since.strftime("%Y-%m-%dT%H:%M:%S")
     site.command("validate", "--bundle", name, "--version", version, "--since", when,
-                 "--out", str(out), "--min-cases", "20")  # fmt: skip
+                 "--out", str(out), "--min-cases", str(min_cases))  # fmt: skip
     report: dict[str, Any] = json.loads((out / "validation.json").read_text(encoding="utf-8"))
     return report
 
@@ -195,6 +197,8 @@ def main() -> None:
     parser.add_argument("--test", type=int, default=100)
     parser.add_argument("--seed", type=int, default=501)
     parser.add_argument("--epochs", type=int, default=20)
+    parser.add_argument("--holdout", type=float, default=0.25, help="of calibrate's cases")
+    parser.add_argument("--min-cases", type=int, default=20, help="validate's minimum")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/out/site_proof"))
     args = parser.parse_args()
     started = time.perf_counter()
@@ -230,13 +234,13 @@ def _run(site: Site, folder: Path, args: argparse.Namespace) -> dict[str, Any]:
     phase1 = datetime.now(UTC)
     site.send(studies[: args.develop])
     site.command("outcomes", "import", str(_outcomes(develop, folder / "outcomes-1.csv")))
-    shift = _summary(_validation(site, name, version, phase1))
+    shift = _summary(_validation(site, name, version, phase1, args.min_cases))
     shift["bayes_auc"] = round(_bayes_auc(develop), 4)
 
     # Adapt: calibrate, export, fine-tune, derive; both in shadow.
     calibrated = folder / "bundles" / "calibrated"
     site.command("calibrate", "--bundle", str(DEMO_BUNDLE_DIR), "--out", str(calibrated),
-                 "--version", f"{version}-site-platt", "--holdout", "0.25")  # fmt: skip
+                 "--version", f"{version}-site-platt", "--holdout", str(args.holdout))  # fmt: skip
     site.command("bundle", "install", str(calibrated))
     data = folder / "site-dataset"
     site.command("dataset", "export", "--out", str(data))
@@ -254,9 +258,13 @@ def _run(site: Site, folder: Path, args: argparse.Namespace) -> dict[str, Any]:
     site.send(studies[args.develop : args.develop + args.test])
     site.command("outcomes", "import", str(_outcomes(test, folder / "outcomes-2.csv")))
     held_out: dict[str, Any] = {
-        "live": _summary(_validation(site, name, version, phase2)),
-        "calibrated": _summary(_validation(site, name, f"{version}-site-platt", phase2)),
-        "fine_tuned": _summary(_validation(site, name, f"{version}-site-tuned", phase2)),
+        label: _summary(_validation(site, name, v, phase2, args.min_cases))
+        for label, v in (
+            ("live", version),
+            ("calibrated", f"{version}-site-platt"),
+            ("fine_tuned", f"{version}-site-tuned"),
+        )
+    } | {
         "bayes_auc": round(_bayes_auc(test), 4),
     }
 

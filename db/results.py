@@ -90,6 +90,20 @@ def save_shadow_result(
     return result
 
 
+def name_bundle(
+    session: Session, *, job_id: int, name: str, version: str, sha256: str, synthetic: bool
+) -> None:
+    """Name the bundle on job ``job_id``'s result if it names none (no prediction).
+
+    A result that names its bundle keeps it.
+    """
+    result = session.scalar(select(Result).where(Result.job_fk == job_id))
+    if result is None or result.bundle_name:
+        return
+    result.bundle_name, result.bundle_version = name, version
+    result.bundle_sha256, result.synthetic_bundle = sha256, synthetic
+
+
 def add_result_detail(session: Session, *, job_id: int, **detail: Any) -> None:
     """Add (or replace) keys of the detail of job ``job_id``'s result.
 

@@ -69,7 +69,7 @@ SITE_B = SiteProfile(
     manufacturer="Phantom Medical B",
     model_name="PM-B 7",
     prevalence_logit_shift=-0.7,
-    label_noise=0.05,
+    label_noise=0.1,
 )
 
 SITE_PROFILES: dict[str, SiteProfile] = {site.name: site for site in (DEFAULT_SITE, SITE_B)}

@@ -18,17 +18,18 @@ import time
 import traceback
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol
 
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session
 
-from db import bundles, jobs
+from db import bundles, jobs, results
 from db.models import JobState
 from db.session import Database
 from imaging.errors import StageError
 from imaging.redaction import Redactor, study_redactor
-from models.bundle import BundleError
+from models.bundle import MANIFEST_FILE, BundleError, bundle_digest, bundle_identity
 from pipeline.contracts import StudyInput, instance_refs
 from pipeline.spool import SpoolLayout
 from pipeline.stage import JobConcluded, Stage
@@ -90,8 +91,10 @@ class JobRunner:
         stages: Sequence[Stage[Any, Any]],
         retry: RetryPolicy,
         notices: JobNotices | None = None,
+        default_bundle: Path | None = None,
     ) -> None:
         self._database = database
+        self._default_bundle = default_bundle
         self._spool = spool
         self._stages = tuple(stages)
         self._retry = retry
@@ -191,12 +194,33 @@ class JobRunner:
             if stage.store is not None:
                 value = stage.store(session, job_id, value)
             if isinstance(value, JobConcluded):
+                self._stamp(session, job_id)
                 jobs.finish_job(session, job_id=job_id, outcome=value.outcome)
                 if self._notices is not None:
                     self._notices.concluded(session, job_id, value.outcome)
                 log.info("job %d done after %s: %s", job_id, stage.name, value.outcome)
                 return StageStep(None, ended=True)
         return StageStep(value, ended=False)
+
+    def _stamp(self, session: Session, job_id: int) -> None:
+        """Name the bundle on a result without a prediction (no nodule, not assessed).
+
+        It is the live installed bundle, else the node's configured one: the bundle
+        whose gates and segmenters ended the job, so site validation counts the study.
+        """
+        live = bundles.live_bundle(session)
+        folder = Path(live.path) if live is not None else self._default_bundle
+        if folder is None:
+            return
+        identity = bundle_identity(folder)
+        results.name_bundle(
+            session,
+            job_id=job_id,
+            name=identity.name,
+            version=identity.version,
+            sha256=bundle_digest(folder) if (folder / MANIFEST_FILE).is_file() else "",
+            synthetic=identity.clinical_use_label is not None,
+        )
 
     def _stopped(self, job_id: int, stage: str) -> StageStep:
         """The end of a job that stopped running (an admin cancelled it) around ``stage``."""

@@ -141,7 +141,7 @@ def _box(shape: tuple[int, ...], y0: int, x0: int, y1: int, x1: int) -> NDArray[
 
 def _run(*args: str) -> tuple[int, str]:
     """The command's exit code and output, the console's line breaks undone."""
-    code, output = _run(*args)
+    code, output = invoke(*args)
     return code, " ".join(output.split())
 
 

@@ -114,15 +114,21 @@ class _Dataset:
             ]
         except (OSError, ValueError) as exc:
             raise DatasetError(f"{folder} is no exported site data set: {exc}") from exc
-        if self.manifest.get("format") != FORMAT:
+        if not isinstance(self.manifest, dict) or self.manifest.get("format") != FORMAT:
             raise DatasetError(f"{folder} is no data set written by `llnm-node dataset export`")
         self.by_name: dict[str, Key] = {}
         self.by_uid: dict[str, tuple[int, int]] = {}
-        for i, line in enumerate(self.lines):
-            for j, view in enumerate(line["views"]):
-                self.by_uid[view["sop_instance_uid"]] = (i, j)
-                for target in TARGETS:
-                    self.by_name[Path(view[f"{target}_mask"]).name] = (i, j, target)
+        try:
+            for i, line in enumerate(self.lines):
+                for j, view in enumerate(line["views"]):
+                    self.by_uid[str(view["sop_instance_uid"])] = (i, j)
+                    for target in TARGETS:
+                        self.by_name[Path(view[f"{target}_mask"]).name] = (i, j, target)
+                        view["corrected"][target] = bool(view["corrected"][target])
+        except (KeyError, TypeError, AttributeError, IndexError) as exc:
+            raise DatasetError(
+                f"{folder / CASES_FILE} is not as the export wrote it: {exc}"
+            ) from exc
         self._shapes: dict[tuple[int, int], tuple[int, int]] = {}
 
     def view(self, key: tuple[int, int]) -> dict[str, Any]:
@@ -211,7 +217,7 @@ def _seg_masks(path: Path, data: _Dataset) -> dict[Key, Mask]:
             pixels = seg.get_pixels_by_source_instance(
                 source_sop_instance_uids=[uid], segment_numbers=list(numbers.values())
             )
-        except (ValueError, KeyError, IndexError, RuntimeError) as exc:
+        except (ValueError, KeyError, IndexError, AttributeError, RuntimeError) as exc:
             raise Rejected(f"unreadable SEG frames: {exc}") from None
         for index, target in enumerate(numbers):
             masks[(*view, target)] = np.asarray(pixels[0, :, :, index].astype(float) > 0.5)

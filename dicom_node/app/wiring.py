@@ -70,4 +70,5 @@ def job_runner(
             backoff_s=settings.executor.retry_backoff_s,
         ),
         notices=notices,
+        default_bundle=settings.model.bundle_dir,
     )

@@ -121,6 +121,8 @@ def run_stage_task(app: Celery, runner: JobRunner, job_id: int, index: int, atte
         runner.fail(job_id, stages[index].name, f"input not readable: {exc}", permanent=False)
         return "failed"
     step = runner.run_stage(job_id, index, value)
+    if step.concluded:
+        runner.after_conclusion(job_id, index)
     if step.ended:
         return "ended"
     if index + 1 == len(stages):

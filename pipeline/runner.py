@@ -24,8 +24,8 @@ from typing import Any, Protocol
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session
 
-from db import bundles, jobs, results
-from db.models import JobState
+from db import bundles, events, jobs, results
+from db.models import EventLevel, JobState
 from db.session import Database
 from imaging.errors import StageError
 from imaging.redaction import Redactor, study_redactor
@@ -70,6 +70,7 @@ class StageStep:
 
     value: Any
     ended: bool
+    concluded: bool = False  # ended early by a stage's JobConcluded (not a failure)
 
 
 @dataclass(frozen=True)
@@ -150,10 +151,51 @@ class JobRunner:
         value: Any = self.study_input(job_id)
         for index in range(len(self._stages)):
             step = self.run_stage(job_id, index, value)
+            if step.concluded:
+                self.after_conclusion(job_id, index)
             if step.ended:
                 return
             value = step.value
         self.finish(job_id)
+
+    def after_conclusion(self, job_id: int, index: int) -> None:
+        """Run the stages after ``index`` that also serve concluded jobs (the shadow stage).
+
+        The job is done already; each such stage loads its own input (``load`` gets
+        None), and its failure is a warning event, never a change of the job.
+        """
+        for stage in self._stages[index + 1 :]:
+            if not stage.after_conclusion or stage.load is None:
+                continue
+            started = time.perf_counter()
+            try:
+                with self._database.session() as session:
+                    value = stage.load(session, job_id, None)
+                value = stage.run(value)
+                with self._database.session() as session:
+                    if stage.store is not None:
+                        stage.store(session, job_id, value)
+                    events.record_event(
+                        session,
+                        kind="stage.done",
+                        message=f"{stage.name} done after the job was concluded",
+                        job_id=job_id,
+                        detail={
+                            "stage": stage.name,
+                            "seconds": round(time.perf_counter() - started, 3),
+                            "summary": stage.summarize(value),
+                        },
+                    )
+            except Exception as exc:  # boundary: the job's own outcome stands
+                log.exception("job %d: %s after conclusion failed", job_id, stage.name)
+                with self._database.session() as session:
+                    events.record_event(
+                        session,
+                        kind="stage.failed_after_conclusion",
+                        level=EventLevel.WARNING,
+                        message=f"{stage.name} failed: {type(exc).__name__}: {exc}",
+                        job_id=job_id,
+                    )
 
     def run_stage(self, job_id: int, index: int, value: Any) -> StageStep:
         """Run stage ``index`` on ``value`` and record it; the step says whether the job ended.
@@ -199,7 +241,7 @@ class JobRunner:
                 if self._notices is not None:
                     self._notices.concluded(session, job_id, value.outcome)
                 log.info("job %d done after %s: %s", job_id, stage.name, value.outcome)
-                return StageStep(None, ended=True)
+                return StageStep(None, ended=True, concluded=True)
         return StageStep(value, ended=False)
 
     def _stamp(self, session: Session, job_id: int) -> None:

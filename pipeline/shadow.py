@@ -10,8 +10,11 @@ object: nothing of it is ever exported, and a failing shadow bundle never
 fails the job.
 
 The crops come from the job's crop record (:meth:`SpoolLayout.crop_record`);
-a job without one gets no shadow answer, and an event says so. Jobs the live
-bundle ends early (no nodule, not assessed) reach no shadow stage.
+a job without one gets no shadow answer, and an event says so. A job the live
+bundle ends early (no nodule, not assessed after its crop stage) runs the shadow
+stage too, after its notice (``Stage.after_conclusion``), so a shadow bundle is
+measured on every study it could have answered, not only on those the live one
+accepted.
 """
 
 from __future__ import annotations
@@ -184,4 +187,5 @@ def shadow_stage(models: BundleModels, spool: SpoolLayout) -> Stage[ShadowInput,
         load=load_shadow(spool),
         store=store_shadow,
         output_type=ShadowAnswers,
+        after_conclusion=True,
     )

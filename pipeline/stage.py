@@ -44,3 +44,6 @@ class Stage(Generic[In, Out]):
     # ``run``'s): the distributed mode saves it for the next stage's worker, which loads
     # it as this type (:mod:`pipeline.stage_outputs`). Every stage but the last needs one.
     output_type: type[Any] | None = None
+    # Also run when an earlier stage concluded the job (JobConcluded): its ``load`` then
+    # gets None and must read its input itself (the shadow stage reads the crop record).
+    after_conclusion: bool = False

@@ -226,3 +226,41 @@ def test_a_concluded_job_is_done_with_its_result_and_skips_later_stages(
     with database.session() as session:
         results.save_result(session, job_id=job_id, outcome="predicted")
     assert job(database, job_id).result.outcome == "predicted"  # type: ignore[union-attr]
+
+
+def test_stages_after_a_conclusion_run_only_when_they_ask_to(
+    database: Database, tmp_path: Path
+) -> None:
+    def conclude(session: Session, job_id: int, value: object) -> JobConcluded:
+        results.save_result(session, job_id=job_id, outcome="no_nodule_found")
+        return JobConcluded("no_nodule_found")
+
+    loaded: list[object] = []
+
+    def load(session: Session, job_id: int, value: object) -> int:
+        loaded.append(value)
+        return job_id
+
+    def store(session: Session, job_id: int, value: int) -> int:
+        events.record_event(session, kind="after.stored", message="kept", job_id=job_id)
+        return value
+
+    ending = Stage[object, object](name="ending", run=lambda v: v, summarize=lambda v: {},
+                                   store=conclude)  # fmt: skip
+    skipped = Stage[int, int](name="skipped", run=lambda v: v, summarize=lambda v: {}, load=load)
+    after = Stage[int, int](name="after", run=lambda v: v * 2, summarize=lambda v: {"n": v},
+                            load=load, store=store, after_conclusion=True)  # fmt: skip
+    failing = Stage[int, int](name="failing", run=lambda v: 1 // 0, summarize=lambda v: {},
+                              load=load, after_conclusion=True)  # fmt: skip
+    job_id = queued_job(database, tmp_path)
+    runner(database, tmp_path, INTAKE, ending, skipped, after, failing).run(job_id)  # type: ignore[arg-type]
+
+    detail = job(database, job_id)
+    assert detail.job.state == "done" and detail.result is not None
+    assert detail.result.outcome == "no_nodule_found"
+    assert loaded == [None, None]  # only the two stages that run after a conclusion
+    kinds = [e.kind for e in detail.events]
+    assert "after.stored" in kinds and "stage.failed_after_conclusion" in kinds
+    done = [e for e in detail.events if e.kind == "stage.done" and e.detail
+            and e.detail.get("stage") == "after"]  # fmt: skip
+    assert done and done[0].detail is not None and done[0].detail["summary"] == {"n": 2 * job_id}

@@ -83,6 +83,7 @@ def test_messages_carry_only_ids_and_a_study_runs_through_worker_processes(
         "features",
         "infer",
         "report",
+        "shadow",
     ]
     # The SR, two heatmaps, and two population maps (both views placed on the demo map).
     assert len(_report_objects(cluster, done.id)) == 5

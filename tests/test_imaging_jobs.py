@@ -82,7 +82,16 @@ def test_corrupt_pixel_stream_fails_its_job_and_the_node_goes_on(
     with node.database.session() as session:
         detail = listings.job_detail(session, job_id=done.id)
         stages = [e.detail["stage"] for e in detail.events if e.kind == "stage.done" and e.detail]
-        assert stages == ["intake", "deidentify", "crop", "segment", "features", "infer", "report"]
+        assert stages == [
+            "intake",
+            "deidentify",
+            "crop",
+            "segment",
+            "features",
+            "infer",
+            "report",
+            "shadow",
+        ]
         crop = next(
             e.detail["summary"]
             for e in detail.events

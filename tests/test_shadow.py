@@ -57,6 +57,11 @@ def _check_dashboard(node: Node, job_id: int, sha256: str) -> None:
     table = page[page.index('id="shadow"') :]
     assert "never sent to the PACS" in table and sha256[:12] in table
     assert f"llnm-demo {CHALLENGER}" in table and "predicted" in table
+    with httpx.Client(base_url=url, headers={"Origin": url}) as browser:
+        browser.post("/ui/login", data={"token": TOKEN})
+        card = browser.get("/ui/bundle").text
+    installed = card[card.index('id="installed-bundles"') :]
+    assert 'data-role="shadow"' in installed and sha256[:12] in installed
 
 
 def test_shadow_answers_are_kept_never_exported_and_a_promotion_takes_the_next_study(
@@ -106,9 +111,12 @@ def test_shadow_answers_are_kept_never_exported_and_a_promotion_takes_the_next_s
         assert shown["result"]["bundle_sha256"] == live_sha
         _check_dashboard(node, first.id, shadow_sha)
 
+        listed = {b["version"]: b["role"] for b in client.get("/api/v1/bundles").json()}
+        assert listed == {live_version: "live", CHALLENGER: "shadow"}
         with node.database.session() as session:
             set_role(session, live.name, BundleRole.LIVE, CHALLENGER)
             assert [b.version for b in shadow_bundles(session)] == [live_version]
+        assert client.get("/api/v1/bundle").json()["version"] == CHALLENGER  # the one in use
 
         _send_as_pacs(node, [*make_case(4).datasets], tmp_path / "case2")
         second = finished_jobs(node, 2, timeout=180)[0]

@@ -7,8 +7,33 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from dicom_node.api.schemas import Bundle
+from db.bundles import installed_bundles, live_bundle
+from db.session import Database
+from dicom_node.api.schemas import Bundle, InstalledBundle
 from models.bundle import MANIFEST_FILE, BundleError, Manifest, verify_bundle
+
+
+def bundle_in_use(database: Database, configured: Path) -> Path:
+    """The live installed bundle's folder, else the configured ``model.bundle_dir``."""
+    with database.session() as session:
+        live = live_bundle(session)
+    return configured if live is None else Path(live.path)
+
+
+def installed(database: Database) -> list[InstalledBundle]:
+    """Every installed bundle (:mod:`db.bundles`), newest first."""
+    with database.session() as session:
+        return [
+            InstalledBundle(
+                name=b.name,
+                version=b.version,
+                sha256=b.sha256,
+                role=str(b.role),
+                installed_at=b.installed_at,
+                changed_at=b.changed_at,
+            )
+            for b in installed_bundles(session)
+        ]
 
 
 def read_manifest(folder: Path) -> Manifest:

@@ -35,6 +35,7 @@ from dicom_node.api.auth import (
     presented_caller,
     require_caller,
 )
+from dicom_node.api.bundle import bundle_in_use, installed
 from dicom_node.api.files import Heatmap, heatmaps, listed_objects
 from dicom_node.api.routes import JobId, read_outcome_file, store_outcomes
 from imaging.scope_reasons import outcome_text
@@ -436,20 +437,24 @@ def validation_report(request: Request, _caller: PageCaller, bundle: str) -> HTM
 
 @router.get("/bundle", response_class=HTMLResponse)
 def bundle_page(request: Request, _caller: PageCaller) -> HTMLResponse:
-    """The model card of the bundle in use."""
+    """The model card of the bundle in use, and every installed bundle with its role."""
+    bundles = installed(request.app.state.database)
     try:
-        card = bundle_card(request.app.state.settings.model.bundle_dir)
+        card = bundle_card(_bundle_in_use(request))
     except BundleError as exc:
-        return _render(request, "bundle.html", 503, card=None, error=str(exc))
-    return _render(request, "bundle.html", card=card, error=None)
+        return _render(request, "bundle.html", 503, card=None, error=str(exc), installed=bundles)
+    return _render(request, "bundle.html", card=card, error=None, installed=bundles)
 
 
 # --- population risk map ------------------------------------------------------------
 
 
+def _bundle_in_use(request: Request) -> Path:
+    return bundle_in_use(request.app.state.database, request.app.state.settings.model.bundle_dir)
+
+
 def _risk_map_folder(request: Request) -> Path:
-    bundle_dir: Path = request.app.state.settings.model.bundle_dir
-    return bundle_dir / RISK_MAP_DIR
+    return _bundle_in_use(request) / RISK_MAP_DIR
 
 
 @router.get("/risk-map", response_class=HTMLResponse)

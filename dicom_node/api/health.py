@@ -12,7 +12,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from db import metrics
 from db.session import Database
-from dicom_node.api.bundle import read_manifest
+from dicom_node.api.bundle import bundle_in_use, read_manifest
 from dicom_node.api.schemas import Check, CheckName, Health, Readiness
 from dicom_node.settings import Settings
 from models.bundle import BundleError
@@ -59,12 +59,19 @@ def _check(
     responses={status.HTTP_503_SERVICE_UNAVAILABLE: {"model": Readiness}},
 )
 def ready(request: Request, response: Response) -> Readiness:
-    """Readiness: the database answers, the spool takes files, the bundle manifest reads."""
+    """Readiness: the database answers, the spool takes files, the bundle in use reads.
+
+    The bundle in use is the live installed one, else the configured one.
+    """
     settings: Settings = request.app.state.settings
     checks = [
         _check("database", lambda: _database(request.app.state.database), (SQLAlchemyError,)),
         _check("spool", lambda: _spool(request.app.state.spool), (OSError,)),
-        _check("model_bundle", lambda: _bundle(settings.model.bundle_dir), (BundleError,)),
+        _check(
+            "model_bundle",
+            lambda: _bundle(bundle_in_use(request.app.state.database, settings.model.bundle_dir)),
+            (BundleError, SQLAlchemyError),
+        ),
     ]
     ok = all(check.ok for check in checks)
     if not ok:

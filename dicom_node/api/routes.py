@@ -21,7 +21,7 @@ from db import exports, jobs, listings, outcomes
 from db.models import ExportState, JobState
 from dicom_node.api import files, health, schemas
 from dicom_node.api.auth import Caller, require_caller
-from dicom_node.api.bundle import bundle_summary
+from dicom_node.api.bundle import bundle_in_use, bundle_summary, installed
 from models.bundle import NOT_FOR_CLINICAL_USE, BundleError
 from pipeline.spool import SpoolLayout
 
@@ -310,11 +310,18 @@ def list_exports(
     responses={status.HTTP_503_SERVICE_UNAVAILABLE: {"model": schemas.Problem}},
 )
 def get_bundle(request: Request) -> schemas.Bundle:
-    """The model bundle in use: identity, clinical-use label, intended use, metrics."""
+    """The model bundle in use (the live installed one, else the configured one)."""
+    folder = bundle_in_use(request.app.state.database, request.app.state.settings.model.bundle_dir)
     try:
-        return bundle_summary(request.app.state.settings.model.bundle_dir)
+        return bundle_summary(folder)
     except BundleError as exc:
         raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, str(exc)) from exc
+
+
+@api.get("/bundles", tags=["model"])
+def get_bundles(request: Request) -> list[schemas.InstalledBundle]:
+    """Every installed bundle with its role: live (to the PACS), shadow (kept here) or off."""
+    return installed(request.app.state.database)
 
 
 router.include_router(health.router)

@@ -235,6 +235,17 @@ class OutcomeImport(BaseModel):
         )
 
 
+class InstalledBundle(BaseModel):
+    """A bundle installed in the node's store, with its role."""
+
+    name: str
+    version: str
+    sha256: str
+    role: Literal["live", "shadow", "off"]
+    installed_at: datetime
+    changed_at: datetime
+
+
 class Bundle(BaseModel):
     """The model bundle in use."""
 

@@ -179,7 +179,8 @@ def _check_detail_and_files(client: httpx.Client, node: Node, job_id: int) -> No
     detail = client.get(f"/api/v1/jobs/{job_id}").json()
     assert detail["job"]["state"] == "done"
     stages = [e["detail"]["stage"] for e in detail["events"] if e["kind"] == "stage.done"]
-    assert stages[-1] == "report" and "infer" in stages
+    assert stages[-2:] == ["report", "shadow"] and "infer" in stages
+    assert detail["shadow"] == []  # no shadow bundle installed
     result = detail["result"]
     assert 0 <= result["probability"] <= 1 and result["risk_stage"] in (1, 2, 3)
     assert result["positive"] == (result["probability"] >= result["threshold"])

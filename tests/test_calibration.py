@@ -20,7 +20,7 @@ from models.calibration import (
     threshold_for_sensitivity,
 )
 from models.demo import DEMO_BUNDLE_DIR
-from models.llnm.evaluation import expected_calibration_error
+from models.llnm.evaluation import calibration_error_if_calibrated, expected_calibration_error
 from phantoms import make_case
 from pipeline.offline import OfflineModels, run_study, write_study
 
@@ -98,3 +98,28 @@ def test_a_recalibrated_bundle_is_sealed_names_its_parent_and_is_served(tmp_path
     assert len(load_calibration(again).steps) == 2  # the parent's map, then the new one
     data = json.loads((again / MANIFEST_FILE).read_text())
     assert data["training_data"]["parent"]["version"] == "0.3.0-site.1"
+
+
+def test_a_held_out_share_measures_the_fit_on_cases_it_never_saw(tmp_path: Path) -> None:
+    served, labels = _site(400, 5)
+    cases = _cases(served, labels)
+    summary = calibrate_bundle(DEMO_BUNDLE_DIR, tmp_path / "held", cases, method="platt",
+                               version="0.3.0-site.h", holdout=0.5, seed=2)  # fmt: skip
+    held = summary["held_out"]
+    assert held["cases"] == 200 and summary["cases"] == 200
+    assert held["calibration_error_after"] < held["calibration_error_before"]
+    # The same split again: the held-out cases are the seeded half, never the fitted ones.
+    again = calibrate_bundle(DEMO_BUNDLE_DIR, tmp_path / "held2", cases, method="platt",
+                             version="0.3.0-site.h", holdout=0.5, seed=2)  # fmt: skip
+    assert again["held_out"] == held
+
+
+def test_the_calibrated_reference_tells_sampling_from_miscalibration() -> None:
+    rng = np.random.default_rng(4)
+    p = rng.beta(2, 3, 100)
+    reference = calibration_error_if_calibrated(p, draws=400)
+    assert 0.05 < reference["median"] < 0.15 and reference["low"] < reference["median"]
+    honest = expected_calibration_error(rng.random(100) < p, p)
+    assert reference["low"] <= honest <= reference["high"]
+    shifted = expected_calibration_error(rng.random(100) < p * 0.5, p)  # half the events
+    assert shifted > reference["high"]

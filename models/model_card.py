@@ -3,8 +3,9 @@
 Sections: identity and intended use (with the clinical-use label), lineage
 (created, device UID, parent bundle where the manifest names one, text
 encoder), training data (per component: cases, views, class balance;
-synthetic or not), validation metrics with 95 % confidence intervals, the
-scope gate's thresholds, the population risk map, and known limitations.
+synthetic or not; a site recalibration or fine-tuning), validation metrics
+with 95 % confidence intervals, the scope gate's thresholds, the population risk
+map, and known limitations.
 
 Intervals are computed from what the manifest records: the LLNM AUC's by
 Hanley & McNeil (1982) from the AUC and the validation class counts;
@@ -149,6 +150,16 @@ def _training_rows(training: dict[str, Any]) -> list[tuple[str, str]]:
                 "Site recalibration",
                 f"{site.get('method')} on {site.get('cases')} site cases "
                 f"({site.get('positives')} LLNM-positive), threshold {site.get('threshold')}",
+            )
+        )
+    for name, run in (training.get("fine_tuned") or {}).items():
+        score = run.get("best_val_auc", run.get("best_val_dice"))
+        kind = "AUC" if "best_val_auc" in run else "Dice"
+        rows.append(
+            (
+                "Site fine-tuning",
+                f"{name}: best validation {kind} {score:.3f} at epoch {run.get('best_epoch')} "
+                f"(started from the parent's weights)",
             )
         )
     for name, component in (training.get("components") or {}).items():

@@ -23,6 +23,7 @@ from models.bundle import LLNM_DIR, MANIFEST_FILE, bundle_digest, verify_bundle
 from models.demo import DEMO_BUNDLE_DIR
 from models.llnm.tmdl import TMDL
 from models.llnm.weights import load_tmdl
+from models.model_card import bundle_card
 from models.scope import load_scope
 from phantoms import export_phantoms, make_case
 from phantoms.dataset_export import case_seed
@@ -94,7 +95,8 @@ def test_derive_bundle_replaces_the_component_records_lineage_and_refits_scope(
     manifest = verify_bundle(out)
     assert manifest.version == "0.3.0-site" and manifest.name == verify_bundle(DEMO_BUNDLE_DIR).name
     parent = manifest.training_data["parent"]
-    assert parent["sha256"] == bundle_digest(DEMO_BUNDLE_DIR) == lineage["parent"]["sha256"]
+    digest = bundle_digest(DEMO_BUNDLE_DIR)
+    assert parent["manifest_sha256"] == digest == lineage["parent"]["manifest_sha256"]
     assert manifest.training_data["fine_tuned"]["llnm"]["best_epoch"] == 1
     assert (out / LLNM_DIR / "model.safetensors").read_bytes() == (
         fine_tuned_run / "model.safetensors"
@@ -102,6 +104,9 @@ def test_derive_bundle_replaces_the_component_records_lineage_and_refits_scope(
     assert not (out / LLNM_DIR / "checkpoint").exists()
     assert not list(out.rglob("features-*"))
     assert manifest.metrics["llnm"] == json.loads((fine_tuned_run / "metrics.json").read_text())
+    card = {row[0]: row[1] for section in bundle_card(out).sections for row in section.rows}
+    assert card["Parent bundle"].startswith("llnm-demo 0.3.0 (manifest SHA-256 " + digest[:16])
+    assert card["Site fine-tuning"].startswith("llnm: best validation AUC")
     scope = load_scope(out)
     assert scope is not None
     assert scope.fitted_on["source"] == "site studies in the node's spool"

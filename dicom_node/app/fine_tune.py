@@ -114,7 +114,11 @@ def derive_bundle(
             f"{len(scope_studies)} finished studies in the spool; the scope statistics need "
             f"{MIN_SCOPE_STUDIES}"
         )
-    parent = {"name": manifest.name, "version": manifest.version, "sha256": bundle_digest(base)}
+    parent = {
+        "name": manifest.name,
+        "version": manifest.version,
+        "manifest_sha256": bundle_digest(base),
+    }
     shutil.copytree(base, out)
     metrics = {name: _copy_run(run, out / name) for name, run in sorted(runs.items())}
     lineage = {

@@ -148,12 +148,13 @@ def _outcomes(cases: list[dict[str, Any]], path: Path) -> Path:
 
 
 def _validation(
-    site: Site, name: str, version: str, since: datetime, min_cases: int
+    site: Site, name: str, version: str, since: datetime, min_cases: int, vs: str | None = None
 ) -> dict[str, Any]:
     out = site.folder / "validation" / f"{name}-{version}-{since:%H%M%S}"
     when = since.strftime("%Y-%m-%dT%H:%M:%S")
+    versus = [] if vs is None else ["--vs", name, "--vs-version", vs]
     site.command("validate", "--bundle", name, "--version", version, "--since", when,
-                 "--out", str(out), "--min-cases", str(min_cases))  # fmt: skip
+                 "--out", str(out), "--min-cases", str(min_cases), *versus)  # fmt: skip
     report: dict[str, Any] = json.loads((out / "validation.json").read_text(encoding="utf-8"))
     return report
 
@@ -166,7 +167,9 @@ def _summary(report: dict[str, Any]) -> dict[str, Any]:
         "predicted": overall["predicted"],
         "auc": metrics["auc"] if isinstance(metrics, dict) else metrics,
         "calibration_error": overall.get("calibration_error"),
+        "calibration_error_if_calibrated": overall.get("calibration_error_if_calibrated"),
         "not_assessed": report["not_assessed"],
+        "versus_live": report.get("versus"),
     }
 
 
@@ -258,11 +261,11 @@ def _run(site: Site, folder: Path, args: argparse.Namespace) -> dict[str, Any]:
     site.send(studies[args.develop : args.develop + args.test])
     site.command("outcomes", "import", str(_outcomes(test, folder / "outcomes-2.csv")))
     held_out: dict[str, Any] = {
-        label: _summary(_validation(site, name, v, phase2, args.min_cases))
-        for label, v in (
-            ("live", version),
-            ("calibrated", f"{version}-site-platt"),
-            ("fine_tuned", f"{version}-site-tuned"),
+        label: _summary(_validation(site, name, v, phase2, args.min_cases, vs))
+        for label, v, vs in (
+            ("live", version, None),
+            ("calibrated", f"{version}-site-platt", version),
+            ("fine_tuned", f"{version}-site-tuned", version),
         )
     } | {
         "bayes_auc": round(_bayes_auc(test), 4),
@@ -283,6 +286,10 @@ def _run(site: Site, folder: Path, args: argparse.Namespace) -> dict[str, Any]:
         "phase2_held_out": held_out,
         "fine_tuned_auc_gap_to_bayes": None if gap is None else round(gap, 4),
         "promoted": {"result_version": served, "sr_names": in_sr},
+        # A perfectly calibrated model's error on as many cases (site validation's reference):
+        # an error inside its 95 % range is what sampling alone gives.
+        "calibrated_within_sampling": calibration_error is not None
+        and calibration_error <= held_out["calibrated"]["calibration_error_if_calibrated"]["high"],
         "targets": {
             "calibration_error": calibration_error is not None
             and calibration_error <= TARGETS["calibration_error"],

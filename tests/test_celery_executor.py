@@ -96,6 +96,7 @@ def test_messages_carry_only_ids_and_a_study_runs_through_worker_processes(
         "03-segment",
         "04-features",
         "05-infer",
+        "06-report",  # the shadow stage, last, leaves none
     ]
     assert all((p / "output.json").is_file() for p in stages)  # JSON and .npy, no pickle
 

@@ -133,8 +133,9 @@ def test_derive_bundle_replaces_the_component_records_lineage_and_refits_scope(
 
 
 def test_bundle_derive_on_a_node_fits_on_its_studies_and_installs_in_shadow(
-    node_factory: Factory, database: Database, fine_tuned_run: Path, tmp_path: Path
+    node_factory: Factory, fine_tuned_run: Path, tmp_path: Path
 ) -> None:
+    database = Database(f"sqlite:///{tmp_path / 'jobs.db'}")  # one database: the SQL is plain
     node = node_factory(database_url=database.url, data_dir=tmp_path / "data")
     for i in range(10):
         _send_as_pacs(node, [*make_case(case_seed(10, i)).datasets], tmp_path / f"case{i}")

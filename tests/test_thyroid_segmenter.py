@@ -265,11 +265,15 @@ def test_fine_tuning_starts_from_given_weights_of_the_same_config(
         > 1e-2
     )
 
-    args = ["train-seg", "thyroid", "--data", str(phantoms), "--out", str(tmp_path / "bad")]
-    result = runner.invoke(app, [*args, "--height", "96", "--width", "96",
+    # The start's configuration is kept: another --height or --width does not apply.
+    args = ["train-seg", "thyroid", "--data", str(phantoms), "--epochs", "1"]
+    kept = tmp_path / "kept"
+    result = runner.invoke(app, [*args, "--out", str(kept), "--height", "96", "--width", "96",
                                  "--init-from", str(start)])  # fmt: skip
-    assert result.exit_code == 1 and "segmenter, not" in result.output
-    result = runner.invoke(app, [*args, "--height", "64", "--width", "96",
+    assert result.exit_code == 0, result.output
+    config = load_segmenter(kept, torch.device("cpu")).config
+    assert config.to_dict() == load_segmenter(start, torch.device("cpu")).config.to_dict()
+    result = runner.invoke(app, [*args, "--out", str(tmp_path / "bad"),
                                  "--init-from", str(tmp_path / "missing")])  # fmt: skip
     assert result.exit_code == 1 and "cannot train" in result.output
 

@@ -13,6 +13,8 @@ leave two bundles live.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from sqlalchemy import Select, select, text
 from sqlalchemy.orm import Session
 
@@ -184,6 +186,15 @@ def live_bundle(session: Session) -> InstalledBundle | None:
     """The live bundle; None when no installed bundle is live."""
     query = select(InstalledBundle).where(InstalledBundle.role == BundleRole.LIVE)
     return session.scalars(query).one_or_none()
+
+
+def folder_in_use(session: Session, configured: Path | None) -> Path | None:
+    """The folder of the bundle new jobs run with: the live one's, else ``configured``.
+
+    ``configured`` is the node's ``model.bundle_dir``.
+    """
+    live = live_bundle(session)
+    return configured if live is None else Path(live.path)
 
 
 def shadow_bundles(session: Session) -> list[InstalledBundle]:

@@ -12,6 +12,7 @@ from typing import Any, TypeVarTuple
 
 from sqlalchemy import (
     Select,
+    Subquery,
     func,
     select,
 )
@@ -275,13 +276,18 @@ def job_detail(session: Session, *, job_id: int) -> JobDetail:
     )
 
 
-def _study_query(query: Select[*_Row], filters: AdminFilter) -> Select[*_Row]:
-    """``query`` over studies joined to their patient and newest job, filtered."""
-    latest_version = (
+def newest_versions() -> Subquery:
+    """Each study's newest job version (columns ``study_fk``, ``version``), to join on."""
+    return (
         select(Job.study_fk, func.max(Job.version).label("version"))
         .group_by(Job.study_fk)
         .subquery()
     )
+
+
+def _study_query(query: Select[*_Row], filters: AdminFilter) -> Select[*_Row]:
+    """``query`` over studies joined to their patient and newest job, filtered."""
+    latest_version = newest_versions()
     query = (
         query.select_from(Study)
         .join(Patient)

@@ -250,8 +250,7 @@ class JobRunner:
         It is the live installed bundle, else the node's configured one: the bundle
         whose gates and segmenters ended the job, so site validation counts the study.
         """
-        live = bundles.live_bundle(session)
-        folder = Path(live.path) if live is not None else self._default_bundle
+        folder = bundles.folder_in_use(session, self._default_bundle)
         if folder is None:
             return
         identity = bundle_identity(folder)

@@ -1,4 +1,4 @@
-"""Shadow bundles: every installed shadow bundle answers on the studies the live one reported.
+"""Shadow bundles: every installed shadow bundle answers on each study, and is never exported.
 
 The shadow stage follows the report stage, so the live objects are already
 queued for the PACS when it starts. With each shadow bundle it runs
@@ -46,8 +46,6 @@ class ShadowBundle:
     """An installed shadow bundle, as the stage needs it."""
 
     bundle_id: int
-    name: str
-    version: str
     folder: str
 
 
@@ -158,9 +156,7 @@ def load_shadow(spool: SpoolLayout) -> Callable[[Session, int, Any], ShadowInput
     """The shadow stage's ``load``: the installed shadow bundles and the job's crop record."""
 
     def load(session: Session, job_id: int, _reported: Any) -> ShadowInput:
-        shadows = tuple(
-            ShadowBundle(b.id, b.name, b.version, b.path) for b in bundles.shadow_bundles(session)
-        )
+        shadows = tuple(ShadowBundle(b.id, b.path) for b in bundles.shadow_bundles(session))
         if not shadows:
             return ShadowInput(None, ())
         folder = spool.crop_record(job_id)

@@ -7,7 +7,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from db.bundles import installed_bundles, live_bundle
+from db.bundles import folder_in_use, installed_bundles
 from db.session import Database
 from dicom_node.api.schemas import Bundle, InstalledBundle
 from models.bundle import MANIFEST_FILE, BundleError, Manifest, verify_bundle
@@ -16,8 +16,7 @@ from models.bundle import MANIFEST_FILE, BundleError, Manifest, verify_bundle
 def bundle_in_use(database: Database, configured: Path) -> Path:
     """The live installed bundle's folder, else the configured ``model.bundle_dir``."""
     with database.session() as session:
-        live = live_bundle(session)
-    return configured if live is None else Path(live.path)
+        return folder_in_use(session, configured) or configured
 
 
 def installed(database: Database) -> list[InstalledBundle]:

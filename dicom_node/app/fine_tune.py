@@ -22,10 +22,12 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from db.models import Instance, Job, JobState
+from db import jobs
+from db.listings import newest_versions
+from db.models import Job, JobState
 from models.bundle import MANIFEST_FILE, bundle_digest, reseal_bundle, verify_bundle
 from models.calibration import CALIBRATION_DIR
 from pipeline.scope_fit import fit_bundle_scope
@@ -39,24 +41,21 @@ FIT_FRACTION = 0.8
 
 def site_studies(session: Session, spool: SpoolLayout, limit: int) -> list[list[Path]]:
     """The instance files of the ``limit`` newest studies whose newest job is done."""
-    newest = (
-        select(Job.study_fk, func.max(Job.version).label("version"))
-        .group_by(Job.study_fk)
-        .subquery()
-    )
-    studies = session.scalars(
-        select(Job.study_fk)
+    newest = newest_versions()
+    done = session.scalars(
+        select(Job.id)
         .join(newest, (Job.study_fk == newest.c.study_fk) & (Job.version == newest.c.version))
         .where(Job.state == JobState.DONE)
         .order_by(Job.study_fk.desc())
         .limit(limit)
     ).all()
     files = []
-    for study in studies:
-        paths = session.scalars(
-            select(Instance.path).where(Instance.study_fk == study).order_by(Instance.id)
-        ).all()
-        present = [spool.root / p for p in paths if (spool.root / p).is_file()]
+    for job_id in done:
+        paths = [
+            spool.path_of(i.relative_path)
+            for i in jobs.job_source(session, job_id=job_id).instances
+        ]
+        present = [path for path in paths if path.is_file()]
         if present:
             files.append(present)
     return files

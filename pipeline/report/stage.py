@@ -169,8 +169,8 @@ class Notices:
 
     def _identity(self, session: Session) -> BundleIdentity:
         """The live installed bundle's identity, else the configured bundle's."""
-        live = bundles.live_bundle(session)
-        return self._algorithm if live is None else bundle_identity(Path(live.path))
+        folder = bundles.folder_in_use(session, None)
+        return self._algorithm if folder is None else bundle_identity(folder)
 
     def failed(self, session: Session, job_id: int, error: str) -> None:
         """Send the failure SR of job ``job_id`` (``report.failure_report``)."""

@@ -20,6 +20,7 @@ from models.llnm.evaluation import (
     binary_metrics,
     bootstrap,
     calibration_bins,
+    calibration_error_against_risk,
     expected_calibration_error,
     net_benefit,
     roc_auc,
@@ -208,6 +209,26 @@ def test_calibration_bins_drop_empty_bins() -> None:
     assert expected_calibration_error([0, 1, 1, 0], [0.05, 0.95, 1.0, 0.1]) == pytest.approx(
         0.2 / 4
     )
+
+
+def test_calibration_error_against_risk_sees_through_label_noise() -> None:
+    rng = np.random.default_rng(9)
+    risk = rng.uniform(0.05, 0.95, 100)
+    labels = rng.uniform(0.0, 1.0, 100) < risk
+    # On 100 cases the labels alone put a perfectly calibrated model's error near 0.09 ...
+    assert expected_calibration_error(labels, risk) > 0.04
+    # ... the known risk puts it at 0, and a shifted model at its shift.
+    assert calibration_error_against_risk(risk, risk) == pytest.approx(0.0, abs=1e-12)
+    shifted = np.clip(risk - 0.1, 0.0, 1.0)
+    assert calibration_error_against_risk(risk, shifted) == pytest.approx(0.1, abs=0.005)
+    # Hand-computed: bins [0, 0.1) and [0.9, 1]: |0.3 - 0.05| * 2 + |0.8 - 0.95| * 1, over 3.
+    assert calibration_error_against_risk([0.2, 0.4, 0.8], [0.05, 0.05, 0.95]) == pytest.approx(
+        (0.25 * 2 + 0.15) / 3
+    )
+    with pytest.raises(ValueError, match="risks"):
+        calibration_error_against_risk([0.2, 1.2], [0.1, 0.2])
+    with pytest.raises(ValueError, match="expected 2 scores"):
+        calibration_error_against_risk([0.2, 0.3], [0.1])
 
 
 def test_net_benefit_hand_computed() -> None:

@@ -38,6 +38,12 @@ def test_a_simulated_site_measures_adapts_and_promotes(tmp_path: Path) -> None:
     held_out = result["phase2_held_out"]
     for bundle in ("live", "calibrated", "fine_tuned"):
         assert held_out[bundle]["cases"] == 4, bundle  # each answered every test study
+        against_risk = held_out[bundle]["calibration_error_against_risk"]
+        if held_out[bundle]["predicted"]:  # against each study's known risk
+            assert against_risk is not None and 0.0 <= against_risk <= 1.0, bundle
+        else:
+            assert against_risk is None, bundle
+    assert held_out["live"]["predicted"] >= 3
     assert result["promoted"] == {
         "result_version": "0.3.0-site-tuned",
         "sr_names": "0.3.0-site-tuned",

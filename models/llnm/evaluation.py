@@ -318,7 +318,13 @@ def calibration_bins(
         On invalid labels or probabilities, or ``bins`` < 1.
     """
     truth = _labels(labels)
-    values = _scores(probabilities, truth.size, probabilities=True)
+    return _binned(truth.astype(np.float64), _scores(probabilities, truth.size, True), bins)
+
+
+def _binned(
+    outcomes: NDArray[np.float64], values: NDArray[np.float64], bins: int
+) -> dict[str, NDArray[np.float64] | NDArray[np.int64]]:
+    """:func:`calibration_bins` of ``values`` against ``outcomes`` (labels or their risk)."""
     if bins < 1:
         raise ValueError(f"bins must be >= 1, got {bins}")
     inner_edges = np.linspace(0.0, 1.0, bins + 1)[1:-1]
@@ -326,10 +332,10 @@ def calibration_bins(
     count = np.bincount(index, minlength=bins)
     kept = count > 0
     predicted_sum = np.bincount(index, weights=values, minlength=bins)
-    positive_sum = np.bincount(index, weights=truth.astype(np.float64), minlength=bins)
+    outcome_sum = np.bincount(index, weights=outcomes, minlength=bins)
     return {
         "mean_predicted": predicted_sum[kept] / count[kept],
-        "observed": positive_sum[kept] / count[kept],
+        "observed": outcome_sum[kept] / count[kept],
         "count": count[kept].astype(np.int64),
     }
 
@@ -344,10 +350,35 @@ def expected_calibration_error(
     ValueError
         On invalid labels or probabilities, or ``bins`` < 1.
     """
-    table = calibration_bins(labels, probabilities, bins)
+    return _binned_error(calibration_bins(labels, probabilities, bins))
+
+
+def _binned_error(table: dict[str, NDArray[np.float64] | NDArray[np.int64]]) -> float:
     count = table["count"]
     gap = np.abs(table["observed"] - table["mean_predicted"])
     return float((gap * count).sum() / count.sum())
+
+
+def calibration_error_against_risk(
+    risks: ArrayLike, probabilities: ArrayLike, bins: int = 10
+) -> float:
+    """The expected calibration error with each case's true outcome probability as its outcome.
+
+    Where the probability of each case's outcome is known (a simulation: the phantom
+    generator's risk of the recorded label), this measures the model's calibration on the
+    cases without the Bernoulli noise of their 0/1 labels, which on 100 cases alone gives
+    a perfectly calibrated model an error of about 0.09 (:func:`calibration_error_if_calibrated`).
+
+    Raises
+    ------
+    ValueError
+        On risks or probabilities that are not 1-D values in [0, 1] of the same length, or
+        ``bins`` < 1.
+    """
+    risk = np.asarray(risks, dtype=np.float64)
+    if risk.ndim != 1 or risk.size == 0 or not ((risk >= 0) & (risk <= 1)).all():
+        raise ValueError("risks must be a non-empty 1-D array of values in [0, 1]")
+    return _binned_error(_binned(risk, _scores(probabilities, risk.size, True), bins))
 
 
 def calibration_error_if_calibrated(

@@ -80,9 +80,9 @@ def test_install_copies_verifies_and_reinstalling_is_idempotent(
     sha256 = bundle_digest(source)
     installed = Path(bundle.path)
     assert installed.is_absolute() and installed.parent == store.resolve()
-    assert installed.name == f"{NAME}-0.3.0-{sha256[:8]}"
+    assert installed.name == f"{NAME}-0.4.0-{sha256[:8]}"
     assert (bundle.name, bundle.version, bundle.sha256, bundle.role) == (
-        NAME, "0.3.0", sha256, BundleRole.SHADOW,
+        NAME, "0.4.0", sha256, BundleRole.SHADOW,
     )  # fmt: skip
     assert verify_bundle(installed).name == NAME and bundle_digest(installed) == sha256
     assert [p.name for p in store.iterdir()] == [installed.name]  # no temporary folder left
@@ -93,7 +93,7 @@ def test_install_copies_verifies_and_reinstalling_is_idempotent(
     assert [p.name for p in store.iterdir()] == [installed.name]
     (event,) = _events(database, "bundle.installed")
     assert event == {
-        "name": NAME, "version": "0.3.0", "sha256": sha256, "role": "shadow",
+        "name": NAME, "version": "0.4.0", "sha256": sha256, "role": "shadow",
         "path": str(installed),
     }  # fmt: skip
 
@@ -112,7 +112,7 @@ def test_a_tampered_bundle_and_a_conflicting_hash_are_refused(
     other = make_bundle(tmp_path, note="same version, other contents")
     with database.session() as session, pytest.raises(BundleRegistryError, match="new version"):
         install_bundle(session, other, store, BundleRole.SHADOW)
-    assert _roles(database) == {"0.3.0": BundleRole.LIVE}
+    assert _roles(database) == {"0.4.0": BundleRole.LIVE}
     assert len(list(store.iterdir())) == 1  # neither refused bundle was copied
 
 
@@ -123,31 +123,31 @@ def test_roles_keep_one_live_bundle_and_every_change_is_an_event(
     with database.session() as session:
         install_bundle(session, make_bundle(tmp_path), store, BundleRole.LIVE)
         install_bundle(session, make_bundle(tmp_path, "1.0.0"), store, BundleRole.SHADOW)
-    assert _roles(database) == {"0.3.0": BundleRole.LIVE, "1.0.0": BundleRole.SHADOW}
+    assert _roles(database) == {"0.4.0": BundleRole.LIVE, "1.0.0": BundleRole.SHADOW}
     with database.session() as session:
         install_bundle(session, make_bundle(tmp_path, "2.0.0"), store, BundleRole.LIVE)
-    assert _roles(database)["0.3.0"] == BundleRole.SHADOW  # installing live demotes
+    assert _roles(database)["0.4.0"] == BundleRole.SHADOW  # installing live demotes
     with database.session() as session:
         assert set_role(session, NAME, BundleRole.LIVE, "1.0.0").role == BundleRole.LIVE
     assert _roles(database) == {
-        "0.3.0": BundleRole.SHADOW, "1.0.0": BundleRole.LIVE, "2.0.0": BundleRole.SHADOW,
+        "0.4.0": BundleRole.SHADOW, "1.0.0": BundleRole.LIVE, "2.0.0": BundleRole.SHADOW,
     }  # fmt: skip
     with database.session() as session:
         newest = set_role(session, NAME, BundleRole.LIVE)  # no version: the newest
         assert newest.version == "2.0.0"
-        set_role(session, NAME, BundleRole.OFF, "0.3.0")
+        set_role(session, NAME, BundleRole.OFF, "0.4.0")
         live = live_bundle(session)
         assert live is not None and live.version == "2.0.0"
         assert [b.version for b in shadow_bundles(session)] == ["1.0.0"]
     assert _live_count(database) == 1
     changes = [(e["version"], e["from"], e["to"]) for e in _events(database, "bundle.role_changed")]
     assert changes == [
-        ("0.3.0", "live", "shadow"),
+        ("0.4.0", "live", "shadow"),
         ("2.0.0", "live", "shadow"),
         ("1.0.0", "shadow", "live"),
         ("1.0.0", "live", "shadow"),
         ("2.0.0", "shadow", "live"),
-        ("0.3.0", "shadow", "off"),
+        ("0.4.0", "shadow", "off"),
     ]
     assert all(
         len(e["sha256"]) == 64 and e["name"] == NAME
@@ -195,19 +195,19 @@ def test_cli_install_activate_list(database: Database, tmp_path: Path) -> None:
     first, second = make_bundle(tmp_path), make_bundle(tmp_path, "1.0.0")
     code, out = invoke("bundle", "install", str(first), "--role", "live", "--config", config)
     assert code == 0, out
-    assert f"{NAME} 0.3.0 ({bundle_digest(first)[:12]}): live" in out
-    assert (tmp_path / "data" / "bundles" / f"{NAME}-0.3.0-{bundle_digest(first)[:8]}").is_dir()
+    assert f"{NAME} 0.4.0 ({bundle_digest(first)[:12]}): live" in out
+    assert (tmp_path / "data" / "bundles" / f"{NAME}-0.4.0-{bundle_digest(first)[:8]}").is_dir()
     code, out = invoke("bundle", "install", str(second), "--config", config)
     assert code == 0 and "1.0.0" in out and ": shadow at" in out, out
     code, out = invoke("bundle", "activate", NAME, "--version", "1.0.0", "--config", config)
     assert code == 0, out
-    assert "1.0.0" in out and ": live" in out and f"{NAME} 0.3.0: shadow (was live)" in out
+    assert "1.0.0" in out and ": live" in out and f"{NAME} 0.4.0: shadow (was live)" in out
     code, out = invoke("bundle", "list", "--config", config)
     assert code == 0, out
     lines = {line.split()[3]: line for line in out.splitlines() if NAME in line}
-    assert set(lines) == {"0.3.0", "1.0.0"}
+    assert set(lines) == {"0.4.0", "1.0.0"}
     assert "live" in lines["1.0.0"] and bundle_digest(second)[:12] in lines["1.0.0"]
-    assert "shadow" in lines["0.3.0"]
+    assert "shadow" in lines["0.4.0"]
     code, out = invoke("bundle", "activate", "nothing", "--config", config)
     assert code == 1 and "no installed bundle nothing" in out
     code, out = invoke(

@@ -66,13 +66,13 @@ def test_a_recalibrated_bundle_is_sealed_names_its_parent_and_is_served(tmp_path
     served, labels = _site(300, 3)
     out = tmp_path / "site-bundle"
     summary = calibrate_bundle(
-        DEMO_BUNDLE_DIR, out, _cases(served, labels), method="platt", version="0.3.0-site.1",
+        DEMO_BUNDLE_DIR, out, _cases(served, labels), method="platt", version="0.4.0-site.1",
         target_sensitivity=0.85,
     )  # fmt: skip
     manifest = verify_bundle(out)
-    assert manifest.version == "0.3.0-site.1"
+    assert manifest.version == "0.4.0-site.1"
     parent = manifest.training_data["parent"]
-    assert parent["version"] == "0.3.0" and len(parent["manifest_sha256"]) == 64
+    assert parent["version"] == "0.4.0" and len(parent["manifest_sha256"]) == 64
     assert manifest.training_data["site_calibration"]["cases"] == 300
     assert manifest.metrics["llnm"]["threshold"] == summary["threshold"]
     assert summary["calibration_error_after_in_sample"] < summary["calibration_error_before"]
@@ -94,23 +94,23 @@ def test_a_recalibrated_bundle_is_sealed_names_its_parent_and_is_served(tmp_path
                          method="isotonic", version="x")  # fmt: skip
     again = tmp_path / "again"
     shutil.rmtree(again, ignore_errors=True)
-    calibrate_bundle(out, again, _cases(served, labels), method="isotonic", version="0.3.0-site.2")
+    calibrate_bundle(out, again, _cases(served, labels), method="isotonic", version="0.4.0-site.2")
     assert len(load_calibration(again).steps) == 2  # the parent's map, then the new one
     data = json.loads((again / MANIFEST_FILE).read_text())
-    assert data["training_data"]["parent"]["version"] == "0.3.0-site.1"
+    assert data["training_data"]["parent"]["version"] == "0.4.0-site.1"
 
 
 def test_a_held_out_share_measures_the_fit_on_cases_it_never_saw(tmp_path: Path) -> None:
     served, labels = _site(400, 5)
     cases = _cases(served, labels)
     summary = calibrate_bundle(DEMO_BUNDLE_DIR, tmp_path / "held", cases, method="platt",
-                               version="0.3.0-site.h", holdout=0.5, seed=2)  # fmt: skip
+                               version="0.4.0-site.h", holdout=0.5, seed=2)  # fmt: skip
     held = summary["held_out"]
     assert held["cases"] == 200 and summary["cases"] == 200
     assert held["calibration_error_after"] < held["calibration_error_before"]
     # The same split again: the held-out cases are the seeded half, never the fitted ones.
     again = calibrate_bundle(DEMO_BUNDLE_DIR, tmp_path / "held2", cases, method="platt",
-                             version="0.3.0-site.h", holdout=0.5, seed=2)  # fmt: skip
+                             version="0.4.0-site.h", holdout=0.5, seed=2)  # fmt: skip
     assert again["held_out"] == held
 
 

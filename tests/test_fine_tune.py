@@ -88,12 +88,12 @@ def test_derive_bundle_replaces_the_component_records_lineage_and_refits_scope(
     lineage = derive_bundle(
         DEMO_BUNDLE_DIR,
         out,
-        version="0.3.0-site",
+        version="0.4.0-site",
         runs={"llnm": fine_tuned_run},
         scope_studies=_studies(tmp_path / "site", 12),
     )
     manifest = verify_bundle(out)
-    assert manifest.version == "0.3.0-site" and manifest.name == verify_bundle(DEMO_BUNDLE_DIR).name
+    assert manifest.version == "0.4.0-site" and manifest.name == verify_bundle(DEMO_BUNDLE_DIR).name
     parent = manifest.training_data["parent"]
     digest = bundle_digest(DEMO_BUNDLE_DIR)
     assert parent["manifest_sha256"] == digest == lineage["parent"]["manifest_sha256"]
@@ -105,7 +105,7 @@ def test_derive_bundle_replaces_the_component_records_lineage_and_refits_scope(
     assert not list(out.rglob("features-*"))
     assert manifest.metrics["llnm"] == json.loads((fine_tuned_run / "metrics.json").read_text())
     card = {row[0]: row[1] for section in bundle_card(out).sections for row in section.rows}
-    assert card["Parent bundle"].startswith("llnm-demo 0.3.0 (manifest SHA-256 " + digest[:16])
+    assert card["Parent bundle"].startswith("llnm-demo 0.4.0 (manifest SHA-256 " + digest[:16])
     assert card["Site fine-tuning"].startswith("llnm: best validation AUC")
     scope = load_scope(out)
     assert scope is not None
@@ -113,7 +113,7 @@ def test_derive_bundle_replaces_the_component_records_lineage_and_refits_scope(
     assert scope.fitted_on["studies"] == 12 and scope.fitted_on["fit"] == 9
     assert load_scope(DEMO_BUNDLE_DIR) != scope
     served = LlnmLoader(out)()  # the node can serve it
-    assert served.manifest.version == "0.3.0-site" and served.digest == bundle_digest(out)
+    assert served.manifest.version == "0.4.0-site" and served.digest == bundle_digest(out)
 
     with pytest.raises(ValueError, match="exists"):
         derive_bundle(DEMO_BUNDLE_DIR, out, version="x", runs={"llnm": fine_tuned_run},
@@ -147,10 +147,10 @@ def test_bundle_derive_on_a_node_fits_on_its_studies_and_installs_in_shadow(
     config = str(write_config(tmp_path, database.url))
     out = tmp_path / "tuned"
     code, text = invoke("bundle", "derive", str(DEMO_BUNDLE_DIR), "--out", str(out),
-                        "--version", "0.3.0-site", "--llnm", str(fine_tuned_run),
+                        "--version", "0.4.0-site", "--llnm", str(fine_tuned_run),
                         "--config", config)  # fmt: skip
     assert code == 0, text
     assert "scope refitted on 10 site studies" in text and "in shadow" in text
     code, text = invoke("bundle", "list", "--config", config)
-    assert code == 0 and "0.3.0-site" in text and "shadow" in text
-    assert json.loads((out / MANIFEST_FILE).read_text())["version"] == "0.3.0-site"
+    assert code == 0 and "0.4.0-site" in text and "shadow" in text
+    assert json.loads((out / MANIFEST_FILE).read_text())["version"] == "0.4.0-site"

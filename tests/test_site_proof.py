@@ -45,8 +45,8 @@ def test_a_simulated_site_measures_adapts_and_promotes(tmp_path: Path) -> None:
             assert against_risk is None, bundle
     assert held_out["live"]["predicted"] >= 3
     assert result["promoted"] == {
-        "result_version": "0.3.0-site-tuned",
-        "sr_names": "0.3.0-site-tuned",
+        "result_version": "0.4.0-site-tuned",
+        "sr_names": "0.4.0-site-tuned",
     }
     assert result["targets"]["promoted_sr"] is True
     assert (

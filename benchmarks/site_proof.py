@@ -195,7 +195,7 @@ def _error_against_risk(
     risk = {c["study_instance_uid"]: noise + (1 - 2 * noise) * c["llnm_probability"] for c in cases}
     with site.node.database.session() as session:
         answers = collect(session, site.node.spool.layout, name, version=version, since=since)
-        uid = dict(session.execute(select(Study.id, Study.study_instance_uid)).tuples().all())
+        uid = dict(session.execute(select(Study.id, Study.study_instance_uid)).all())
     pairs = [(risk[uid[a.study_id]], a.probability) for a in answers if a.probability is not None]
     if not pairs:
         return None

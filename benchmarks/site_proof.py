@@ -58,11 +58,12 @@ from dicom_node.network import scu
 from dicom_node.settings import load_settings
 from models.demo import DEMO_BUNDLE_DIR
 from models.llnm.evaluation import calibration_error_against_risk, roc_auc
-from phantoms.site_profile import SITE_PROFILES
+from phantoms.site_profile import SITE_B
 
 LLNM_NODE = str(Path(sys.executable).with_name("llnm-node"))
 PACS_AE = "SITE_PACS"
 TARGETS = {"calibration_error": 0.05, "auc_gap_to_bayes": 0.05}
+SITE = SITE_B  # the simulated site's profile
 console = Console()
 
 
@@ -184,23 +185,29 @@ def _bayes_auc(cases: list[dict[str, Any]]) -> float:
     return roc_auc([c["llnm_label"] for c in cases], [c["llnm_probability"] for c in cases])
 
 
-def _error_against_risk(
-    site: Site, name: str, version: str, since: datetime, cases: list[dict[str, Any]]
-) -> float | None:
-    """The bundle's calibration error on its studies since ``since``, against the known risk.
+def _errors_against_risk(
+    site: Site, name: str, versions: dict[str, str], since: datetime, cases: list[dict[str, Any]]
+) -> dict[str, float | None]:
+    """Each bundle version's calibration error on its studies since ``since``, by label.
 
-    Each study's true outcome probability is the site's label noise applied to its risk.
+    The outcome is the known risk: each study's probability of its recorded label under
+    the site's profile.
     """
-    noise = SITE_PROFILES["site-b"].label_noise
-    risk = {c["study_instance_uid"]: noise + (1 - 2 * noise) * c["llnm_probability"] for c in cases}
+    risk = {c["study_instance_uid"]: SITE.recorded_label_probability(c["llnm_probability"])
+            for c in cases}  # fmt: skip
+    errors: dict[str, float | None] = {}
     with site.node.database.session() as session:
-        answers = collect(session, site.node.spool.layout, name, version=version, since=since)
         uid = dict(session.execute(select(Study.id, Study.study_instance_uid)).all())
-    pairs = [(risk[uid[a.study_id]], a.probability) for a in answers if a.probability is not None]
-    if not pairs:
-        return None
-    truth, predicted = zip(*pairs, strict=True)
-    return round(calibration_error_against_risk(truth, predicted), 4)
+        for label, version in versions.items():
+            answers = collect(session, site.node.spool.layout, name, version=version, since=since)
+            pairs = [(risk[uid[a.study_id]], a.probability) for a in answers
+                     if a.probability is not None]  # fmt: skip
+            if not pairs:
+                errors[label] = None
+                continue
+            truth, predicted = zip(*pairs, strict=True)
+            errors[label] = round(calibration_error_against_risk(truth, predicted), 4)
+    return errors
 
 
 def _newest_sr_bundle(site: Site) -> tuple[str, str]:
@@ -250,7 +257,7 @@ def _run(site: Site, folder: Path, args: argparse.Namespace) -> dict[str, Any]:
     total = args.develop + args.test + 1
     phantoms = folder / "site-b"
     site.command("phantom", "--out", str(phantoms), "--n", str(total), "--seed", str(args.seed),
-                 "--site-profile", "site-b", config=False)  # fmt: skip
+                 "--site-profile", SITE.name, config=False)  # fmt: skip
     rows = (phantoms / "dataset" / "cases.jsonl").read_text(encoding="utf-8").splitlines()
     cases = [json.loads(line) for line in rows]
     studies = [phantoms / "dataset" / c["study_dir"] for c in cases]
@@ -296,11 +303,10 @@ def _run(site: Site, folder: Path, args: argparse.Namespace) -> dict[str, Any]:
     } | {
         "bayes_auc": round(_bayes_auc(test), 4),
     }
-    for label, v in (("live", version), ("calibrated", f"{version}-site-platt"),
-                     ("fine_tuned", f"{version}-site-tuned")):  # fmt: skip
-        held_out[label]["calibration_error_against_risk"] = _error_against_risk(
-            site, name, v, phase2, test
-        )
+    versions = {"live": version, "calibrated": f"{version}-site-platt",
+                "fine_tuned": f"{version}-site-tuned"}  # fmt: skip
+    for label, error in _errors_against_risk(site, name, versions, phase2, test).items():
+        held_out[label]["calibration_error_against_risk"] = error
 
     # Promote the fine-tuned bundle; the next study's SR comes from it.
     site.command("bundle", "activate", name, "--version", f"{version}-site-tuned")

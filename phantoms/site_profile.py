@@ -58,6 +58,10 @@ class SiteProfile:
         if not 0 <= self.label_noise < 0.5:
             raise ValueError(f"label_noise must be in [0, 0.5), not {self.label_noise}")
 
+    def recorded_label_probability(self, probability: float) -> float:
+        """The probability that a case of true ``probability`` is recorded LLNM-positive."""
+        return self.label_noise + (1 - 2 * self.label_noise) * probability
+
 
 DEFAULT_SITE = SiteProfile("default")
 

@@ -181,6 +181,17 @@ def test_label_noise_flips_the_configured_fraction(
     assert flips > 0 and _within_5_sigma(flips, N, SITE_B.label_noise)
 
 
+def test_recorded_label_probability_follows_the_label_noise(
+    site_b_cases: list[PhantomCase],
+) -> None:
+    assert DEFAULT_SITE.recorded_label_probability(0.3) == 0.3
+    assert SITE_B.recorded_label_probability(0.0) == pytest.approx(SITE_B.label_noise)
+    assert SITE_B.recorded_label_probability(1.0) == pytest.approx(1 - SITE_B.label_noise)
+    expected = sum(SITE_B.recorded_label_probability(c.llnm_probability) for c in site_b_cases)
+    positives = sum(c.llnm_label for c in site_b_cases)
+    assert abs(positives - expected) <= 5 * math.sqrt(N / 4)  # binomial, 5 sigma at most
+
+
 def test_more_label_noise_flips_more(default_cases: list[PhantomCase]) -> None:
     noise = 0.4  # a large rate, so the binomial 5-sigma band is tight relative to it
     noisy = [

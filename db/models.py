@@ -244,13 +244,9 @@ class Event(Base):
     job: Mapped[Job | None] = relationship(back_populates="events")
 
 
-class Result(Base):
-    """The model's answer for one job."""
+class AnswerColumns:
+    """The columns of a bundle's answer for a job, shared by live and shadow results."""
 
-    __tablename__ = "results"
-
-    id: Mapped[int] = mapped_column(primary_key=True)
-    job_fk: Mapped[int] = mapped_column(ForeignKey("jobs.id"), unique=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     probability: Mapped[float | None] = mapped_column(Float, default=None)
     threshold: Mapped[float | None] = mapped_column(Float, default=None)
@@ -258,6 +254,18 @@ class Result(Base):
     risk_stage: Mapped[int | None] = mapped_column(Integer, default=None)
     # Why there is no probability (e.g. no nodule found), when there is none.
     outcome: Mapped[str] = mapped_column(String(32), default="predicted")
+    report_text_used: Mapped[bool] = mapped_column(default=False)
+    contributions: Mapped[dict[str, Any] | None] = mapped_column(default=None)
+    detail: Mapped[dict[str, Any] | None] = mapped_column(default=None)
+
+
+class Result(AnswerColumns, Base):
+    """The model's answer for one job."""
+
+    __tablename__ = "results"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    job_fk: Mapped[int] = mapped_column(ForeignKey("jobs.id"), unique=True)
     # The scope gate's coded reason when the outcome is not_assessed (imaging.scope_reasons).
     reason: Mapped[str | None] = mapped_column(String(32), default=None, index=True)
     bundle_name: Mapped[str] = mapped_column(String(128), default="")
@@ -265,9 +273,6 @@ class Result(Base):
     # Of the bundle's manifest (models.bundle.bundle_digest); "" for results made before.
     bundle_sha256: Mapped[str] = mapped_column(String(64), default="", server_default="")
     synthetic_bundle: Mapped[bool] = mapped_column(default=False)
-    report_text_used: Mapped[bool] = mapped_column(default=False)
-    contributions: Mapped[dict[str, Any] | None] = mapped_column(default=None)
-    detail: Mapped[dict[str, Any] | None] = mapped_column(default=None)
 
     job: Mapped[Job] = relationship(back_populates="result")
 
@@ -292,7 +297,7 @@ class InstalledBundle(Base):
     changed_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
-class ShadowResult(Base):
+class ShadowResult(AnswerColumns, Base):
     """A shadow bundle's answer for a job: kept here, never exported."""
 
     __tablename__ = "shadow_results"
@@ -301,16 +306,7 @@ class ShadowResult(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     job_fk: Mapped[int] = mapped_column(ForeignKey("jobs.id"), index=True)
     bundle_fk: Mapped[int] = mapped_column(ForeignKey("bundles.id"), index=True)
-    created_at: Mapped[datetime] = mapped_column(default=utcnow)
-    probability: Mapped[float | None] = mapped_column(Float, default=None)
-    threshold: Mapped[float | None] = mapped_column(Float, default=None)
-    positive: Mapped[bool | None] = mapped_column(default=None)
-    risk_stage: Mapped[int | None] = mapped_column(Integer, default=None)
-    outcome: Mapped[str] = mapped_column(String(32), default="predicted")
     reason: Mapped[str | None] = mapped_column(String(32), default=None)
-    report_text_used: Mapped[bool] = mapped_column(default=False)
-    contributions: Mapped[dict[str, Any] | None] = mapped_column(default=None)
-    detail: Mapped[dict[str, Any] | None] = mapped_column(default=None)
 
     bundle: Mapped[InstalledBundle] = relationship()
 

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from db.jobs import JobStateError
-from db.models import Result, ShadowResult
+from db.models import AnswerColumns, Result, ShadowResult
 
 
 @dataclass(frozen=True)
@@ -52,14 +52,8 @@ def save_result(
     return result
 
 
-_SHADOW_FIELDS = (
-    "probability",
-    "threshold",
-    "positive",
-    "risk_stage",
-    "report_text_used",
-    "contributions",
-)
+# What a shadow result keeps of a prediction: the answer columns both tables share.
+_SHADOW_FIELDS = tuple(f.name for f in fields(Prediction) if hasattr(AnswerColumns, f.name))
 
 
 def save_shadow_result(
